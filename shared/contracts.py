@@ -1,0 +1,214 @@
+"""The pydantic contracts every layer shares: jobs, steps, checkpoints, documents, reports.
+
+These are plain data. They carry no SDK types, so the domain, the adapters and
+the API can all speak them.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+
+# Azure AI Search keys allow letters, digits, '_', '-' and '='; we keep doc ids to that
+# alphabet so a chunk key is the same string in every index implementation.
+DOC_ID_PATTERN = r"^[A-Za-z0-9_\-=]{1,100}$"
+_DOC_ID_RE = re.compile(DOC_ID_PATTERN)
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Usage(BaseModel):
+    """Model token usage, as the API's usage field reports it."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+            completion_tokens=self.completion_tokens + other.completion_tokens,
+            cached_tokens=self.cached_tokens + other.cached_tokens,
+        )
+
+
+class Policy(BaseModel):
+    """What a job may do. Settings give defaults, tenants narrow them, jobs narrow further."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_steps: int = Field(30, ge=1, le=500, description="Steps after which the job stops with policy_limit.")
+    max_tokens: int = Field(200_000, ge=1, description="Model tokens (prompt + completion) one job may spend.")
+    allowed_tools: list[str] = Field(
+        default_factory=lambda: ["search_knowledge", "read_document", "save_note", "write_report"],
+        description="Tools the agent may call; others are refused and the model is told.",
+    )
+    require_citations: bool = Field(True, description="Fail with citations_missing when fewer than min_citations verify.")
+    min_citations: int = Field(1, ge=0, le=100)
+    max_report_chars: int = Field(20_000, ge=200, le=200_000)
+    language: Literal["auto", "en", "ja"] = Field("auto", description="Report language; auto follows the question.")
+
+
+class PolicyOverrides(BaseModel):
+    """A job's requested policy changes; every field optional, checked against the tenant's limits."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_steps: int | None = Field(None, ge=1, le=500)
+    max_tokens: int | None = Field(None, ge=1)
+    allowed_tools: list[str] | None = None
+    require_citations: bool | None = None
+    min_citations: int | None = Field(None, ge=0, le=100)
+    max_report_chars: int | None = Field(None, ge=200, le=200_000)
+    language: Literal["auto", "en", "ja"] | None = None
+
+
+class StepMessage(BaseModel):
+    """The claim-check a queue message carries: which job, which step. State lives in storage."""
+
+    job_id: str
+    step: int = Field(ge=1)
+
+    @property
+    def message_id(self) -> str:
+        return f"{self.job_id}:{self.step}"
+
+
+class JobError(BaseModel):
+    reason: str = Field(description="Machine-readable cause, e.g. policy_limit, citations_missing, model_rejected.")
+    detail: str = ""
+
+
+class StepSummary(BaseModel):
+    """One line of progress per committed step, shown by GET /api/jobs/{id}."""
+
+    step: int
+    kind: str
+    summary: str
+    tokens: int = 0
+    duration_ms: float = 0.0
+    at: datetime
+
+
+class Job(BaseModel):
+    """The job record: a projection of the job's checkpoints plus the request that created it."""
+
+    id: str
+    tenant: str
+    task: str
+    session_id: str | None = None
+    policy: Policy
+    status: JobStatus = "queued"
+    step: int = Field(0, description="Last committed step.")
+    progress: list[StepSummary] = Field(default_factory=list)
+    usage: Usage = Field(default_factory=Usage)
+    error: JobError | None = None
+    cancel_requested: bool = False
+    resubmissions: int = Field(0, description="Times an operator or the sweep re-submitted a dead-lettered step.")
+    dead_letter: dict[str, Any] | None = Field(None, description="Last dead-lettering of this job's step, if any.")
+    idempotency_key: str | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+
+class Outcome(BaseModel):
+    """How a terminal checkpoint ended its job."""
+
+    status: Literal["succeeded", "failed", "cancelled"]
+    error: JobError | None = None
+
+
+class Checkpoint(BaseModel):
+    """Immutable result of step n: the agent state after it, its usage, and whether the job ended."""
+
+    job_id: str
+    step: int
+    kind: str
+    summary: str
+    state: dict[str, Any]
+    usage: Usage = Field(default_factory=Usage)
+    outcome: Outcome | None = None
+    duration_ms: float = 0.0
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Document(BaseModel):
+    """A document submitted for indexing."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(pattern=DOC_ID_PATTERN, description="Letters, digits, '_', '-', '='.")
+    title: str = Field(min_length=1, max_length=500)
+    url: str | None = Field(None, max_length=2000)
+    content: str = Field(min_length=1)
+
+
+def valid_doc_id(doc_id: str) -> bool:
+    return bool(_DOC_ID_RE.match(doc_id))
+
+
+def chunk_key(doc_id: str, chunk_id: int) -> str:
+    return f"{doc_id}--c{chunk_id:04d}"
+
+
+class Chunk(BaseModel):
+    """One indexed passage of a document."""
+
+    doc_id: str
+    chunk_id: int
+    title: str
+    url: str | None = None
+    content: str
+
+    @property
+    def key(self) -> str:
+        return chunk_key(self.doc_id, self.chunk_id)
+
+
+class SearchHit(BaseModel):
+    doc_id: str
+    chunk_id: int
+    title: str
+    url: str | None = None
+    score: float
+    snippet: str
+
+
+class Citation(BaseModel):
+    n: int
+    doc_id: str
+    chunk_id: int
+    title: str
+    url: str | None = None
+    quote: str = Field(description="Exact text of the chunk at start..end.")
+    start: int
+    end: int
+
+
+class Report(BaseModel):
+    markdown: str
+    citations: list[Citation] = Field(default_factory=list)
+    language: str = "en"
+    model: str = ""
+    offline_model: bool = False
+    removed_citations: list[dict[str, Any]] = Field(
+        default_factory=list, description="Citations that failed verification and were taken out."
+    )

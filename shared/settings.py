@@ -1,0 +1,128 @@
+"""Typed app settings, read once from the environment (app settings in Azure, local.settings.json
+under Core Tools, the process environment under the embedded runtime).
+
+Identity-based forms (`ServiceBusConnection__fullyQualifiedNamespace`,
+`AzureWebJobsStorage__blobServiceUri`) are accepted beside connection strings.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AliasChoices, BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.contracts import Policy
+
+DEV_API_KEY = "dev-local-key"
+"""The one documented development key of the embedded defaults (tenant "dev", operator role)."""
+
+
+class ApiKey(BaseModel):
+    tenant: str
+    role: Literal["submitter", "operator"] = "submitter"
+
+
+def _alias(*names: str) -> Any:
+    return Field(None, validation_alias=AliasChoices(*names))
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", case_sensitive=False, populate_by_name=True)
+
+    app_env: Literal["development", "production"] = Field("development", validation_alias="APP_ENV")
+    data_dir: Path = Field(Path(".data"), validation_alias="DATA_DIR")
+
+    # --- queue ---------------------------------------------------------------------------------
+    agent_jobs_queue: str = Field("agent-jobs", validation_alias="AGENT_JOBS_QUEUE")
+    servicebus_connection: str | None = _alias("ServiceBusConnection")
+    servicebus_namespace: str | None = _alias("ServiceBusConnection__fullyQualifiedNamespace")
+    queue_max_delivery_count: int = Field(10, validation_alias="QUEUE_MAX_DELIVERY_COUNT")
+    queue_lock_seconds: float = Field(60.0, validation_alias="QUEUE_LOCK_SECONDS")
+    queue_duplicate_window_seconds: float = Field(600.0, validation_alias="QUEUE_DUPLICATE_WINDOW_SECONDS")
+
+    # --- storage -------------------------------------------------------------------------------
+    storage_connection: str | None = _alias("AzureWebJobsStorage", "STORAGE_CONNECTION")
+    storage_blob_uri: str | None = _alias("AzureWebJobsStorage__blobServiceUri")
+
+    # --- search --------------------------------------------------------------------------------
+    search_endpoint: str | None = _alias("SEARCH_ENDPOINT", "AZURE_SEARCH_ENDPOINT")
+    search_api_key: str | None = _alias("SEARCH_API_KEY", "AZURE_SEARCH_API_KEY")
+    search_index_name: str = Field("knowledge", validation_alias="SEARCH_INDEX_NAME")
+    chunk_chars: int = Field(800, validation_alias="CHUNK_CHARS")
+
+    # --- model ---------------------------------------------------------------------------------
+    azure_openai_endpoint: str | None = _alias("AZURE_OPENAI_ENDPOINT")
+    azure_openai_api_key: str | None = _alias("AZURE_OPENAI_API_KEY")
+    azure_openai_deployment: str | None = _alias("AZURE_OPENAI_DEPLOYMENT", "AZURE_OPENAI_CHAT_DEPLOYMENT")
+    azure_openai_api_version: str = Field("2024-10-21", validation_alias="AZURE_OPENAI_API_VERSION")
+    azure_openai_embedding_deployment: str | None = _alias("AZURE_OPENAI_EMBEDDING_DEPLOYMENT")
+    openai_base_url: str | None = _alias("OPENAI_BASE_URL")
+    openai_api_key: str | None = _alias("OPENAI_API_KEY")
+    openai_model: str | None = _alias("OPENAI_MODEL")
+    model_timeout_seconds: float = Field(60.0, validation_alias="MODEL_TIMEOUT_SECONDS")
+    context_budget_tokens: int = Field(12_000, validation_alias="CONTEXT_BUDGET_TOKENS")
+    offline_model_latency_ms: float = Field(
+        0.0, validation_alias="OFFLINE_MODEL_LATENCY_MS", description="Simulated think time of the offline model."
+    )
+
+    # --- API -----------------------------------------------------------------------------------
+    api_keys: dict[str, ApiKey] = Field(
+        default_factory=lambda: {DEV_API_KEY: ApiKey(tenant="dev", role="operator")},
+        validation_alias="API_KEYS",
+        description='JSON: {"<key>": {"tenant": "...", "role": "submitter|operator"}}',
+    )
+    max_body_bytes: int = Field(1_000_000, validation_alias="MAX_BODY_BYTES")
+    rate_limit_per_minute: int = Field(600, validation_alias="RATE_LIMIT_PER_MINUTE")
+
+    # --- policy, budget, memory ----------------------------------------------------------------
+    policy_defaults: Policy = Field(default_factory=Policy, validation_alias="POLICY_DEFAULTS")
+    tenant_policies: dict[str, Policy] = Field(default_factory=dict, validation_alias="TENANT_POLICIES")
+    monthly_token_budget: int = Field(5_000_000, validation_alias="MONTHLY_TOKEN_BUDGET")
+    tenant_token_budgets: dict[str, int] = Field(default_factory=dict, validation_alias="TENANT_TOKEN_BUDGETS")
+    memory_ttl_seconds: float = Field(3600.0, validation_alias="MEMORY_TTL_SECONDS")
+    memory_max_items: int = Field(20, validation_alias="MEMORY_MAX_ITEMS")
+    max_concurrent_jobs: int = Field(16, validation_alias="MAX_CONCURRENT_JOBS")
+    step_retry_base_seconds: float = Field(2.0, validation_alias="STEP_RETRY_BASE_SECONDS")
+    step_max_retries: int = Field(6, validation_alias="STEP_MAX_RETRIES")
+
+    # --- maintenance ---------------------------------------------------------------------------
+    backup_schedule: str = Field("0 0 18 * * *", validation_alias="BACKUP_SCHEDULE")
+    dlq_sweep_schedule: str = Field("0 */15 * * * *", validation_alias="DLQ_SWEEP_SCHEDULE")
+    weekly_checks_schedule: str = Field("0 0 0 * * 1", validation_alias="WEEKLY_CHECKS_SCHEDULE")
+    retention_schedule: str = Field("0 30 18 * * *", validation_alias="RETENTION_SCHEDULE")
+    backups_to_keep: int = Field(7, validation_alias="BACKUPS_TO_KEEP")
+    dlq_max_resubmissions: int = Field(3, validation_alias="DLQ_MAX_RESUBMISSIONS")
+    stale_job_minutes: float = Field(30.0, validation_alias="STALE_JOB_MINUTES")
+    checkpoint_retention_days: float = Field(30.0, validation_alias="CHECKPOINT_RETENTION_DAYS")
+
+    # --- telemetry -----------------------------------------------------------------------------
+    appinsights_connection_string: str | None = _alias("APPLICATIONINSIGHTS_CONNECTION_STRING")
+    log_level: str = Field("INFO", validation_alias="LOG_LEVEL")
+
+    @field_validator("api_keys", "tenant_policies", "tenant_token_budgets", "policy_defaults", mode="before")
+    @classmethod
+    def _json_text(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return json.loads(value) if value.strip() else {}
+        return value
+
+    def policy_for(self, tenant: str) -> Policy:
+        """The tenant's limits: its own policy if configured, the defaults otherwise."""
+        return self.tenant_policies.get(tenant, self.policy_defaults)
+
+    def budget_for(self, tenant: str) -> int:
+        return self.tenant_token_budgets.get(tenant, self.monthly_token_budget)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
+
+
+def reset_settings() -> None:
+    """Forget the cached settings (tests change the environment between cases)."""
+    get_settings.cache_clear()
