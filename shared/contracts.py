@@ -80,10 +80,13 @@ class StepMessage(BaseModel):
 
     job_id: str
     step: int = Field(ge=1)
+    attempt: int = Field(0, ge=0, description="Reschedules of this step after transient model errors.")
 
     @property
     def message_id(self) -> str:
-        return f"{self.job_id}:{self.step}"
+        # A reschedule is a new message: duplicate detection would drop a second "{job_id}:{step}".
+        base = f"{self.job_id}:{self.step}"
+        return f"{base}:a{self.attempt}" if self.attempt else base
 
 
 class JobError(BaseModel):
@@ -144,7 +147,8 @@ class Checkpoint(BaseModel):
     kind: str
     summary: str
     state: dict[str, Any]
-    usage: Usage = Field(default_factory=Usage)
+    usage: Usage = Field(default_factory=Usage, description="This step's model usage.")
+    total_usage: Usage = Field(default_factory=Usage, description="Usage of steps 1..n, so redelivery never recounts.")
     outcome: Outcome | None = None
     duration_ms: float = 0.0
     created_at: datetime = Field(default_factory=utcnow)

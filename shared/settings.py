@@ -126,3 +126,27 @@ def get_settings() -> Settings:
 def reset_settings() -> None:
     """Forget the cached settings (tests change the environment between cases)."""
     get_settings.cache_clear()
+
+
+def resolve_binding_expression(value: str, settings: Settings | None = None) -> str:
+    """Resolve a "%NAME%" binding expression the way the Functions host does, with our defaults.
+
+    The process environment wins; otherwise the typed setting whose alias is NAME supplies
+    its default, so "%AGENT_JOBS_QUEUE%" means the same thing under every host.
+    """
+    import os
+
+    if not (value.startswith("%") and value.endswith("%") and len(value) > 2):
+        return value
+    name = value[1:-1]
+    if name in os.environ:
+        return os.environ[name]
+    settings = settings or get_settings()
+    for field_name, field in Settings.model_fields.items():
+        alias = field.validation_alias
+        names = alias.choices if isinstance(alias, AliasChoices) else [alias]
+        if name in [str(n) for n in names]:
+            resolved = getattr(settings, field_name)
+            if resolved is not None:
+                return str(resolved)
+    raise KeyError(f"app setting {name} is not set; set it in local.settings.json or app settings")

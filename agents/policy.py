@@ -1,0 +1,31 @@
+"""Job policy: the tenant's limits narrowed by a job's overrides, never widened."""
+
+from __future__ import annotations
+
+from shared.contracts import Policy, PolicyOverrides
+
+
+class PolicyViolation(ValueError):
+    def __init__(self, field: str, why: str) -> None:
+        super().__init__(f"policy.{field}: {why}")
+        self.field = field
+        self.why = why
+
+
+def resolve(limits: Policy, overrides: PolicyOverrides | None) -> Policy:
+    """The job's policy, or PolicyViolation naming the first override beyond the tenant's limits."""
+    if overrides is None:
+        return limits
+    wanted = overrides.model_dump(exclude_none=True)
+    for field in ("max_steps", "max_tokens", "max_report_chars"):
+        if field in wanted and wanted[field] > getattr(limits, field):
+            raise PolicyViolation(field, f"{wanted[field]} exceeds the tenant's limit of {getattr(limits, field)}")
+    if "allowed_tools" in wanted:
+        extra = sorted(set(wanted["allowed_tools"]) - set(limits.allowed_tools))
+        if extra:
+            raise PolicyViolation("allowed_tools", f"{', '.join(extra)} not allowed for this tenant")
+    if limits.require_citations and wanted.get("require_citations") is False:
+        raise PolicyViolation("require_citations", "the tenant requires citations")
+    if "min_citations" in wanted and limits.require_citations and wanted["min_citations"] < limits.min_citations:
+        raise PolicyViolation("min_citations", f"must be at least the tenant's {limits.min_citations}")
+    return limits.model_copy(update=wanted)

@@ -1,0 +1,45 @@
+"""The research agent's state, carried from checkpoint to checkpoint."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from shared.contracts import Report, chunk_key
+
+
+class SourceChunk(BaseModel):
+    """A chunk the agent read in this job: the only text a citation may quote."""
+
+    doc_id: str
+    chunk_id: int
+    title: str
+    url: str | None = None
+    content: str
+
+    @property
+    def key(self) -> str:
+        return chunk_key(self.doc_id, self.chunk_id)
+
+
+class AgentState(BaseModel):
+    task: str
+    language: str = "en"
+    messages: list[dict[str, Any]] = Field(default_factory=list, description="OpenAI-format turns after the system prompt.")
+    sources: dict[str, SourceChunk] = Field(default_factory=dict, description="chunk key -> chunk read in this job")
+    notes: list[str] = Field(default_factory=list)
+    recalled: list[str] = Field(default_factory=list, description="Session memory seen at the start of the job.")
+    repairs: int = 0
+    nudges: int = 0
+    report: Report | None = None
+    removed_citations: list[dict[str, Any]] = Field(default_factory=list)
+
+    def pending_tool_calls(self) -> list[dict[str, Any]]:
+        """Tool calls of the last assistant turn that have no tool answer yet."""
+        if not self.messages:
+            return []
+        last = self.messages[-1]
+        if last.get("role") != "assistant":
+            return []
+        return list(last.get("tool_calls") or [])

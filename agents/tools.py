@@ -1,0 +1,141 @@
+"""The agent's tools: their OpenAI function specs and how each runs against the ports."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from agents.state import AgentState, SourceChunk
+from shared.ports import KnowledgeIndex
+
+MAX_READ_CHUNKS = 6  # read_document without chunk_id returns at most this many chunks
+MAX_NOTE_CHARS = 1000
+
+SPECS: dict[str, dict[str, Any]] = {
+    "search_knowledge": {
+        "description": "Search the knowledge index. Returns passages with doc_id, chunk_id, title and a snippet.",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "query": {"type": "string", "description": "What to look for, in the question's language."},
+                "top": {"type": "integer", "minimum": 1, "maximum": 10, "default": 5},
+            },
+            "required": ["query"],
+        },
+    },
+    "read_document": {
+        "description": "Read a document's chunk (or its first chunks) in full. Only text read here can be cited.",
+        "parameters": {
+            "type": "object",
+            "properties": {"doc_id": {"type": "string"}, "chunk_id": {"type": "integer"}},
+            "required": ["doc_id"],
+        },
+    },
+    "save_note": {
+        "description": "Save a short finding to the session's short-term memory for later jobs.",
+        "parameters": {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]},
+    },
+    "write_report": {
+        "description": (
+            "Submit the final report in Markdown. Mark each claim with [n]; each citation n must quote, "
+            "verbatim, text from a chunk you read with read_document."
+        ),
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "markdown": {"type": "string"},
+                "citations": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "n": {"type": "integer"},
+                            "doc_id": {"type": "string"},
+                            "chunk_id": {"type": "integer"},
+                            "quote": {"type": "string", "description": "Exact sentence copied from the chunk."},
+                        },
+                        "required": ["n", "doc_id", "chunk_id", "quote"],
+                    },
+                },
+            },
+            "required": ["markdown", "citations"],
+        },
+    },
+}
+
+FINAL_TOOL = "write_report"
+
+
+def tool_specs(allowed: list[str]) -> list[dict[str, Any]]:
+    """OpenAI tool definitions for the tools the policy allows, in a stable order."""
+    return [
+        {"type": "function", "function": {"name": name, **SPECS[name]}} for name in SPECS if name in allowed
+    ]
+
+
+class ToolRefused(Exception):
+    """The call cannot run; the message goes back to the model as the tool's answer."""
+
+
+@dataclass
+class Toolbox:
+    index: KnowledgeIndex
+    allowed: list[str]
+    note: Callable[[str], None] | None = None
+
+    def run(self, name: str, arguments: str, state: AgentState) -> str:
+        """Run one tool call and return its answer (JSON text) for the model."""
+        if name not in SPECS:
+            raise ToolRefused(f"unknown tool {name!r}; available tools: {', '.join(self.allowed)}")
+        if name not in self.allowed:
+            raise ToolRefused(f"tool {name!r} is not allowed by this job's policy")
+        try:
+            args = json.loads(arguments or "{}")
+        except json.JSONDecodeError as exc:
+            raise ToolRefused(f"arguments are not valid JSON: {exc.msg}") from exc
+        if not isinstance(args, dict):
+            raise ToolRefused("arguments must be a JSON object")
+        if name == "search_knowledge":
+            return self._search(args)
+        if name == "read_document":
+            return self._read(args, state)
+        if name == "save_note":
+            return self._save_note(args, state)
+        raise ToolRefused(f"{name} is handled by the agent loop")
+
+    def _search(self, args: dict[str, Any]) -> str:
+        query = str(args.get("query", "")).strip()
+        if not query:
+            raise ToolRefused("query must not be empty")
+        top = max(1, min(int(args.get("top") or 5), 10))
+        hits = self.index.search(query, top=top)
+        return json.dumps(
+            {"results": [h.model_dump(include={"doc_id", "chunk_id", "title", "snippet"}) for h in hits]},
+            ensure_ascii=False,
+        )
+
+    def _read(self, args: dict[str, Any], state: AgentState) -> str:
+        doc_id = str(args.get("doc_id", ""))
+        chunk_id = args.get("chunk_id")
+        chunks = self.index.get_chunks(doc_id, int(chunk_id) if chunk_id is not None else None)
+        if not chunks:
+            raise ToolRefused(f"no document {doc_id!r}" + (f" chunk {chunk_id}" if chunk_id is not None else ""))
+        chunks = chunks[:MAX_READ_CHUNKS]
+        for c in chunks:
+            source = SourceChunk(doc_id=c.doc_id, chunk_id=c.chunk_id, title=c.title, url=c.url, content=c.content)
+            state.sources[source.key] = source
+        # The text goes back as a JSON field: it is data to quote, never instructions to follow.
+        return json.dumps(
+            {"chunks": [{"doc_id": c.doc_id, "chunk_id": c.chunk_id, "title": c.title, "content": c.content}
+                        for c in chunks]},
+            ensure_ascii=False,
+        )
+
+    def _save_note(self, args: dict[str, Any], state: AgentState) -> str:
+        text = str(args.get("text", "")).strip()[:MAX_NOTE_CHARS]
+        if not text:
+            raise ToolRefused("text must not be empty")
+        state.notes.append(text)
+        return json.dumps({"saved": True})

@@ -1,0 +1,212 @@
+"""Embedded object store: blob semantics (create-only, If-Match, ETags) in one SQLite file.
+
+Why SQLite rather than one file per object:
+- Create-only and If-Match writes are each ONE SQL statement ("INSERT ... ON CONFLICT DO NOTHING",
+  "UPDATE ... WHERE etag = ?"), so the check and the write are atomic across threads and processes
+  under SQLite's own write lock: no lock files, no read-compare-replace window.
+- A reader never sees a torn object: readers see committed transactions only, and a process killed
+  with SIGKILL mid-write leaves an uncommitted WAL tail that SQLite discards on next open.
+- Blob names may be both "a/b" and "a/b/c" (a file system cannot hold a file and a directory of the
+  same name), need no escaping, and list(prefix) is an index range scan instead of a directory walk.
+- WAL with synchronous=NORMAL skips fsync on commit: durable across process crashes (kill -9),
+  which is what the embedded runtime needs; a power cut may lose the last commits, never tear one.
+Limit: SQLite caps one value at ~1 GB, far above anything the app stores (checkpoints, job records,
+reports, index backups).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+from shared.ports import DependencyUnavailable, PreconditionFailed, StoredObject
+
+DB_FILE = "objects.sqlite3"
+
+# The same naming rules Azure enforces, so a key that works here works against Blob Storage.
+_CONTAINER_RE = re.compile(r"^(?!.*--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
+_MAX_BLOB_NAME = 1024
+_LIST_PAGE = 1000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS objects (
+    key      TEXT PRIMARY KEY,
+    data     BLOB NOT NULL,
+    etag     TEXT NOT NULL,
+    modified REAL NOT NULL
+)
+"""
+
+# One write lock per database file per process: same-process writers queue on it instead of on
+# SQLite's busy handler, which sleeps in 1-100 ms steps; other processes still meet SQLite's lock.
+_write_locks: dict[str, threading.Lock] = {}
+_write_locks_guard = threading.Lock()
+
+# A SQLite connection must not cross fork(); bumping this in the child makes every thread reconnect.
+_fork_generation = 0
+
+
+def _after_fork_in_child() -> None:
+    global _fork_generation
+    _fork_generation += 1
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def validate_key(key: str) -> None:
+    """Raise ValueError unless key is "container/name" with an Azure-valid container and name."""
+    container, sep, name = key.partition("/")
+    if not sep or not _CONTAINER_RE.match(container):
+        raise ValueError(f"object key {key!r} must start with a container (3-63 of a-z, 0-9, '-') and '/'")
+    if not name or len(name) > _MAX_BLOB_NAME:
+        raise ValueError(f"object key {key!r} needs a blob name of 1-{_MAX_BLOB_NAME} characters after the container")
+
+
+def _new_etag() -> str:
+    # Random, not a counter: a key deleted and re-created must never get back an ETag a stale
+    # reader still holds.
+    return os.urandom(12).hex()
+
+
+def _prefix_upper_bound(prefix: str) -> str | None:
+    """The smallest string greater than every string starting with prefix (None: no bound)."""
+    chars = list(prefix)
+    while chars:
+        code = ord(chars.pop()) + 1
+        if 0xD800 <= code <= 0xDFFF:  # surrogates cannot be stored as UTF-8; skip past them
+            code = 0xE000
+        if code <= 0x10FFFF:
+            return "".join(chars) + chr(code)
+    return None
+
+
+class LocalObjectStore:
+    """ObjectStore over one SQLite database under root; safe to share across threads and processes."""
+
+    def __init__(self, root: Path, *, busy_timeout_seconds: float = 30.0) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.path = self.root / DB_FILE
+        self._busy_timeout = busy_timeout_seconds
+        self._local = threading.local()
+        with _write_locks_guard:
+            self._write_lock = _write_locks.setdefault(str(self.path.resolve()), threading.Lock())
+        with self._write_lock:
+            conn = self._conn()
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(_SCHEMA)
+
+    # --- connections ----------------------------------------------------------------------------
+
+    def _conn(self) -> sqlite3.Connection:
+        # One connection per thread: WAL lets readers run in parallel with each other and a writer.
+        local = self._local
+        if getattr(local, "generation", None) != _fork_generation:
+            conn = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None)
+            conn.execute("PRAGMA synchronous=NORMAL")
+            # Large blobs grow the WAL; give the space back after each checkpoint.
+            conn.execute("PRAGMA journal_size_limit=67108864")
+            local.conn = conn
+            local.generation = _fork_generation
+        return local.conn
+
+    def close(self) -> None:
+        """Close this thread's connection (other threads' connections close when those threads end)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None and self._local.generation == _fork_generation:
+            conn.close()
+        self._local.__dict__.clear()
+
+    def _write(self, sql: str, params: tuple[object, ...]) -> int:
+        with self._write_lock:
+            try:
+                return self._conn().execute(sql, params).rowcount
+            except sqlite3.OperationalError as exc:
+                # "database is locked" after the busy timeout: another process holds the write lock
+                # far too long. The write did not happen, so the caller may retry.
+                raise DependencyUnavailable(f"embedded object store {self.path}: {exc}") from exc
+
+    # --- ObjectStore ----------------------------------------------------------------------------
+
+    def get(self, key: str) -> StoredObject | None:
+        row = self._conn().execute("SELECT data, etag, modified FROM objects WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            return None
+        return StoredObject(data=row[0], etag=row[1], last_modified=datetime.fromtimestamp(row[2], UTC))
+
+    def exists(self, key: str) -> bool:
+        """Cheaper than get: reads the index only, not the data."""
+        return self._conn().execute("SELECT 1 FROM objects WHERE key = ?", (key,)).fetchone() is not None
+
+    def put(self, key: str, data: bytes, *, if_match: str | None = None) -> str:
+        validate_key(key)
+        etag = _new_etag()
+        if if_match is None:
+            self._write(
+                "INSERT INTO objects (key, data, etag, modified) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET data = excluded.data, etag = excluded.etag, "
+                "modified = excluded.modified",
+                (key, bytes(data), etag, time.time()),
+            )
+            return etag
+        changed = self._write(
+            "UPDATE objects SET data = ?, etag = ?, modified = ? WHERE key = ? AND etag = ?",
+            (bytes(data), etag, time.time(), key, if_match),
+        )
+        if changed == 0:
+            raise PreconditionFailed(f"{key}: ETag {if_match} no longer current (changed or deleted)")
+        return etag
+
+    def put_if_absent(self, key: str, data: bytes) -> str:
+        validate_key(key)
+        etag = _new_etag()
+        created = self._write(
+            "INSERT INTO objects (key, data, etag, modified) VALUES (?, ?, ?, ?) ON CONFLICT (key) DO NOTHING",
+            (key, bytes(data), etag, time.time()),
+        )
+        if created == 0:
+            raise PreconditionFailed(f"{key} already exists")
+        return etag
+
+    def delete(self, key: str, *, if_match: str | None = None) -> bool:
+        if if_match is None:
+            return self._write("DELETE FROM objects WHERE key = ?", (key,)) > 0
+        if self._write("DELETE FROM objects WHERE key = ? AND etag = ?", (key, if_match)) > 0:
+            return True
+        # Nothing deleted: either the key is gone (False, as without if_match) or it has another ETag.
+        if self.exists(key):
+            raise PreconditionFailed(f"{key}: ETag {if_match} no longer current")
+        return False
+
+    def list(self, prefix: str) -> Iterator[str]:
+        # Pages by key rather than one open cursor: the caller may delete or write while iterating
+        # (retention does), which must not run inside a long-lived read transaction.
+        upper = _prefix_upper_bound(prefix)
+        conn = self._conn()
+        after: str | None = None
+        while True:
+            lower_sql, lower = ("key > ?", after) if after is not None else ("key >= ?", prefix)
+            sql = f"SELECT key FROM objects WHERE {lower_sql}"
+            params: tuple[str, ...] = (lower,)
+            if upper is not None:
+                sql += " AND key < ?"
+                params += (upper,)
+            rows = conn.execute(f"{sql} ORDER BY key LIMIT {_LIST_PAGE}", params).fetchall()
+            for (key,) in rows:
+                yield key
+            if len(rows) < _LIST_PAGE:
+                return
+            after = rows[-1][0]
+
+    def ping(self) -> None:
+        try:
+            self._conn().execute("SELECT 1 FROM objects LIMIT 1").fetchall()
+        except sqlite3.Error as exc:
+            raise DependencyUnavailable(f"embedded object store {self.path}: {exc}") from exc

@@ -1,0 +1,413 @@
+"""The embedded step queue: Service Bus queue semantics in one SQLite file.
+
+What it copies from Service Bus, so the step engine means the same thing in both worlds:
+peek-lock with a lock duration, delivery count (1 on the first delivery), max delivery
+count then the dead-letter sub-queue with reason "MaxDeliveryCountExceeded", scheduled
+enqueue, message-id duplicate detection within a window, and abandon = visible again at once.
+
+Storage: one SQLite file may hold several named queues (rows carry the queue name); each
+LocalQueue object works one of them. WAL with synchronous=NORMAL survives kill -9 of any
+process (only an OS crash or power loss can drop the last commits). Several threads and
+several processes on one machine may share a file: claims run in short BEGIN IMMEDIATE
+transactions, and a lock is a token plus an expiry time, so a consumer that dies simply
+lets its lock run out and the message is redelivered.
+
+Wake-ups: send() and abandon() notify a Condition shared by every LocalQueue on the same
+file and queue in this process, so a blocked receive() wakes at once. A blocked receive
+also wakes by itself when the next scheduled message or lock expiry is due, and polls every
+200 ms for sends from other processes, which cannot reach our Condition.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+from shared.ports import DependencyUnavailable, QueueCounts, QueueMessage
+
+log = logging.getLogger(__name__)
+
+MAX_DELIVERY_COUNT_EXCEEDED = "MaxDeliveryCountExceeded"
+
+# Only sends from another process need this; in-process sends notify the Condition.
+_CROSS_PROCESS_POLL_SECONDS = 0.2
+_BUSY_TIMEOUT_MS = 5_000
+_PRUNE_IDS_EVERY_SECONDS = 60.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    queue TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    body BLOB NOT NULL,
+    enqueued_at REAL NOT NULL,      -- when it became (or becomes) active: max(send time, scheduled time)
+    scheduled_at REAL,              -- the requested scheduled enqueue time, if any
+    visible_at REAL NOT NULL,       -- receivable once this passes: enqueue time, then lock expiry
+    delivery_count INTEGER NOT NULL DEFAULT 0,
+    lock_token TEXT,
+    locked_until REAL,
+    dead_lettered INTEGER NOT NULL DEFAULT 0,
+    dead_letter_reason TEXT,
+    dead_letter_description TEXT,
+    dead_lettered_at REAL
+);
+CREATE INDEX IF NOT EXISTS messages_fifo ON messages (queue, dead_lettered, seq);
+CREATE INDEX IF NOT EXISTS messages_due ON messages (queue, dead_lettered, visible_at);
+CREATE TABLE IF NOT EXISTS message_ids (
+    queue TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    sent_at REAL NOT NULL,
+    PRIMARY KEY (queue, message_id)
+) WITHOUT ROWID;
+"""
+
+_COLUMNS = (
+    "seq, message_id, body, enqueued_at, scheduled_at, delivery_count, lock_token, "
+    "dead_letter_reason, dead_letter_description"
+)
+
+# Service Bus words its own MaxDeliveryCountExceeded description the same way.
+_EXHAUSTED_DESCRIPTION = "'Message could not be consumed after ' || delivery_count || ' delivery attempts.'"
+
+
+class MessageLockLost(Exception):
+    """The lock on a message expired or another consumer holds it now; the settle did not happen."""
+
+
+# Every LocalQueue on one file and queue in this process shares a Condition, so a producer
+# and a consumer built separately (API and runtime) still wake each other without polling.
+_wakeups: weakref.WeakValueDictionary[tuple[str, str], threading.Condition] = weakref.WeakValueDictionary()
+_wakeups_guard = threading.Lock()
+
+
+def _shared_wakeup(path: Path, name: str) -> threading.Condition:
+    key = (str(path.resolve()), name)
+    with _wakeups_guard:
+        condition = _wakeups.get(key)
+        if condition is None:
+            condition = threading.Condition()
+            _wakeups[key] = condition
+        return condition
+
+
+def _epoch(moment: datetime) -> float:
+    """Seconds since the epoch; a naive datetime is taken as UTC, as Service Bus does."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def _utc(seconds: float | None) -> datetime | None:
+    return None if seconds is None else datetime.fromtimestamp(seconds, UTC)
+
+
+def _message(row: tuple) -> QueueMessage:
+    seq, message_id, body, enqueued_at, scheduled_at, delivery_count, lock_token, reason, description = row
+    return QueueMessage(
+        message_id=message_id,
+        body=bytes(body),
+        sequence_number=seq,
+        delivery_count=delivery_count,
+        enqueued_at=_utc(enqueued_at),
+        scheduled_at=_utc(scheduled_at),
+        dead_letter_reason=reason,
+        dead_letter_description=description,
+        lock_token=lock_token,
+    )
+
+
+class LocalQueue:
+    """A durable queue with Service Bus semantics: the StepQueue port plus the consumer side."""
+
+    def __init__(
+        self,
+        path: Path,
+        name: str = "agent-jobs",
+        *,
+        lock_seconds: float = 60.0,
+        max_delivery_count: int = 10,
+        duplicate_window_seconds: float = 600.0,
+    ) -> None:
+        if max_delivery_count < 1:
+            raise ValueError("max_delivery_count must be at least 1")
+        self.path = Path(path)
+        self.name = name
+        self.lock_seconds = lock_seconds
+        self.max_delivery_count = max_delivery_count
+        self.duplicate_window_seconds = duplicate_window_seconds
+        self._wakeup = _shared_wakeup(self.path, name)
+        self._last_prune = 0.0
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._unavailable_on_sqlite_errors():
+            # Access is serialised by the Condition's lock, so one connection serves every thread.
+            self._conn: sqlite3.Connection | None = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=_BUSY_TIMEOUT_MS / 1000
+            )
+            self._conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+            self._conn.execute("PRAGMA journal_mode = WAL")
+            self._conn.execute("PRAGMA synchronous = NORMAL")
+            with self._wakeup, self._transaction() as conn:
+                # Not executescript: it commits on its own, and the schema should appear all at once.
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+
+    # --- the StepQueue port ---------------------------------------------------------------------
+
+    def send(self, body: bytes, *, message_id: str, scheduled_at: datetime | None = None) -> None:
+        """Enqueue; a message_id seen within the duplicate-detection window is dropped silently."""
+        now = time.time()
+        due = max(now, _epoch(scheduled_at)) if scheduled_at is not None else now
+        with self._wakeup:
+            with self._transaction() as conn:
+                seen = conn.execute(
+                    "SELECT sent_at FROM message_ids WHERE queue = ? AND message_id = ?", (self.name, message_id)
+                ).fetchone()
+                if seen is not None and seen[0] > now - self.duplicate_window_seconds:
+                    log.debug("duplicate message dropped", extra={"message_id": message_id, "queue": self.name})
+                    return
+                conn.execute(
+                    "INSERT INTO message_ids (queue, message_id, sent_at) VALUES (?, ?, ?) "
+                    "ON CONFLICT (queue, message_id) DO UPDATE SET sent_at = excluded.sent_at",
+                    (self.name, message_id, now),
+                )
+                conn.execute(
+                    "INSERT INTO messages (queue, message_id, body, enqueued_at, scheduled_at, visible_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (self.name, message_id, body, due, None if scheduled_at is None else _epoch(scheduled_at), due),
+                )
+                self._prune_message_ids(conn, now)
+            if due > now:
+                # Every waiter must shorten its wait to the new due time, not just one of them.
+                self._wakeup.notify_all()
+            else:
+                self._wakeup.notify()
+
+    def counts(self) -> QueueCounts:
+        now = time.time()
+        with self._wakeup, self._unavailable_on_sqlite_errors():
+            active, scheduled, dead = self._connection().execute(
+                "SELECT "
+                "  COALESCE(SUM(dead_lettered = 0 AND enqueued_at <= ?), 0), "
+                "  COALESCE(SUM(dead_lettered = 0 AND enqueued_at > ?), 0), "
+                "  COALESCE(SUM(dead_lettered = 1), 0) "
+                "FROM messages WHERE queue = ?",
+                (now, now, self.name),
+            ).fetchone()
+        return QueueCounts(active=active, scheduled=scheduled, dead_lettered=dead)
+
+    def peek_dead_letters(self, max_count: int = 100) -> list[QueueMessage]:
+        with self._wakeup, self._unavailable_on_sqlite_errors():
+            rows = self._connection().execute(
+                f"SELECT {_COLUMNS} FROM messages WHERE queue = ? AND dead_lettered = 1 ORDER BY seq LIMIT ?",
+                (self.name, max_count),
+            ).fetchall()
+        peeked = [_message(row) for row in rows]
+        for message in peeked:
+            message.lock_token = None  # a peek locks nothing, so it settles nothing
+        return peeked
+
+    def receive_dead_letters(self, max_count: int = 100, lock_seconds: float = 60.0) -> list[QueueMessage]:
+        """Lock dead-lettered messages for settling; unsettled ones unlock after lock_seconds.
+
+        Unlike Service Bus, this leaves delivery_count alone: it keeps saying how often the
+        step was tried before it was dead-lettered, which is what the sweep reports.
+        """
+        with self._wakeup:
+            return self._claim(time.time(), max_count, dead_lettered=True, lock_seconds=lock_seconds)
+
+    def complete_dead_letter(self, message: QueueMessage) -> None:
+        self._settle(message, "DELETE FROM messages", dead_lettered=True)
+
+    def ping(self) -> None:
+        with self._wakeup, self._unavailable_on_sqlite_errors():
+            self._connection().execute("SELECT 1 FROM messages LIMIT 1").fetchall()
+
+    # --- the consumer side (the Functions host's part in Azure) ---------------------------------
+
+    def receive(self, max_count: int = 1, wait_seconds: float = 0.0) -> list[QueueMessage]:
+        """Peek-lock up to max_count due messages, oldest first, blocking up to wait_seconds for one."""
+        if max_count < 1:
+            raise ValueError("max_count must be at least 1")
+        deadline = time.monotonic() + wait_seconds
+        with self._wakeup:
+            while self._conn is not None:
+                messages = self._claim(time.time(), max_count, dead_lettered=False, lock_seconds=self.lock_seconds)
+                if messages:
+                    return messages
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return []
+                timeout = min(remaining, _CROSS_PROCESS_POLL_SECONDS)
+                next_due = self._next_due()
+                if next_due is not None:
+                    timeout = min(timeout, max(0.0, next_due - time.time()))
+                self._wakeup.wait(timeout)
+        return []  # closed while waiting: the runtime is shutting down
+
+    def complete(self, message: QueueMessage) -> None:
+        self._settle(message, "DELETE FROM messages", dead_lettered=False)
+
+    def abandon(self, message: QueueMessage) -> None:
+        """Unlock for immediate redelivery (no backoff); past max delivery count, dead-letter instead."""
+        now = time.time()
+        exhausted = f"delivery_count >= {self.max_delivery_count}"
+        with self._wakeup:
+            dead_lettered = self._settle(
+                message,
+                "UPDATE messages SET lock_token = NULL, locked_until = NULL, visible_at = ?, "
+                f"dead_lettered = ({exhausted}), "
+                f"dead_letter_reason = CASE WHEN {exhausted} THEN '{MAX_DELIVERY_COUNT_EXCEEDED}' END, "
+                f"dead_letter_description = CASE WHEN {exhausted} THEN {_EXHAUSTED_DESCRIPTION} END, "
+                f"dead_lettered_at = CASE WHEN {exhausted} THEN ? END",
+                (now, now),
+                dead_lettered=False,
+                returning="dead_lettered",
+            )
+            if not dead_lettered:
+                self._wakeup.notify()
+
+    def dead_letter(self, message: QueueMessage, reason: str, description: str = "") -> None:
+        now = time.time()
+        self._settle(
+            message,
+            "UPDATE messages SET lock_token = NULL, locked_until = NULL, visible_at = ?, dead_lettered = 1, "
+            "dead_letter_reason = ?, dead_letter_description = ?, dead_lettered_at = ?",
+            (now, reason, description, now),
+            dead_lettered=False,
+        )
+
+    def renew_lock(self, message: QueueMessage) -> datetime:
+        """Extend the lock by lock_seconds from now; return the new expiry."""
+        until = time.time() + self.lock_seconds
+        renew = "UPDATE messages SET locked_until = ?, visible_at = ?"
+        self._settle(message, renew, (until, until), dead_lettered=None)
+        return datetime.fromtimestamp(until, UTC)
+
+    def purge_dead_letters(self) -> int:
+        with self._wakeup, self._transaction() as conn:
+            return conn.execute("DELETE FROM messages WHERE queue = ? AND dead_lettered = 1", (self.name,)).rowcount
+
+    def close(self) -> None:
+        with self._wakeup:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+            self._wakeup.notify_all()  # a receive blocked on this object returns []
+
+    def __enter__(self) -> LocalQueue:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # --- internals (callers hold self._wakeup) --------------------------------------------------
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise RuntimeError(f"LocalQueue {self.name!r} at {self.path} is closed")
+        return self._conn
+
+    @contextmanager
+    def _unavailable_on_sqlite_errors(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.OperationalError as exc:
+            # Locked past busy_timeout, disk full, unreadable file: the caller may retry later.
+            raise DependencyUnavailable(f"embedded queue {self.path} ({self.name}): {exc}") from exc
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._unavailable_on_sqlite_errors():
+            conn = self._connection()
+            # IMMEDIATE takes the write lock up front, so two processes never claim the same row.
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def _claim(self, now: float, max_count: int, *, dead_lettered: bool, lock_seconds: float) -> list[QueueMessage]:
+        """Lock up to max_count visible messages of one sub-queue in one transaction."""
+        claimed: list[QueueMessage] = []
+        locked_until = now + lock_seconds
+        with self._transaction() as conn:
+            while len(claimed) < max_count:
+                rows = conn.execute(
+                    "SELECT seq, delivery_count FROM messages "
+                    "WHERE queue = ? AND dead_lettered = ? AND visible_at <= ? ORDER BY seq LIMIT ?",
+                    (self.name, dead_lettered, now, max_count - len(claimed)),
+                ).fetchall()
+                if not rows:
+                    break
+                for seq, delivery_count in rows:
+                    if not dead_lettered and delivery_count >= self.max_delivery_count:
+                        # A lock expired on the last allowed delivery: dead-letter, never deliver once more.
+                        conn.execute(
+                            "UPDATE messages SET lock_token = NULL, locked_until = NULL, visible_at = ?, "
+                            f"dead_lettered = 1, dead_letter_reason = '{MAX_DELIVERY_COUNT_EXCEEDED}', "
+                            f"dead_letter_description = {_EXHAUSTED_DESCRIPTION}, dead_lettered_at = ? WHERE seq = ?",
+                            (now, now, seq),
+                        )
+                        continue
+                    row = conn.execute(
+                        "UPDATE messages SET delivery_count = delivery_count + ?, lock_token = ?, "
+                        f"locked_until = ?, visible_at = ? WHERE seq = ? RETURNING {_COLUMNS}",
+                        (0 if dead_lettered else 1, uuid.uuid4().hex, locked_until, locked_until, seq),
+                    ).fetchone()
+                    claimed.append(_message(row))
+        return claimed
+
+    def _settle(
+        self,
+        message: QueueMessage,
+        statement: str,
+        params: tuple = (),
+        *,
+        dead_lettered: bool | None,
+        returning: str = "seq",
+    ) -> object:
+        """Run statement on the message if its lock is still ours, else raise MessageLockLost."""
+        row = None
+        if message.lock_token is not None:
+            sql = statement + " WHERE seq = ? AND queue = ? AND lock_token = ? AND locked_until > ?"
+            where: tuple = (message.sequence_number, self.name, message.lock_token, time.time())
+            if dead_lettered is not None:
+                sql += " AND dead_lettered = ?"
+                where += (dead_lettered,)
+            with self._wakeup, self._unavailable_on_sqlite_errors():
+                row = self._connection().execute(f"{sql} RETURNING {returning}", params + where).fetchone()
+        if row is None:
+            raise MessageLockLost(
+                f"lock on message {message.message_id!r} (sequence {message.sequence_number}) in queue "
+                f"{self.name!r} expired or another consumer holds it; it is delivered again, not settled"
+            )
+        return row[0]
+
+    def _next_due(self) -> float | None:
+        """When the next scheduled message or expiring lock becomes receivable."""
+        with self._unavailable_on_sqlite_errors():
+            (due,) = self._connection().execute(
+                "SELECT MIN(visible_at) FROM messages WHERE queue = ? AND dead_lettered = 0 AND visible_at > ?",
+                (self.name, time.time()),
+            ).fetchone()
+        return due
+
+    def _prune_message_ids(self, conn: sqlite3.Connection, now: float) -> None:
+        """Forget message ids older than the duplicate window, now and then, so the table stays small."""
+        if now - self._last_prune < _PRUNE_IDS_EVERY_SECONDS:
+            return
+        self._last_prune = now
+        conn.execute(
+            "DELETE FROM message_ids WHERE queue = ? AND sent_at <= ?", (self.name, now - self.duplicate_window_seconds)
+        )

@@ -1,0 +1,237 @@
+"""The embedded knowledge index: SQLite with an FTS5 table over pre-tokenized text, ranked by BM25.
+
+FTS5's own tokenizers cannot split Japanese, so shared.text.tokenize() does the analysis
+(words, CJK bigrams) and FTS5's unicode61 tokenizer only splits that output on the spaces
+between tokens. The original text lives in the chunks table; citations and snippets use it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import unicodedata
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from shared.contracts import Chunk, SearchHit
+from shared.ports import DependencyUnavailable
+from shared.text import split_sentences, tokenize
+
+SCHEMA_VERSION = 1
+TITLE_WEIGHT = 2.0
+CONTENT_WEIGHT = 1.0
+SNIPPET_CHARS = 200
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS chunks (
+    key TEXT PRIMARY KEY,
+    doc_id TEXT NOT NULL,
+    chunk_id INTEGER NOT NULL,
+    title TEXT NOT NULL,
+    url TEXT,
+    content TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS chunks_by_doc ON chunks (doc_id, chunk_id)",
+    # rowid of chunks_terms = rowid of chunks; its columns hold tokenize() output joined by spaces.
+    """CREATE VIRTUAL TABLE IF NOT EXISTS chunks_terms USING fts5 (
+    title, content, tokenize = 'unicode61 remove_diacritics 0'
+    )""",
+    f"PRAGMA user_version = {SCHEMA_VERSION}",
+)
+
+_CHUNK_COLUMNS = "doc_id, chunk_id, title, url, content"
+
+
+def _row_to_chunk(row: sqlite3.Row) -> Chunk:
+    return Chunk(doc_id=row[0], chunk_id=row[1], title=row[2], url=row[3], content=row[4])
+
+
+def match_expression(query: str) -> str | None:
+    """The FTS5 query for free text: its tokens, each quoted as a literal, ORed; None if it has none.
+
+    Quoting makes user input inert: '"', '*', 'AND', '-x' and column filters are all just text.
+    """
+    terms = dict.fromkeys(tokenize(query))  # de-duplicated, in query order
+    if not terms:
+        return None
+    return " OR ".join('"' + term.replace('"', '""') + '"' for term in terms)
+
+
+def best_snippet(content: str, query_terms: list[str]) -> str:
+    """The sentence that holds the most query terms, cut to a window around the first one when long."""
+    best: tuple[int, int, int] | None = None  # (terms matched, start, end)
+    for start, end in split_sentences(content):
+        folded = unicodedata.normalize("NFKC", content[start:end]).lower()
+        matched = sum(1 for term in query_terms if term in folded)
+        if matched and (best is None or matched > best[0]):
+            best = (matched, start, end)
+    if best is None:
+        return _window(content, 0, 0, len(content))
+    _, start, end = best
+    sentence = content[start:end].lower()
+    first = min((i for i in (sentence.find(t) for t in query_terms) if i >= 0), default=0)
+    return _window(content, start + first, start, end)
+
+
+def _window(content: str, anchor: int, start: int, end: int) -> str:
+    """About SNIPPET_CHARS of content[start:end] around anchor, with an ellipsis where it was cut."""
+    if end - start <= SNIPPET_CHARS * 3 // 2:
+        return content[start:end]
+    lo = max(start, anchor - SNIPPET_CHARS // 3)
+    hi = min(end, lo + SNIPPET_CHARS)
+    lo = max(start, hi - SNIPPET_CHARS)
+    return ("…" if lo > start else "") + content[lo:hi].strip() + ("…" if hi < end else "")
+
+
+class LocalKnowledgeIndex:
+    """KnowledgeIndex in one SQLite file: WAL, one connection per thread, safe across processes.
+
+    upsert replaces chunks by key. Re-indexing a document that now has fewer chunks leaves the old
+    tail in place, so callers replacing a document call delete_document(doc_id) first (as with
+    Azure AI Search, whose upload action is also per key).
+    """
+
+    def __init__(self, path: Path, *, busy_timeout_seconds: float = 30.0) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._busy_timeout = busy_timeout_seconds
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
+        with self._write() as db:
+            for statement in _SCHEMA:
+                db.execute(statement)
+
+    # --- connections ---------------------------------------------------------------------------
+
+    def _db(self) -> sqlite3.Connection:
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            try:
+                db = sqlite3.connect(
+                    self.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False
+                )
+                db.execute("PRAGMA journal_mode = WAL")
+                # FULL: a committed upsert survives power loss, not just a process crash.
+                db.execute("PRAGMA synchronous = FULL")
+            except sqlite3.Error as error:
+                raise DependencyUnavailable(f"knowledge index {self.path} cannot be opened: {error}") from error
+            self._local.db = db
+            with self._connections_lock:
+                self._connections.append(db)
+        return db
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction; IMMEDIATE takes the write lock up front so concurrent writers queue, not fail."""
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def close(self) -> None:
+        """Close every connection this index opened (from any thread)."""
+        with self._connections_lock:
+            connections, self._connections = self._connections, []
+        for db in connections:
+            db.close()
+        self._local = threading.local()
+
+    # --- KnowledgeIndex ------------------------------------------------------------------------
+
+    def upsert(self, chunks: list[Chunk]) -> int:
+        with self._write() as db:
+            for chunk in chunks:
+                row = db.execute(
+                    """INSERT INTO chunks (key, doc_id, chunk_id, title, url, content) VALUES (?, ?, ?, ?, ?, ?)
+                       ON CONFLICT (key) DO UPDATE SET doc_id = excluded.doc_id, chunk_id = excluded.chunk_id,
+                           title = excluded.title, url = excluded.url, content = excluded.content
+                       RETURNING rowid""",
+                    (chunk.key, chunk.doc_id, chunk.chunk_id, chunk.title, chunk.url, chunk.content),
+                ).fetchone()
+                db.execute("DELETE FROM chunks_terms WHERE rowid = ?", (row[0],))
+                db.execute(
+                    "INSERT INTO chunks_terms (rowid, title, content) VALUES (?, ?, ?)",
+                    (row[0], " ".join(tokenize(chunk.title)), " ".join(tokenize(chunk.content))),
+                )
+        return len(chunks)
+
+    def delete_document(self, doc_id: str) -> int:
+        with self._write() as db:
+            db.execute(
+                "DELETE FROM chunks_terms WHERE rowid IN (SELECT rowid FROM chunks WHERE doc_id = ?)", (doc_id,)
+            )
+            return db.execute("DELETE FROM chunks WHERE doc_id = ?", (doc_id,)).rowcount
+
+    def search(self, query: str, *, top: int = 5, doc_id: str | None = None) -> list[SearchHit]:
+        expression = match_expression(query)
+        if expression is None or top < 1:
+            return []
+        sql = f"""SELECT c.doc_id, c.chunk_id, c.title, c.url, c.content,
+                         bm25(chunks_terms, {TITLE_WEIGHT}, {CONTENT_WEIGHT}) AS rank
+                  FROM chunks_terms JOIN chunks c ON c.rowid = chunks_terms.rowid
+                  WHERE chunks_terms MATCH ?{" AND c.doc_id = ?" if doc_id is not None else ""}
+                  ORDER BY rank LIMIT ?"""
+        params: tuple[Any, ...] = (expression, doc_id, top) if doc_id is not None else (expression, top)
+        rows = self._db().execute(sql, params).fetchall()
+        terms = list(dict.fromkeys(tokenize(query)))
+        return [
+            # bm25() is lower-is-better; SearchHit.score is higher-is-better.
+            SearchHit(doc_id=r[0], chunk_id=r[1], title=r[2], url=r[3], score=-r[5], snippet=best_snippet(r[4], terms))
+            for r in rows
+        ]
+
+    def get_chunks(self, doc_id: str, chunk_id: int | None = None) -> list[Chunk]:
+        if chunk_id is None:
+            rows = self._db().execute(
+                f"SELECT {_CHUNK_COLUMNS} FROM chunks WHERE doc_id = ? ORDER BY chunk_id", (doc_id,)
+            )
+        else:
+            rows = self._db().execute(
+                f"SELECT {_CHUNK_COLUMNS} FROM chunks WHERE doc_id = ? AND chunk_id = ?", (doc_id, chunk_id)
+            )
+        return [_row_to_chunk(row) for row in rows.fetchall()]
+
+    def export(self, *, after_key: str | None = None, size: int = 1000) -> list[Chunk]:
+        rows = self._db().execute(
+            f"SELECT {_CHUNK_COLUMNS} FROM chunks WHERE key > ? ORDER BY key LIMIT ?", (after_key or "", size)
+        )
+        return [_row_to_chunk(row) for row in rows.fetchall()]
+
+    def count(self) -> int:
+        return int(self._db().execute("SELECT count(*) FROM chunks").fetchone()[0])
+
+    def definition(self) -> dict[str, Any]:
+        return {
+            "kind": "sqlite-fts5",
+            "schema_version": SCHEMA_VERSION,
+            "key": "key",
+            "fields": [
+                {"name": "key", "type": "text", "key": True},
+                {"name": "doc_id", "type": "text", "filterable": True},
+                {"name": "chunk_id", "type": "integer", "filterable": True, "sortable": True},
+                {"name": "title", "type": "text", "searchable": True, "weight": TITLE_WEIGHT},
+                {"name": "url", "type": "text"},
+                {"name": "content", "type": "text", "searchable": True, "weight": CONTENT_WEIGHT},
+            ],
+            "analyzer": "shared.text.tokenize (NFKC lowercase words, CJK character bigrams)",
+            "tokenizer": "fts5 unicode61 remove_diacritics 0 over pre-tokenized text",
+            "ranking": f"bm25(title={TITLE_WEIGHT}, content={CONTENT_WEIGHT})",
+        }
+
+    def reset(self) -> None:
+        with self._write() as db:
+            db.execute("DELETE FROM chunks_terms")
+            db.execute("DELETE FROM chunks")
+
+    def ping(self) -> None:
+        try:
+            self._db().execute("SELECT 1 FROM chunks LIMIT 1").fetchall()
+        except sqlite3.Error as error:
+            raise DependencyUnavailable(f"knowledge index {self.path} is not readable: {error}") from error

@@ -1,0 +1,34 @@
+"""The FastAPI app: served by Azure Functions through AsgiFunctionApp, by uvicorn locally."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+
+from shared import health
+from shared.api import problems, routes_documents, routes_jobs
+from shared.api.security import BodySizeLimit
+from shared.composition import get_backends
+from shared.settings import get_settings
+
+DESCRIPTION = """Submit research questions; an agent answers them step by step with a report whose
+citations are verified against the documents it read. Authenticate with `X-API-Key` or
+`Authorization: Bearer <key>`."""
+
+
+def create_api() -> FastAPI:
+    api = FastAPI(
+        title="agent-framework", version="0.1.0", description=DESCRIPTION,
+        openapi_url="/api/openapi.json", docs_url="/api/docs", redoc_url=None,
+    )
+    problems.install(api)
+    api.include_router(routes_jobs.router)
+    api.include_router(routes_documents.router)
+
+    @api.get("/api/health", tags=["operations"], summary="Each dependency's state (anonymous)")
+    def get_health() -> JSONResponse:
+        result = health.check(get_backends())
+        return JSONResponse(result, status_code=200 if result["status"] == "ok" else 503)
+
+    api.add_middleware(BodySizeLimit, max_bytes=get_settings().max_body_bytes)
+    return api

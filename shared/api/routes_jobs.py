@@ -1,0 +1,89 @@
+"""/api/jobs: submit research jobs, follow them, cancel them, read their reports."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import PlainTextResponse
+from pydantic import BaseModel, Field
+
+from shared import jobs
+from shared.api.security import CallerDep
+from shared.composition import get_backends
+from shared.contracts import Citation, Job, JobError, JobStatus
+
+router = APIRouter(prefix="/api/jobs", tags=["jobs"])
+
+
+class JobPageView(BaseModel):
+    jobs: list[Job]
+    next_cursor: str | None = Field(None, description="Pass as ?cursor= for the next page; absent on the last.")
+
+
+class ReportView(BaseModel):
+    job_id: str
+    status: JobStatus
+    markdown: str
+    citations: list[Citation]
+    language: str
+    model: str
+    offline_model: bool
+    removed_citations: list[dict] = Field(default_factory=list)
+    error: JobError | None = None
+
+
+@router.post("", status_code=202, response_model=Job, summary="Submit a research job")
+def submit_job(
+    body: jobs.JobRequest, caller: CallerDep, request: Request, response: Response,
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+) -> Job:
+    job, created = jobs.submit(get_backends(), caller.tenant, body, idempotency_key)
+    response.headers["Location"] = str(request.url_for("get_job", job_id=job.id).path)
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return job
+
+
+@router.get("", response_model=JobPageView, summary="The caller's jobs, newest first")
+def list_jobs(
+    caller: CallerDep,
+    status: JobStatus | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> JobPageView:
+    page = jobs.list_jobs(get_backends(), caller.tenant, status=status, limit=limit, cursor=cursor)
+    return JobPageView(jobs=page.jobs, next_cursor=page.next_cursor)
+
+
+@router.get("/{job_id}", response_model=Job, summary="Status, progress per step, usage, error")
+def get_job(job_id: str, caller: CallerDep) -> Job:
+    return jobs.get(get_backends(), caller.tenant, job_id)
+
+
+@router.post("/{job_id}/cancel", status_code=202, response_model=Job, summary="Cancel at the next step boundary")
+def cancel_job(job_id: str, caller: CallerDep) -> Job:
+    return jobs.cancel(get_backends(), caller.tenant, job_id)
+
+
+@router.get(
+    "/{job_id}/report", response_model=ReportView, summary="The cited report (Markdown with Accept: text/markdown)",
+    responses={200: {"content": {"text/markdown": {}}}},
+)
+def get_report(job_id: str, caller: CallerDep, accept: Annotated[str, Header()] = "application/json"):  # type: ignore[no-untyped-def]
+    job, report = jobs.report(get_backends(), caller.tenant, job_id)
+    if "text/markdown" in accept:
+        return PlainTextResponse(render_markdown(report), media_type="text/markdown; charset=utf-8")
+    return ReportView(job_id=job.id, status=job.status, error=job.error, **report.model_dump())
+
+
+def render_markdown(report) -> str:  # type: ignore[no-untyped-def]
+    """The report followed by its numbered sources, each with the quoted text."""
+    heading = "出典" if report.language == "ja" else "Sources"
+    lines = [report.markdown.rstrip(), "", f"## {heading}", ""]
+    for c in report.citations:
+        where = f" <{c.url}>" if c.url else ""
+        lines.append(f"- [{c.n}] {c.title} ({c.doc_id}#{c.chunk_id}){where}: \u201c{c.quote}\u201d")
+    if report.offline_model:
+        lines += ["", "_Written by the offline extractive model._"]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,142 @@
+"""The composition root: the one place that decides which adapter serves each port.
+
+A port is served by Azure when its settings are present, by the embedded adapter
+otherwise. With APP_ENV=production a missing Azure setting is a startup error, never a
+silent fallback to local disk.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from shared.ledger import UsageLedger
+from shared.memory import SessionMemory
+from shared.ports import ChatModel, KnowledgeIndex, ObjectStore, StepQueue
+from shared.settings import Settings, get_settings
+from shared.store import CheckpointStore, JobStore, ReportStore
+
+
+class ConfigurationError(RuntimeError):
+    """A setting is missing or wrong; the message names it and the fix."""
+
+
+@dataclass
+class Backends:
+    settings: Settings
+    objects: ObjectStore
+    queue: StepQueue
+    index: KnowledgeIndex
+    model: ChatModel
+    count_tokens: Callable[[list[dict[str, Any]]], int]
+
+    def __post_init__(self) -> None:
+        self.jobs = JobStore(self.objects)
+        self.checkpoints = CheckpointStore(self.objects)
+        self.reports = ReportStore(self.objects)
+        self.ledger = UsageLedger(self.objects)
+        self.memory = SessionMemory(
+            self.objects, ttl_seconds=self.settings.memory_ttl_seconds, max_items=self.settings.memory_max_items
+        )
+
+    def close(self) -> None:
+        for port in (self.queue, self.index, self.objects):
+            close = getattr(port, "close", None)
+            if close:
+                close()
+
+
+def _require(settings: Settings, what: str, names: str) -> None:
+    if settings.app_env == "production":
+        raise ConfigurationError(
+            f"APP_ENV=production but {what} is not configured: set {names} in app settings "
+            "(or local.settings.json). Production never falls back to embedded storage."
+        )
+
+
+def build_objects(settings: Settings) -> ObjectStore:
+    if settings.storage_connection or settings.storage_blob_uri:
+        from shared.adapters.azure.blob import AzureObjectStore
+
+        return AzureObjectStore.from_settings(settings)
+    _require(settings, "Blob Storage", "AzureWebJobsStorage__blobServiceUri or AzureWebJobsStorage")
+    from shared.adapters.local.blobs import LocalObjectStore
+
+    return LocalObjectStore(settings.data_dir / "blobs")
+
+
+def build_queue(settings: Settings) -> StepQueue:
+    if settings.servicebus_connection or settings.servicebus_namespace:
+        from shared.adapters.azure.servicebus import ServiceBusStepQueue
+
+        return ServiceBusStepQueue.from_settings(settings)
+    _require(settings, "Service Bus", "ServiceBusConnection__fullyQualifiedNamespace or ServiceBusConnection")
+    from shared.adapters.local.queue import LocalQueue
+
+    return LocalQueue(
+        settings.data_dir / "queue.sqlite3",
+        settings.agent_jobs_queue,
+        lock_seconds=settings.queue_lock_seconds,
+        max_delivery_count=settings.queue_max_delivery_count,
+        duplicate_window_seconds=settings.queue_duplicate_window_seconds,
+    )
+
+
+def build_index(settings: Settings) -> KnowledgeIndex:
+    if settings.search_endpoint:
+        from shared.adapters.azure.search import AzureKnowledgeIndex
+
+        return AzureKnowledgeIndex.from_settings(settings)
+    _require(settings, "Azure AI Search", "SEARCH_ENDPOINT")
+    from shared.adapters.local.search import LocalKnowledgeIndex
+
+    return LocalKnowledgeIndex(settings.data_dir / "search.sqlite3")
+
+
+def build_model(settings: Settings) -> ChatModel:
+    from shared.adapters.azure.openai_model import OpenAIChatModel
+
+    model = OpenAIChatModel.from_settings(settings)
+    if model is not None:
+        return model
+    _require(settings, "a chat model", "AZURE_OPENAI_ENDPOINT and AZURE_OPENAI_DEPLOYMENT (or OPENAI_BASE_URL)")
+    from shared.adapters.local.offline_model import OfflineModel
+
+    return OfflineModel(latency_ms=settings.offline_model_latency_ms)
+
+
+def build_backends(settings: Settings | None = None) -> Backends:
+    settings = settings or get_settings()
+    from shared.tokens import count_message_tokens
+
+    return Backends(
+        settings=settings,
+        objects=build_objects(settings),
+        queue=build_queue(settings),
+        index=build_index(settings),
+        model=build_model(settings),
+        count_tokens=count_message_tokens,
+    )
+
+
+_backends: Backends | None = None
+_lock = threading.Lock()
+
+
+def get_backends() -> Backends:
+    """The process's backends, built once on first use (Functions imports the app before settings load)."""
+    global _backends
+    with _lock:
+        if _backends is None:
+            _backends = build_backends()
+        return _backends
+
+
+def reset_backends() -> None:
+    global _backends
+    with _lock:
+        if _backends is not None:
+            _backends.close()
+        _backends = None

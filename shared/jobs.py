@@ -1,0 +1,157 @@
+"""The job service: submit, read, list, cancel, and fetch reports, always within one tenant."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from agents.policy import resolve
+from shared.composition import Backends
+from shared.contracts import Job, JobStatus, PolicyOverrides, Report, StepMessage, utcnow
+from shared.ledger import month_of
+from shared.ports import PreconditionFailed
+
+
+class JobRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    task: str = Field(min_length=1, max_length=4000, description="The research question.")
+    session_id: str | None = Field(None, pattern=r"^[A-Za-z0-9_\-.]{1,100}$",
+                                   description="Jobs of one session share short-term memory.")
+    policy: PolicyOverrides | None = Field(None, description="Narrows the tenant's policy for this job.")
+
+    @field_validator("task")
+    @classmethod
+    def _not_blank(cls, task: str) -> str:
+        if not task.strip():
+            raise ValueError("task must not be blank")
+        return task.strip()
+
+
+class JobNotFound(LookupError):
+    pass
+
+
+class IdempotencyConflict(Exception):
+    pass
+
+
+class JobNotFinished(Exception):
+    def __init__(self, job: Job) -> None:
+        super().__init__(f"job {job.id} is {job.status}; the report exists once it has finished")
+        self.job = job
+
+
+class JobAlreadyFinished(Exception):
+    def __init__(self, job: Job) -> None:
+        super().__init__(f"job {job.id} already {job.status}")
+        self.job = job
+
+
+class BudgetExhausted(Exception):
+    pass
+
+
+def new_job_id() -> str:
+    # Time-ordered prefix keeps ids roughly sortable, the random tail keeps them unguessable.
+    return f"job-{int(utcnow().timestamp() * 1000):x}-{secrets.token_hex(8)}"
+
+
+def _enqueue_first_step(b: Backends, job: Job) -> None:
+    first = StepMessage(job_id=job.id, step=1)
+    b.queue.send(first.model_dump_json().encode(), message_id=first.message_id)
+
+
+def submit(b: Backends, tenant: str, request: JobRequest, idempotency_key: str | None = None) -> tuple[Job, bool]:
+    """Create and enqueue a job; (job, created). A replayed Idempotency-Key returns the first job."""
+    policy = resolve(b.settings.policy_for(tenant), request.policy)
+    budget = b.settings.budget_for(tenant)
+    if b.ledger.total(tenant, month_of()).total_tokens >= budget:
+        raise BudgetExhausted(f"tenant {tenant} has used its monthly budget of {budget} tokens; "
+                              "new jobs are refused until next month or until the budget is raised")
+    job_id = new_job_id()
+    if idempotency_key:
+        fingerprint = hashlib.sha256(request.model_dump_json().encode()).hexdigest()
+        key = f"idempotency/{tenant}/{hashlib.sha256(idempotency_key.encode()).hexdigest()}.json"
+        record = json.dumps({"job_id": job_id, "request": fingerprint}).encode()
+        try:
+            b.objects.put_if_absent(key, record)
+        except PreconditionFailed:
+            found = b.objects.get(key)
+            earlier = json.loads(found.data) if found else {}
+            if earlier.get("request") != fingerprint:
+                raise IdempotencyConflict("this Idempotency-Key was used with a different request body") from None
+            job = b.jobs.get(earlier["job_id"])
+            if job is None:  # the first attempt died between its two writes: finish its work
+                job = _create(b, earlier["job_id"], tenant, request, policy, idempotency_key)
+            elif job.status == "queued" and job.step == 0:
+                _enqueue_first_step(b, job)  # duplicate detection drops it if it was sent
+            return job, False
+    return _create(b, job_id, tenant, request, policy, idempotency_key), True
+
+
+def _create(b: Backends, job_id: str, tenant: str, request: JobRequest, policy, key: str | None) -> Job:  # type: ignore[no-untyped-def]
+    job = Job(id=job_id, tenant=tenant, task=request.task, session_id=request.session_id, policy=policy,
+              idempotency_key=key)
+    b.jobs.create(job)
+    _enqueue_first_step(b, job)
+    return job
+
+
+def get(b: Backends, tenant: str, job_id: str) -> Job:
+    job = b.jobs.get(job_id) if _plausible(job_id) else None
+    if job is None or job.tenant != tenant:  # another tenant's job does not exist for this caller
+        raise JobNotFound(f"no job {job_id}")
+    return job
+
+
+def _plausible(job_id: str) -> bool:
+    return 0 < len(job_id) <= 100 and all(c.isalnum() or c in "-_" for c in job_id)
+
+
+@dataclass
+class JobPage:
+    jobs: list[Job]
+    next_cursor: str | None
+
+
+def list_jobs(b: Backends, tenant: str, *, status: JobStatus | None, limit: int, cursor: str | None) -> JobPage:
+    page: list[Job] = []
+    last: str | None = None
+    for marker, job in b.jobs.list_for_tenant(tenant, after=cursor):
+        if status is not None and job.status != status:
+            continue
+        if len(page) == limit:
+            return JobPage(page, last)
+        page.append(job)
+        last = marker
+    return JobPage(page, None)
+
+
+def cancel(b: Backends, tenant: str, job_id: str) -> Job:
+    job = get(b, tenant, job_id)
+    if job.finished:
+        raise JobAlreadyFinished(job)
+
+    def request_cancel(j: Job) -> bool:
+        if j.cancel_requested or j.finished:
+            return False
+        j.cancel_requested = True
+        return True
+
+    return b.jobs.update(job_id, request_cancel) or job
+
+
+def report(b: Backends, tenant: str, job_id: str) -> tuple[Job, Report]:
+    job = get(b, tenant, job_id)
+    if not job.finished:
+        raise JobNotFinished(job)
+    found = b.reports.get(job_id)
+    if found is None:
+        raise JobNotFound(f"job {job_id} {job.status} without a report"
+                          + (f" ({job.error.reason}: {job.error.detail})" if job.error else ""))
+    return job, found

@@ -1,0 +1,71 @@
+"""Structured logs: every record of a job carries job_id, step and tenant.
+
+The dimensions ride on a context variable, so code deep in a step need not pass them
+along; the Azure Monitor exporter turns record attributes into customDimensions, which
+is what the runbook's KQL filters on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from datetime import datetime, timezone
+from pathlib import Path
+
+_dimensions: ContextVar[dict[str, object]] = ContextVar("job_dimensions", default={})
+DIMENSIONS = ("job_id", "step", "tenant")
+
+
+@contextmanager
+def job_context(**dimensions: object) -> Iterator[None]:
+    token = _dimensions.set({**_dimensions.get(), **{k: v for k, v in dimensions.items() if v is not None}})
+    try:
+        yield
+    finally:
+        _dimensions.reset(token)
+
+
+class JobDimensions(logging.Filter):
+    """Copies the current job's dimensions onto each record (as attributes)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in _dimensions.get().items():
+            if not hasattr(record, key):
+                setattr(record, key, value)
+        return True
+
+
+class JsonLines(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, object] = {
+            "timestamp": datetime.fromtimestamp(record.created, timezone.utc).isoformat(),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key in (*DIMENSIONS, "event", "reason", "count", "duration_ms"):
+            if hasattr(record, key):
+                line[key] = getattr(record, key)
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, ensure_ascii=False, default=str)
+
+
+def configure_json_logging(level: str = "INFO", log_file: Path | None = None) -> None:
+    """JSON lines to stdout (and to a file the CLI's `logs` command reads, when given)."""
+    root = logging.getLogger()
+    if any(isinstance(h.formatter, JsonLines) for h in root.handlers):
+        return
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
+    for handler in handlers:
+        handler.setFormatter(JsonLines())
+        handler.addFilter(JobDimensions())
+        root.addHandler(handler)
+    root.setLevel(level)

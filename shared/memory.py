@@ -1,0 +1,82 @@
+"""Short-term session memory: a session's recent findings, bounded in count, size and age.
+
+Kept in storage so any instance can serve the session; a small in-process cache saves a
+read per job. Expiry is checked on every recall, cached or not, so expired memory is
+never used.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+from shared.ports import ObjectStore, PreconditionFailed
+
+MAX_ITEM_CHARS = 1000
+CACHE_SECONDS = 5.0  # another instance's writes show up here at most this late
+
+
+class SessionMemory:
+    def __init__(self, objects: ObjectStore, *, ttl_seconds: float, max_items: int, cache_size: int = 256,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.objects = objects
+        self.ttl = ttl_seconds
+        self.max_items = max_items
+        self.clock = clock
+        self._cache: OrderedDict[str, tuple[float, list[dict[str, object]]]] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _key(tenant: str, session_id: str) -> str:
+        return f"memory/{tenant}/{session_id}.json"
+
+    def _fresh(self, items: list[dict[str, object]]) -> list[dict[str, object]]:
+        horizon = self.clock() - self.ttl
+        return [i for i in items if float(i["at"]) > horizon]  # type: ignore[arg-type]
+
+    def recall(self, tenant: str, session_id: str) -> list[str]:
+        key = self._key(tenant, session_id)
+        with self._lock:
+            cached = self._cache.get(key)
+        if cached is None or self.clock() - cached[0] > CACHE_SECONDS:
+            found = self.objects.get(key)
+            items = json.loads(found.data)["items"] if found else []
+            self._remember_in_cache(key, items)
+        else:
+            items = cached[1]
+        return [str(i["text"]) for i in self._fresh(items)]
+
+    def remember(self, tenant: str, session_id: str, texts: list[str]) -> None:
+        """Append findings (a text already remembered is refreshed, not repeated)."""
+        key = self._key(tenant, session_id)
+        new = [t.strip()[:MAX_ITEM_CHARS] for t in texts if t.strip()]
+        if not new:
+            return
+        while True:
+            found = self.objects.get(key)
+            items = self._fresh(json.loads(found.data)["items"] if found else [])
+            items = [i for i in items if i["text"] not in new]
+            now = self.clock()
+            items.extend({"text": t, "at": now} for t in new)
+            items = items[-self.max_items:]
+            data = json.dumps({"items": items}, ensure_ascii=False).encode()
+            try:
+                if found is None:
+                    self.objects.put_if_absent(key, data)
+                else:
+                    self.objects.put(key, data, if_match=found.etag)
+                break
+            except PreconditionFailed:
+                continue
+        self._remember_in_cache(key, items)
+
+    def _remember_in_cache(self, key: str, items: list[dict[str, object]]) -> None:
+        with self._lock:
+            self._cache[key] = (self.clock(), items)
+            self._cache.move_to_end(key)
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)

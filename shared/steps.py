@@ -1,0 +1,224 @@
+"""The step engine: run one agent step per queue message, at least once, committed exactly once.
+
+Invariants (ARCHITECTURE.md):
+1. checkpoint n is created once (create-only); that write is the step's commit point;
+2. messages carry only {job_id, step} with message_id "{job_id}:{step}";
+3. the job record is a projection of the checkpoints;
+4. a redelivered step whose checkpoint exists only re-does the follow-up (enqueue n+1,
+   projection), which is itself idempotent;
+5. transient model errors reschedule the step; permanent ones end the job; anything
+   else raises, so the broker redelivers and finally dead-letters;
+6. cancel is honoured at the next step boundary;
+7. step n+1 is enqueued only after step n commits, so one step of a job is in flight.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import timedelta
+
+from pydantic import ValidationError
+
+from agents import research
+from agents.state import AgentState
+from shared.composition import Backends
+from shared.contracts import Checkpoint, Job, JobError, Outcome, StepMessage, StepSummary, Usage, utcnow
+from shared.ledger import month_of
+from shared.logs import job_context
+from shared.ports import PermanentModelError, TransientModelError
+
+log = logging.getLogger("agent.steps")
+MAX_BACKOFF_SECONDS = 300.0
+BUDGET_WARNING_RATIO = 0.8
+
+
+class StepOutOfOrder(RuntimeError):
+    """Step n arrived but checkpoint n-1 does not exist; raising lets the broker retry it."""
+
+
+class _ConcurrencyLimit:
+    """Jobs running at once in this instance (MAX_CONCURRENT_JOBS, the runbook's memory lever)."""
+
+    def __init__(self) -> None:
+        self._sem: threading.BoundedSemaphore | None = None
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def get(self, size: int) -> threading.BoundedSemaphore:
+        with self._lock:
+            if self._sem is None or self._size != size:
+                self._sem, self._size = threading.BoundedSemaphore(size), size
+            return self._sem
+
+
+_limit = _ConcurrencyLimit()
+
+
+def handle_step(b: Backends, body: bytes) -> None:
+    """Run the step a queue message names. Returns normally when the message may be completed."""
+    try:
+        msg = StepMessage.model_validate_json(body)
+    except ValidationError as exc:
+        # Retrying cannot fix a malformed message, and there is no job to fail.
+        log.error("malformed step message dropped: %s", exc.errors()[0]["msg"], extra={"event": "bad_message"})
+        return
+    job = b.jobs.get(msg.job_id)
+    if job is None:
+        log.warning("step message for unknown job %s dropped", msg.job_id, extra={"job_id": msg.job_id})
+        return
+    with job_context(job_id=job.id, step=msg.step, tenant=job.tenant):
+        _handle(b, job, msg)
+
+
+def _handle(b: Backends, job: Job, msg: StepMessage) -> None:
+    committed = b.checkpoints.get(job.id, msg.step)
+    if committed is not None:
+        log.info("step %s already committed; redoing follow-up only", msg.step)
+        settle(b, job, committed)
+        return
+    previous = b.checkpoints.get(job.id, msg.step - 1) if msg.step > 1 else None
+    if msg.step > 1 and previous is None:
+        raise StepOutOfOrder(f"checkpoint {msg.step - 1} of job {job.id} is missing")
+    if previous is not None and previous.outcome is not None:
+        settle(b, job, previous)
+        return
+    if job.finished:
+        log.info("job already %s; step %s not run", job.status, msg.step)
+        return
+    sem = _limit.get(b.settings.max_concurrent_jobs)
+    if not sem.acquire(timeout=0.5):
+        # The instance is full: hand the step back for a moment rather than pile up work in memory.
+        _reschedule(b, msg, TransientModelError("instance at MAX_CONCURRENT_JOBS", retry_after=1.0), count=False)
+        return
+    try:
+        checkpoint = _execute(b, job, msg, previous)
+    finally:
+        sem.release()
+    if checkpoint is None:
+        return
+    if not b.checkpoints.commit(checkpoint):
+        log.info("step %s committed by a concurrent delivery; discarding this result", msg.step)
+        checkpoint = b.checkpoints.get(job.id, msg.step) or checkpoint
+    settle(b, job, checkpoint)
+
+
+def _execute(b: Backends, job: Job, msg: StepMessage, previous: Checkpoint | None) -> Checkpoint | None:
+    started = time.perf_counter()
+    total = previous.total_usage if previous else Usage()
+    if previous is not None:
+        state = AgentState.model_validate(previous.state)
+    else:
+        recalled = b.memory.recall(job.tenant, job.session_id) if job.session_id else []
+        state = research.start(job.task, job.policy, recalled)
+
+    def checkpoint(kind: str, summary: str, new_state: AgentState, usage: Usage, outcome: Outcome | None) -> Checkpoint:
+        return Checkpoint(
+            job_id=job.id, step=msg.step, kind=kind, summary=summary, state=new_state.model_dump(mode="json"),
+            usage=usage, total_usage=total + usage, outcome=outcome,
+            duration_ms=(time.perf_counter() - started) * 1000,
+        )
+
+    stop = _boundary(b, job, msg.step, total)
+    if stop is not None:
+        return checkpoint("boundary", stop.error.detail if stop.error else "cancelled", state, Usage(), stop)
+    ctx = research.AgentContext(
+        model=b.model, index=b.index, policy=job.policy, count_tokens=b.count_tokens,
+        context_budget=b.settings.context_budget_tokens,
+    )
+    try:
+        result = research.run_step(state, ctx)
+    except TransientModelError as exc:
+        _reschedule(b, msg, exc)
+        return None
+    except PermanentModelError as exc:
+        error = JobError(reason=exc.reason, detail=str(exc))
+        return checkpoint("model", "model refused the request", state, Usage(), Outcome(status="failed", error=error))
+    return checkpoint(result.kind, result.summary, result.state, result.usage, result.outcome)
+
+
+def _boundary(b: Backends, job: Job, step: int, total: Usage) -> Outcome | None:
+    """Why the job must stop before this step, if it must."""
+    if job.cancel_requested:
+        return Outcome(status="cancelled", error=JobError(reason="cancelled", detail="cancelled by request"))
+    policy = job.policy
+    if step > policy.max_steps:
+        return _failed("policy_limit", f"reached max_steps={policy.max_steps}; partial findings kept")
+    if total.total_tokens >= policy.max_tokens:
+        return _failed("policy_limit", f"used {total.total_tokens} of max_tokens={policy.max_tokens}; "
+                                       "partial findings kept")
+    budget = b.settings.budget_for(job.tenant)
+    if b.ledger.total(job.tenant, month_of()).total_tokens >= budget:
+        return _failed("budget_exceeded", f"tenant {job.tenant} used its monthly budget of {budget} tokens")
+    return None
+
+
+def _failed(reason: str, detail: str) -> Outcome:
+    return Outcome(status="failed", error=JobError(reason=reason, detail=detail))
+
+
+def _reschedule(b: Backends, msg: StepMessage, exc: TransientModelError, *, count: bool = True) -> None:
+    """Try the step again later as a scheduled message, without holding a worker meanwhile."""
+    attempt = msg.attempt + 1
+    if count and attempt > b.settings.step_max_retries:
+        log.error("step %s still failing after %s reschedules: %s", msg.step, msg.attempt, exc)
+        raise exc  # the broker redelivers, then dead-letters; the sweep decides from there
+    delay = exc.retry_after if exc.retry_after is not None else b.settings.step_retry_base_seconds * 2 ** (attempt - 1)
+    delay = min(max(delay, 0.0), MAX_BACKOFF_SECONDS)
+    retry = StepMessage(job_id=msg.job_id, step=msg.step, attempt=attempt if count else msg.attempt)
+    message_id = retry.message_id if count else f"{retry.message_id}:w{time.time_ns()}"
+    b.queue.send(retry.model_dump_json().encode(), message_id=message_id,
+                 scheduled_at=utcnow() + timedelta(seconds=delay))
+    log.warning("step %s rescheduled in %.1fs: %s", msg.step, delay, exc, extra={"event": "step_rescheduled"})
+
+
+def settle(b: Backends, job: Job, cp: Checkpoint) -> None:
+    """Everything that follows a commit. Idempotent: a redelivery runs it again harmlessly."""
+    if cp.outcome is None:
+        nxt = StepMessage(job_id=cp.job_id, step=cp.step + 1)
+        b.queue.send(nxt.model_dump_json().encode(), message_id=nxt.message_id)  # first: it is the hot path
+    else:
+        state = AgentState.model_validate(cp.state)
+        if state.report is not None:
+            b.reports.save(cp.job_id, state.report)
+        if job.session_id and cp.outcome.status == "succeeded" and state.report is not None:
+            findings = [c.quote for c in state.report.citations] + state.notes
+            b.memory.remember(job.tenant, job.session_id, findings)
+    updated = b.jobs.update(job.id, lambda j: project(j, cp, lambda n: b.checkpoints.get(j.id, n)))
+    before, after = b.ledger.record(job.tenant, month_of(job.created_at), job.id, cp.total_usage)
+    budget = b.settings.budget_for(job.tenant)
+    if before < BUDGET_WARNING_RATIO * budget <= after:
+        log.warning("tenant %s passed 80%% of its monthly token budget (%s of %s)", job.tenant, after, budget,
+                    extra={"event": "budget_warning"})
+    if cp.outcome is not None and updated is not None:
+        log.info("job %s %s after %s steps", job.id, cp.outcome.status, cp.step,
+                 extra={"event": "job_finished", "reason": cp.outcome.error.reason if cp.outcome.error else None})
+
+
+def project(job: Job, cp: Checkpoint, load) -> bool:  # type: ignore[no-untyped-def]
+    """Fold checkpoint cp (and any missed before it) into the job record. False when already there."""
+    if cp.step <= job.step:
+        return False
+    for n in range(job.step + 1, cp.step):
+        missed = load(n)
+        if missed is not None:
+            job.progress.append(_summary(missed))
+    job.progress.append(_summary(cp))
+    job.step = cp.step
+    job.usage = cp.total_usage
+    job.started_at = job.started_at or cp.created_at - timedelta(milliseconds=cp.duration_ms)
+    if job.finished:  # ended out of band (sweep, operator); keep its verdict
+        return True
+    if cp.outcome is not None:
+        job.status = cp.outcome.status
+        job.error = cp.outcome.error
+        job.finished_at = cp.created_at
+    else:
+        job.status = "running"
+    return True
+
+
+def _summary(cp: Checkpoint) -> StepSummary:
+    return StepSummary(step=cp.step, kind=cp.kind, summary=cp.summary, tokens=cp.usage.total_tokens,
+                       duration_ms=round(cp.duration_ms, 3), at=cp.created_at)

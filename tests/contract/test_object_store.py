@@ -1,0 +1,404 @@
+"""One ObjectStore contract, run against the embedded store and against Blob Storage on Azurite.
+
+The step engine leans on two properties above all: a create-only write has exactly one winner
+(the commit point of a step) and an If-Match write never loses an update (the job record).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import os
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shared.adapters.azure.blob import AzureObjectStore
+from shared.adapters.local.blobs import LocalObjectStore
+from shared.ports import DependencyUnavailable, ObjectStore, PreconditionFailed
+from shared.settings import Settings
+
+
+@pytest.fixture(params=["local", "azure"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ObjectStore]:
+    if request.param == "local":
+        local = LocalObjectStore(tmp_path / "objects")
+        yield local
+        local.close()
+    else:
+        # Only the azure cases start Azurite, so `-k local` runs without it.
+        yield request.getfixturevalue("azure_object_store")
+
+
+def run_together(count: int, action: Callable[[int], Any]) -> list[Any]:
+    """Run action(i) on count threads released at the same instant; return results or exceptions."""
+    barrier = threading.Barrier(count)
+
+    def attempt(i: int) -> Any:
+        barrier.wait()
+        try:
+            return action(i)
+        except Exception as exc:  # the caller inspects which ones failed and how
+            return exc
+
+    with ThreadPoolExecutor(max_workers=count) as pool:
+        return list(pool.map(attempt, range(count)))
+
+
+def increment(store: ObjectStore, key: str) -> int:
+    """Add one to a counter object with If-Match; return how many conflicts it met."""
+    conflicts = 0
+    while True:
+        current = store.get(key)
+        assert current is not None
+        try:
+            store.put(key, str(int(current.data) + 1).encode(), if_match=current.etag)
+            return conflicts
+        except PreconditionFailed:
+            conflicts += 1
+
+
+# --- the contract ---------------------------------------------------------------------------------
+
+
+def test_conforms_to_the_port(store: ObjectStore) -> None:
+    assert isinstance(store, ObjectStore)
+    store.ping()
+
+
+def test_get_missing_is_none(store: ObjectStore) -> None:
+    assert store.get("checkpoints/j_missing/000001.json") is None
+    assert store.exists("checkpoints/j_missing/000001.json") is False  # type: ignore[attr-defined]
+
+
+def test_put_if_absent_is_create_only(store: ObjectStore) -> None:
+    key = "checkpoints/j_1/000001.json"
+    etag = store.put_if_absent(key, b'{"step": 1}')
+
+    with pytest.raises(PreconditionFailed):
+        store.put_if_absent(key, b'{"step": 1, "duplicate": true}')
+
+    stored = store.get(key)
+    assert stored is not None
+    assert stored.data == b'{"step": 1}'
+    assert stored.etag == etag
+    assert isinstance(stored.last_modified, datetime) and stored.last_modified.tzinfo is not None
+    assert store.exists(key) is True  # type: ignore[attr-defined]
+
+
+def test_concurrent_put_if_absent_has_exactly_one_winner(store: ObjectStore) -> None:
+    for round_ in range(5):
+        key = f"checkpoints/j_race/{round_:06d}.json"
+        results = run_together(8, lambda i, key=key: store.put_if_absent(key, f"writer {i}".encode()))
+
+        winners = [i for i, r in enumerate(results) if isinstance(r, str)]
+        assert len(winners) == 1, results
+        assert all(isinstance(r, PreconditionFailed) for r in results if not isinstance(r, str)), results
+        stored = store.get(key)
+        assert stored is not None
+        assert stored.data == f"writer {winners[0]}".encode()
+        assert stored.etag == results[winners[0]]
+
+
+def test_put_with_if_match(store: ObjectStore) -> None:
+    key = "jobs/j_1.json"
+    first = store.put(key, b'{"status": "queued"}')
+    second = store.put(key, b'{"status": "running"}', if_match=first)
+    assert second != first
+
+    with pytest.raises(PreconditionFailed):
+        store.put(key, b'{"status": "cancelled"}', if_match=first)  # stale
+
+    stored = store.get(key)
+    assert stored is not None
+    assert (stored.data, stored.etag) == (b'{"status": "running"}', second)
+
+
+def test_if_match_on_a_missing_object_fails(store: ObjectStore) -> None:
+    store.put("jobs/j_other.json", b"{}")  # the container exists, the blob does not
+    with pytest.raises(PreconditionFailed):
+        store.put("jobs/j_gone.json", b"{}", if_match="0x8DC0000000000000")
+    with pytest.raises(PreconditionFailed):
+        store.put("tenants/t_gone.json", b"{}", if_match="0x8DC0000000000000")  # no container either
+    assert store.get("jobs/j_gone.json") is None
+
+
+def test_etag_changes_on_every_write_and_after_recreate(store: ObjectStore) -> None:
+    key = "jobs/j_etag.json"
+    seen = {store.put(key, b"same"), store.put(key, b"same"), store.put(key, b"same")}
+    assert len(seen) == 3
+
+    stale = store.put(key, b"before delete")
+    assert store.delete(key) is True
+    recreated = store.put_if_absent(key, b"before delete")
+    assert recreated not in seen | {stale}
+    with pytest.raises(PreconditionFailed):
+        store.put(key, b"stale writer", if_match=stale)
+
+
+def test_concurrent_if_match_increments_lose_no_update(store: ObjectStore) -> None:
+    key = "ledgers/t_1/counter"
+    store.put_if_absent(key, b"0")
+    threads, per_thread = 6, 15
+
+    results = run_together(threads, lambda _: sum(increment(store, key) for _ in range(per_thread)))
+
+    assert all(isinstance(r, int) for r in results), results
+    stored = store.get(key)
+    assert stored is not None
+    assert int(stored.data) == threads * per_thread
+
+
+def test_list_is_sorted_and_scoped_by_prefix(store: ObjectStore) -> None:
+    keys = [
+        "checkpoints/j_2/000010.json",
+        "checkpoints/j_2/000001.json",
+        "checkpoints/j_20/000001.json",
+        "checkpoints/j_2/000002.json",
+        "checkpoints/j_1/000001.json",
+        "jobs/j_2.json",
+        "reports/j_2/report.md",
+        "memory/t_1/a",
+        "memory-archive/t_1/a",
+    ]
+    for key in keys:
+        store.put(key, b"x")
+
+    assert list(store.list("checkpoints/j_2/")) == [
+        "checkpoints/j_2/000001.json",
+        "checkpoints/j_2/000002.json",
+        "checkpoints/j_2/000010.json",
+    ]
+    assert list(store.list("checkpoints/j_2")) == [
+        "checkpoints/j_2/000001.json",
+        "checkpoints/j_2/000002.json",
+        "checkpoints/j_2/000010.json",
+        "checkpoints/j_20/000001.json",
+    ]
+    assert list(store.list("jobs/")) == ["jobs/j_2.json"]
+    assert list(store.list("checkpoints/")) == sorted(k for k in keys if k.startswith("checkpoints/"))
+    # A prefix without "/" spans containers, still in key order ('-' sorts before '/').
+    assert list(store.list("memory")) == ["memory-archive/t_1/a", "memory/t_1/a"]
+    assert list(store.list("")) == sorted(keys)
+    assert list(store.list("checkpoints/j_3/")) == []
+
+
+def test_delete(store: ObjectStore) -> None:
+    key = "reports/j_1/report.md"
+    etag = store.put(key, b"# report")
+
+    with pytest.raises(PreconditionFailed):
+        store.delete(key, if_match="not-the-etag")
+    assert store.get(key) is not None
+
+    assert store.delete(key, if_match=etag) is True
+    assert store.get(key) is None
+    assert store.delete(key) is False
+    assert store.delete(key, if_match=etag) is False
+
+    store.put(key, b"# again")
+    assert store.delete(key) is True
+    assert list(store.list("reports/")) == []
+
+
+def test_binary_and_japanese_round_trip(store: ObjectStore) -> None:
+    binary = bytes(range(256)) * 64 + b"\x00\xff\x00"
+    japanese = "運用手順書：バックアップは毎日 03:00 に取得する。".encode()
+    cases = {
+        "backups/2024-01-01/index.bin": binary,
+        "reports/j_1/報告書.md": japanese,
+        "memory/t_1/empty": b"",
+    }
+    for key, data in cases.items():
+        store.put_if_absent(key, data)
+
+    for key, data in cases.items():
+        stored = store.get(key)
+        assert stored is not None and stored.data == data, key
+    assert list(store.list("reports/j_1/")) == ["reports/j_1/報告書.md"]
+
+
+def test_missing_container_reads_as_empty(store: ObjectStore) -> None:
+    assert list(store.list("ops/")) == []
+    assert list(store.list("ops/weekly/")) == []
+    assert store.get("ops/weekly/report.json") is None
+    assert store.delete("ops/weekly/report.json") is False
+    assert store.delete("ops/weekly/report.json", if_match="0x1") is False
+
+    # The first write creates the container.
+    store.put_if_absent("ops/weekly/report.json", b"{}")
+    assert list(store.list("ops/")) == ["ops/weekly/report.json"]
+
+
+@pytest.mark.parametrize("key", ["no-container", "Jobs/j_1.json", "jobs/", "/jobs/j_1.json", "a/x", "bad--name/x"])
+def test_rejects_keys_blob_storage_would_reject(store: ObjectStore, key: str) -> None:
+    with pytest.raises(ValueError):
+        store.put(key, b"x")
+    with pytest.raises(ValueError):
+        store.put_if_absent(key, b"x")
+
+
+# --- Azure only: configuration and reachability --------------------------------------------------
+
+
+def test_azure_unreachable_is_dependency_unavailable() -> None:
+    from azure.storage.blob import ExponentialRetry
+
+    from tests.fixtures.azurite import connection_string
+
+    with socket_closed_port() as port:
+        store = AzureObjectStore.from_connection_string(
+            connection_string(port), retry_policy=ExponentialRetry(retry_total=0)
+        )
+        with pytest.raises(DependencyUnavailable):
+            store.ping()
+        with pytest.raises(DependencyUnavailable):
+            store.get("jobs/j_1.json")
+
+
+def test_azure_from_settings() -> None:
+    dev = AzureObjectStore.from_settings(Settings(storage_connection="UseDevelopmentStorage=True"))
+    assert dev._service.url.startswith("http://127.0.0.1:10000/devstoreaccount1")  # noqa: SLF001
+    by_identity = AzureObjectStore.from_settings(
+        Settings(storage_connection=None, storage_blob_uri="https://agentstprd.blob.core.windows.net")
+    )
+    assert by_identity._service.account_name == "agentstprd"  # noqa: SLF001
+    with pytest.raises(ValueError, match="AzureWebJobsStorage"):
+        AzureObjectStore.from_settings(Settings(storage_connection=None, storage_blob_uri=None))
+
+
+class socket_closed_port:  # noqa: N801 - reads as a context manager
+    """A loopback port nothing listens on (bound, never listened, so connects are refused)."""
+
+    def __enter__(self) -> int:
+        import socket
+
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        return int(self._sock.getsockname()[1])
+
+    def __exit__(self, *_: object) -> None:
+        self._sock.close()
+
+
+# --- embedded store only: several processes, and a writer killed mid-write -----------------------
+
+_spawn = multiprocessing.get_context("spawn")
+
+
+def _race_put_if_absent(root: str, writer: int, keys: int, start: Any, wins: Any) -> None:
+    store = LocalObjectStore(Path(root))
+    start.wait()
+    won = []
+    for k in range(keys):
+        try:
+            store.put_if_absent(f"checkpoints/j_race/{k:06d}.json", f"writer {writer}".encode())
+            won.append(k)
+        except PreconditionFailed:
+            pass
+    wins.put((writer, won))
+
+
+def _count_up(root: str, times: int, start: Any) -> None:
+    store = LocalObjectStore(Path(root))
+    start.wait()
+    for _ in range(times):
+        increment(store, "ledgers/t_1/counter")
+
+
+def test_local_processes_racing_put_if_absent_have_one_winner_per_key(tmp_path: Path) -> None:
+    root, writers, keys = tmp_path / "objects", 4, 200
+    LocalObjectStore(root)  # create the schema before the race
+    wins = _spawn.Queue()
+    start = _spawn.Event()
+    procs = [_spawn.Process(target=_race_put_if_absent, args=(str(root), w, keys, start, wins)) for w in range(writers)]
+    for proc in procs:
+        proc.start()
+    start.set()
+    won = dict(wins.get(timeout=30) for _ in procs)
+    for proc in procs:
+        proc.join(timeout=30)
+        assert proc.exitcode == 0
+
+    winner_of: dict[int, int] = {}
+    for writer, ks in won.items():
+        for k in ks:
+            assert k not in winner_of, f"key {k} won by {winner_of[k]} and {writer}"
+            winner_of[k] = writer
+    assert sorted(winner_of) == list(range(keys))
+    store = LocalObjectStore(root)
+    for k, writer in winner_of.items():
+        stored = store.get(f"checkpoints/j_race/{k:06d}.json")
+        assert stored is not None and stored.data == f"writer {writer}".encode()
+
+
+def test_local_processes_if_match_increments_lose_no_update(tmp_path: Path) -> None:
+    root, processes, times = tmp_path / "objects", 4, 50
+    LocalObjectStore(root).put_if_absent("ledgers/t_1/counter", b"0")
+    start = _spawn.Event()
+    procs = [_spawn.Process(target=_count_up, args=(str(root), times, start)) for _ in range(processes)]
+    for proc in procs:
+        proc.start()
+    start.set()
+    for proc in procs:
+        proc.join(timeout=60)
+        assert proc.exitcode == 0
+
+    stored = LocalObjectStore(root).get("ledgers/t_1/counter")
+    assert stored is not None and int(stored.data) == processes * times
+
+
+def _self_checking(size: int, seed: int) -> bytes:
+    body = random.Random(seed).randbytes(size)
+    return hashlib.sha256(body).digest() + body
+
+
+def _intact(data: bytes) -> bool:
+    return hashlib.sha256(data[32:]).digest() == data[:32]
+
+
+def _write_forever(root: str, progress: Any) -> None:
+    store = LocalObjectStore(Path(root))
+    n = 0
+    while True:
+        n += 1
+        # Large objects make the kill likely to land inside a write.
+        data = _self_checking(random.randint(256 * 1024, 2 * 1024 * 1024), n)
+        store.put_if_absent(f"checkpoints/j_kill/{n:06d}.json", data)
+        store.put("jobs/j_kill.json", data)
+        progress.value = n
+
+
+def test_local_sigkill_mid_write_leaves_no_partial_object(tmp_path: Path) -> None:
+    root = tmp_path / "objects"
+    LocalObjectStore(root)
+    for round_ in range(3):
+        progress = _spawn.Value("i", 0)
+        writer = _spawn.Process(target=_write_forever, args=(str(root), progress))
+        writer.start()
+        deadline = time.monotonic() + 30
+        while progress.value < 3 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        time.sleep(random.uniform(0, 0.02))
+        os.kill(writer.pid, signal.SIGKILL)  # type: ignore[arg-type]
+        writer.join(timeout=10)
+        assert writer.exitcode == -signal.SIGKILL
+
+        store = LocalObjectStore(root)
+        checkpoints = list(store.list("checkpoints/j_kill/"))
+        assert len(checkpoints) >= 3
+        for key in [*checkpoints, "jobs/j_kill.json"]:
+            stored = store.get(key)
+            assert stored is not None and _intact(stored.data), key
+        # The killed writer held the write lock; it must not outlive the process.
+        store.put(f"ops/after-kill-{round_}", b"ok")
+        for key in checkpoints:
+            store.delete(key)
