@@ -21,4 +21,4 @@ app = func.AsgiFunctionApp(app=create_api(), http_auth_level=func.AuthLevel.ANON
 @app.service_bus_queue_trigger(arg_name="msg", queue_name="%AGENT_JOBS_QUEUE%", connection="ServiceBusConnection")
 def agent_step(msg: func.ServiceBusMessage) -> None:
     """One agent step per message. Returning completes the message; raising abandons it."""
-    handle_step(get_backends(), msg.get_body())
+    handle_step(get_backends(), msg.get_body(), msg.delivery_count or 1)

@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     search_api_key: str | None = _alias("SEARCH_API_KEY", "AZURE_SEARCH_API_KEY")
     search_index_name: str = Field("knowledge", validation_alias="SEARCH_INDEX_NAME")
     chunk_chars: int = Field(800, validation_alias="CHUNK_CHARS")
+    embedding_dimensions: int = Field(
+        1536, validation_alias="EMBEDDING_DIMENSIONS", description="Size of the search index's vector field."
+    )
 
     # --- model ---------------------------------------------------------------------------------
     azure_openai_endpoint: str | None = _alias("AZURE_OPENAI_ENDPOINT")

@@ -56,8 +56,12 @@ class _ConcurrencyLimit:
 _limit = _ConcurrencyLimit()
 
 
-def handle_step(b: Backends, body: bytes) -> None:
-    """Run the step a queue message names. Returns normally when the message may be completed."""
+def handle_step(b: Backends, body: bytes, delivery_count: int = 1) -> None:
+    """Run the step a queue message names. Returns normally when the message may be completed.
+
+    On the last delivery the broker allows, a failure is written on the job record before
+    the exception propagates, so the job shows why its step is about to be dead-lettered.
+    """
     try:
         msg = StepMessage.model_validate_json(body)
     except ValidationError as exc:
@@ -69,7 +73,25 @@ def handle_step(b: Backends, body: bytes) -> None:
         log.warning("step message for unknown job %s dropped", msg.job_id, extra={"job_id": msg.job_id})
         return
     with job_context(job_id=job.id, step=msg.step, tenant=job.tenant):
-        _handle(b, job, msg)
+        try:
+            _handle(b, job, msg)
+        except Exception as exc:
+            if delivery_count >= b.settings.queue_max_delivery_count:
+                _record_dead_letter(b, job.id, msg, delivery_count, exc)
+            raise
+
+
+def _record_dead_letter(b: Backends, job_id: str, msg: StepMessage, delivery_count: int, exc: Exception) -> None:
+    note = {"step": msg.step, "delivery_count": delivery_count, "reason": "MaxDeliveryCountExceeded",
+            "description": f"{type(exc).__name__}: {exc}"[:1000], "at": utcnow().isoformat()}
+
+    def mark(job: Job) -> bool:
+        job.dead_letter = note
+        return True
+
+    b.jobs.update(job_id, mark)
+    log.error("step %s failed on its last delivery (%s); it goes to the dead-letter queue: %s", msg.step,
+              delivery_count, exc, extra={"event": "step_dead_lettered"})
 
 
 def _handle(b: Backends, job: Job, msg: StepMessage) -> None:

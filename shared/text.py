@@ -161,3 +161,36 @@ def detect_language(text: str) -> Literal["ja", "en"]:
     cjk = len(_CJK_CHAR_RE.findall(text))
     latin = len(_LATIN_CHAR_RE.findall(text))
     return "ja" if cjk and cjk * 3 >= latin else "en"
+
+
+# --- snippets ----------------------------------------------------------------------------------
+
+SNIPPET_CHARS = 200
+
+
+def best_snippet(content: str, query: str, max_chars: int = SNIPPET_CHARS) -> str:
+    """The sentence of content holding the most query terms, cut to about max_chars around the first one."""
+    terms = list(dict.fromkeys(tokenize(query)))
+    best: tuple[int, int, int] | None = None  # (terms matched, start, end)
+    for start, end in split_sentences(content):
+        # Substring tests on the folded sentence are much cheaper than tokenizing every sentence.
+        folded = unicodedata.normalize("NFKC", content[start:end]).lower()
+        matched = sum(1 for term in terms if term in folded)
+        if matched and (best is None or matched > best[0]):
+            best = (matched, start, end)
+    if best is None:
+        return _window(content, 0, 0, len(content), max_chars)
+    _, start, end = best
+    sentence = content[start:end].lower()
+    first = min((i for i in (sentence.find(term) for term in terms) if i >= 0), default=0)
+    return _window(content, start + first, start, end, max_chars)
+
+
+def _window(content: str, anchor: int, start: int, end: int, max_chars: int) -> str:
+    """About max_chars of content[start:end] around anchor, with an ellipsis where it was cut."""
+    if end - start <= max_chars * 3 // 2:
+        return content[start:end]
+    lo = max(start, anchor - max_chars // 3)
+    hi = min(end, lo + max_chars)
+    lo = max(start, hi - max_chars)
+    return ("…" if lo > start else "") + content[lo:hi].strip() + ("…" if hi < end else "")

@@ -10,11 +10,12 @@ import socket
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from azure.core.exceptions import ClientAuthenticationError
 
 from shared.adapters.azure.openai_model import OpenAIChatModel, from_settings, retry_after_seconds
 from shared.ports import ChatModel, DependencyUnavailable, PermanentModelError, TransientModelError
@@ -23,11 +24,11 @@ from shared.tokens import count_message_tokens, count_tokens, encoding_name, est
 from tests.fixtures.scripted_openai import ScriptedOpenAI, completion, content_filter_error, error
 
 REPO = Path(__file__).resolve().parents[1]
-MESSAGES = [
+MESSAGES: list[dict[str, Any]] = [
     {"role": "system", "content": "You are a research agent."},
     {"role": "user", "content": "Compare our two DR procedures and cite the sources."},
 ]
-TOOLS = [{
+TOOLS: list[dict[str, Any]] = [{
     "type": "function",
     "function": {
         "name": "search_knowledge",
@@ -129,7 +130,7 @@ def test_a_responder_drives_a_multi_turn_conversation(scripted_openai: ScriptedO
     model = openai_model(scripted_openai)
 
     first = model.complete(MESSAGES, TOOLS)
-    history = [*MESSAGES,
+    history: list[dict[str, Any]] = [*MESSAGES,
                {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function", "function": {
                    "name": "search_knowledge", "arguments": first.tool_calls[0].arguments}}]},
                {"role": "tool", "tool_call_id": "c1", "content": '{"results": []}'}]
@@ -164,7 +165,7 @@ def test_retry_after_ms_wins_over_retry_after(scripted_openai: ScriptedOpenAI) -
 
 
 def test_retry_after_as_http_date(scripted_openai: ScriptedOpenAI) -> None:
-    when = datetime.now(timezone.utc) + timedelta(seconds=30)
+    when = datetime.now(UTC) + timedelta(seconds=30)
     scripted_openai.script([error(429, headers={"retry-after": email.utils.format_datetime(when, usegmt=True)})])
 
     with pytest.raises(TransientModelError) as caught:
@@ -305,6 +306,21 @@ def test_azure_entra_id_token_is_sent_as_bearer(scripted_openai: ScriptedOpenAI)
     assert "api-key" not in request.headers
 
 
+def test_azure_entra_id_token_failure_is_an_auth_error(scripted_openai: ScriptedOpenAI) -> None:
+    def no_token() -> str:
+        raise ClientAuthenticationError("DefaultAzureCredential failed to retrieve a token")
+
+    model = OpenAIChatModel.for_azure(scripted_openai.endpoint, "chat-dep", api_version="2024-10-21",
+                                      token_provider=no_token)
+
+    with pytest.raises(PermanentModelError) as caught:
+        model.complete(MESSAGES, TOOLS)
+
+    assert caught.value.reason == "model_auth"
+    assert "Cognitive Services OpenAI User" in str(caught.value)
+    assert scripted_openai.requests == []
+
+
 def test_azure_without_key_builds_an_entra_id_client_without_calling_out() -> None:
     model = from_settings(settings(azure_openai_endpoint="https://example-resource.openai.azure.com",
                                    azure_openai_deployment="chat-dep"))
@@ -380,7 +396,7 @@ def test_ping_accepts_a_server_without_a_models_listing(scripted_openai: Scripte
 
 
 def test_retry_after_parsing_edge_cases() -> None:
-    now = datetime(2025, 1, 1, tzinfo=timezone.utc)
+    now = datetime(2025, 1, 1, tzinfo=UTC)
     assert retry_after_seconds({}) is None
     assert retry_after_seconds({"retry-after": "soon"}) is None
     assert retry_after_seconds({"retry-after": "2.5"}) == 2.5
@@ -417,11 +433,12 @@ def test_the_estimate_is_conservative_for_english_and_japanese() -> None:
     samples = [
         "The backup job runs nightly and copies checkpoints to the secondary region.",
         "バックアップは毎晩実行され、チェックポイントを副リージョンへ複製します。",
-        "DR手順書 v2: RTO は 4 時間、RPO は 15 分。",
+        "障害発生時は、まず Azure Portal で Service Bus の dead-letter キューの件数を確認します。RTO は 4 時間、"
+        "RPO は 15 分です。復旧後は checkpoints/{job_id}/ の連番が欠けていないことを確認してください。",
     ]
     for text in samples:
         assert estimate_tokens(text) >= count_tokens(text) > 0
-    assert estimate_tokens("東京") == 2
+    assert estimate_tokens("東京") == 3
     assert estimate_tokens("hello world") == 4  # ceil(11 / 3)
 
 
@@ -439,13 +456,14 @@ def test_message_tokens_include_framing_and_grow_with_messages() -> None:
 
     conversation: list[dict[str, Any]] = []
     counts = []
-    for message in [
+    messages: list[dict[str, Any]] = [
         *MESSAGES,
         {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function", "function": {
             "name": "search_knowledge", "arguments": '{"query": "DR 手順"}'}}]},
         {"role": "tool", "tool_call_id": "c1", "content": '{"results": [{"doc_id": "dr-1", "text": "RTO 4 時間"}]}'},
         {"role": "user", "content": [{"type": "text", "text": "もう一度まとめてください。"}]},
-    ]:
+    ]
+    for message in messages:
         conversation.append(message)
         counts.append(count_message_tokens(conversation))
 

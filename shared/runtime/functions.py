@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -34,13 +35,23 @@ class Discovered:
     timers: list[TimerFunction]
 
 
+def app_functions(module_name: str = "function_app") -> tuple[Any, list[Any]]:
+    """(app, functions): get_functions() indexes the app and may be called once per process."""
+    return _indexed(module_name)
+
+
+@functools.cache
+def _indexed(module_name: str) -> tuple[Any, list[Any]]:
+    app = importlib.import_module(module_name).app
+    return app, app.get_functions()
+
+
 def discover(module_name: str = "function_app") -> Discovered:
-    module = importlib.import_module(module_name)
-    app = module.app
+    app, functions = app_functions(module_name)
     asgi_app = None
     queues: list[QueueFunction] = []
     timers: list[TimerFunction] = []
-    for fn in app.get_functions():
+    for fn in functions:
         trigger = fn.get_trigger()
         binding = trigger.get_dict_repr()
         user_function = fn.get_user_function()

@@ -147,7 +147,7 @@ def test_etag_changes_on_every_write_and_after_recreate(store: ObjectStore) -> N
 def test_concurrent_if_match_increments_lose_no_update(store: ObjectStore) -> None:
     key = "ledgers/t_1/counter"
     store.put_if_absent(key, b"0")
-    threads, per_thread = 6, 15
+    threads, per_thread = 5, 10
 
     results = run_together(threads, lambda _: sum(increment(store, key) for _ in range(per_thread)))
 
@@ -402,3 +402,22 @@ def test_local_sigkill_mid_write_leaves_no_partial_object(tmp_path: Path) -> Non
         store.put(f"ops/after-kill-{round_}", b"ok")
         for key in checkpoints:
             store.delete(key)
+
+
+def _put_from_forked_child(store: LocalObjectStore) -> None:
+    store.put_if_absent("checkpoints/j_fork/000002.json", b"child")
+
+
+def test_local_store_object_keeps_working_across_fork(tmp_path: Path) -> None:
+    # A SQLite connection must not be used on both sides of fork(); the store reconnects in the child.
+    store = LocalObjectStore(tmp_path / "objects")
+    store.put_if_absent("checkpoints/j_fork/000001.json", b"parent")
+    child = multiprocessing.get_context("fork").Process(target=_put_from_forked_child, args=(store,))
+    child.start()
+    child.join(timeout=30)
+    assert child.exitcode == 0
+    assert list(store.list("checkpoints/j_fork/")) == [
+        "checkpoints/j_fork/000001.json",
+        "checkpoints/j_fork/000002.json",
+    ]
+    store.put("jobs/j_fork.json", b"parent still writes")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import email.utils
 import math
 from collections.abc import Callable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import openai
@@ -220,16 +220,17 @@ class OpenAIChatModel:
 
     def _classify(self, exc: openai.APIStatusError) -> Exception:
         status = exc.status_code
-        code = _error_code(exc)
+        codes = _error_codes(exc)
         where = f"{self.name}: HTTP {status}{_request_id(exc)}"
-        if code in QUOTA_CODES:
-            return PermanentModelError(f"{where}: the account's quota is used up ({code})", reason="model_quota")
+        if codes & QUOTA_CODES:
+            return PermanentModelError(f"{where}: the account's quota is used up", reason="model_quota")
         if status in TRANSIENT_STATUSES or status >= 500:
             retry_after = retry_after_seconds(exc.response.headers)
             wait = f"; retry after {retry_after:g}s" if retry_after is not None else ""
             return TransientModelError(f"{where}: {_server_message(exc)}{wait}", retry_after=retry_after)
-        if code in CONTENT_FILTER_CODES:
-            return PermanentModelError(f"{where}: the prompt was blocked by the content filter", reason="content_filter")
+        if codes & CONTENT_FILTER_CODES:
+            return PermanentModelError(f"{where}: the prompt was blocked by the content filter",
+                                       reason="content_filter")
         if status in (401, 403):
             # The server's text is left out: OpenAI echoes (part of) the key it was given.
             return PermanentModelError(f"{where}: authentication failed; {self._auth_hint}", reason="model_auth")
@@ -251,14 +252,14 @@ def _usage(response: ChatCompletion) -> Usage:
     )
 
 
-def _error_code(exc: openai.APIStatusError) -> str | None:
-    """The error's code, or Azure's inner code when the outer one is generic."""
-    if exc.code:
-        return exc.code
+def _error_codes(exc: openai.APIStatusError) -> set[str]:
+    """The error's code and Azure's inner code (ResponsibleAIPolicyViolation sits there)."""
+    codes = {exc.code} if exc.code else set()
     body = exc.body if isinstance(exc.body, dict) else {}
-    inner = body.get("innererror") if isinstance(body.get("innererror"), dict) else {}
-    code = inner.get("code") if inner else None
-    return str(code) if code else None
+    inner = body.get("innererror")
+    if isinstance(inner, dict) and inner.get("code"):
+        codes.add(str(inner["code"]))
+    return codes
 
 
 def _server_message(exc: openai.APIStatusError) -> str:
@@ -297,8 +298,8 @@ def retry_after_seconds(headers: Mapping[str, str], now: datetime | None = None)
         except (TypeError, ValueError):
             return None
         if when.tzinfo is None:
-            when = when.replace(tzinfo=timezone.utc)
-        value = (when - (now or datetime.now(timezone.utc))).total_seconds()
+            when = when.replace(tzinfo=UTC)
+        value = (when - (now or datetime.now(UTC))).total_seconds()
     return max(0.0, value) if math.isfinite(value) else None
 
 

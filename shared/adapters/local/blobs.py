@@ -10,6 +10,8 @@ Why SQLite rather than one file per object:
   same name), need no escaping, and list(prefix) is an index range scan instead of a directory walk.
 - WAL with synchronous=NORMAL skips fsync on commit: durable across process crashes (kill -9),
   which is what the embedded runtime needs; a power cut may lose the last commits, never tear one.
+  The WAL checkpoint (every ~4 MB written) still fsyncs, which sets the p99 of a write (~10 ms);
+  synchronous=OFF would remove that but can corrupt the file on an OS crash, a worse trade.
 Limit: SQLite caps one value at ~1 GB, far above anything the app stores (checkpoints, job records,
 reports, index backups).
 """

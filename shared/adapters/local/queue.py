@@ -7,10 +7,11 @@ enqueue, message-id duplicate detection within a window, and abandon = visible a
 
 Storage: one SQLite file may hold several named queues (rows carry the queue name); each
 LocalQueue object works one of them. WAL with synchronous=NORMAL survives kill -9 of any
-process (only an OS crash or power loss can drop the last commits). Several threads and
-several processes on one machine may share a file: claims run in short BEGIN IMMEDIATE
-transactions, and a lock is a token plus an expiry time, so a consumer that dies simply
-lets its lock run out and the message is redelivered.
+process (only an OS crash or power loss can drop the last commits); like any WAL database it
+needs a local disk, not a network share. Several threads and several processes on one machine
+may share a file: claims run in short BEGIN IMMEDIATE transactions, and a lock is a token plus
+an expiry time, so a consumer that dies simply lets its lock run out and the message is
+redelivered. Dead-lettered messages stay in the same table, flagged, until completed or purged.
 
 Wake-ups: send() and abandon() notify a Condition shared by every LocalQueue on the same
 file and queue in this process, so a blocked receive() wakes at once. A blocked receive
@@ -42,32 +43,34 @@ _CROSS_PROCESS_POLL_SECONDS = 0.2
 _BUSY_TIMEOUT_MS = 5_000
 _PRUNE_IDS_EVERY_SECONDS = 60.0
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS messages (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    queue TEXT NOT NULL,
-    message_id TEXT NOT NULL,
-    body BLOB NOT NULL,
-    enqueued_at REAL NOT NULL,      -- when it became (or becomes) active: max(send time, scheduled time)
-    scheduled_at REAL,              -- the requested scheduled enqueue time, if any
-    visible_at REAL NOT NULL,       -- receivable once this passes: enqueue time, then lock expiry
-    delivery_count INTEGER NOT NULL DEFAULT 0,
-    lock_token TEXT,
-    locked_until REAL,
-    dead_lettered INTEGER NOT NULL DEFAULT 0,
-    dead_letter_reason TEXT,
-    dead_letter_description TEXT,
-    dead_lettered_at REAL
-);
-CREATE INDEX IF NOT EXISTS messages_fifo ON messages (queue, dead_lettered, seq);
-CREATE INDEX IF NOT EXISTS messages_due ON messages (queue, dead_lettered, visible_at);
-CREATE TABLE IF NOT EXISTS message_ids (
-    queue TEXT NOT NULL,
-    message_id TEXT NOT NULL,
-    sent_at REAL NOT NULL,
-    PRIMARY KEY (queue, message_id)
-) WITHOUT ROWID;
-"""
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS messages (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        queue TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        body BLOB NOT NULL,
+        enqueued_at REAL NOT NULL,      -- when it became (or becomes) active: max(send time, scheduled time)
+        scheduled_at REAL,              -- the requested scheduled enqueue time, if any
+        visible_at REAL NOT NULL,       -- receivable once this passes: enqueue time, then lock expiry
+        delivery_count INTEGER NOT NULL DEFAULT 0,
+        lock_token TEXT,
+        locked_until REAL,
+        dead_lettered INTEGER NOT NULL DEFAULT 0,
+        dead_letter_reason TEXT,
+        dead_letter_description TEXT,
+        dead_lettered_at REAL
+    )""",
+    # Receive order is oldest enqueue first. Scheduled messages sort after everything due, so a
+    # claim only steps over the few locked messages, however many retries are scheduled.
+    "CREATE INDEX IF NOT EXISTS messages_ready ON messages (queue, dead_lettered, enqueued_at, seq)",
+    "CREATE INDEX IF NOT EXISTS messages_due ON messages (queue, dead_lettered, visible_at)",
+    """CREATE TABLE IF NOT EXISTS message_ids (
+        queue TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        sent_at REAL NOT NULL,
+        PRIMARY KEY (queue, message_id)
+    ) WITHOUT ROWID""",
+)
 
 _COLUMNS = (
     "seq, message_id, body, enqueued_at, scheduled_at, delivery_count, lock_token, "
@@ -99,7 +102,7 @@ def _shared_wakeup(path: Path, name: str) -> threading.Condition:
 
 
 def _epoch(moment: datetime) -> float:
-    """Seconds since the epoch; a naive datetime is taken as UTC, as Service Bus does."""
+    """Seconds since the epoch; a naive datetime is taken as UTC, as the Service Bus adapter does too."""
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.timestamp()
@@ -149,25 +152,25 @@ class LocalQueue:
         with self._unavailable_on_sqlite_errors():
             # Access is serialised by the Condition's lock, so one connection serves every thread.
             self._conn: sqlite3.Connection | None = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False, timeout=_BUSY_TIMEOUT_MS / 1000
+                self.path, isolation_level=None, check_same_thread=False
             )
             self._conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
             self._conn.execute("PRAGMA journal_mode = WAL")
             self._conn.execute("PRAGMA synchronous = NORMAL")
             with self._wakeup, self._transaction() as conn:
                 # Not executescript: it commits on its own, and the schema should appear all at once.
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
+                for statement in _SCHEMA:
+                    conn.execute(statement)
 
     # --- the StepQueue port ---------------------------------------------------------------------
 
     def send(self, body: bytes, *, message_id: str, scheduled_at: datetime | None = None) -> None:
         """Enqueue; a message_id seen within the duplicate-detection window is dropped silently."""
-        now = time.time()
-        due = max(now, _epoch(scheduled_at)) if scheduled_at is not None else now
         with self._wakeup:
             with self._transaction() as conn:
+                # Read the clock under the write lock, so enqueue times rise with sequence numbers.
+                now = time.time()
+                due = max(now, _epoch(scheduled_at)) if scheduled_at is not None else now
                 seen = conn.execute(
                     "SELECT sent_at FROM message_ids WHERE queue = ? AND message_id = ?", (self.name, message_id)
                 ).fetchone()
@@ -234,12 +237,16 @@ class LocalQueue:
     # --- the consumer side (the Functions host's part in Azure) ---------------------------------
 
     def receive(self, max_count: int = 1, wait_seconds: float = 0.0) -> list[QueueMessage]:
-        """Peek-lock up to max_count due messages, oldest first, blocking up to wait_seconds for one."""
+        """Peek-lock up to max_count due messages, oldest first, blocking up to wait_seconds for one.
+
+        Oldest means earliest enqueue time, then sequence number: FIFO by sequence for plain sends,
+        while a scheduled message joins the line when it is due, as it does in Service Bus.
+        """
         if max_count < 1:
             raise ValueError("max_count must be at least 1")
         deadline = time.monotonic() + wait_seconds
         with self._wakeup:
-            while self._conn is not None:
+            while True:
                 messages = self._claim(time.time(), max_count, dead_lettered=False, lock_seconds=self.lock_seconds)
                 if messages:
                     return messages
@@ -251,7 +258,8 @@ class LocalQueue:
                 if next_due is not None:
                     timeout = min(timeout, max(0.0, next_due - time.time()))
                 self._wakeup.wait(timeout)
-        return []  # closed while waiting: the runtime is shutting down
+                if self._conn is None:
+                    return []  # closed while waiting: the runtime is shutting down
 
     def complete(self, message: QueueMessage) -> None:
         self._settle(message, "DELETE FROM messages", dead_lettered=False)
@@ -344,9 +352,10 @@ class LocalQueue:
         with self._transaction() as conn:
             while len(claimed) < max_count:
                 rows = conn.execute(
-                    "SELECT seq, delivery_count FROM messages "
-                    "WHERE queue = ? AND dead_lettered = ? AND visible_at <= ? ORDER BY seq LIMIT ?",
-                    (self.name, dead_lettered, now, max_count - len(claimed)),
+                    "SELECT seq, delivery_count FROM messages INDEXED BY messages_ready "
+                    "WHERE queue = ? AND dead_lettered = ? AND enqueued_at <= ? AND visible_at <= ? "
+                    "ORDER BY enqueued_at, seq LIMIT ?",
+                    (self.name, dead_lettered, now, now, max_count - len(claimed)),
                 ).fetchall()
                 if not rows:
                     break

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,12 +16,11 @@ from typing import Any
 
 from shared.contracts import Chunk, SearchHit
 from shared.ports import DependencyUnavailable
-from shared.text import split_sentences, tokenize
+from shared.text import best_snippet, tokenize
 
 SCHEMA_VERSION = 1
 TITLE_WEIGHT = 2.0
 CONTENT_WEIGHT = 1.0
-SNIPPET_CHARS = 200
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS chunks (
@@ -57,32 +55,6 @@ def match_expression(query: str) -> str | None:
     if not terms:
         return None
     return " OR ".join('"' + term.replace('"', '""') + '"' for term in terms)
-
-
-def best_snippet(content: str, query_terms: list[str]) -> str:
-    """The sentence that holds the most query terms, cut to a window around the first one when long."""
-    best: tuple[int, int, int] | None = None  # (terms matched, start, end)
-    for start, end in split_sentences(content):
-        folded = unicodedata.normalize("NFKC", content[start:end]).lower()
-        matched = sum(1 for term in query_terms if term in folded)
-        if matched and (best is None or matched > best[0]):
-            best = (matched, start, end)
-    if best is None:
-        return _window(content, 0, 0, len(content))
-    _, start, end = best
-    sentence = content[start:end].lower()
-    first = min((i for i in (sentence.find(t) for t in query_terms) if i >= 0), default=0)
-    return _window(content, start + first, start, end)
-
-
-def _window(content: str, anchor: int, start: int, end: int) -> str:
-    """About SNIPPET_CHARS of content[start:end] around anchor, with an ellipsis where it was cut."""
-    if end - start <= SNIPPET_CHARS * 3 // 2:
-        return content[start:end]
-    lo = max(start, anchor - SNIPPET_CHARS // 3)
-    hi = min(end, lo + SNIPPET_CHARS)
-    lo = max(start, hi - SNIPPET_CHARS)
-    return ("…" if lo > start else "") + content[lo:hi].strip() + ("…" if hi < end else "")
 
 
 class LocalKnowledgeIndex:
@@ -173,17 +145,18 @@ class LocalKnowledgeIndex:
         expression = match_expression(query)
         if expression is None or top < 1:
             return []
-        sql = f"""SELECT c.doc_id, c.chunk_id, c.title, c.url, c.content,
-                         bm25(chunks_terms, {TITLE_WEIGHT}, {CONTENT_WEIGHT}) AS rank
-                  FROM chunks_terms JOIN chunks c ON c.rowid = chunks_terms.rowid
-                  WHERE chunks_terms MATCH ?{" AND c.doc_id = ?" if doc_id is not None else ""}
-                  ORDER BY rank LIMIT ?"""
+        # Rank inside FTS5 first and join the few winners, so the join never touches every match.
+        in_doc = " AND rowid IN (SELECT rowid FROM chunks WHERE doc_id = ?)" if doc_id is not None else ""
+        sql = f"""SELECT c.doc_id, c.chunk_id, c.title, c.url, c.content, best.rank
+                  FROM (SELECT rowid, bm25(chunks_terms, {TITLE_WEIGHT}, {CONTENT_WEIGHT}) AS rank
+                        FROM chunks_terms WHERE chunks_terms MATCH ?{in_doc} ORDER BY rank LIMIT ?) AS best
+                  JOIN chunks c ON c.rowid = best.rowid
+                  ORDER BY best.rank"""
         params: tuple[Any, ...] = (expression, doc_id, top) if doc_id is not None else (expression, top)
         rows = self._db().execute(sql, params).fetchall()
-        terms = list(dict.fromkeys(tokenize(query)))
         return [
             # bm25() is lower-is-better; SearchHit.score is higher-is-better.
-            SearchHit(doc_id=r[0], chunk_id=r[1], title=r[2], url=r[3], score=-r[5], snippet=best_snippet(r[4], terms))
+            SearchHit(doc_id=r[0], chunk_id=r[1], title=r[2], url=r[3], score=-r[5], snippet=best_snippet(r[4], query))
             for r in rows
         ]
 

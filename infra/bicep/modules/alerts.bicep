@@ -1,0 +1,239 @@
+// The alerts of the operations runbook ("アラート対応"), sent to one action group.
+// The thresholds are the runbook's numbers: change them here and in the runbook together.
+
+param location string
+param tags object
+param environment string
+param actionGroupName string
+param alertEmail string
+param appInsightsId string
+param serviceBusId string
+param queueName string
+param monthlyTokenBudget int
+param tenantTokenBudgets object
+
+resource actionGroup 'Microsoft.Insights/actionGroups@2023-01-01' = {
+  name: actionGroupName
+  location: 'global'
+  tags: tags
+  properties: {
+    groupShortName: 'agent-${environment}'
+    enabled: true
+    emailReceivers: [
+      {
+        name: 'operations'
+        emailAddress: alertEmail
+        useCommonAlertSchema: true
+      }
+    ]
+  }
+}
+
+// エラー率 > 5% (5分間): failed / all function executions (HTTP and queue steps alike), in percent.
+var errorRateQuery = '''
+requests
+| summarize total = count(), failed = countif(success == false)
+| where total > 0
+| project failure_percent = 100.0 * failed / total
+'''
+
+resource errorRate 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
+  name: 'agent-alert-error-rate-${environment}'
+  location: location
+  tags: tags
+  kind: 'LogAlert'
+  properties: {
+    displayName: 'agent ${environment}: error rate over 5% for 5 minutes'
+    description: 'Runbook: エラー率アラート. Check the failures in Application Insights, find the common pattern, decide whether it is transient, roll back if needed.'
+    severity: 1
+    enabled: true
+    scopes: [
+      appInsightsId
+    ]
+    evaluationFrequency: 'PT5M'
+    windowSize: 'PT5M'
+    criteria: {
+      allOf: [
+        {
+          query: errorRateQuery
+          timeAggregation: 'Maximum'
+          metricMeasureColumn: 'failure_percent'
+          operator: 'GreaterThan'
+          threshold: 5
+          failingPeriods: {
+            numberOfEvaluationPeriods: 1
+            minFailingPeriodsToAlert: 1
+          }
+        }
+      ]
+    }
+    autoMitigate: true
+    actions: {
+      actionGroups: [
+        actionGroup.id
+      ]
+    }
+  }
+}
+
+// キュー長 > 100: steps waiting on agent-jobs.
+resource queueBacklog 'Microsoft.Insights/metricAlerts@2018-03-01' = {
+  name: 'agent-alert-queue-backlog-${environment}'
+  location: 'global'
+  tags: tags
+  properties: {
+    description: 'Runbook: キュー滞留アラート. More than 100 active messages on ${queueName}: check the function app, raise its maximum instance count, check the job failure rate, cancel jobs if needed.'
+    severity: 2
+    enabled: true
+    scopes: [
+      serviceBusId
+    ]
+    evaluationFrequency: 'PT1M'
+    windowSize: 'PT5M'
+    autoMitigate: true
+    criteria: {
+      'odata.type': 'Microsoft.Azure.Monitor.SingleResourceMultipleMetricCriteria'
+      allOf: [
+        {
+          criterionType: 'StaticThresholdCriterion'
+          name: 'active-messages'
+          metricNamespace: 'Microsoft.ServiceBus/namespaces'
+          metricName: 'ActiveMessages'
+          dimensions: [
+            {
+              name: 'EntityName'
+              operator: 'Include'
+              values: [
+                queueName
+              ]
+            }
+          ]
+          operator: 'GreaterThan'
+          threshold: 100
+          timeAggregation: 'Average'
+        }
+      ]
+    }
+    actions: [
+      {
+        actionGroupId: actionGroup.id
+      }
+    ]
+  }
+}
+
+// Any dead-lettered step: a step failed its 10 deliveries (or expired). The sweep timer acts on
+// it; an operator should know it happened.
+resource deadLetters 'Microsoft.Insights/metricAlerts@2018-03-01' = {
+  name: 'agent-alert-dead-letters-${environment}'
+  location: 'global'
+  tags: tags
+  properties: {
+    description: 'Dead-lettered messages on ${queueName}. Runbook: ジョブが完了しない. Read the dead-letter reason, fix the cause, resubmit the job.'
+    severity: 2
+    enabled: true
+    scopes: [
+      serviceBusId
+    ]
+    evaluationFrequency: 'PT1M'
+    windowSize: 'PT5M'
+    autoMitigate: true
+    criteria: {
+      'odata.type': 'Microsoft.Azure.Monitor.SingleResourceMultipleMetricCriteria'
+      allOf: [
+        {
+          criterionType: 'StaticThresholdCriterion'
+          name: 'dead-lettered-messages'
+          metricNamespace: 'Microsoft.ServiceBus/namespaces'
+          metricName: 'DeadletteredMessages'
+          dimensions: [
+            {
+              name: 'EntityName'
+              operator: 'Include'
+              values: [
+                queueName
+              ]
+            }
+          ]
+          operator: 'GreaterThan'
+          threshold: 0
+          timeAggregation: 'Maximum'
+        }
+      ]
+    }
+    actions: [
+      {
+        actionGroupId: actionGroup.id
+      }
+    ]
+  }
+}
+
+// 月間トークン数が予算の 80% 超過, per tenant, from the app's custom metric agent.tokens
+// (customDimensions.tenant). A log alert reads at most two days of data, so a calendar-month sum
+// cannot be queried here. The rule instead projects the last 24 hours over the whole month:
+// a month can only end above 80% of a budget if some day burned more than 80% / (days in month)
+// of it, and that day trips this rule, before the month's total gets there.
+var tokenBudgetQueryTemplate = '''
+let defaultBudget = toreal(__DEFAULT_BUDGET__);
+let tenantBudgets = dynamic(__TENANT_BUDGETS__);
+let daysInMonth = toreal(dayofmonth(endofmonth(now())));
+customMetrics
+| where name == "agent.tokens"
+| extend tenant = tostring(customDimensions.tenant)
+| summarize tokens = sum(valueSum) by tenant
+| extend budget = coalesce(toreal(tenantBudgets[tenant]), defaultBudget)
+| project tenant, budget_percent = 100.0 * tokens * daysInMonth / budget
+'''
+
+var tokenBudgetQuery = replace(replace(tokenBudgetQueryTemplate, '__DEFAULT_BUDGET__', string(monthlyTokenBudget)), '__TENANT_BUDGETS__', string(tenantTokenBudgets))
+
+resource tokenBudget 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
+  name: 'agent-alert-token-budget-${environment}'
+  location: location
+  tags: tags
+  kind: 'LogAlert'
+  properties: {
+    displayName: 'agent ${environment}: tokens on course for over 80% of the monthly budget'
+    description: 'Runbook: トークン使用量超過. At the last 24 hours\' pace a tenant uses over 80% of its monthly token budget (MONTHLY_TOKEN_BUDGET / TENANT_TOKEN_BUDGETS). Find the jobs using the most tokens, tighten rate limits, stop unneeded jobs, consider a larger budget.'
+    severity: 2
+    enabled: true
+    scopes: [
+      appInsightsId
+    ]
+    evaluationFrequency: 'PT1H'
+    windowSize: 'P1D'
+    criteria: {
+      allOf: [
+        {
+          query: tokenBudgetQuery
+          timeAggregation: 'Maximum'
+          metricMeasureColumn: 'budget_percent'
+          operator: 'GreaterThan'
+          threshold: 80
+          dimensions: [
+            {
+              name: 'tenant'
+              operator: 'Include'
+              values: [
+                '*'
+              ]
+            }
+          ]
+          failingPeriods: {
+            numberOfEvaluationPeriods: 1
+            minFailingPeriodsToAlert: 1
+          }
+        }
+      ]
+    }
+    autoMitigate: true
+    actions: {
+      actionGroups: [
+        actionGroup.id
+      ]
+    }
+  }
+}
+
+output actionGroupId string = actionGroup.id
