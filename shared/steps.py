@@ -23,6 +23,7 @@ from pydantic import ValidationError
 
 from agents import research
 from agents.state import AgentState
+from shared import metrics
 from shared.composition import Backends
 from shared.contracts import Checkpoint, Job, JobError, Outcome, StepMessage, StepSummary, Usage, utcnow
 from shared.ledger import month_of
@@ -76,6 +77,7 @@ def handle_step(b: Backends, body: bytes, delivery_count: int = 1) -> None:
         try:
             _handle(b, job, msg)
         except Exception as exc:
+            metrics.record_step_failure(exc)
             if delivery_count >= b.settings.queue_max_delivery_count:
                 _record_dead_letter(b, job.id, msg, delivery_count, exc)
             raise
@@ -123,6 +125,8 @@ def _handle(b: Backends, job: Job, msg: StepMessage) -> None:
     if not b.checkpoints.commit(checkpoint):
         log.info("step %s committed by a concurrent delivery; discarding this result", msg.step)
         checkpoint = b.checkpoints.get(job.id, msg.step) or checkpoint
+    else:
+        metrics.record_commit(job.tenant, job.created_at, checkpoint)  # only the winning delivery counts
     settle(b, job, checkpoint)
 
 

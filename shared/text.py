@@ -106,12 +106,15 @@ _HEADING_RE = re.compile(r"\s*#{1,6}\s")
 
 
 def _is_abbreviation(text: str, dot: int) -> bool:
-    """True when the '.' at dot ends an abbreviation ("e.g.") or an initial ("J.") rather than a sentence."""
+    """True when the '.' at dot ends an abbreviation ("e.g."), an initial ("J.") or a list number, not a sentence."""
     word_start = dot
     while word_start > 0 and (text[word_start - 1].isalpha() or text[word_start - 1] == "."):
         word_start -= 1
     word = text[word_start:dot]
-    return word.lower() in _ABBREVIATIONS or (len(word) == 1 and word.isupper())
+    if word.lower() in _ABBREVIATIONS or (len(word) == 1 and word.isupper()):
+        return True
+    line_start = text.rfind("\n", 0, dot) + 1
+    return text[line_start:dot].strip().isdigit()  # "1." opening an ordered list item
 
 
 def _line_break_ends_sentence(text: str, newline: int) -> bool:

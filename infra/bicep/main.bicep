@@ -95,6 +95,11 @@ param logRetentionDays int = 90
 ])
 param searchSku string = 'basic'
 
+@description('AI Search replicas: 2 gives the query SLA, 3 the query and indexing SLA.')
+@minValue(1)
+@maxValue(12)
+param searchReplicaCount int = 1
+
 @description('Semantic ranker plan of AI Search.')
 @allowed([
   'free'
@@ -143,6 +148,8 @@ var names = {
   appInsights: 'agent-appi-${environment}'
   identity: 'agent-id-${environment}'
   actionGroup: 'agent-ag-${environment}'
+  actionGroupShortName: 'agent-${environment}' // at most 12 characters
+  alertPrefix: 'agent-alert-${environment}'
   // Storage names are global, lowercase alphanumerics, 3-24 chars: 7 + 3 + 13 = 23.
   storage: take(toLower('agentst${environment}${uniqueString(resourceGroup().id)}'), 24)
 }
@@ -218,6 +225,7 @@ module search 'modules/search.bicep' = {
     tags: allTags
     name: names.search
     skuName: searchSku
+    replicaCount: searchReplicaCount
     semanticSearch: semanticSearch
   }
 }
@@ -325,8 +333,9 @@ module alerts 'modules/alerts.bicep' = {
   params: {
     location: location
     tags: allTags
-    environment: environment
+    namePrefix: names.alertPrefix
     actionGroupName: names.actionGroup
+    actionGroupShortName: names.actionGroupShortName
     alertEmail: alertEmail
     appInsightsId: monitoring.outputs.appInsightsId
     serviceBusId: serviceBus.outputs.id

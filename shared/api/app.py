@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
-from shared import health
-from shared.api import problems, routes_documents, routes_jobs
+from shared import health, metrics
+from shared.api import problems, routes_documents, routes_jobs, routes_metrics
 from shared.api.security import BodySizeLimit
 from shared.composition import get_backends
 from shared.settings import get_settings
@@ -24,6 +24,7 @@ def create_api() -> FastAPI:
     problems.install(api)
     api.include_router(routes_jobs.router)
     api.include_router(routes_documents.router)
+    api.include_router(routes_metrics.router)
 
     @api.get("/api/health", tags=["operations"], summary="Each dependency's state (anonymous)")
     def get_health() -> JSONResponse:
@@ -31,4 +32,5 @@ def create_api() -> FastAPI:
         return JSONResponse(result, status_code=200 if result["status"] == "ok" else 503)
 
     api.add_middleware(BodySizeLimit, max_bytes=get_settings().max_body_bytes)
+    api.add_middleware(metrics.RequestMetrics)  # outermost: a 413 is a request too
     return api

@@ -12,6 +12,7 @@ taken at the start of each case, and polled, because Service Bus reports them wi
 from __future__ import annotations
 
 import os
+import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,7 +25,8 @@ import pytest
 
 from shared.adapters.local.queue import LocalQueue
 from shared.contracts import utcnow
-from shared.ports import QueueCounts, QueueMessage, StepQueue
+from shared.ports import DependencyUnavailable, QueueCounts, QueueMessage, StepQueue
+from shared.settings import Settings
 
 
 @dataclass
@@ -203,3 +205,61 @@ def test_a_dead_lettered_step_is_resent_only_under_a_new_message_id(under_test: 
     for dead in queue.receive_dead_letters(lock_seconds=30):
         queue.complete_dead_letter(dead)
     assert under_test.counts_become(base) == base
+
+
+# --- Service Bus adapter wiring that needs no namespace ------------------------------------------
+
+
+def _closed_loopback_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_servicebus_reports_an_unreachable_namespace_as_dependency_unavailable() -> None:
+    from azure.servicebus import ServiceBusClient
+    from azure.servicebus.management import ServiceBusAdministrationClient
+
+    from shared.adapters.azure.servicebus import ServiceBusStepQueue
+
+    connection = f"Endpoint=sb://127.0.0.1:{_closed_loopback_port()}/;SharedAccessKeyName=test;SharedAccessKey=dGVzdA=="
+    queue = ServiceBusStepQueue(
+        ServiceBusClient.from_connection_string(connection, retry_total=0),
+        ServiceBusAdministrationClient.from_connection_string(connection, retry_total=0),
+        "agent-jobs",
+    )
+    try:
+        for operation in (
+            queue.ping,
+            queue.counts,
+            lambda: queue.send(b"step", message_id="job-1:1"),
+            queue.peek_dead_letters,
+            queue.receive,
+        ):
+            with pytest.raises(DependencyUnavailable):
+                operation()
+    finally:
+        queue.close()
+
+
+def test_servicebus_is_built_from_either_form_of_the_setting() -> None:
+    from shared.adapters.azure.servicebus import ServiceBusStepQueue
+
+    unconfigured = Settings(servicebus_connection=None, servicebus_namespace=None)
+    with pytest.raises(ValueError, match="ServiceBusConnection"):
+        ServiceBusStepQueue.from_settings(unconfigured)
+
+    by_key = Settings(
+        servicebus_connection="Endpoint=sb://example.servicebus.windows.net/;SharedAccessKeyName=k;SharedAccessKey=dA==",
+        agent_jobs_queue="jobs-a",
+    )
+    by_identity = Settings(
+        servicebus_connection=None,
+        servicebus_namespace="example.servicebus.windows.net",
+        agent_jobs_queue="jobs-b",
+    )
+    for settings in (by_key, by_identity):
+        queue = ServiceBusStepQueue.from_settings(settings)  # builds clients; connects on first use
+        assert isinstance(queue, StepQueue)
+        assert queue.queue_name == settings.agent_jobs_queue
+        queue.close()

@@ -3,8 +3,10 @@
 
 param location string
 param tags object
-param environment string
+@description('Alert names start with it, e.g. agent-alert-prd.')
+param namePrefix string
 param actionGroupName string
+param actionGroupShortName string
 param alertEmail string
 param appInsightsId string
 param serviceBusId string
@@ -17,7 +19,7 @@ resource actionGroup 'Microsoft.Insights/actionGroups@2023-01-01' = {
   location: 'global'
   tags: tags
   properties: {
-    groupShortName: 'agent-${environment}'
+    groupShortName: actionGroupShortName
     enabled: true
     emailReceivers: [
       {
@@ -38,12 +40,12 @@ requests
 '''
 
 resource errorRate 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
-  name: 'agent-alert-error-rate-${environment}'
+  name: '${namePrefix}-error-rate'
   location: location
   tags: tags
   kind: 'LogAlert'
   properties: {
-    displayName: 'agent ${environment}: error rate over 5% for 5 minutes'
+    displayName: '${namePrefix}: error rate over 5% for 5 minutes'
     description: 'Runbook: エラー率アラート. Check the failures in Application Insights, find the common pattern, decide whether it is transient, roll back if needed.'
     severity: 1
     enabled: true
@@ -78,7 +80,7 @@ resource errorRate 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
 
 // キュー長 > 100: steps waiting on agent-jobs.
 resource queueBacklog 'Microsoft.Insights/metricAlerts@2018-03-01' = {
-  name: 'agent-alert-queue-backlog-${environment}'
+  name: '${namePrefix}-queue-backlog'
   location: 'global'
   tags: tags
   properties: {
@@ -125,7 +127,7 @@ resource queueBacklog 'Microsoft.Insights/metricAlerts@2018-03-01' = {
 // Any dead-lettered step: a step failed its 10 deliveries (or expired). The sweep timer acts on
 // it; an operator should know it happened.
 resource deadLetters 'Microsoft.Insights/metricAlerts@2018-03-01' = {
-  name: 'agent-alert-dead-letters-${environment}'
+  name: '${namePrefix}-dead-letters'
   location: 'global'
   tags: tags
   properties: {
@@ -189,12 +191,12 @@ customMetrics
 var tokenBudgetQuery = replace(replace(tokenBudgetQueryTemplate, '__DEFAULT_BUDGET__', string(monthlyTokenBudget)), '__TENANT_BUDGETS__', string(tenantTokenBudgets))
 
 resource tokenBudget 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
-  name: 'agent-alert-token-budget-${environment}'
+  name: '${namePrefix}-token-budget'
   location: location
   tags: tags
   kind: 'LogAlert'
   properties: {
-    displayName: 'agent ${environment}: tokens on course for over 80% of the monthly budget'
+    displayName: '${namePrefix}: tokens on course for over 80% of the monthly budget'
     description: 'Runbook: トークン使用量超過. At the last 24 hours\' pace a tenant uses over 80% of its monthly token budget (MONTHLY_TOKEN_BUDGET / TENANT_TOKEN_BUDGETS). Find the jobs using the most tokens, tighten rate limits, stop unneeded jobs, consider a larger budget.'
     severity: 2
     enabled: true

@@ -24,6 +24,9 @@ resource account 'Microsoft.CognitiveServices/accounts@2024-10-01' = {
   sku: {
     name: 'S0'
   }
+  identity: {
+    type: 'SystemAssigned'
+  }
   properties: {
     customSubDomainName: name // required for Microsoft Entra ID authentication
     disableLocalAuth: true // no API keys: the app uses its managed identity

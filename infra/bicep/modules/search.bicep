@@ -4,6 +4,7 @@ param location string
 param tags object
 param name string
 param skuName string
+param replicaCount int
 param semanticSearch string
 
 resource search 'Microsoft.Search/searchServices@2023-11-01' = {
@@ -17,7 +18,7 @@ resource search 'Microsoft.Search/searchServices@2023-11-01' = {
     type: 'SystemAssigned'
   }
   properties: {
-    replicaCount: 1
+    replicaCount: replicaCount
     partitionCount: 1
     hostingMode: 'default'
     publicNetworkAccess: 'enabled'

@@ -4,7 +4,8 @@
 param location string
 param tags object
 param name string
-param skuName string
+@description('Redundancy; geo-redundant unless the environment chooses otherwise (dev and stg use LRS).')
+param skuName string = 'Standard_GRS'
 param deploymentContainer string
 param softDeleteRetentionDays int
 param versionRetentionDays int

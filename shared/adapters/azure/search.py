@@ -130,6 +130,7 @@ class AzureKnowledgeIndex:
             options["transport"] = transport
         self.endpoint = endpoint
         self.index_name = index_name
+        self.credential = credential
         self._embed = embed
         self._dimensions = dimensions
         self._batch_size = batch_size

@@ -124,6 +124,7 @@ class ServiceBusStepQueue:
         self._receiver: ServiceBusReceiver | None = None
         self._dead_letter_receiver: ServiceBusReceiver | None = None
         self._renewer: AutoLockRenewer | None = None
+        self._credential: DefaultAzureCredential | None = None  # closed with the adapter when it made one
         self._sender_lock = threading.Lock()
         self._receiver_lock = threading.Lock()
         self._dead_letter_lock = threading.Lock()
@@ -142,7 +143,9 @@ class ServiceBusStepQueue:
         namespace = fully_qualified_namespace.removeprefix("sb://").rstrip("/")
         credential = DefaultAzureCredential()
         admin = ServiceBusAdministrationClient(namespace, credential)
-        return cls(ServiceBusClient(namespace, credential), admin, queue_name)
+        queue = cls(ServiceBusClient(namespace, credential), admin, queue_name)
+        queue._credential = credential
+        return queue
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ServiceBusStepQueue:
@@ -161,7 +164,7 @@ class ServiceBusStepQueue:
         """Enqueue; the queue's duplicate detection drops a message_id seen within its window."""
         message = ServiceBusMessage(body, message_id=message_id)
         if scheduled_at is not None:
-            # Scheduled this way the message still passes duplicate detection, like any send.
+            # Set on the message rather than schedule_messages(): one send path, one sender link.
             naive = scheduled_at.tzinfo is None
             message.scheduled_enqueue_time_utc = scheduled_at.replace(tzinfo=UTC) if naive else scheduled_at
         with self._sender_lock, _unavailable_on_connection_errors(f"send to {self.queue_name}"):
@@ -233,7 +236,10 @@ class ServiceBusStepQueue:
     # --- the consumer side ----------------------------------------------------------------------
 
     def receive(self, max_count: int = 1, wait_seconds: float = 0.0) -> list[QueueMessage]:
-        """Peek-lock up to max_count messages, waiting at least about a second (the broker's round trip)."""
+        """Peek-lock up to max_count messages, waiting at least a second (the broker needs a round trip).
+
+        One receiver serves receive and settles, under one lock: a settle waits for a pending receive.
+        """
         wait = max(wait_seconds, _MIN_RECEIVE_WAIT_SECONDS)
         with self._receiver_lock, _unavailable_on_connection_errors(f"receive from {self.queue_name}"):
             if self._receiver is None:
@@ -267,6 +273,8 @@ class ServiceBusStepQueue:
                 handler.close()
         self._client.close()
         self._admin.close()
+        if self._credential is not None:
+            self._credential.close()
 
     # --- internals ------------------------------------------------------------------------------
 

@@ -197,7 +197,8 @@ class LocalQueue:
     def counts(self) -> QueueCounts:
         now = time.time()
         with self._wakeup, self._unavailable_on_sqlite_errors():
-            active, scheduled, dead = self._connection().execute(
+            conn = self._connection()
+            active, scheduled, dead = conn.execute(
                 "SELECT "
                 "  COALESCE(SUM(dead_lettered = 0 AND enqueued_at <= ?), 0), "
                 "  COALESCE(SUM(dead_lettered = 0 AND enqueued_at > ?), 0), "
@@ -209,7 +210,8 @@ class LocalQueue:
 
     def peek_dead_letters(self, max_count: int = 100) -> list[QueueMessage]:
         with self._wakeup, self._unavailable_on_sqlite_errors():
-            rows = self._connection().execute(
+            conn = self._connection()
+            rows = conn.execute(
                 f"SELECT {_COLUMNS} FROM messages WHERE queue = ? AND dead_lettered = 1 ORDER BY seq LIMIT ?",
                 (self.name, max_count),
             ).fetchall()
@@ -406,7 +408,8 @@ class LocalQueue:
     def _next_due(self) -> float | None:
         """When the next scheduled message or expiring lock becomes receivable."""
         with self._unavailable_on_sqlite_errors():
-            (due,) = self._connection().execute(
+            conn = self._connection()
+            (due,) = conn.execute(
                 "SELECT MIN(visible_at) FROM messages WHERE queue = ? AND dead_lettered = 0 AND visible_at > ?",
                 (self.name, time.time()),
             ).fetchone()

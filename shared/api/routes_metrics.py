@@ -1,0 +1,27 @@
+"""GET /api/metrics: the embedded runtime's meters in the Prometheus text format (operator key).
+
+Always behind an operator key, loopback included: the Functions ASGI bridge does not give a
+trustworthy client address, and a Prometheus scrape job sends a bearer key as easily.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+
+from shared import metrics
+from shared.api.problems import Problem
+from shared.api.security import OperatorDep
+
+router = APIRouter(prefix="/api", tags=["operations"])
+
+
+@router.get(
+    "/metrics", summary="Prometheus metrics of this instance (operator key)",
+    responses={200: {"content": {"text/plain": {}}}},
+)
+def get_metrics(caller: OperatorDep) -> Response:
+    if metrics.azure_monitor_owns_metrics():
+        raise Problem(404, "metrics are exported to Application Insights (customMetrics, e.g. agent.tokens); "
+                           "GET /api/metrics serves the embedded runtime only", kind="metrics-in-azure-monitor")
+    return Response(metrics.prometheus_text(), media_type=metrics.PROMETHEUS_CONTENT_TYPE)

@@ -1,0 +1,357 @@
+"""One KnowledgeIndex contract, run against the embedded SQLite FTS5 index and Azure AI Search.
+
+The agent leans on three properties: a question (English or Japanese) finds the passage that
+answers it, any text a user types is safe to search, and export pages every chunk exactly once
+in key order (backups and restores are built on it).
+
+Azure AI Search runs when SEARCH_TEST_ENDPOINT and SEARCH_TEST_API_KEY name a real service; each
+run creates a throwaway index and deletes it afterwards.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+from shared.adapters.azure.search import AzureKnowledgeIndex
+from shared.adapters.local.search import LocalKnowledgeIndex
+from shared.chunking import chunk_document
+from shared.contracts import Chunk, Document
+from shared.ports import KnowledgeIndex
+
+T = TypeVar("T")
+
+AZURE_ENDPOINT = os.environ.get("SEARCH_TEST_ENDPOINT")
+AZURE_API_KEY = os.environ.get("SEARCH_TEST_API_KEY")
+AZURE_SKIP_REASON = "Azure AI Search contract needs SEARCH_TEST_ENDPOINT and SEARCH_TEST_API_KEY"
+
+LIBRARY = [
+    Document(
+        id="restore-en",
+        title="Restoring the knowledge index",
+        content=(
+            "# Restoring the knowledge index\n\n"
+            "To restore the knowledge index from a backup, stop accepting new jobs first. "
+            "Download the latest backup, rebuild the index from its chunks, and compare the document count "
+            "with the manifest. A mismatch fails the restore."
+        ),
+    ),
+    Document(
+        id="alerts-en",
+        title="Alerts",
+        content=(
+            "An alert fires when the dead-letter queue holds messages for more than fifteen minutes. "
+            "Another alert fires when a tenant spends eighty percent of its monthly token budget."
+        ),
+    ),
+    Document(
+        id="engine-en",
+        title="The step engine",
+        content=(
+            "Each step of a job is one queue message. A step commits by writing its checkpoint "
+            "create-only, so a duplicate delivery can never commit the same step twice."
+        ),
+    ),
+    Document(
+        id="backup-ja",
+        title="バックアップと復元",
+        content=(
+            "## バックアップと復元\n\n"
+            "ナレッジインデックスは毎日バックアップされます。"
+            "復元の手順では、選んだバックアップからインデックスを再構築し、件数とチェックサムを検証します。"
+            "検証が一致しない場合は復元を失敗として扱います。"
+        ),
+    ),
+    Document(
+        id="dlq-ja",
+        title="デッドレターキュー",
+        content=(
+            "ジョブが完了しないときは、まずデッドレターキューの件数を確認します。"
+            "一時的な障害であればステップを再投入します。"
+        ),
+    ),
+    Document(
+        id="memory-ja",
+        title="メモリ不足への対処",
+        content=(
+            "ワーカーがメモリ不足で落ちる場合は、短期メモリの保持期間を短くし、同時に実行するジョブ数を減らします。"
+        ),
+    ),
+]
+
+
+def library_chunks() -> list[Chunk]:
+    return [chunk for doc in LIBRARY for chunk in chunk_document(doc, max_chars=200)]
+
+
+def numbered_chunks(doc_id: str, count: int, title: str = "Numbered") -> list[Chunk]:
+    return [
+        Chunk(doc_id=doc_id, chunk_id=n, title=title, content=f"Passage {n} of {doc_id} about tidal energy.")
+        for n in range(count)
+    ]
+
+
+# --- fixtures -------------------------------------------------------------------------------------
+
+
+class Backend:
+    """An index under test and how long its writes take to become visible to reads."""
+
+    def __init__(self, index: KnowledgeIndex, settle_seconds: float) -> None:
+        self.index = index
+        self.settle_seconds = settle_seconds
+
+    def eventually(self, check: Callable[[], T]) -> T:
+        """check()'s result once it stops failing; the embedded index is consistent at once."""
+        deadline = time.monotonic() + self.settle_seconds
+        while True:
+            try:
+                return check()
+            except AssertionError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.5)
+
+    def write(self, chunks: list[Chunk]) -> None:
+        before = self.index.count()
+        self.index.upsert(chunks)
+        self.eventually(lambda: _assert_at_least(self.index.count(), before + len({c.key for c in chunks})))
+
+
+def _assert_at_least(actual: int, expected: int) -> int:
+    assert actual >= expected, f"count {actual}, expected at least {expected}"
+    return actual
+
+
+@pytest.fixture(scope="module")
+def azure_index() -> Iterator[AzureKnowledgeIndex]:
+    if not (AZURE_ENDPOINT and AZURE_API_KEY):
+        pytest.skip(AZURE_SKIP_REASON)
+    from azure.core.credentials import AzureKeyCredential
+
+    index = AzureKnowledgeIndex(AZURE_ENDPOINT, f"contract-{uuid.uuid4().hex[:12]}", AzureKeyCredential(AZURE_API_KEY))
+    index.ensure_index()
+    yield index
+    index.delete_index()
+    index.close()
+
+
+@pytest.fixture(params=["local", "azure"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    if request.param == "local":
+        local = LocalKnowledgeIndex(tmp_path / "search.sqlite3")
+        yield Backend(local, settle_seconds=0)
+        local.close()
+    else:
+        azure: AzureKnowledgeIndex = request.getfixturevalue("azure_index")
+        azure.reset()
+        yield Backend(azure, settle_seconds=30)
+
+
+# --- the contract ---------------------------------------------------------------------------------
+
+
+def test_conforms_to_the_port(backend: Backend) -> None:
+    assert isinstance(backend.index, KnowledgeIndex)
+    backend.index.ping()
+    assert backend.index.count() == 0
+
+
+def test_upsert_then_count_and_read_back_in_chunk_order(backend: Backend) -> None:
+    index = backend.index
+    chunks = numbered_chunks("tides", 12) + numbered_chunks("winds", 3)
+    assert index.upsert(list(reversed(chunks))) == 15
+    backend.eventually(lambda: _assert_equal(index.count(), 15))
+
+    tides = index.get_chunks("tides")
+    assert [c.chunk_id for c in tides] == list(range(12))
+    assert tides[7] == chunks[7]
+    assert index.get_chunks("tides", 3) == [chunks[3]]
+    assert index.get_chunks("tides", 99) == []
+    assert index.get_chunks("no-such-doc") == []
+
+
+def test_upsert_replaces_by_key(backend: Backend) -> None:
+    index = backend.index
+    backend.write(numbered_chunks("tides", 2))
+    revised = Chunk(doc_id="tides", chunk_id=1, title="Revised", url="https://example.com/tides", content="Kelp.")
+    index.upsert([revised])
+
+    backend.eventually(lambda: _assert_equal(index.get_chunks("tides", 1), [revised]))
+    assert index.count() == 2
+    assert [h.chunk_id for h in index.search("kelp", doc_id="tides")] == [1]
+
+
+def test_delete_document_removes_only_that_document(backend: Backend) -> None:
+    index = backend.index
+    backend.write(numbered_chunks("tides", 4) + numbered_chunks("winds", 2))
+
+    assert index.delete_document("tides") == 4
+    backend.eventually(lambda: _assert_equal(index.count(), 2))
+    assert index.get_chunks("tides") == []
+    assert {h.doc_id for h in index.search("tidal energy")} == {"winds"}
+    assert index.delete_document("tides") == 0
+    assert index.delete_document("never-indexed") == 0
+
+
+def test_an_english_question_finds_the_english_passage(backend: Backend) -> None:
+    backend.write(library_chunks())
+    hits = backend.index.search("How do I restore the knowledge index from a backup?")
+    assert hits and hits[0].doc_id == "restore-en"
+    assert hits[0].title == "Restoring the knowledge index"
+
+
+def test_a_japanese_question_finds_the_japanese_passage(backend: Backend) -> None:
+    backend.write(library_chunks())
+    hits = backend.index.search("バックアップの復元手順は？")
+    assert hits and hits[0].doc_id == "backup-ja"
+    assert "復元" in hits[0].snippet
+
+
+def test_snippet_quotes_the_passage(backend: Backend) -> None:
+    backend.write(library_chunks())
+    for hit in backend.index.search("dead-letter queue alert"):
+        (chunk,) = backend.index.get_chunks(hit.doc_id, hit.chunk_id)
+        assert hit.snippet and hit.snippet.strip("…") in chunk.content
+
+
+def test_doc_filter_and_top(backend: Backend) -> None:
+    index = backend.index
+    backend.write(numbered_chunks("tides", 8) + numbered_chunks("winds", 8))
+
+    assert len(index.search("tidal energy passage", top=3)) == 3
+    assert len(index.search("tidal energy passage", top=50)) == 16
+    only_winds = index.search("tidal energy passage", top=50, doc_id="winds")
+    assert {h.doc_id for h in only_winds} == {"winds"} and len(only_winds) == 8
+    assert index.search("tidal energy passage", doc_id="no-such-doc") == []
+    scores = [h.score for h in index.search("tidal energy passage", top=10)]
+    assert scores == sorted(scores, reverse=True)
+
+
+HOSTILE_QUERIES = [
+    '"', "AND OR", "*", "-x", "", "   ", "NOT", "a AND", "(", ")", "^", "title:kelp", "NEAR(a b)",
+    '"unterminated phrase', "x*", "{}[]", "\\", "'; DROP TABLE chunks; --", "?!", "+-&|~/:", "バックアップ*",
+]
+
+
+def test_hostile_queries_do_not_raise(backend: Backend) -> None:
+    backend.write(library_chunks())
+    for query in HOSTILE_QUERIES:
+        for doc_id in (None, "backup-ja", "it's"):
+            try:
+                hits = backend.index.search(query, doc_id=doc_id)
+            except Exception as exc:  # report which input broke it
+                pytest.fail(f"search({query!r}, doc_id={doc_id!r}) raised {exc!r}")
+            assert isinstance(hits, list)
+
+
+def test_export_pages_every_key_once_in_key_order(backend: Backend) -> None:
+    index = backend.index
+    chunks = [
+        *numbered_chunks("tides", 11),
+        *numbered_chunks("Tides_2", 3),
+        *numbered_chunks("tides-b", 4),
+        *numbered_chunks("t=1", 2),
+        *numbered_chunks("0tides", 2),
+    ]
+    backend.write(chunks)
+
+    seen: list[str] = []
+    after: str | None = None
+    while page := index.export(after_key=after, size=5):
+        assert len(page) <= 5
+        seen.extend(c.key for c in page)
+        after = page[-1].key
+    assert seen == sorted(c.key for c in chunks)
+    assert index.export(after_key=seen[-1]) == []
+    (first,) = index.export(size=1)
+    assert first == min(chunks, key=lambda c: c.key)
+
+
+def test_reset_drops_every_chunk(backend: Backend) -> None:
+    index = backend.index
+    backend.write(library_chunks())
+    index.reset()
+    backend.eventually(lambda: _assert_equal(index.count(), 0))
+    assert index.export() == []
+    assert index.search("backup") == []
+    backend.write(numbered_chunks("tides", 1))  # usable again straight after
+    assert index.get_chunks("tides")
+
+
+def test_definition_names_the_fields(backend: Backend) -> None:
+    definition = backend.index.definition()
+    names = {field["name"] for field in definition["fields"]}
+    assert {"key", "doc_id", "chunk_id", "title", "url", "content"} <= names
+
+
+def _assert_equal(actual: T, expected: T) -> T:
+    assert actual == expected
+    return actual
+
+
+# --- the embedded index beyond the port: durability, threads, processes ---------------------------
+
+
+def test_local_index_survives_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "search.sqlite3"
+    first = LocalKnowledgeIndex(path)
+    first.upsert(library_chunks())
+    first.close()
+
+    reopened = LocalKnowledgeIndex(path)
+    assert reopened.count() == len(library_chunks())
+    assert reopened.search("バックアップの復元手順は？")[0].doc_id == "backup-ja"
+    reopened.close()
+
+
+def test_local_index_serves_many_threads(tmp_path: Path) -> None:
+    index = LocalKnowledgeIndex(tmp_path / "search.sqlite3")
+    errors: list[BaseException] = []
+
+    def work(n: int) -> None:
+        try:
+            index.upsert(numbered_chunks(f"doc{n}", 20))
+            assert index.search("tidal energy", doc_id=f"doc{n}", top=50)
+        except BaseException as exc:  # collected and re-raised on the test thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert index.count() == 160
+    index.close()
+
+
+def _write_from_another_process(path: str, doc_id: str) -> None:
+    index = LocalKnowledgeIndex(Path(path))
+    index.upsert(numbered_chunks(doc_id, 50))
+    index.close()
+
+
+def test_local_index_is_shared_between_processes(tmp_path: Path) -> None:
+    path = tmp_path / "search.sqlite3"
+    index = LocalKnowledgeIndex(path)
+    index.upsert(numbered_chunks("here", 50))
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_write_from_another_process, args=(str(path), f"there{n}")) for n in range(2)]
+    for worker in workers:
+        worker.start()
+    index.upsert(numbered_chunks("here-too", 50))
+    for worker in workers:
+        worker.join(timeout=60)
+        assert worker.exitcode == 0
+    assert index.count() == 200
+    assert {h.doc_id for h in index.search("tidal energy", top=200)} == {"here", "here-too", "there0", "there1"}
+    index.close()
