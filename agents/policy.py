@@ -12,6 +12,18 @@ class PolicyViolation(ValueError):
         self.why = why
 
 
+def tenant_limits(defaults: Policy, tenant: Policy | None) -> Policy:
+    """The tenant's limits: the defaults with the fields its policy sets.
+
+    A tenant entry names only what differs ({"max_steps": 8}); a field it leaves out keeps the
+    operator's default rather than the code's, so a tenant entry never silently widens a limit
+    the defaults narrowed.
+    """
+    if tenant is None:
+        return defaults
+    return defaults.model_copy(update=tenant.model_dump(include=tenant.model_fields_set))
+
+
 def resolve(limits: Policy, overrides: PolicyOverrides | None) -> Policy:
     """The job's policy, or PolicyViolation naming the first override beyond the tenant's limits."""
     if overrides is None:

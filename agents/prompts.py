@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from shared.contracts import Policy
 
 _LANGUAGE = {"ja": "Japanese (日本語)", "en": "English"}
@@ -29,3 +31,18 @@ def user_prompt(task: str, recalled: list[str]) -> str:
         return task
     memory = "\n".join(f"- {item}" for item in recalled)
     return f"{task}\n\nEarlier findings in this session (may help; verify before citing):\n{memory}"
+
+
+_SENTENCE_END = re.compile(r"(?<=[.:;!?。])\s+|\n")
+MIN_LEAK_CHARS = 24  # shorter fragments ("Rules:") occur in honest reports too
+
+
+def leaked_instructions(text: str, prompt: str) -> list[str]:
+    """The sentences of the system prompt that text repeats verbatim (modulo whitespace and case)."""
+    haystack = " ".join(text.split()).casefold()
+    found = []
+    for sentence in _SENTENCE_END.split(prompt):
+        sentence = " ".join(sentence.strip().lstrip("-").split())
+        if len(sentence) >= MIN_LEAK_CHARS and sentence.casefold() in haystack:
+            found.append(sentence)
+    return found

@@ -28,6 +28,8 @@ def _pieces(content: str, start: int, end: int, max_chars: int) -> list[tuple[in
         space = content.rfind(" ", start + max_chars // 2, cut)
         if space > start:
             cut = space
+            while content[cut - 1].isspace():  # a chunk never ends in whitespace
+                cut -= 1
         pieces.append((start, cut))
         start = cut
         while start < end and content[start].isspace():
@@ -115,6 +117,8 @@ def parse_upload(filename: str, text: str) -> Document:
     """A Markdown or text upload as a Document: id from the file name, title from the first '# ' heading."""
     stem = PureWindowsPath(filename).stem.strip() or "document"  # handles both '/' and '\\' paths
     content = text.lstrip("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
+    if not content.strip():
+        raise ValueError(f"upload {filename!r} has no text to index")
     heading = _TITLE_RE.search(content)
     title = heading.group(1).strip() if heading else stem
     return Document(id=_doc_id_from_stem(stem), title=title[:500], content=content)

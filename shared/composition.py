@@ -86,9 +86,10 @@ def build_queue(settings: Settings) -> StepQueue:
 
 def build_index(settings: Settings) -> KnowledgeIndex:
     if settings.search_endpoint:
+        from shared.adapters.azure.embeddings import embedder_from_settings
         from shared.adapters.azure.search import AzureKnowledgeIndex
 
-        return AzureKnowledgeIndex.from_settings(settings)
+        return AzureKnowledgeIndex.from_settings(settings, embed=embedder_from_settings(settings))
     _require(settings, "Azure AI Search", "SEARCH_ENDPOINT")
     from shared.adapters.local.search import LocalKnowledgeIndex
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from agents.policy import resolve
+from agents.policy import resolve, tenant_limits
 from shared.composition import Backends
 from shared.contracts import Job, JobStatus, PolicyOverrides, Report, StepMessage, utcnow
 from shared.ledger import month_of
@@ -68,7 +68,8 @@ def _enqueue_first_step(b: Backends, job: Job) -> None:
 
 def submit(b: Backends, tenant: str, request: JobRequest, idempotency_key: str | None = None) -> tuple[Job, bool]:
     """Create and enqueue a job; (job, created). A replayed Idempotency-Key returns the first job."""
-    policy = resolve(b.settings.policy_for(tenant), request.policy)
+    limits = tenant_limits(b.settings.policy_defaults, b.settings.tenant_policies.get(tenant))
+    policy = resolve(limits, request.policy)
     budget = b.settings.budget_for(tenant)
     if b.ledger.total(tenant, month_of()).total_tokens >= budget:
         raise BudgetExhausted(f"tenant {tenant} has used its monthly budget of {budget} tokens; "

@@ -30,13 +30,25 @@ def job_context(**dimensions: object) -> Iterator[None]:
 
 
 class JobDimensions(logging.Filter):
-    """Copies the current job's dimensions onto each record (as attributes)."""
+    """Copies the current job's dimensions onto each record (as attributes); an explicit `extra` wins.
+
+    A handler filter rather than a LogRecordFactory: a factory runs before `extra` is applied, and
+    logging raises KeyError when `extra` names an attribute the record already has, so a call with
+    extra={"job_id": ...} inside a job_context would fail in the caller. Handlers run in the caller's
+    thread and context, so the context variable still reads the right job.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
         for key, value in _dimensions.get().items():
             if not hasattr(record, key):
                 setattr(record, key, value)
         return True
+
+
+def add_job_dimensions(handler: logging.Handler) -> None:
+    """Give a handler the JobDimensions filter, once, however often telemetry is configured."""
+    if not any(isinstance(f, JobDimensions) for f in handler.filters):
+        handler.addFilter(JobDimensions())
 
 
 class JsonLines(logging.Formatter):
@@ -66,6 +78,6 @@ def configure_json_logging(level: str = "INFO", log_file: Path | None = None) ->
         handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
     for handler in handlers:
         handler.setFormatter(JsonLines())
-        handler.addFilter(JobDimensions())
+        add_job_dimensions(handler)
         root.addHandler(handler)
     root.setLevel(level)

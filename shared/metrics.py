@@ -72,8 +72,8 @@ def ensure_provider() -> None:
         from opentelemetry.sdk.metrics import MeterProvider
 
         if not isinstance(otel.get_meter_provider(), MeterProvider):
-            # disable_target_info: the target_info series only repeats resource attributes we do not set.
-            reader = PrometheusMetricReader(disable_target_info=True, registry=_registry)
+            # One meter ("agent") and no resource attributes: target_info and otel_scope_* labels add only noise.
+            reader = PrometheusMetricReader(disable_target_info=True, scope_info_enabled=False, registry=_registry)
             otel.set_meter_provider(MeterProvider(metric_readers=[reader]))
         _local_provider = True
 

@@ -127,7 +127,21 @@ def _handle(b: Backends, job: Job, msg: StepMessage) -> None:
         checkpoint = b.checkpoints.get(job.id, msg.step) or checkpoint
     else:
         metrics.record_commit(job.tenant, job.created_at, checkpoint)  # only the winning delivery counts
+        _log_tokens(job, checkpoint)
     settle(b, job, checkpoint)
+
+
+def _log_tokens(job: Job, cp: Checkpoint) -> None:
+    """One log event per committed step that used the model, beside the agent.tokens meter.
+
+    Logged by the delivery whose commit won, so a redelivered step never counts twice.
+    """
+    if cp.usage.total_tokens == 0:
+        return
+    log.info("step %s used %s tokens", cp.step, cp.usage.total_tokens, extra={
+        "event": "tokens", "tenant": job.tenant, "tokens": cp.usage.total_tokens,
+        "prompt_tokens": cp.usage.prompt_tokens, "completion_tokens": cp.usage.completion_tokens,
+    })
 
 
 def _execute(b: Backends, job: Job, msg: StepMessage, previous: Checkpoint | None) -> Checkpoint | None:
@@ -148,7 +162,11 @@ def _execute(b: Backends, job: Job, msg: StepMessage, previous: Checkpoint | Non
 
     stop = _boundary(b, job, msg.step, total)
     if stop is not None:
-        return checkpoint("boundary", stop.error.detail if stop.error else "cancelled", state, Usage(), stop)
+        why = stop.error.detail if stop.error else "cancelled"
+        if state.report is None and state.sources:
+            # Partial findings stay readable: the report lists what was read and claims nothing.
+            state.report = research.partial_report(state, why, b.model)
+        return checkpoint("boundary", why, state, Usage(), stop)
     ctx = research.AgentContext(
         model=b.model, index=b.index, policy=job.policy, count_tokens=b.count_tokens,
         context_budget=b.settings.context_budget_tokens,
@@ -216,7 +234,7 @@ def settle(b: Backends, job: Job, cp: Checkpoint) -> None:
     budget = b.settings.budget_for(job.tenant)
     if before < BUDGET_WARNING_RATIO * budget <= after:
         log.warning("tenant %s passed 80%% of its monthly token budget (%s of %s)", job.tenant, after, budget,
-                    extra={"event": "budget_warning"})
+                    extra={"event": "budget_warning", "tenant": job.tenant})
     if cp.outcome is not None and updated is not None:
         log.info("job %s %s after %s steps", job.id, cp.outcome.status, cp.step,
                  extra={"event": "job_finished", "reason": cp.outcome.error.reason if cp.outcome.error else None})

@@ -16,7 +16,7 @@ from typing import Literal
 _CJK = "\u3005\u3006\u3041-\u309f\u30a0-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af"
 _HIRAGANA = re.compile("[\u3041-\u309f]")
 # Latin (with accents), Greek and Cyrillic letters and digits: space-delimited scripts.
-_WORD = "0-9a-z\u00df-\u024f\u0370-\u03ff\u0400-\u04ff"
+_WORD = "0-9a-z\u00df-\u00f6\u00f8-\u024f\u0370-\u03ff\u0400-\u04ff"
 _TOKEN_RE = re.compile(f"(?P<cjk>[{_CJK}]+)|(?P<word>[{_WORD}]+)")
 _CJK_CHAR_RE = re.compile(f"[{_CJK}]")
 _LATIN_CHAR_RE = re.compile("[A-Za-z\u00c0-\u024f]")

@@ -129,6 +129,8 @@ def test_documents_upload_search_and_delete(api: TestClient, backends: Backends)
     assert_problem(api.delete("/api/documents/dr-plan"), 404)
     assert_problem(api.post("/api/documents", json={"id": "bad id!", "title": "t", "content": "c"}), 422)
     assert_problem(api.post("/api/documents", content=b"x", headers={"Content-Type": "application/pdf"}), 415)
+    assert_problem(api.post("/api/documents", params={"filename": "empty.md"}, content=b"",
+                            headers={"Content-Type": "text/markdown"}), 422)
 
 
 def test_document_writes_need_an_operator_key(tenants: None, api: TestClient) -> None:

@@ -90,7 +90,9 @@ def test_abbreviations_and_decimals_do_not_end_sentences() -> None:
 
 def test_japanese_sentences_split_on_full_stops() -> None:
     text = "毎日バックアップします。復元は手順に従います！確認しましたか？「はい。」と答えます。"
-    assert sentences(text) == ["毎日バックアップします。", "復元は手順に従います！", "確認しましたか？", "「はい。」", "と答えます。"]
+    assert sentences(text) == [
+        "毎日バックアップします。", "復元は手順に従います！", "確認しましたか？", "「はい。」", "と答えます。"
+    ]
 
 
 def test_markdown_headings_and_list_items_are_their_own_sentences() -> None:
@@ -198,6 +200,12 @@ def test_sentences_are_never_split_when_they_fit() -> None:
         assert any(sentence in c.content for c in chunks), sentence
 
 
+def test_overlong_sentence_cut_at_runs_of_spaces_stays_stripped() -> None:
+    content = "word   " * 60
+    chunks = chunk_document(Document(id="d", title="T", content=content), max_chars=50)
+    assert all(c.content == c.content.strip() and len(c.content) <= 50 for c in chunks)
+
+
 def test_an_overlong_sentence_is_cut_at_the_limit() -> None:
     sentence = "word " * 99 + "end."
     chunks = chunk_document(Document(id="d", title="T", content=sentence), max_chars=100)
@@ -261,6 +269,11 @@ def test_japanese_file_names_get_distinct_valid_ids() -> None:
     assert first.id != second.id
     assert first.title == "運用手順書" and second.title == "障害対応"
     assert mixed.id.startswith("backup-ja")
+
+
+def test_empty_upload_is_refused_by_name() -> None:
+    with pytest.raises(ValueError, match="empty.md"):
+        parse_upload("empty.md", "\ufeff \r\n")
 
 
 def test_upload_id_fits_the_length_limit() -> None:

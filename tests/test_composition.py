@@ -35,3 +35,11 @@ def test_production_refuses_to_fall_back(tmp_path, present: dict[str, str], miss
     with pytest.raises(ConfigurationError, match=missing):
         build_backends(settings(APP_ENV="production", DATA_DIR=str(tmp_path), **present))
     assert not (tmp_path / "blobs").exists()
+
+
+def test_an_embeddings_deployment_makes_search_hybrid(tmp_path, scripted_openai) -> None:  # type: ignore[no-untyped-def]
+    b = build_backends(settings(DATA_DIR=str(tmp_path), SEARCH_ENDPOINT="https://s.search.windows.net",
+                                SEARCH_API_KEY="k", AZURE_OPENAI_ENDPOINT=scripted_openai.endpoint,
+                                AZURE_OPENAI_API_KEY="k", AZURE_OPENAI_EMBEDDING_DEPLOYMENT="embed"))
+    assert b.index._embed is not None  # type: ignore[attr-defined]
+    assert "content_vector" in {f.name for f in b.index.index_definition().fields}  # type: ignore[attr-defined]

@@ -198,7 +198,7 @@ module storage 'modules/storage.bicep' = {
     location: location
     tags: allTags
     name: names.storage
-    skuName: storageSku
+    redundancy: storageSku
     deploymentContainer: deploymentContainer
     softDeleteRetentionDays: softDeleteRetentionDays
     versionRetentionDays: versionRetentionDays
@@ -224,7 +224,7 @@ module search 'modules/search.bicep' = {
     location: location
     tags: allTags
     name: names.search
-    skuName: searchSku
+    tier: searchSku
     replicaCount: searchReplicaCount
     semanticSearch: semanticSearch
   }
@@ -300,7 +300,7 @@ var baseAppSettings = {
   RETENTION_SCHEDULE: retentionSchedule
 }
 
-var concurrencySettings = serviceBusMaxConcurrentCalls > 0 ? {
+var concurrencySettings = (serviceBusMaxConcurrentCalls > 0) ? {
   AzureFunctionsJobHost__extensions__serviceBus__maxConcurrentCalls: string(serviceBusMaxConcurrentCalls)
 } : {}
 

@@ -54,17 +54,24 @@ async def add_documents(request: Request, caller: OperatorDep,
         docs = parsed if isinstance(parsed, list) else [parsed]
     elif ctype == "multipart/form-data":
         form = await request.form()
-        docs = [parse_upload(f.filename or "upload.md", (await f.read()).decode("utf-8", errors="replace"))
+        docs = [_parse_upload(f.filename or "upload.md", (await f.read()).decode("utf-8", errors="replace"))
                 for f in form.getlist("file") if hasattr(f, "read")]
     elif ctype in ("text/markdown", "text/plain"):
         if not filename:
             raise Problem(422, "a text upload needs ?filename= (its stem becomes the document id)", kind="validation")
-        docs = [parse_upload(filename, (await request.body()).decode("utf-8", errors="replace"))]
+        docs = [_parse_upload(filename, (await request.body()).decode("utf-8", errors="replace"))]
     else:
         raise Problem(415, "send application/json, multipart/form-data, text/markdown or text/plain")
     if not docs:
         raise Problem(422, "no documents in the request", kind="validation")
     return IndexResult(indexed=index_documents(get_backends(), docs))
+
+
+def _parse_upload(filename: str, text: str) -> Document:
+    try:
+        return parse_upload(filename, text)
+    except ValueError as exc:  # e.g. an empty file: the caller's mistake, named
+        raise Problem(422, str(exc), kind="validation") from None
 
 
 @router.delete("/documents/{doc_id}", summary="Remove a document from the index")

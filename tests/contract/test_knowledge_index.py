@@ -355,3 +355,15 @@ def test_local_index_is_shared_between_processes(tmp_path: Path) -> None:
     assert index.count() == 200
     assert {h.doc_id for h in index.search("tidal energy", top=200)} == {"here", "here-too", "there0", "there1"}
     index.close()
+
+
+def test_local_index_survives_vacuum(tmp_path: Path) -> None:
+    """VACUUM renumbers implicit rowids; the FTS table must still point at the right chunks."""
+    index = LocalKnowledgeIndex(tmp_path / "search.sqlite3")
+    index.upsert(library_chunks())
+    index.delete_document("restore-en")  # leaves gaps in the rowids for VACUUM to close
+    index.upsert(numbered_chunks("tides", 3))
+    index._db().execute("VACUUM")
+    assert index.search("バックアップの復元手順は？")[0].doc_id == "backup-ja"
+    assert {h.doc_id for h in index.search("tidal energy")} == {"tides"}
+    index.close()

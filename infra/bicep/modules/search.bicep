@@ -3,7 +3,7 @@
 param location string
 param tags object
 param name string
-param skuName string
+param tier string
 param replicaCount int
 param semanticSearch string
 
@@ -12,7 +12,7 @@ resource search 'Microsoft.Search/searchServices@2023-11-01' = {
   location: location
   tags: tags
   sku: {
-    name: skuName
+    name: tier
   }
   identity: {
     type: 'SystemAssigned'

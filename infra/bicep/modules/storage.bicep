@@ -5,7 +5,7 @@ param location string
 param tags object
 param name string
 @description('Redundancy; geo-redundant unless the environment chooses otherwise (dev and stg use LRS).')
-param skuName string = 'Standard_GRS'
+param redundancy string = 'Standard_GRS'
 param deploymentContainer string
 param softDeleteRetentionDays int
 param versionRetentionDays int
@@ -32,7 +32,7 @@ resource account 'Microsoft.Storage/storageAccounts@2023-05-01' = {
   tags: tags
   kind: 'StorageV2'
   sku: {
-    name: skuName
+    name: redundancy
   }
   properties: {
     accessTier: 'Hot'

@@ -242,7 +242,7 @@ class LocalQueue:
         """Peek-lock up to max_count due messages, oldest first, blocking up to wait_seconds for one.
 
         Oldest means earliest enqueue time, then sequence number: FIFO by sequence for plain sends,
-        while a scheduled message joins the line when it is due, as it does in Service Bus.
+        while a scheduled message joins the line when it becomes due.
         """
         if max_count < 1:
             raise ValueError("max_count must be at least 1")
@@ -282,7 +282,9 @@ class LocalQueue:
                 dead_lettered=False,
                 returning="dead_lettered",
             )
-            if not dead_lettered:
+            if dead_lettered:
+                log.warning("message dead-lettered: %s", MAX_DELIVERY_COUNT_EXCEEDED, extra=self._dimensions(message))
+            else:
                 self._wakeup.notify()
 
     def dead_letter(self, message: QueueMessage, reason: str, description: str = "") -> None:
@@ -364,6 +366,8 @@ class LocalQueue:
                 for seq, delivery_count in rows:
                     if not dead_lettered and delivery_count >= self.max_delivery_count:
                         # A lock expired on the last allowed delivery: dead-letter, never deliver once more.
+                        where = {"queue": self.name, "sequence_number": seq}
+                        log.warning("message dead-lettered: %s", MAX_DELIVERY_COUNT_EXCEEDED, extra=where)
                         conn.execute(
                             "UPDATE messages SET lock_token = NULL, locked_until = NULL, visible_at = ?, "
                             f"dead_lettered = 1, dead_letter_reason = '{MAX_DELIVERY_COUNT_EXCEEDED}', "
@@ -404,6 +408,9 @@ class LocalQueue:
                 f"{self.name!r} expired or another consumer holds it; it is delivered again, not settled"
             )
         return row[0]
+
+    def _dimensions(self, message: QueueMessage) -> dict[str, object]:
+        return {"queue": self.name, "message_id": message.message_id, "sequence_number": message.sequence_number}
 
     def _next_due(self) -> float | None:
         """When the next scheduled message or expiring lock becomes receivable."""

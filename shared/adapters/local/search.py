@@ -23,8 +23,11 @@ TITLE_WEIGHT = 2.0
 CONTENT_WEIGHT = 1.0
 
 _SCHEMA = (
+    # An explicit INTEGER PRIMARY KEY, because VACUUM may renumber implicit rowids and the FTS
+    # table is joined to chunks by rowid. key is the index key all the same (UNIQUE, upserted on).
     """CREATE TABLE IF NOT EXISTS chunks (
-    key TEXT PRIMARY KEY,
+    id INTEGER PRIMARY KEY,
+    key TEXT NOT NULL UNIQUE,
     doc_id TEXT NOT NULL,
     chunk_id INTEGER NOT NULL,
     title TEXT NOT NULL,
@@ -42,7 +45,7 @@ _SCHEMA = (
 _CHUNK_COLUMNS = "doc_id, chunk_id, title, url, content"
 
 
-def _row_to_chunk(row: sqlite3.Row) -> Chunk:
+def _row_to_chunk(row: tuple[Any, ...]) -> Chunk:
     return Chunk(doc_id=row[0], chunk_id=row[1], title=row[2], url=row[3], content=row[4])
 
 
@@ -99,13 +102,17 @@ class LocalKnowledgeIndex:
     def _write(self) -> Iterator[sqlite3.Connection]:
         """A write transaction; IMMEDIATE takes the write lock up front so concurrent writers queue, not fail."""
         db = self._db()
-        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as error:  # still locked after the busy timeout
+            raise DependencyUnavailable(f"knowledge index {self.path} is busy: {error}") from error
         try:
             yield db
+            db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise
-        db.execute("COMMIT")
 
     def close(self) -> None:
         """Close every connection this index opened (from any thread)."""

@@ -1,0 +1,220 @@
+"""agentctl queue / dlq / jobs: the runbook's "jobs not completing" and "queue backlog" procedures.
+
+Operators see every tenant's jobs (the API shows a caller its own tenant only).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, get_args
+
+import typer
+
+from shared.cli_output import CliError, JsonOpt, backends, emit, table
+from shared.contracts import Job, JobStatus
+
+queue_app = typer.Typer(help="The step queue: active, scheduled and dead-lettered messages.", no_args_is_help=True)
+dlq_app = typer.Typer(help="The dead-letter sub-queue: inspect, re-submit, purge.", no_args_is_help=True)
+jobs_app = typer.Typer(help="Jobs of every tenant: list, inspect, cancel, re-run, re-submit.", no_args_is_help=True)
+
+STATUSES = get_args(JobStatus)
+
+
+# --- queue --------------------------------------------------------------------------------------------
+
+
+@queue_app.command("status")
+def queue_status(as_json: JsonOpt = False) -> None:
+    """Message counts of the step queue (the runbook's `az servicebus queue show --query countDetails`)."""
+    from shared import operations
+
+    status = operations.queue_status(backends())
+
+    def render(data: dict[str, Any]) -> None:
+        table("queue", ["field", "value"], [[k, v] for k, v in data.items()])
+
+    emit(status, render, as_json=as_json)
+
+
+# --- dead letters -------------------------------------------------------------------------------------
+
+
+def _dead_letter_rows(items: list[dict[str, Any]]) -> list[list[Any]]:
+    return [[d.get("message_id"), d.get("job_id"), d.get("step"), d.get("delivery_count"),
+             d.get("reason") or d.get("dead_letter_reason"),
+             (d.get("description") or d.get("dead_letter_description") or "")[:80]] for d in items]
+
+
+@dlq_app.command("list")
+def dlq_list(as_json: JsonOpt = False) -> None:
+    """Dead-lettered step messages, oldest first, with the reason each was dead-lettered."""
+    from shared import operations
+
+    items = operations.dead_letters(backends())
+
+    def render(data: list[dict[str, Any]]) -> None:
+        table(f"dead letters: {len(data)}", ["message id", "job", "step", "deliveries", "reason", "description"],
+              _dead_letter_rows(data))
+
+    emit(items, render, as_json=as_json)
+
+
+@dlq_app.command("show")
+def dlq_show(message_id: str, as_json: JsonOpt = False) -> None:
+    """One dead-lettered message, with the job it belongs to."""
+    from shared import operations
+    from shared.cli_output import jsonable
+
+    b = backends()
+    for item in jsonable(operations.dead_letters(b)):
+        if item.get("message_id") == message_id:
+            job = b.jobs.get(item["job_id"]) if item.get("job_id") else None
+            shown = {**item, "job": job}
+            emit(shown, None, as_json=as_json)
+            return
+    raise CliError(f"no dead-lettered message {message_id}", "list them with `agentctl dlq list`",
+                   kind="not-found", exit_code=2)
+
+
+@dlq_app.command("resubmit")
+def dlq_resubmit(message_id: str, as_json: JsonOpt = False) -> None:
+    """Send a dead-lettered step again (under a new message id) and remove it from the dead-letter queue."""
+    from shared import operations
+
+    result = operations.resubmit_dead_letter(backends(), message_id)
+    emit(result, lambda d: typer.echo(f"re-submitted {message_id}: {d}"), as_json=as_json)
+
+
+@dlq_app.command("purge")
+def dlq_purge(
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete every dead-lettered message. Their jobs stay as they are (see `agentctl jobs list`)."""
+    from shared import operations
+
+    b = backends()
+    if not yes:
+        if as_json:
+            raise CliError("purge needs confirmation", "add --yes to purge without a prompt", kind="confirm")
+        count = b.queue.counts().dead_lettered
+        typer.confirm(f"delete {count} dead-lettered message(s)?", abort=True)
+    purged = operations.purge_dead_letters(b)
+    emit({"purged": purged}, lambda d: typer.echo(f"purged {d['purged']} dead-lettered message(s)"),
+         as_json=as_json)
+
+
+# --- jobs ---------------------------------------------------------------------------------------------
+
+
+def _job_rows(items: list[dict[str, Any]]) -> list[list[Any]]:
+    rows = []
+    for j in items:
+        usage = j.get("usage") or {}
+        error = j.get("error") or {}
+        rows.append([j["id"], j["tenant"], j["status"], j["step"],
+                     usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0),
+                     str(j["created_at"])[:19], error.get("reason", "")])
+    return rows
+
+
+@jobs_app.command("list")
+def jobs_list(
+    status: Annotated[str | None, typer.Option(help=f"Only jobs in this status: {', '.join(STATUSES)}.")] = None,
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant's jobs.")] = None,
+    reason: Annotated[str | None, typer.Option(help="Only jobs whose error reason is this, e.g. "
+                                                    "citations_missing, policy_limit, budget_exceeded.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10_000, help="At most this many, newest first.")] = 50,
+    as_json: JsonOpt = False,
+) -> None:
+    """Jobs, newest first, across tenants (or one tenant's)."""
+    if status is not None and status not in STATUSES:
+        raise CliError(f"unknown status {status!r}", f"use one of: {', '.join(STATUSES)}", kind="invalid")
+    found = _find_jobs(status, tenant, reason, limit)
+
+    def render(data: list[dict[str, Any]]) -> None:
+        table(f"jobs: {len(data)}", ["id", "tenant", "status", "step", "tokens", "created (UTC)", "error"],
+              _job_rows(data))
+
+    emit(found, render, as_json=as_json)
+
+
+def _find_jobs(status: str | None, tenant: str | None, reason: str | None, limit: int) -> list[Job]:
+    b = backends()
+
+    def wanted(job: Job) -> bool:
+        return (status is None or job.status == status) and (
+            reason is None or (job.error is not None and job.error.reason == reason))
+
+    if tenant is not None:
+        # The tenant's index is already newest first, so the walk stops at `limit`.
+        found: list[Job] = []
+        for _, job in b.jobs.list_for_tenant(tenant):
+            if wanted(job):
+                found.append(job)
+                if len(found) == limit:
+                    break
+        return found
+    every = [job for job in b.jobs.all() if wanted(job)]
+    return sorted(every, key=lambda j: j.created_at, reverse=True)[:limit]
+
+
+def _job(job_id: str) -> Job:
+    job = backends().jobs.get(job_id)
+    if job is None:
+        raise CliError(f"no job {job_id}", "list jobs with `agentctl jobs list` (is --data-dir / the Azure "
+                       "storage setting pointing at the right environment?)", kind="not-found", exit_code=2)
+    return job
+
+
+@jobs_app.command("show")
+def jobs_show(job_id: str, as_json: JsonOpt = False) -> None:
+    """A job's record, its committed checkpoints, and whether its report exists."""
+    b = backends()
+    job = _job(job_id)
+    report = b.reports.get(job_id)
+    shown = {"job": job, "checkpoints": b.checkpoints.steps(job_id), "has_report": report is not None,
+             # What the runbook's "missing citations" case looks at: kept vs removed citations.
+             "citations": len(report.citations) if report else None,
+             "removed_citations": report.removed_citations if report else []}
+
+    def render(data: dict[str, Any]) -> None:
+        j = data["job"]
+        fields = [["id", j["id"]], ["tenant", j["tenant"]], ["status", j["status"]], ["step", j["step"]],
+                  ["task", j["task"][:100]], ["usage", j["usage"]], ["error", j.get("error")],
+                  ["dead letter", j.get("dead_letter")], ["resubmissions", j.get("resubmissions")],
+                  ["cancel requested", j.get("cancel_requested")], ["created", j["created_at"]],
+                  ["finished", j.get("finished_at")], ["checkpoints", data["checkpoints"]],
+                  ["report", data["has_report"]], ["citations", data["citations"]],
+                  ["removed citations", len(data["removed_citations"])]]
+        table(f"job {j['id']}", ["field", "value"], fields)
+        table("progress", ["step", "kind", "tokens", "ms", "summary"],
+              [[p["step"], p["kind"], p["tokens"], p["duration_ms"], p["summary"][:80]] for p in j["progress"]])
+
+    emit(shown, render, as_json=as_json)
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(job_id: str, as_json: JsonOpt = False) -> None:
+    """Ask a job to stop; it ends as cancelled at its next step boundary."""
+    from shared import jobs
+
+    job = jobs.cancel(backends(), _job(job_id).tenant, job_id)
+    emit(job, lambda d: typer.echo(f"cancel requested for {d['id']} ({d['status']})"), as_json=as_json)
+
+
+@jobs_app.command("rerun")
+def jobs_rerun(job_id: str, as_json: JsonOpt = False) -> None:
+    """Run the job's task again as a new job (same tenant, task, session and policy)."""
+    from shared import operations
+
+    result = operations.rerun_job(backends(), _job(job_id).id)
+    emit(result, None, as_json=as_json)
+
+
+@jobs_app.command("resubmit")
+def jobs_resubmit(job_id: str, as_json: JsonOpt = False) -> None:
+    """Continue a stuck or dead-lettered job from its last checkpoint (a new message for its next step)."""
+    from shared import operations
+
+    result = operations.resubmit_job(backends(), _job(job_id).id)
+    emit(result, None, as_json=as_json)

@@ -1,0 +1,159 @@
+"""Leases over the ObjectStore port: one holder at a time for a maintenance task, on any backend.
+
+A lease is the object locks/{name}.json, {owner, holder, acquired_at, expires_at}:
+- acquire: create-only write (If-None-Match: *). If the object exists and its expiry has passed,
+  take it over with an If-Match write on the ETag we read, so of two instances racing for a
+  dead holder's lease exactly one wins;
+- renew: If-Match write of a later expiry; a failed If-Match means someone took the lease over
+  after it expired, so the holder must stop (LeaseLost) rather than keep writing;
+- release: If-Match delete, so a holder whose lease was taken over never deletes the new one.
+
+The same three operations exist on Blob Storage and on the embedded store, so this works
+unchanged in Azure (several Function instances) and locally (several runtime processes).
+Expiry compares the holder's clock with the reader's; leases last minutes and are renewed
+every third of their life, so ordinary clock skew (seconds) does not matter.
+
+Leases are re-entrant per execution context: a timer that holds "backup" may call
+run_backup(), which takes "backup" again, without deadlocking on itself.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from datetime import UTC, datetime
+
+from shared.ports import ObjectStore, PreconditionFailed
+
+log = logging.getLogger("agent.maintenance")
+
+DEFAULT_TTL_SECONDS = 300.0
+_ATTEMPTS = 3
+
+
+class LeaseHeld(Exception):
+    """Another instance holds the lease; the work is being done there."""
+
+    def __init__(self, name: str, holder: str, expires_at: datetime | None) -> None:
+        until = f" until {expires_at.isoformat(timespec='seconds')}" if expires_at else ""
+        super().__init__(f"{name} is already running on {holder} (lease held{until}); try again when it has finished")
+        self.name, self.holder, self.expires_at = name, holder, expires_at
+
+
+class LeaseLost(Exception):
+    """Our lease expired and another instance took it over; stop before doing the work twice."""
+
+
+def lease_key(name: str) -> str:
+    return f"locks/{name}.json"
+
+
+def _holder() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{threading.current_thread().name}"
+
+
+def _stamp(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat()
+
+
+class Lease:
+    """A held lease. Call keep_alive() in long loops; release() (or leave the `exclusive` block) when done."""
+
+    def __init__(self, objects: ObjectStore, name: str, owner: str, ttl: float, etag: str, expires: float) -> None:
+        self.objects, self.name, self.owner, self.ttl = objects, name, owner, ttl
+        self.etag = etag
+        self.expires = expires
+        self._renewed = time.time()
+
+    def _record(self, now: float) -> bytes:
+        return json.dumps({"name": self.name, "owner": self.owner, "holder": _holder(),
+                           "acquired_at": _stamp(now), "expires_at": _stamp(now + self.ttl)}).encode()
+
+    def renew(self) -> None:
+        now = time.time()
+        try:
+            self.etag = self.objects.put(lease_key(self.name), self._record(now), if_match=self.etag)
+        except PreconditionFailed:
+            raise LeaseLost(f"lease {self.name} was taken over by another instance after it expired") from None
+        self.expires, self._renewed = now + self.ttl, now
+
+    def keep_alive(self) -> None:
+        """Renew once a third of the lease's life has passed; cheap to call on every page of work."""
+        if time.time() - self._renewed >= self.ttl / 3:
+            self.renew()
+
+    def release(self) -> None:
+        try:
+            self.objects.delete(lease_key(self.name), if_match=self.etag)
+        except PreconditionFailed:
+            log.warning("lease %s was taken over before release; left to its new holder", self.name,
+                        extra={"event": "lease_lost"})
+
+
+def acquire(objects: ObjectStore, name: str, *, ttl: float = DEFAULT_TTL_SECONDS) -> Lease:
+    """Take the lease or raise LeaseHeld."""
+    owner = uuid.uuid4().hex
+    lease = Lease(objects, name, owner, ttl, etag="", expires=0.0)
+    key = lease_key(name)
+    for _ in range(_ATTEMPTS):
+        now = time.time()
+        try:
+            lease.etag = objects.put_if_absent(key, lease._record(now))
+            lease.expires = now + ttl
+            return lease
+        except PreconditionFailed:
+            pass
+        found = objects.get(key)
+        if found is None:
+            continue  # released between our two calls: try the create again
+        holder, expires_at = _read(found.data)
+        if expires_at is not None and expires_at.timestamp() > now:
+            raise LeaseHeld(name, holder, expires_at)
+        try:
+            lease.etag = objects.put(key, lease._record(now), if_match=found.etag)
+        except PreconditionFailed:
+            continue  # another instance took it over first; the next round reports it as held
+        lease.expires = now + ttl
+        log.warning("lease %s taken over from %s, whose lease expired at %s", name, holder,
+                    expires_at.isoformat() if expires_at else "?", extra={"event": "lease_taken_over"})
+        return lease
+    found = objects.get(key)
+    holder, expires_at = _read(found.data) if found else ("another instance", None)
+    raise LeaseHeld(name, holder, expires_at)
+
+
+def _read(data: bytes) -> tuple[str, datetime | None]:
+    """(holder, expiry) of a lease record; an unreadable record counts as expired so it cannot block forever."""
+    try:
+        record = json.loads(data)
+        return str(record.get("holder", "?")), datetime.fromisoformat(record["expires_at"])
+    except (ValueError, KeyError, TypeError):
+        return "an unreadable lease record", None
+
+
+_held: ContextVar[dict[tuple[int, str], Lease] | None] = ContextVar("maintenance_leases", default=None)
+
+
+@contextmanager
+def exclusive(objects: ObjectStore, name: str, *, ttl: float = DEFAULT_TTL_SECONDS) -> Iterator[Lease]:
+    """Hold lease `name` for the block (re-entrant in one execution context); LeaseHeld if another holds it."""
+    held = _held.get() or {}
+    slot = (id(objects), name)
+    if slot in held:
+        yield held[slot]
+        return
+    lease = acquire(objects, name, ttl=ttl)
+    token = _held.set({**held, slot: lease})
+    try:
+        yield lease
+    finally:
+        _held.reset(token)
+        lease.release()

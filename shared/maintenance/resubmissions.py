@@ -1,0 +1,104 @@
+"""Each job's re-submission log: what the sweep and operators decided for its dead-lettered steps.
+
+resubmissions/{job_id}.json lists one entry per dead-lettered message handled (keyed by its
+sequence number and message id) and per operator re-submission. Entries are added with
+If-Match and never changed, so deciding twice about one message returns the first decision:
+a sweep that crashed after deciding but before completing the message redoes the same action
+(same new message id, so duplicate detection drops a second send) and counts nothing twice.
+
+The log lives beside the job record rather than in it because the step engine rewrites the
+job's dead_letter note each time a step is dead-lettered again; Job.resubmissions is set
+from this log (a projection), never incremented.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from shared.contracts import Job, utcnow
+from shared.ports import ObjectStore, PreconditionFailed, QueueMessage
+
+Action = Literal["resubmitted", "failed", "stale", "superseded", "dropped"]
+
+
+class Resubmission(BaseModel):
+    key: str = Field(description="dlq:{sequence_number}:{message_id} for a dead letter, operator:{id} otherwise.")
+    step: int
+    action: Action
+    message_id: str | None = Field(None, description="The new message's id when the step was sent again.")
+    cause: str | None = Field(None, description="transient, permanent or operator.")
+    detail: str = ""
+    at: datetime = Field(default_factory=utcnow)
+
+
+class ResubmissionLog(BaseModel):
+    job_id: str
+    entries: list[Resubmission] = Field(default_factory=list)
+
+    def find(self, key: str) -> Resubmission | None:
+        return next((e for e in self.entries if e.key == key), None)
+
+    @property
+    def resubmitted(self) -> int:
+        return sum(e.action == "resubmitted" for e in self.entries)
+
+    def superseded(self, step: int, enqueued_at: datetime | None) -> bool:
+        """Was this step sent again after the message was enqueued? Then the message is history."""
+        if enqueued_at is None:
+            return False
+        return any(e.action == "resubmitted" and e.step == step and e.at > enqueued_at for e in self.entries)
+
+
+def dead_letter_key(message: QueueMessage) -> str:
+    return f"dlq:{message.sequence_number}:{message.message_id}"
+
+
+class ResubmissionStore:
+    def __init__(self, objects: ObjectStore) -> None:
+        self.objects = objects
+
+    @staticmethod
+    def _key(job_id: str) -> str:
+        return f"resubmissions/{job_id}.json"
+
+    def get(self, job_id: str) -> ResubmissionLog:
+        found = self.objects.get(self._key(job_id))
+        return ResubmissionLog.model_validate_json(found.data) if found else ResubmissionLog(job_id=job_id)
+
+    def decide(self, job_id: str, key: str,
+               choose: Callable[[ResubmissionLog], Resubmission]) -> tuple[ResubmissionLog, Resubmission]:
+        """The recorded decision for key, or choose(log)'s, recorded atomically; first decision wins."""
+        while True:
+            found = self.objects.get(self._key(job_id))
+            log = ResubmissionLog.model_validate_json(found.data) if found else ResubmissionLog(job_id=job_id)
+            earlier = log.find(key)
+            if earlier is not None:
+                return log, earlier
+            entry = choose(log)
+            entry.key = key
+            log.entries.append(entry)
+            data = log.model_dump_json().encode()
+            try:
+                if found is None:
+                    self.objects.put_if_absent(self._key(job_id), data)
+                else:
+                    self.objects.put(self._key(job_id), data, if_match=found.etag)
+                return log, entry
+            except PreconditionFailed:
+                continue
+
+
+def project_count(log: ResubmissionLog) -> Callable[[Job], bool]:
+    """A JobStore.update change that sets Job.resubmissions from the log (idempotent)."""
+
+    def change(job: Job) -> bool:
+        if job.resubmissions == log.resubmitted:
+            return False
+        job.resubmissions = log.resubmitted
+        return True
+
+    return change
