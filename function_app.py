@@ -8,6 +8,7 @@ import azure.functions as func
 
 from shared.api.app import create_api
 from shared.composition import get_backends
+from shared.maintenance import run_scheduled
 from shared.steps import handle_step
 from shared.telemetry import configure_telemetry
 
@@ -22,3 +23,35 @@ app = func.AsgiFunctionApp(app=create_api(), http_auth_level=func.AuthLevel.ANON
 def agent_step(msg: func.ServiceBusMessage) -> None:
     """One agent step per message. Returning completes the message; raising abandons it."""
     handle_step(get_backends(), msg.get_body(), msg.delivery_count or 1)
+
+
+# Timers: schedules are app settings (six-field NCRONTAB). Each task holds a lease and runs once per
+# occurrence, so instances that fire together do the work once; past_due runs are logged and still run.
+
+
+@app.function_name("backup")
+@app.timer_trigger(schedule="%BACKUP_SCHEDULE%", arg_name="timer", run_on_startup=False)
+def backup(timer: func.TimerRequest) -> None:
+    """Daily: export the knowledge index and job state to backups/{id}/; keep the last BACKUPS_TO_KEEP."""
+    run_scheduled(get_backends(), "backup", past_due=timer.past_due)
+
+
+@app.function_name("dlq_sweep")
+@app.timer_trigger(schedule="%DLQ_SWEEP_SCHEDULE%", arg_name="timer", run_on_startup=False)
+def dlq_sweep(timer: func.TimerRequest) -> None:
+    """Every 15 minutes: re-submit transient dead letters, fail the jobs of permanent ones."""
+    run_scheduled(get_backends(), "dlq_sweep", past_due=timer.past_due)
+
+
+@app.function_name("weekly_checks")
+@app.timer_trigger(schedule="%WEEKLY_CHECKS_SCHEDULE%", arg_name="timer", run_on_startup=False)
+def weekly_checks(timer: func.TimerRequest) -> None:
+    """Weekly: the operations report (ops/reports/) and a warning per runbook threshold crossed."""
+    run_scheduled(get_backends(), "weekly_checks", past_due=timer.past_due)
+
+
+@app.function_name("retention")
+@app.timer_trigger(schedule="%RETENTION_SCHEDULE%", arg_name="timer", run_on_startup=False)
+def retention(timer: func.TimerRequest) -> None:
+    """Daily: delete old finished jobs' checkpoints, keeping the last one, the job record and the report."""
+    run_scheduled(get_backends(), "retention", past_due=timer.past_due)

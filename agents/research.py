@@ -169,7 +169,7 @@ def _report(state: AgentState, ctx: AgentContext, call: dict[str, Any]) -> StepR
         return StepResult(state, "tools", f"report had {len(check.failed)} unverified citation(s)"
                                           + (" and repeated its instructions" if leaks else "") + "; asked to repair")
 
-    text = _without_lines_containing(check.markdown, leaks)
+    text = _without_instructions(check.markdown, leaks, system_prompt(ctx.policy, state.language))
     text, kept = citations.finalize(text, check.citations)
     if len(text) > ctx.policy.max_report_chars:
         # Cut between lines, then drop the citations whose markers were cut off: never half a claim or marker.
@@ -195,13 +195,18 @@ def _report(state: AgentState, ctx: AgentContext, call: dict[str, Any]) -> StepR
     return StepResult(state, "tools", summary, outcome=Outcome(status="succeeded"))
 
 
-def _without_lines_containing(markdown: str, fragments: list[str]) -> str:
-    if not fragments:
+def _without_instructions(markdown: str, leaks: list[str], prompt: str) -> str:
+    """The markdown without its lines that repeat the prompt (and the prompt's short lines, such as "Rules:")."""
+    if not leaks:
         return markdown
-    folded = [f.casefold() for f in fragments]
-    kept = [line for line in markdown.splitlines(keepends=True)
-            if not any(f in " ".join(line.split()).casefold() for f in folded)]
-    return "".join(kept)
+    folded = [f.casefold() for f in leaks]
+    prompt_lines = {" ".join(line.split()).casefold() for line in prompt.splitlines()} - {""}
+
+    def repeats(line: str) -> bool:
+        line = " ".join(line.split()).casefold()
+        return line in prompt_lines or any(f in line for f in folded)
+
+    return "".join(line for line in markdown.splitlines(keepends=True) if not repeats(line))
 
 
 _PARTIAL_MARKER = re.compile(r"\[\d*$")

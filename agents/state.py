@@ -26,7 +26,8 @@ class SourceChunk(BaseModel):
 class AgentState(BaseModel):
     task: str
     language: str = "en"
-    messages: list[dict[str, Any]] = Field(default_factory=list, description="OpenAI-format turns after the system prompt.")
+    messages: list[dict[str, Any]] = Field(default_factory=list,
+                                           description="OpenAI-format turns after the system prompt.")
     sources: dict[str, SourceChunk] = Field(default_factory=dict, description="chunk key -> chunk read in this job")
     notes: list[str] = Field(default_factory=list)
     recalled: list[str] = Field(default_factory=list, description="Session memory seen at the start of the job.")

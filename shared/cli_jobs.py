@@ -9,7 +9,7 @@ from typing import Annotated, Any, get_args
 
 import typer
 
-from shared.cli_output import CliError, JsonOpt, backends, emit, table
+from shared.cli_output import CliError, JsonOpt, backends, emit, fields, table
 from shared.contracts import Job, JobStatus
 
 queue_app = typer.Typer(help="The step queue: active, scheduled and dead-lettered messages.", no_args_is_help=True)
@@ -39,9 +39,8 @@ def queue_status(as_json: JsonOpt = False) -> None:
 
 
 def _dead_letter_rows(items: list[dict[str, Any]]) -> list[list[Any]]:
-    return [[d.get("message_id"), d.get("job_id"), d.get("step"), d.get("delivery_count"),
-             d.get("reason") or d.get("dead_letter_reason"),
-             (d.get("description") or d.get("dead_letter_description") or "")[:80]] for d in items]
+    return [[d["message_id"], d.get("job_id"), d.get("step"), d.get("job_status"), d["delivery_count"],
+             d.get("reason"), d.get("cause"), (d.get("failure") or d.get("description") or "")[:70]] for d in items]
 
 
 @dlq_app.command("list")
@@ -52,27 +51,28 @@ def dlq_list(as_json: JsonOpt = False) -> None:
     items = operations.dead_letters(backends())
 
     def render(data: list[dict[str, Any]]) -> None:
-        table(f"dead letters: {len(data)}", ["message id", "job", "step", "deliveries", "reason", "description"],
-              _dead_letter_rows(data))
+        table(f"dead letters: {len(data)}", ["message id", "job", "step", "job status", "deliveries", "reason",
+                                              "sweep will judge", "failure"], _dead_letter_rows(data))
 
     emit(items, render, as_json=as_json)
 
 
 @dlq_app.command("show")
 def dlq_show(message_id: str, as_json: JsonOpt = False) -> None:
-    """One dead-lettered message, with the job it belongs to."""
+    """One dead-lettered message, how the sweep will judge it, and the job it belongs to."""
     from shared import operations
-    from shared.cli_output import jsonable
 
     b = backends()
-    for item in jsonable(operations.dead_letters(b)):
-        if item.get("message_id") == message_id:
-            job = b.jobs.get(item["job_id"]) if item.get("job_id") else None
-            shown = {**item, "job": job}
-            emit(shown, None, as_json=as_json)
-            return
-    raise CliError(f"no dead-lettered message {message_id}", "list them with `agentctl dlq list`",
-                   kind="not-found", exit_code=2)
+    dead = operations.dead_letter(b, message_id)
+    shown = {**dead.model_dump(mode="json"), "job": b.jobs.get(dead.job_id) if dead.job_id else None}
+
+    def render(data: dict[str, Any]) -> None:
+        fields(f"dead letter {message_id}")({k: v for k, v in data.items() if k != "job"})
+        job = data["job"] or {}
+        typer.echo(f"job {job.get('id')}: {job.get('status')} at step {job.get('step')}, "
+                   f"resubmissions {job.get('resubmissions')}; see `agentctl jobs show {job.get('id')}`")
+
+    emit(shown, render, as_json=as_json)
 
 
 @dlq_app.command("resubmit")
@@ -81,7 +81,7 @@ def dlq_resubmit(message_id: str, as_json: JsonOpt = False) -> None:
     from shared import operations
 
     result = operations.resubmit_dead_letter(backends(), message_id)
-    emit(result, lambda d: typer.echo(f"re-submitted {message_id}: {d}"), as_json=as_json)
+    emit(result, fields(f"dead letter {message_id}"), as_json=as_json)
 
 
 @dlq_app.command("purge")
@@ -139,23 +139,17 @@ def jobs_list(
 
 
 def _find_jobs(status: str | None, tenant: str | None, reason: str | None, limit: int) -> list[Job]:
+    from shared import operations
+
     b = backends()
-
-    def wanted(job: Job) -> bool:
-        return (status is None or job.status == status) and (
-            reason is None or (job.error is not None and job.error.reason == reason))
-
-    if tenant is not None:
-        # The tenant's index is already newest first, so the walk stops at `limit`.
-        found: list[Job] = []
-        for _, job in b.jobs.list_for_tenant(tenant):
-            if wanted(job):
-                found.append(job)
-                if len(found) == limit:
-                    break
-        return found
-    every = [job for job in b.jobs.all() if wanted(job)]
-    return sorted(every, key=lambda j: j.created_at, reverse=True)[:limit]
+    found: list[Job] = []
+    cursor: str | None = None
+    while True:  # pages of the operator listing, filtered by error reason, until `limit` are found
+        page = operations.list_jobs(b, status=status, tenant=tenant, limit=max(limit, 100), cursor=cursor)  # type: ignore[arg-type]
+        found += [j for j in page.jobs if reason is None or (j.error is not None and j.error.reason == reason)]
+        if len(found) >= limit or page.next_cursor is None:
+            return found[:limit]
+        cursor = page.next_cursor
 
 
 def _job(job_id: str) -> Job:
@@ -207,8 +201,8 @@ def jobs_rerun(job_id: str, as_json: JsonOpt = False) -> None:
     """Run the job's task again as a new job (same tenant, task, session and policy)."""
     from shared import operations
 
-    result = operations.rerun_job(backends(), _job(job_id).id)
-    emit(result, None, as_json=as_json)
+    new = operations.rerun_job(backends(), _job(job_id).id)
+    emit(new, lambda d: typer.echo(f"re-run of {job_id} submitted as {d['id']} ({d['status']})"), as_json=as_json)
 
 
 @jobs_app.command("resubmit")
@@ -217,4 +211,4 @@ def jobs_resubmit(job_id: str, as_json: JsonOpt = False) -> None:
     from shared import operations
 
     result = operations.resubmit_job(backends(), _job(job_id).id)
-    emit(result, None, as_json=as_json)
+    emit(result, fields(f"job {job_id} re-submitted"), as_json=as_json)

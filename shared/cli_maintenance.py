@@ -24,7 +24,8 @@ def backup_run(as_json: JsonOpt = False) -> None:
 
     with progress("backup", as_json=as_json) as report:
         manifest = backup.run_backup(backends(), progress=report)
-    emit(manifest, fields("backup"), as_json=as_json)
+    emit(manifest, lambda d: fields(f"backup {d['id']}")({k: v for k, v in d.items() if k != "files"}),
+         as_json=as_json)
 
 
 @backup_app.command("list")
@@ -35,7 +36,7 @@ def backup_list(as_json: JsonOpt = False) -> None:
     found = backup.list_backups(backends())
 
     def render(data: list[dict[str, Any]]) -> None:
-        columns = ["id", "created_at", "objects", "chunks", "bytes"]
+        columns = ["id", "created_at", "chunks", "documents", "objects", "bytes"]
         table(f"backups: {len(data)}", columns, [[d.get(c) for c in columns] for d in data])
 
     emit(found, render, as_json=as_json)
@@ -59,7 +60,9 @@ def checks_run(as_json: JsonOpt = False) -> None:
     from shared.maintenance import checks
 
     report = checks.run_weekly_checks(backends())
-    emit(report, fields("operations report"), as_json=as_json)
+    # The report's own Markdown is what the timer stores under ops/reports/; show the operator the same.
+    emit(report, lambda d: typer.echo(checks.render_markdown(report) + f"\nstored at {d['markdown_key']}"),
+         as_json=as_json)
 
 
 def sweep(as_json: JsonOpt = False) -> None:

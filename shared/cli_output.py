@@ -127,6 +127,9 @@ def explain(exc: BaseException) -> CliError:
         return CliError(str(exc).strip("'\""), "check the id (`agentctl jobs list`, `agentctl dlq list`, "
                         "`agentctl backup list`) and that --data-dir / the Azure settings point at the right "
                         "environment", kind="not-found", exit_code=2)
+    if name == "LeaseHeld":
+        return CliError(str(exc), "another instance (a timer or another operator) is doing this now; wait for it "
+                        "to finish, or check `agentctl logs --since 1h`", kind="busy", exit_code=5)
     if name == "RestoreMismatch":
         return CliError(f"restore refused: {exc}", "the backup does not match what it claims (missing or "
                         "changed files); pick another one with `agentctl backup list`", kind="restore-mismatch")

@@ -58,8 +58,8 @@ QUERIES: dict[str, str] = {
 | order by p95_ms desc""",
     "memory": """performanceCounters
 | where timestamp > ago(1h)
-| where counter in ("Private Bytes", "Available Bytes") or name in ("Private Bytes", "Available Bytes")
-| summarize max_mb = max(value) / 1048576 by counter = name, cloud_RoleInstance, bin(timestamp, 5m)
+| where name in ("Private Bytes", "Available Bytes")
+| summarize max_mb = max(value) / 1048576 by name, cloud_RoleInstance, bin(timestamp, 5m)
 | order by timestamp desc""",
     "step_outcomes": """customMetrics
 | where timestamp > ago(1d)

@@ -10,13 +10,15 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
+from types import MappingProxyType
 
-_dimensions: ContextVar[dict[str, object]] = ContextVar("job_dimensions", default={})
+# Read-only default: job_context always sets a new mapping, it never updates the one it found.
+_dimensions: ContextVar[Mapping[str, object]] = ContextVar("job_dimensions", default=MappingProxyType({}))
 DIMENSIONS = ("job_id", "step", "tenant")
 
 
@@ -54,7 +56,7 @@ def add_job_dimensions(handler: logging.Handler) -> None:
 class JsonLines(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, object] = {
-            "timestamp": datetime.fromtimestamp(record.created, timezone.utc).isoformat(),
+            "timestamp": datetime.fromtimestamp(record.created, UTC).isoformat(),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),

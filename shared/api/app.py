@@ -6,7 +6,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 from shared import health, metrics
-from shared.api import problems, routes_documents, routes_jobs, routes_metrics
+from shared.api import problems, routes_admin, routes_documents, routes_jobs, routes_metrics
 from shared.api.security import BodySizeLimit
 from shared.composition import get_backends
 from shared.settings import get_settings
@@ -25,6 +25,7 @@ def create_api() -> FastAPI:
     api.include_router(routes_jobs.router)
     api.include_router(routes_documents.router)
     api.include_router(routes_metrics.router)
+    api.include_router(routes_admin.router)
 
     @api.get("/api/health", tags=["operations"], summary="Each dependency's state (anonymous)")
     def get_health() -> JSONResponse:

@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field
 from shared.contracts import Job, utcnow
 from shared.ports import ObjectStore, PreconditionFailed, QueueMessage
 
-Action = Literal["resubmitted", "failed", "stale", "superseded", "dropped"]
+Action = Literal["resubmitted", "failed", "cancelled", "stale", "superseded"]
 
 
 class Resubmission(BaseModel):
@@ -31,6 +31,7 @@ class Resubmission(BaseModel):
     action: Action
     message_id: str | None = Field(None, description="The new message's id when the step was sent again.")
     cause: str | None = Field(None, description="transient, permanent or operator.")
+    reason: str | None = Field(None, description="The job's error reason when the decision ended the job.")
     detail: str = ""
     at: datetime = Field(default_factory=utcnow)
 
@@ -51,6 +52,10 @@ class ResubmissionLog(BaseModel):
         if enqueued_at is None:
             return False
         return any(e.action == "resubmitted" and e.step == step and e.at > enqueued_at for e in self.entries)
+
+
+class JobNotResubmittable(Exception):
+    """The job has finished (or is gone); sending its step again would do nothing. Re-run it instead."""
 
 
 def dead_letter_key(message: QueueMessage) -> str:

@@ -9,6 +9,15 @@ param searchName string
 param openaiName string
 param appInsightsName string
 
+@description('Optional Microsoft Entra object id of the operators (a group, ideally) who run agentctl and az against this environment; keys are disabled, so they need data roles too.')
+param operatorPrincipalId string = ''
+@allowed([
+  'Group'
+  'User'
+  'ServicePrincipal'
+])
+param operatorPrincipalType string = 'Group'
+
 // Built-in role definition ids (the same in every tenant).
 var roleIds = {
   storageBlobDataOwner: 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
@@ -19,7 +28,10 @@ var roleIds = {
   searchServiceContributor: '7ca78c08-252a-4471-8644-bb5ff32d4ba0'
   cognitiveServicesOpenAIUser: '5e0bd9bd-7b93-4f28-af87-19fc36ad61bd'
   monitoringMetricsPublisher: '3913510d-42f4-4e42-8a64-420c390055eb'
+  storageBlobDataContributor: 'ba92f5b4-2d11-453d-a403-e96b0029c9fe'
 }
+
+var hasOperators = !empty(operatorPrincipalId)
 
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
   name: storageAccountName
@@ -125,5 +137,38 @@ resource metricsPublisher 'Microsoft.Authorization/roleAssignments@2022-04-01' =
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleIds.monitoringMetricsPublisher)
     principalId: principalId
     principalType: 'ServicePrincipal'
+  }
+}
+
+// --- operators: what agentctl and the runbook's az commands need (backup/restore, the dead-letter
+// queue, the index). Only when operatorPrincipalId is given.
+
+resource operatorBlob 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (hasOperators) {
+  name: guid(storage.id, operatorPrincipalId, roleIds.storageBlobDataContributor)
+  scope: storage
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleIds.storageBlobDataContributor)
+    principalId: operatorPrincipalId
+    principalType: operatorPrincipalType
+  }
+}
+
+resource operatorServiceBus 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (hasOperators) {
+  name: guid(serviceBus.id, operatorPrincipalId, roleIds.serviceBusDataOwner)
+  scope: serviceBus
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleIds.serviceBusDataOwner)
+    principalId: operatorPrincipalId
+    principalType: operatorPrincipalType
+  }
+}
+
+resource operatorSearch 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (hasOperators) {
+  name: guid(search.id, operatorPrincipalId, roleIds.searchIndexDataContributor)
+  scope: search
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleIds.searchIndexDataContributor)
+    principalId: operatorPrincipalId
+    principalType: operatorPrincipalType
   }
 }

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from shared.ports import DependencyUnavailable, QueueCounts, QueueMessage
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("agent." + __name__.rsplit(".", 1)[-1])
 
 MAX_DELIVERY_COUNT_EXCEEDED = "MaxDeliveryCountExceeded"
 

@@ -1,0 +1,63 @@
+"""Retention: checkpoints of jobs that finished long ago are deleted, all but the last one.
+
+What stays, and why:
+- the last checkpoint: it holds the outcome, the total usage and the final agent state, so
+  the job's verdict and token count can still be rebuilt from storage;
+- the job record (status, progress per step, usage, error) and the report (what the caller
+  asked for); both are small.
+A job's age is counted from finished_at; CHECKPOINT_RETENTION_DAYS sets the age. Unfinished
+jobs are never touched: their checkpoints are the state the next step reads.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime, timedelta
+
+from pydantic import BaseModel, Field
+
+from shared.composition import Backends
+from shared.contracts import utcnow
+from shared.maintenance.lease import exclusive
+
+log = logging.getLogger("agent.maintenance")
+
+LEASE = "retention"
+
+
+class RetentionResult(BaseModel):
+    cutoff: datetime = Field(description="Jobs that finished before this lose all checkpoints but their last.")
+    jobs_examined: int = 0
+    jobs_pruned: int = Field(0, description="Finished jobs whose older checkpoints were deleted in this run.")
+    checkpoints_deleted: int = 0
+    duration_ms: float = 0.0
+
+    def counts(self) -> dict[str, int]:
+        return {"jobs_examined": self.jobs_examined, "jobs_pruned": self.jobs_pruned,
+                "checkpoints_deleted": self.checkpoints_deleted}
+
+
+def apply_retention(b: Backends, now: datetime | None = None) -> RetentionResult:
+    """Delete old finished jobs' checkpoints except the last (under the retention lease)."""
+    started = time.perf_counter()
+    now = now or utcnow()
+    result = RetentionResult(cutoff=now - timedelta(days=b.settings.checkpoint_retention_days))
+    with exclusive(b.objects, LEASE) as lease:
+        for job in b.jobs.all():
+            result.jobs_examined += 1
+            if not job.finished or job.finished_at is None or job.finished_at >= result.cutoff:
+                continue
+            steps = b.checkpoints.steps(job.id)
+            if len(steps) <= 1:
+                continue
+            for n in steps[:-1]:
+                if b.checkpoints.delete(job.id, n):
+                    result.checkpoints_deleted += 1
+            result.jobs_pruned += 1
+            lease.keep_alive()
+    result.duration_ms = round((time.perf_counter() - started) * 1000, 3)
+    log.info("retention: %s checkpoint(s) of %s job(s) finished before %s deleted (%s jobs examined)",
+             result.checkpoints_deleted, result.jobs_pruned, result.cutoff.isoformat(timespec="seconds"),
+             result.jobs_examined, extra={"event": "retention_done", "count": result.checkpoints_deleted})
+    return result

@@ -1,0 +1,250 @@
+"""The dead-letter sweep: decide, for each dead-lettered step, whether it runs again or ends its job.
+
+Classification. The broker's own description of a MaxDeliveryCountExceeded dead letter is
+generic ("could not be consumed after 10 delivery attempts"), so the cause comes from the
+job's dead_letter note, which the step engine writes on the last delivery as
+{step, delivery_count, reason, description="<ExceptionType>: <message>"}:
+- transient: the exception type is TransientModelError, DependencyUnavailable, StepOutOfOrder,
+  a lock-lost error (…LockLost…), a timeout (…Timeout…) or a connection/server-busy error of an
+  SDK (TRANSIENT_ERRORS below). No note for the step means the step never reported a failure:
+  the worker died or lost its lock on every delivery, which is transient too. A TTL expiry is
+  judged the same way (the step may never have run);
+- permanent: any other exception type (ValidationError, PermanentModelError, a RuntimeError
+  from a bug that fails the same way every time, ...), and a message that something
+  dead-lettered on purpose with its own reason.
+Transient causes are re-submitted (new message id "{job_id}:{step}:r{sequence}") while the
+job has had fewer than DLQ_MAX_RESUBMISSIONS re-submissions; past that the job fails with
+reason retries_exhausted. Permanent causes fail the job with reason step_failed (or
+dead_lettered, for a deliberate dead-lettering), the exception in the detail. A job whose
+cancel was requested is cancelled instead. A message whose job no longer exists or has
+finished, whose step was committed meanwhile (stale) or sent again since (superseded) is
+completed with a log line and changes nothing.
+
+Crash safety. Per message: decide (recorded once in the job's re-submission log), act (send,
+deduplicated by the deterministic message id), update the job record (set, not add), and
+only then complete the dead letter. A crash anywhere repeats the same decision on the next
+sweep, so nothing is lost and nothing is counted twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field, ValidationError
+
+from shared.composition import Backends
+from shared.contracts import Job, JobError, StepMessage, utcnow
+from shared.logs import job_context
+from shared.maintenance.lease import exclusive
+from shared.maintenance.resubmissions import (
+    JobNotResubmittable,
+    Resubmission,
+    ResubmissionLog,
+    ResubmissionStore,
+    dead_letter_key,
+)
+from shared.ports import QueueMessage
+
+log = logging.getLogger("agent.maintenance")
+
+LEASE = "dead-letters"
+BATCH = 50
+MAX_PER_RUN = 1000  # a run that meets more leaves the rest to the next run, 15 minutes later
+BROKER_EXHAUSTED = "MaxDeliveryCountExceeded"
+BROKER_EXPIRED = "TTLExpiredException"
+
+TRANSIENT_ERRORS = frozenset({
+    "TransientModelError", "DependencyUnavailable", "StepOutOfOrder", "MessageLockLost", "TimeoutError",
+    "ConnectionError", "ConnectionResetError", "ConnectionRefusedError", "BrokenPipeError",
+    "ServiceRequestError", "ServiceResponseError", "ServiceBusConnectionError", "ServiceBusServerBusyError",
+    "ServerBusyError", "APIConnectionError", "RateLimitError", "InternalServerError",
+})
+
+Cause = Literal["transient", "permanent", "operator", "cancel_requested"]
+Outcome = Literal["resubmitted", "failed", "cancelled", "stale", "superseded", "dropped", "error"]
+
+
+class DeadLetterAction(BaseModel):
+    """What the sweep (or an operator) did with one dead-lettered message."""
+
+    message_id: str
+    sequence_number: int
+    job_id: str | None = None
+    step: int | None = None
+    action: Outcome
+    cause: str | None = Field(None, description="transient, permanent, operator or cancel_requested.")
+    reason: str | None = Field(None, description="The job's error reason when the action ended the job.")
+    detail: str = ""
+    new_message_id: str | None = Field(None, description="The re-submitted step's message id.")
+    resubmissions: int | None = Field(None, description="The job's re-submissions after this action.")
+
+
+class SweepResult(BaseModel):
+    started_at: datetime = Field(default_factory=utcnow)
+    examined: int = 0
+    resubmitted: int = 0
+    failed: int = Field(0, description="Jobs failed (or cancelled) because their step cannot succeed.")
+    completed_without_action: int = Field(0, description="Stale, superseded, orphaned or malformed messages.")
+    errors: int = Field(0, description="Messages left in the dead-letter queue for the next run.")
+    actions: list[DeadLetterAction] = Field(default_factory=list)
+    duration_ms: float = 0.0
+
+    def add(self, action: DeadLetterAction) -> None:
+        self.examined += 1
+        self.actions.append(action)
+        if action.action == "resubmitted":
+            self.resubmitted += 1
+        elif action.action in ("failed", "cancelled"):
+            self.failed += 1
+        elif action.action == "error":
+            self.errors += 1
+        else:
+            self.completed_without_action += 1
+
+    def counts(self) -> dict[str, int]:
+        return {"examined": self.examined, "resubmitted": self.resubmitted, "failed": self.failed,
+                "completed_without_action": self.completed_without_action, "errors": self.errors}
+
+
+def is_transient(error_type: str) -> bool:
+    return error_type in TRANSIENT_ERRORS or "Timeout" in error_type or "LockLost" in error_type
+
+
+def classify(job: Job, step: int, message: QueueMessage) -> tuple[Literal["transient", "permanent"], str]:
+    """(cause, what failed), by the rule in the module docstring."""
+    if message.dead_letter_reason not in (None, BROKER_EXHAUSTED, BROKER_EXPIRED):
+        return "permanent", f"dead-lettered with reason {message.dead_letter_reason}: {message.dead_letter_description}"
+    note = job.dead_letter if job.dead_letter and job.dead_letter.get("step") == step else None
+    if note is None:
+        return "transient", (f"step {step} recorded no failure ({message.dead_letter_reason or 'dead-lettered'}): "
+                             "the worker stopped or lost its lock on every delivery")
+    description = str(note.get("description") or "")
+    error_type = description.split(":", 1)[0].strip()
+    return ("transient" if is_transient(error_type) else "permanent"), description
+
+
+def _choose(b: Backends, job: Job, step: int, message: QueueMessage, history: ResubmissionLog,
+            operator: bool) -> Resubmission:
+    if step <= job.step:
+        return Resubmission(key="", step=step, action="stale",
+                            detail=f"step {step} was committed meanwhile (the job is at step {job.step})")
+    if history.superseded(step, message.enqueued_at):
+        return Resubmission(key="", step=step, action="superseded", detail=f"step {step} was sent again since")
+    resend = f"{job.id}:{step}:r{message.sequence_number}"
+    if operator:
+        return Resubmission(key="", step=step, action="resubmitted", message_id=resend, cause="operator",
+                            detail="re-submitted by an operator")
+    if job.cancel_requested:
+        return Resubmission(key="", step=step, action="cancelled", cause="cancel_requested", reason="cancelled",
+                            detail=f"cancelled by request; step {step} had been dead-lettered")
+    cause, what = classify(job, step, message)
+    limit = b.settings.dlq_max_resubmissions
+    if cause == "transient" and history.resubmitted < limit:
+        return Resubmission(key="", step=step, action="resubmitted", message_id=resend, cause=cause, detail=what)
+    if cause == "transient":
+        return Resubmission(key="", step=step, action="failed", cause=cause, reason="retries_exhausted",
+                            detail=f"step {step} was dead-lettered again after {history.resubmitted} "
+                                   f"re-submission(s) (DLQ_MAX_RESUBMISSIONS={limit}): {what}")
+    reason = "dead_lettered" if message.dead_letter_reason not in (None, BROKER_EXHAUSTED) else "step_failed"
+    return Resubmission(key="", step=step, action="failed", cause=cause, reason=reason,
+                        detail=f"step {step} failed on every delivery: {what}")
+
+
+def _project(entry: Resubmission, history: ResubmissionLog):  # type: ignore[no-untyped-def]
+    """The job record change for a decision: idempotent, so a repeated sweep writes nothing new."""
+
+    def change(job: Job) -> bool:
+        changed = job.resubmissions != history.resubmitted
+        job.resubmissions = history.resubmitted
+        if entry.action in ("failed", "cancelled") and not job.finished:
+            job.status = "failed" if entry.action == "failed" else "cancelled"
+            job.error = JobError(reason=entry.reason or "dead_lettered", detail=entry.detail)
+            job.finished_at = entry.at
+            changed = True
+        note = job.dead_letter
+        if note is not None and note.get("step") == entry.step and note.get("handled") != entry.key:
+            job.dead_letter = {**note, "handled": entry.key, "action": entry.action,
+                               "resubmitted_as": entry.message_id}
+            changed = True
+        return changed
+
+    return change
+
+
+def handle_dead_letter(b: Backends, message: QueueMessage, *, operator: bool = False) -> DeadLetterAction:
+    """Decide, act, update the job, then complete the message (in that order: see the module docstring).
+
+    operator=True re-submits whatever the cause; a finished job then raises JobNotResubmittable.
+    """
+    seen = DeadLetterAction(message_id=message.message_id, sequence_number=message.sequence_number, action="dropped")
+    try:
+        msg = StepMessage.model_validate_json(message.body)
+    except ValidationError:
+        b.queue.complete_dead_letter(message)
+        log.error("dead-lettered message %s is not a step message; completed", message.message_id,
+                  extra={"event": "dead_letter_dropped", "reason": "malformed"})
+        return seen.model_copy(update={"detail": "not a step message"})
+    seen.job_id, seen.step = msg.job_id, msg.step
+    job = b.jobs.get(msg.job_id)
+    if job is None:
+        b.queue.complete_dead_letter(message)
+        log.warning("dead-lettered step %s of job %s: the job no longer exists; completed", msg.step, msg.job_id,
+                    extra={"event": "dead_letter_dropped", "job_id": msg.job_id, "reason": "job_missing"})
+        return seen.model_copy(update={"detail": "the job no longer exists"})
+    with job_context(job_id=job.id, step=msg.step, tenant=job.tenant):
+        if job.finished:
+            if operator:
+                raise JobNotResubmittable(f"job {job.id} already {job.status}; re-run it as a new job instead")
+            b.queue.complete_dead_letter(message)
+            log.info("dead-lettered step %s: job already %s; completed", msg.step, job.status,
+                     extra={"event": "dead_letter_dropped", "reason": "job_finished"})
+            return seen.model_copy(update={"detail": f"the job already {job.status}"})
+        store = ResubmissionStore(b.objects)
+        history, entry = store.decide(job.id, dead_letter_key(message),
+                                      lambda h: _choose(b, job, msg.step, message, h, operator))
+        if entry.action == "resubmitted" and entry.message_id:
+            again = StepMessage(job_id=job.id, step=msg.step)
+            b.queue.send(again.model_dump_json().encode(), message_id=entry.message_id)
+        updated = b.jobs.update(job.id, _project(entry, history)) or job
+        b.queue.complete_dead_letter(message)
+        level = logging.WARNING if entry.action in ("failed", "cancelled") else logging.INFO
+        log.log(level, "dead-lettered step %s: %s (%s) %s", msg.step, entry.action, entry.cause or "-", entry.detail,
+                extra={"event": f"dead_letter_{entry.action}", "reason": entry.reason or entry.cause})
+        return seen.model_copy(update={
+            "action": entry.action, "cause": entry.cause, "reason": entry.reason, "detail": entry.detail,
+            "new_message_id": entry.message_id, "resubmissions": updated.resubmissions,
+        })
+
+
+def sweep_dead_letters(b: Backends) -> SweepResult:
+    """Work through the dead-letter queue once (under the dead-letters lease)."""
+    started = time.perf_counter()
+    result = SweepResult()
+    with exclusive(b.objects, LEASE) as lease:
+        seen: set[int] = set()
+        while len(seen) < MAX_PER_RUN:
+            batch = b.queue.receive_dead_letters(BATCH, lock_seconds=b.settings.queue_lock_seconds)
+            fresh = [m for m in batch if m.sequence_number not in seen]
+            if not fresh:
+                break
+            for message in fresh:
+                seen.add(message.sequence_number)
+                result.add(_handle_safely(b, message))
+                lease.keep_alive()
+    result.duration_ms = round((time.perf_counter() - started) * 1000, 3)
+    log.info("dead-letter sweep: %s", ", ".join(f"{k}={v}" for k, v in result.counts().items()),
+             extra={"event": "dlq_sweep", "count": result.examined, "duration_ms": result.duration_ms})
+    return result
+
+
+def _handle_safely(b: Backends, message: QueueMessage) -> DeadLetterAction:
+    try:
+        return handle_dead_letter(b, message)
+    except Exception as exc:  # noqa: BLE001 - one bad message must not stop the sweep; it stays for the next run
+        log.exception("dead-lettered message %s not handled; left for the next sweep", message.message_id,
+                      extra={"event": "dead_letter_error"})
+        return DeadLetterAction(message_id=message.message_id, sequence_number=message.sequence_number,
+                                action="error", detail=f"{type(exc).__name__}: {exc}"[:500])

@@ -1,0 +1,263 @@
+"""Operator actions shared by the admin API and the CLI: the queue and its dead letters, job
+re-submission and re-runs, token usage, and every tenant's jobs.
+
+These see all tenants (operators only); the job service (shared/jobs.py) is the tenant-scoped side.
+Dead-letter actions take the dead-letters lease, so they never race the sweep over one message.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import time
+from datetime import datetime
+
+from pydantic import BaseModel, Field, ValidationError
+
+from shared import jobs
+from shared.composition import Backends
+from shared.contracts import Job, JobStatus, PolicyOverrides, StepMessage
+from shared.ledger import month_of
+from shared.maintenance.lease import exclusive
+from shared.maintenance.resubmissions import JobNotResubmittable, Resubmission, ResubmissionStore, project_count
+from shared.maintenance.sweep import LEASE as DEAD_LETTERS_LEASE
+from shared.maintenance.sweep import DeadLetterAction, classify, handle_dead_letter
+from shared.ports import QueueMessage
+
+log = logging.getLogger("agent.operations")
+
+__all__ = ["DeadLetterNotFound", "JobNotRerunnable", "JobNotResubmittable"]
+
+PEEK_MAX = 1000
+FIND_LOCK_SECONDS = 2.0
+TOKEN_WARNING_RATIO = 0.8
+
+
+class DeadLetterNotFound(LookupError):
+    pass
+
+
+class JobNotRerunnable(Exception):
+    """The job is still running; a re-run beside it would do the same work twice."""
+
+
+# --- the queue --------------------------------------------------------------------------------------
+
+
+class QueueStatus(BaseModel):
+    queue: str
+    active: int = Field(description="Messages waiting to be processed (the runbook's queue length).")
+    scheduled: int = Field(description="Step retries scheduled for later.")
+    dead_lettered: int
+
+
+def queue_status(b: Backends) -> QueueStatus:
+    counts = b.queue.counts()
+    return QueueStatus(queue=b.settings.agent_jobs_queue, active=counts.active, scheduled=counts.scheduled,
+                       dead_lettered=counts.dead_lettered)
+
+
+# --- dead letters -----------------------------------------------------------------------------------
+
+
+class DeadLetter(BaseModel):
+    message_id: str
+    sequence_number: int
+    job_id: str | None = None
+    step: int | None = None
+    tenant: str | None = None
+    job_status: JobStatus | None = Field(None, description="None when the job no longer exists.")
+    delivery_count: int
+    enqueued_at: datetime | None = None
+    reason: str | None = Field(None, description="The broker's dead-letter reason.")
+    description: str | None = Field(None, description="The broker's dead-letter description.")
+    failure: str | None = Field(None, description="The exception of the step's last delivery (job's note).")
+    cause: str | None = Field(None, description="What the sweep will judge it: transient or permanent.")
+
+
+def _view(message: QueueMessage, b: Backends, known: dict[str, Job | None]) -> DeadLetter:
+    view = DeadLetter(message_id=message.message_id, sequence_number=message.sequence_number,
+                      delivery_count=message.delivery_count, enqueued_at=message.enqueued_at,
+                      reason=message.dead_letter_reason, description=message.dead_letter_description)
+    try:
+        msg = StepMessage.model_validate_json(message.body)
+    except ValidationError:
+        return view
+    view.job_id, view.step = msg.job_id, msg.step
+    if msg.job_id not in known:
+        known[msg.job_id] = b.jobs.get(msg.job_id)
+    job = known[msg.job_id]
+    if job is not None:
+        view.tenant, view.job_status = job.tenant, job.status
+        note = job.dead_letter if job.dead_letter and job.dead_letter.get("step") == msg.step else None
+        view.failure = str(note.get("description")) if note else None
+        if not job.finished:
+            view.cause = classify(job, msg.step, message)[0]
+    return view
+
+
+def dead_letters(b: Backends, max_count: int = 100) -> list[DeadLetter]:
+    """Dead-lettered messages, oldest first, each with its job and how the sweep will judge it."""
+    known: dict[str, Job | None] = {}
+    return [_view(m, b, known) for m in b.queue.peek_dead_letters(max_count)]
+
+
+def dead_letter(b: Backends, message_id: str) -> DeadLetter:
+    for m in b.queue.peek_dead_letters(PEEK_MAX):
+        if m.message_id == message_id:
+            return _view(m, b, {})
+    raise DeadLetterNotFound(f"no dead-lettered message {message_id}")
+
+
+def _receive(b: Backends, message_id: str) -> QueueMessage:
+    """Lock the dead letter with this message id, waiting out a lock a previous look left on it.
+
+    The port cannot receive one chosen message, so those ahead of it are locked on the way and
+    stay locked for FIND_LOCK_SECONDS (on Service Bus, the queue's lock duration); a sweep in
+    that window leaves them for its next run. Small batches keep that set small.
+    """
+    dead_letter(b, message_id)  # DeadLetterNotFound before any lock is taken
+    deadline = time.monotonic() + FIND_LOCK_SECONDS + 2
+    while time.monotonic() < deadline:
+        batch = b.queue.receive_dead_letters(10, lock_seconds=FIND_LOCK_SECONDS)
+        for m in batch:
+            if m.message_id == message_id:
+                return m
+        if not batch:
+            time.sleep(0.2)
+    raise DeadLetterNotFound(f"dead-lettered message {message_id} is locked by another operation; try again shortly")
+
+
+def resubmit_dead_letter(b: Backends, message_id: str) -> DeadLetterAction:
+    """Send a dead-lettered step again under a new message id, whatever its cause; then complete it."""
+    with exclusive(b.objects, DEAD_LETTERS_LEASE):
+        return handle_dead_letter(b, _receive(b, message_id), operator=True)
+
+
+def purge_dead_letters(b: Backends) -> int:
+    """Delete every dead-lettered message (each logged with its job); their jobs stay as they are."""
+    purged: set[int] = set()
+    with exclusive(b.objects, DEAD_LETTERS_LEASE) as lease:
+        while True:
+            batch = [m for m in b.queue.receive_dead_letters(100, lock_seconds=60.0) if m.sequence_number not in purged]
+            if not batch:
+                break
+            for m in batch:
+                b.queue.complete_dead_letter(m)
+                purged.add(m.sequence_number)
+                log.warning("purged dead-lettered message %s (%s)", m.message_id, m.dead_letter_reason,
+                            extra={"event": "dead_letter_purged", "job_id": m.message_id.split(":", 1)[0]})
+            lease.keep_alive()
+    log.warning("purged %s dead-lettered message(s)", len(purged), extra={"event": "dlq_purged", "count": len(purged)})
+    return len(purged)
+
+
+# --- jobs -------------------------------------------------------------------------------------------
+
+
+class ResubmitResult(BaseModel):
+    job_id: str
+    step: int = Field(description="The step sent again: the one after the last committed checkpoint.")
+    message_id: str = Field(description="The new message's id (a new id, so duplicate detection keeps it).")
+    resubmissions: int = Field(description="The job's re-submissions so far, this one included.")
+
+
+def _job(b: Backends, job_id: str) -> Job:
+    job = b.jobs.get(job_id) if re.fullmatch(r"[A-Za-z0-9_\-]{1,100}", job_id) else None
+    if job is None:
+        raise jobs.JobNotFound(f"no job {job_id}")
+    return job
+
+
+def resubmit_job(b: Backends, job_id: str) -> ResubmitResult:
+    """Send the job's next step again with a new message id (e.g. after a dead-letter, or a lost message)."""
+    job = _job(b, job_id)
+    if job.finished:
+        raise JobNotResubmittable(f"job {job.id} already {job.status}; re-run it as a new job instead")
+    committed = b.checkpoints.steps(job.id)
+    step = (max(committed) if committed else 0) + 1
+    token = secrets.token_hex(4)
+    history, entry = ResubmissionStore(b.objects).decide(job.id, f"operator:{token}", lambda _: Resubmission(
+        key="", step=step, action="resubmitted", message_id=f"{job.id}:{step}:o{token}", cause="operator",
+        detail="re-submitted by an operator"))
+    b.queue.send(StepMessage(job_id=job.id, step=step).model_dump_json().encode(), message_id=str(entry.message_id))
+    b.jobs.update(job.id, project_count(history))
+    log.warning("job %s: step %s re-submitted by an operator as %s", job.id, step, entry.message_id,
+                extra={"event": "job_resubmitted", "job_id": job.id, "step": step, "tenant": job.tenant})
+    return ResubmitResult(job_id=job.id, step=step, message_id=str(entry.message_id),
+                          resubmissions=history.resubmitted)
+
+
+def rerun_job(b: Backends, job_id: str) -> Job:
+    """A new job with the finished job's tenant, task, session and policy."""
+    job = _job(b, job_id)
+    if not job.finished:
+        raise JobNotRerunnable(f"job {job.id} is still {job.status}; cancel it or wait for it to finish first")
+    request = jobs.JobRequest(task=job.task, session_id=job.session_id,
+                              policy=PolicyOverrides(**job.policy.model_dump()))
+    new, _ = jobs.submit(b, job.tenant, request)
+    log.info("job %s re-run as %s", job.id, new.id,
+             extra={"event": "job_rerun", "job_id": new.id, "tenant": job.tenant})
+    return new
+
+
+class JobList(BaseModel):
+    jobs: list[Job]
+    next_cursor: str | None = Field(None, description="Pass as ?cursor= for the next page; absent on the last.")
+
+
+def list_jobs(b: Backends, *, status: JobStatus | None = None, tenant: str | None = None, limit: int = 50,
+              cursor: str | None = None) -> JobList:
+    """Jobs of every tenant (or one), newest first."""
+    if tenant is not None:
+        page = jobs.list_jobs(b, tenant, status=status, limit=limit, cursor=cursor)
+        return JobList(jobs=page.jobs, next_cursor=page.next_cursor)
+    every = sorted((j for j in b.jobs.all() if status is None or j.status == status),
+                   key=lambda j: (j.created_at, j.id), reverse=True)
+    if cursor is not None:
+        ids = [j.id for j in every]
+        every = every[ids.index(cursor) + 1:] if cursor in ids else []
+    page_jobs = every[:limit]
+    return JobList(jobs=page_jobs, next_cursor=page_jobs[-1].id if len(every) > limit else None)
+
+
+# --- token usage ------------------------------------------------------------------------------------
+
+
+class TenantUsage(BaseModel):
+    tenant: str
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    budget: int
+    percent_used: float
+    warning: bool = Field(description="Over 80% of the budget: the runbook's token alert.")
+    jobs: int
+
+
+class UsageReport(BaseModel):
+    month: str
+    total_tokens: int
+    tenants: list[TenantUsage] = Field(description="Most tokens first.")
+
+
+def usage(b: Backends, month: str | None = None) -> UsageReport:
+    """Each tenant's tokens in the month (this month by default) against its budget."""
+    month = month or month_of()
+    if not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", month):
+        raise ValueError(f"month {month!r} is not YYYY-MM")
+    known = set(b.ledger.tenants(month)) | {k.tenant for k in b.settings.api_keys.values()}
+    known |= set(b.settings.tenant_token_budgets)
+    rows = []
+    for tenant in known:
+        by_job = b.ledger.by_job(tenant, month)
+        prompt = sum(u.prompt_tokens for u in by_job.values())
+        completion = sum(u.completion_tokens for u in by_job.values())
+        budget = b.settings.budget_for(tenant)
+        total = prompt + completion
+        rows.append(TenantUsage(tenant=tenant, prompt_tokens=prompt, completion_tokens=completion, total_tokens=total,
+                                budget=budget, percent_used=round(100.0 * total / budget, 2) if budget else 0.0,
+                                warning=bool(budget) and total > TOKEN_WARNING_RATIO * budget, jobs=len(by_job)))
+    rows.sort(key=lambda r: (-r.total_tokens, r.tenant))
+    return UsageReport(month=month, total_tokens=sum(r.total_tokens for r in rows), tenants=rows)
