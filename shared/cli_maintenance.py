@@ -14,7 +14,7 @@ from shared.cli_output import JsonOpt, backends, emit, fields, progress, table
 
 backup_app = typer.Typer(help="Backups of job state, reports, ledgers and the knowledge index.", no_args_is_help=True)
 checks_app = typer.Typer(help="The weekly operations checks.", no_args_is_help=True)
-retention_app = typer.Typer(help="Retention: delete what is past its keep-by date.", no_args_is_help=True)
+retention_app = typer.Typer(help="Retention of old checkpoints.", no_args_is_help=True)
 
 
 @backup_app.command("run")
@@ -46,7 +46,7 @@ def restore(
     backup_id: Annotated[str, typer.Argument(help="A backup id from `agentctl backup list`.")],
     as_json: JsonOpt = False,
 ) -> None:
-    """Restore job state, reports, ledgers and the knowledge index from a backup (checked before use)."""
+    """Restore a backup: verify it, rebuild the knowledge index, put back missing job state."""
     from shared.maintenance import backup
 
     with progress(f"restore {backup_id}", as_json=as_json) as report:
@@ -75,7 +75,7 @@ def sweep(as_json: JsonOpt = False) -> None:
 
 @retention_app.command("run")
 def retention_run(as_json: JsonOpt = False) -> None:
-    """Apply retention now (checkpoints of finished jobs, old backups)."""
+    """Apply retention now: old finished jobs keep only their last checkpoint."""
     from shared.maintenance import retention
 
     result = retention.apply_retention(backends())

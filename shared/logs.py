@@ -61,7 +61,8 @@ class JsonLines(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        for key in (*DIMENSIONS, "event", "reason", "count", "duration_ms"):
+        for key in (*DIMENSIONS, "event", "reason", "count", "duration_ms", "tokens", "prompt_tokens",
+                    "completion_tokens"):
             if hasattr(record, key):
                 line[key] = getattr(record, key)
         if record.exc_info:

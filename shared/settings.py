@@ -113,10 +113,6 @@ class Settings(BaseSettings):
             return json.loads(value) if value.strip() else {}
         return value
 
-    def policy_for(self, tenant: str) -> Policy:
-        """The tenant's limits: its own policy if configured, the defaults otherwise."""
-        return self.tenant_policies.get(tenant, self.policy_defaults)
-
     def budget_for(self, tenant: str) -> int:
         return self.tenant_token_budgets.get(tenant, self.monthly_token_budget)
 

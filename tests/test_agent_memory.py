@@ -3,10 +3,12 @@ message while they are fresh, and nothing once MEMORY_TTL_SECONDS has passed."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
+from agents.prompts import user_prompt
 from shared import jobs
 from shared.composition import Backends
 from shared.memory import SessionMemory
@@ -15,7 +17,6 @@ from tests.fixtures.app import ingest_samples
 from tests.fixtures.scripted_openai import ScriptedOpenAI
 
 TTL = 60.0
-EARLIER = "Earlier findings in this session (may help; verify before citing):"
 
 
 class Clock:
@@ -62,7 +63,8 @@ def test_later_jobs_see_session_findings_before_the_ttl_and_none_after(
 
     clock.now += TTL - 1  # still fresh
     job, seen = run("What happens on redelivery?", "s1")
-    assert seen == "What happens on redelivery?\n\n" + EARLIER + "\n" + "\n".join(f"- {f}" for f in findings)
+    assert seen == user_prompt("What happens on redelivery?", findings)
+    assert json.loads(seen.split("\n", 3)[-1]) == {"earlier_findings": findings}  # fenced as JSON data
     assert job.status == "succeeded"
     # Memory belongs to a session of a tenant: another session, or the same id in another tenant, sees nothing.
     assert run("How is the index backed up?", "s2")[1] == "How is the index backed up?"

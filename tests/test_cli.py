@@ -56,9 +56,17 @@ class World:
         assert "Traceback" not in result.stderr and "error:" in result.stderr, result.stderr
         return result.code, result.data["error"]
 
+    # Waiting polls the runtime's HTTP API: cheap, and the assertions that follow use the CLI.
     def finished(self, job_id: str, timeout: float = 60) -> dict[str, Any]:
-        return wait_for(lambda: (j := self.cli("jobs", "show", job_id)["job"])["status"]
-                        in ("succeeded", "failed", "cancelled") and j, timeout, interval=0.2)
+        with self.rt.client() as client:
+            return wait_for(lambda: (j := client.get(f"/api/jobs/{job_id}").json())["status"]
+                            in ("succeeded", "failed", "cancelled") and j, timeout)
+
+    def queue_settles(self, dead_lettered: int, timeout: float = 30) -> None:
+        """Wait until nothing is active or scheduled and `dead_lettered` messages are dead-lettered."""
+        want = {"active": 0, "scheduled": 0, "dead_lettered": dead_lettered}
+        with httpx.Client(base_url=self.rt.url) as client:
+            wait_for(lambda: client.get("/api/health").json()["dependencies"]["queue"]["detail"] == want, timeout)
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +95,7 @@ def broken_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             ingest(client)
             world = World(rt, env)
             world.job_id = submit(client)
-        wait_for(lambda: world.cli("queue", "status")["dead_lettered"] == 1, 30, interval=0.2)
+        world.queue_settles(dead_lettered=1)
         yield world
     finally:
         rt.stop()
@@ -173,7 +181,8 @@ def test_dlq_list_show_resubmit_purge(broken_model: World) -> None:
     action = broken_model.cli("dlq", "resubmit", dead["message_id"])
     assert action["action"] == "resubmitted" and action["new_message_id"] != dead["message_id"]
     # The model still answers 500, so the re-submitted step is dead-lettered again after its deliveries.
-    [again] = wait_for(lambda: broken_model.cli("dlq", "list"), 30, interval=0.2)
+    broken_model.queue_settles(dead_lettered=1)
+    [again] = broken_model.cli("dlq", "list")
     assert again["message_id"] == action["new_message_id"]
 
     code, error = broken_model.fails("dlq", "purge")  # --json cannot answer a prompt
@@ -187,7 +196,7 @@ def test_resubmit_cancel_and_sweep_a_stuck_job(broken_model: World) -> None:
     assert broken_model.cli("jobs", "show", job_id)["job"]["status"] == "queued"  # stuck: its step is gone
     resubmitted = broken_model.cli("jobs", "resubmit", job_id)
     assert resubmitted["job_id"] == job_id and resubmitted["step"] == 1
-    wait_for(lambda: broken_model.cli("queue", "status")["dead_lettered"] == 1, 30, interval=0.2)
+    broken_model.queue_settles(dead_lettered=1)
     assert broken_model.cli("jobs", "cancel", job_id)["cancel_requested"]
     # The sweep honours the cancel request instead of re-submitting the step once more.
     swept = broken_model.cli("sweep")
