@@ -15,11 +15,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from pydantic_core import to_jsonable_python
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 if TYPE_CHECKING:
     from shared.composition import Backends
+    from shared.settings import Settings
 
 console = Console()
 errors = Console(stderr=True)
@@ -55,7 +57,9 @@ def backends() -> Backends:
     """The backends the settings describe, built once per CLI process."""
     from shared.composition import get_backends
 
-    return get_backends()
+    b = get_backends()
+    configure_logging(b.settings)
+    return b
 
 
 def jsonable(value: Any) -> Any:
@@ -71,12 +75,24 @@ def emit(value: Any, render: Callable[[Any], None] | None = None, *, as_json: bo
         render(data)
 
 
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, dict | list):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
 def table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
+    if not rows:
+        console.print(title if ":" in title else f"{title}: none", highlight=False)
+        return
     t = Table(title=title, title_justify="left")
     for column in columns:
-        t.add_column(column)
+        # Fold rather than truncate: operators copy job and message ids out of these tables.
+        t.add_column(column, overflow="fold")
     for row in rows:
-        t.add_row(*["" if cell is None else str(cell) for cell in row])
+        t.add_row(*[_cell(cell) for cell in row])
     console.print(t)
 
 
@@ -103,9 +119,10 @@ def report_error(exc: BaseException) -> int:
     if state.json:
         typer.echo(json.dumps({"error": {"kind": err.kind, "problem": err.problem, "fix": err.fix}},
                               ensure_ascii=False))
-    errors.print(f"[bold red]error:[/] {err.problem}", highlight=False, markup=True, soft_wrap=True)
+    # Escaped: an exception's text may hold [brackets] that rich would take for markup.
+    errors.print(f"[bold red]error:[/] {escape(err.problem)}", highlight=False, soft_wrap=True)
     if err.fix:
-        errors.print(f"[bold]fix:[/] {err.fix}", highlight=False, soft_wrap=True)
+        errors.print(f"[bold]fix:[/] {escape(err.fix)}", highlight=False, soft_wrap=True)
     return err.exit_code
 
 
@@ -123,7 +140,7 @@ def explain(exc: BaseException) -> CliError:
     if isinstance(exc, DependencyUnavailable):
         return CliError(f"a backend is unreachable: {exc}", "check `agentctl health`; for the embedded runtime "
                         "check --data-dir / DATA_DIR points at its data directory", kind="unavailable", exit_code=4)
-    if name in ("JobNotFound", "DeadLetterNotFound", "BackupNotFound") or isinstance(exc, LookupError):
+    if isinstance(exc, LookupError) and not isinstance(exc, KeyError | IndexError):  # *NotFound, not a bug
         return CliError(str(exc).strip("'\""), "check the id (`agentctl jobs list`, `agentctl dlq list`, "
                         "`agentctl backup list`) and that --data-dir / the Azure settings point at the right "
                         "environment", kind="not-found", exit_code=2)
@@ -135,6 +152,12 @@ def explain(exc: BaseException) -> CliError:
                         "changed files); pick another one with `agentctl backup list`", kind="restore-mismatch")
     if name in ("JobAlreadyFinished", "JobNotFinished", "JobNotResubmittable", "JobNotRerunnable"):
         return CliError(str(exc), "see `agentctl jobs show <id>` for its status", kind="conflict")
+    if any(word in name for word in ("Authentication", "Authorization", "Credential")):
+        # Azure SDK sign-in and role errors, matched by name so the CLI need not import the SDKs.
+        return CliError(f"Azure refused the CLI's identity: {name}: {exc}"[:600],
+                        "sign in with `az login` (or set a managed identity) and give that identity the data roles "
+                        "the app's identity has (Service Bus Data Owner, Storage Blob Data Contributor, Search "
+                        "Index Data Contributor)", kind="auth", exit_code=6)
     if isinstance(exc, PermissionError):
         return CliError(f"permission denied: {exc}", "run as a user who can read and write the data directory, "
                         "or sign in with an identity that has the needed Azure role", kind="permission")
@@ -149,8 +172,36 @@ def fields(title: str) -> Callable[[Any], None]:
 
     def render(data: Any) -> None:
         items = data.items() if isinstance(data, dict) else enumerate(data)
-        rows = [[k, v if not isinstance(v, dict | list) else json.dumps(v, ensure_ascii=False)[:200]]
-                for k, v in items]
+        rows = [[k, v if not isinstance(v, dict | list) else _cell(v)[:300]] for k, v in items]
         table(title, ["field", "value"], rows)
 
     return render
+
+
+def configure_logging(settings: Settings) -> None:
+    """Warnings to stderr; on the embedded runtime also the JSON lines of its log, as an audit trail.
+
+    An operator's re-submission or purge then shows in `agentctl logs` beside the runtime's own
+    records. stdout stays reserved for the command's output (one JSON document under --json).
+    """
+    import logging
+
+    from shared.logs import JobDimensions, JsonLines
+
+    root = logging.getLogger()
+    if getattr(root, "_agentctl", False):
+        return
+    root._agentctl = True  # type: ignore[attr-defined]
+    stderr = logging.StreamHandler()
+    stderr.setLevel(logging.WARNING)
+    stderr.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root.addHandler(stderr)
+    root.setLevel(logging.INFO)
+    embedded = not (settings.storage_connection or settings.storage_blob_uri)
+    if embedded and not settings.appinsights_connection_string:
+        path = settings.data_dir / "logs" / "runtime.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        audit = logging.FileHandler(path, encoding="utf-8")
+        audit.setFormatter(JsonLines())
+        audit.addFilter(JobDimensions())
+        root.addHandler(audit)

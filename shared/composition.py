@@ -97,11 +97,14 @@ def build_index(settings: Settings) -> KnowledgeIndex:
 
 
 def build_model(settings: Settings) -> ChatModel:
-    from shared.adapters.azure.openai_model import OpenAIChatModel
+    configured = (settings.azure_openai_endpoint and settings.azure_openai_deployment) or any(
+        (settings.openai_base_url, settings.openai_api_key, settings.openai_model))
+    if configured:  # importing the openai SDK costs ~0.6 s; CLI calls on the offline model skip it
+        from shared.adapters.azure.openai_model import OpenAIChatModel
 
-    model = OpenAIChatModel.from_settings(settings)
-    if model is not None:
-        return model
+        model = OpenAIChatModel.from_settings(settings)
+        if model is not None:
+            return model
     _require(settings, "a chat model", "AZURE_OPENAI_ENDPOINT and AZURE_OPENAI_DEPLOYMENT (or OPENAI_BASE_URL)")
     from shared.adapters.local.offline_model import OfflineModel
 

@@ -161,6 +161,9 @@ def test_jobs_rerun_runs_the_task_again_as_a_new_job(healthy: World) -> None:
     assert new_id != healthy.job_id
     job = healthy.finished(new_id)
     assert job["status"] == "succeeded" and job["task"] == QUESTION
+    # The CLI's own actions land in the runtime's log: an audit trail beside the steps they caused.
+    events = [r.get("event") for r in healthy.cli("logs", "--job-id", new_id)["records"]]
+    assert "job_rerun" in events and "job_finished" in events
 
 
 # --- dead letters ---------------------------------------------------------------------------------------
@@ -214,7 +217,7 @@ def test_sweep_on_an_empty_dead_letter_queue(healthy: World) -> None:
 # --- usage, logs, kql ------------------------------------------------------------------------------------
 
 
-def test_usage_against_budget(healthy: World) -> None:
+def test_usage_against_budget(healthy: World, tmp_path: Path) -> None:
     job = healthy.cli("jobs", "show", healthy.job_id)["job"]
     usage = healthy.cli("usage")
     [dev] = [t for t in usage["tenants"] if t["tenant"] == "dev"]
@@ -226,6 +229,11 @@ def test_usage_against_budget(healthy: World) -> None:
     [dev] = [t for t in warned["tenants"] if t["tenant"] == "dev"]
     assert 89 < dev["percent_used"] < 91 and dev["warning"]
     assert usage["top_jobs"][0]["tenant"] == "dev" and usage["top_jobs"][0]["total_tokens"] > 0
+    # The same setting from a local.settings.json-shaped file (--settings), as for an Azure environment.
+    settings_file = tmp_path / "prd.settings.json"
+    settings_file.write_text(json.dumps({"Values": {"TENANT_TOKEN_BUDGETS": json.dumps({"dev": 1_000_000})}}))
+    [dev] = [t for t in healthy.cli("--settings", str(settings_file), "usage")["tenants"] if t["tenant"] == "dev"]
+    assert dev["budget"] == 1_000_000
     code, error = healthy.fails("usage", "--month", "January")
     assert error["kind"] == "invalid"
     past = healthy.cli("usage", "--month", "2001-01")

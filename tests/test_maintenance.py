@@ -293,6 +293,15 @@ def test_dead_letter_causes_are_classified_by_the_exception_on_the_last_delivery
     assert sweep.classify(backends.jobs.get(job.id), 1, message)[0] == cause
 
 
+def test_a_dead_letter_of_a_job_asked_to_cancel_cancels_it(backends: Backends) -> None:
+    job = seed_job(backends, cancel_requested=True)
+    dead_letter(backends, job.id, 1, "TransientModelError: 429")
+    [action] = sweep.sweep_dead_letters(backends).actions
+    assert (action.action, action.cause) == ("cancelled", "cancel_requested")
+    record = backends.jobs.get(job.id)
+    assert record.status == "cancelled" and record.error.reason == "cancelled" and record.resubmissions == 0
+
+
 def test_dead_letters_of_missing_finished_or_progressed_jobs_are_completed_with_a_log_line(
         backends: Backends, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="agent.maintenance")
@@ -369,8 +378,12 @@ def test_retention_keeps_reports_records_and_last_checkpoints(backends: Backends
     _checkpoints(backends, recent.id, 3, now - timedelta(days=5))
     _checkpoints(backends, running.id, 2, now - timedelta(days=45))
     backends.reports.save(old.id, Report(markdown="# kept"))
+    backends.objects.put("ops/runs/dlq_sweep/20250101T001500Z.json", b"{}")
+    backends.objects.put("ops/runs/dlq_sweep/20250309T001500Z.json", b"{}")
 
     result = retention.apply_retention(backends, now=now)
+    assert result.run_records_deleted == 1
+    assert list(backends.objects.list("ops/runs/")) == ["ops/runs/dlq_sweep/20250309T001500Z.json"]
     assert (result.jobs_examined, result.jobs_pruned, result.checkpoints_deleted) == (3, 1, 4)
     assert backends.checkpoints.steps(old.id) == [5]
     assert backends.reports.get(old.id).markdown == "# kept"

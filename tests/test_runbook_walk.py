@@ -155,6 +155,8 @@ def test_every_agentctl_command_in_the_runbook_exists(runbook: Path) -> None:
     for first, second in used:
         command = f"{first} {second}" if first in groups else first
         assert command in paths, f"{runbook.name} names `agentctl {command}`, which does not exist"
+    named = set(re.findall(r"agentctl kql ([a-z_]+)", text))
+    assert named and named <= set(kql.QUERIES), named - set(kql.QUERIES)
     for needed in ("health", "queue status", "dlq list", "dlq show", "dlq resubmit", "dlq purge", "jobs list",
                    "jobs show", "jobs cancel", "jobs rerun", "jobs resubmit", "usage", "backup run", "backup list",
                    "restore", "checks run", "sweep", "retention run", "logs", "kql"):

@@ -162,7 +162,7 @@ def run_backup(b: Backends, progress: Progress | None = None) -> BackupManifest:
         definition = _definition_bytes(b)
         write("index/definition.json", definition, 1)
         total = b.index.count()
-        digest, chunks, documents = hashlib.sha256(), 0, set()
+        digest, chunks, documents = hashlib.sha256(), 0, set[str]()
         for n, page in enumerate(_export_chunks(b), start=1):
             data = _lines([c.model_dump_json() for c in page])
             digest.update(data)
@@ -301,7 +301,7 @@ def _verify_files(b: Backends, manifest: BackupManifest, report: Progress) -> No
 
 
 def _index_digest(b: Backends) -> tuple[int, int, str]:
-    digest, chunks, documents = hashlib.sha256(), 0, set()
+    digest, chunks, documents = hashlib.sha256(), 0, set[str]()
     for page in _export_chunks(b):
         digest.update(_lines([c.model_dump_json() for c in page]))
         chunks += len(page)

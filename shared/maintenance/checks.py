@@ -25,6 +25,7 @@ from pydantic import BaseModel, Field
 from shared.composition import Backends
 from shared.contracts import Job, utcnow
 from shared.ledger import month_of
+from shared.maintenance.backup import list_backups
 from shared.maintenance.lease import exclusive
 
 log = logging.getLogger("agent.maintenance")
@@ -168,8 +169,6 @@ def _alerts(jobs: JobFigures, queue: QueueFigures, tenants: list[TenantTokens]) 
 
 def build_report(b: Backends, now: datetime) -> OpsReport:
     """The figures, without writing or logging anything."""
-    from shared.maintenance.backup import list_backups
-
     start = now - PERIOD
     stale_after = timedelta(minutes=b.settings.stale_job_minutes)
     finished, stale = [], []

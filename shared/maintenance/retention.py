@@ -6,7 +6,8 @@ What stays, and why:
 - the job record (status, progress per step, usage, error) and the report (what the caller
   asked for); both are small.
 A job's age is counted from finished_at; CHECKPOINT_RETENTION_DAYS sets the age. Unfinished
-jobs are never touched: their checkpoints are the state the next step reads.
+jobs are never touched: their checkpoints are the state the next step reads. Timer run records
+(ops/runs/, one per occurrence: ~100 a day) older than the same age go too.
 """
 
 from __future__ import annotations
@@ -31,11 +32,12 @@ class RetentionResult(BaseModel):
     jobs_examined: int = 0
     jobs_pruned: int = Field(0, description="Finished jobs whose older checkpoints were deleted in this run.")
     checkpoints_deleted: int = 0
+    run_records_deleted: int = Field(0, description="Timer run records (ops/runs/) older than the cutoff.")
     duration_ms: float = 0.0
 
     def counts(self) -> dict[str, int]:
         return {"jobs_examined": self.jobs_examined, "jobs_pruned": self.jobs_pruned,
-                "checkpoints_deleted": self.checkpoints_deleted}
+                "checkpoints_deleted": self.checkpoints_deleted, "run_records_deleted": self.run_records_deleted}
 
 
 def apply_retention(b: Backends, now: datetime | None = None) -> RetentionResult:
@@ -56,8 +58,13 @@ def apply_retention(b: Backends, now: datetime | None = None) -> RetentionResult
                     result.checkpoints_deleted += 1
             result.jobs_pruned += 1
             lease.keep_alive()
+        oldest_kept = f"{result.cutoff:%Y%m%dT%H%M%SZ}.json"
+        for key in list(b.objects.list("ops/runs/")):
+            if key.rsplit("/", 1)[1] < oldest_kept and b.objects.delete(key):  # names are UTC stamps
+                result.run_records_deleted += 1
     result.duration_ms = round((time.perf_counter() - started) * 1000, 3)
-    log.info("retention: %s checkpoint(s) of %s job(s) finished before %s deleted (%s jobs examined)",
-             result.checkpoints_deleted, result.jobs_pruned, result.cutoff.isoformat(timespec="seconds"),
-             result.jobs_examined, extra={"event": "retention_done", "count": result.checkpoints_deleted})
+    log.info("retention: %s checkpoint(s) of %s job(s) finished before %s deleted (%s jobs examined), "
+             "%s timer run record(s) deleted", result.checkpoints_deleted, result.jobs_pruned,
+             result.cutoff.isoformat(timespec="seconds"), result.jobs_examined, result.run_records_deleted,
+             extra={"event": "retention_done", "count": result.checkpoints_deleted})
     return result
