@@ -42,6 +42,9 @@ jobs_finished = _meter.create_counter("agent.jobs", unit="1", description="Finis
 job_duration = _meter.create_histogram(
     "agent.job.duration", unit="s", description="Submission to final checkpoint, queue time included"
 )
+budget_used = _meter.create_histogram(
+    "agent.budget.used", unit="%", description="A tenant's month-to-date tokens as a percentage of its monthly budget"
+)
 tokens = _meter.create_counter(
     "agent.tokens", unit="1", description="Model tokens by tenant and kind (prompt|completion)"
 )
@@ -103,6 +106,12 @@ def record_commit(tenant: str, job_created_at: datetime, cp: Checkpoint) -> None
         reason = cp.outcome.error.reason if cp.outcome.error else "none"
         jobs_finished.add(1, {"status": cp.outcome.status, "reason": reason})
         job_duration.record(max((cp.created_at - job_created_at).total_seconds(), 0.0), {"status": cp.outcome.status})
+
+
+def record_budget(tenant: str, month_total: int, budget: int) -> None:
+    """The tenant's month-to-date share of its budget: what the 80% alert compares, exactly."""
+    ensure_provider()
+    budget_used.record(100.0 * month_total / max(budget, 1), {"tenant": tenant})
 
 
 def record_step_failure(error: BaseException) -> None:

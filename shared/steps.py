@@ -232,6 +232,7 @@ def settle(b: Backends, job: Job, cp: Checkpoint) -> None:
     updated = b.jobs.update(job.id, lambda j: project(j, cp, lambda n: b.checkpoints.get(j.id, n)))
     before, after = b.ledger.record(job.tenant, month_of(job.created_at), job.id, cp.total_usage)
     budget = b.settings.budget_for(job.tenant)
+    metrics.record_budget(job.tenant, after, budget)
     if before < BUDGET_WARNING_RATIO * budget <= after:
         log.warning("tenant %s passed 80%% of its monthly token budget (%s of %s)", job.tenant, after, budget,
                     extra={"event": "budget_warning", "tenant": job.tenant})

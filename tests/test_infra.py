@@ -566,18 +566,14 @@ def test_token_alert_is_80_percent_of_the_monthly_budget(main: Template, modules
     alerts = _module(modules, "alerts")
     props, query = _log_alert(alerts, "customMetrics")
     criterion = props["criteria"]["allOf"][0]
-    assert 'where name == "agent.tokens"' in query
+    # The app records each tenant's month-to-date tokens as a % of its budget (shared/metrics.record_budget).
+    assert 'where name == "agent.budget.used"' in query
+    assert "where timestamp >= startofmonth(now())" in query
     assert "tostring(customDimensions.tenant)" in query
-    # The budget is the same parameter the app reads as MONTHLY_TOKEN_BUDGET.
-    budget = main.param("monthlyTokenBudget")["default"]
-    assert f"let defaultBudget = toreal({budget});" in query
-    assert "let tenantBudgets = dynamic({});" in query
-    assert _app_settings(main)["MONTHLY_TOKEN_BUDGET"] == str(budget)
-    assert "budget_percent = 100.0 * tokens * daysInMonth / budget" in query
+    assert "budget_percent = max(valueMax) by tenant" in query
     assert criterion["metricMeasureColumn"] == "budget_percent"
     assert (criterion["operator"], criterion["threshold"]) == ("GreaterThan", 80)
     assert criterion["dimensions"][0]["name"] == "tenant"
-    # Log alerts read at most two days; the rule projects one day over the month.
     assert props["windowSize"] == "P1D"
     assert _sends_to_the_action_group(props)
 

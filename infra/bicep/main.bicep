@@ -361,8 +361,6 @@ module alerts 'modules/alerts.bicep' = {
     appInsightsId: monitoring.outputs.appInsightsId
     serviceBusId: serviceBus.outputs.id
     queueName: queue.name
-    monthlyTokenBudget: monthlyTokenBudget
-    tenantTokenBudgets: tenantTokenBudgets
   }
 }
 

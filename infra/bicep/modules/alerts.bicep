@@ -11,8 +11,6 @@ param alertEmail string
 param appInsightsId string
 param serviceBusId string
 param queueName string
-param monthlyTokenBudget int
-param tenantTokenBudgets object
 
 resource actionGroup 'Microsoft.Insights/actionGroups@2023-01-01' = {
   name: actionGroupName
@@ -171,24 +169,17 @@ resource deadLetters 'Microsoft.Insights/metricAlerts@2018-03-01' = {
   }
 }
 
-// 月間トークン数が予算の 80% 超過, per tenant, from the app's custom metric agent.tokens
-// (customDimensions.tenant). A log alert reads at most two days of data, so a calendar-month sum
-// cannot be queried here. The rule instead projects the last 24 hours over the whole month:
-// a month can only end above 80% of a budget if some day burned more than 80% / (days in month)
-// of it, and that day trips this rule, before the month's total gets there.
-var tokenBudgetQueryTemplate = '''
-let defaultBudget = toreal(__DEFAULT_BUDGET__);
-let tenantBudgets = dynamic(__TENANT_BUDGETS__);
-let daysInMonth = toreal(dayofmonth(endofmonth(now())));
+// 月間トークン数が予算の 80% 超過, per tenant. The app records each tenant's month-to-date tokens as
+// a percentage of its own budget (MONTHLY_TOKEN_BUDGET / TENANT_TOKEN_BUDGETS) in the custom metric
+// agent.budget.used at every committed step, from the idempotent monthly ledger, so the alert reads
+// the exact month-to-date figure; a log query alone could not, as it sees at most two days of data.
+var tokenBudgetQuery = '''
 customMetrics
-| where name == "agent.tokens"
+| where name == "agent.budget.used"
+| where timestamp >= startofmonth(now())
 | extend tenant = tostring(customDimensions.tenant)
-| summarize tokens = sum(valueSum) by tenant
-| extend budget = coalesce(toreal(tenantBudgets[tenant]), defaultBudget)
-| project tenant, budget_percent = 100.0 * tokens * daysInMonth / budget
+| summarize budget_percent = max(valueMax) by tenant
 '''
-
-var tokenBudgetQuery = replace(replace(tokenBudgetQueryTemplate, '__DEFAULT_BUDGET__', string(monthlyTokenBudget)), '__TENANT_BUDGETS__', string(tenantTokenBudgets))
 
 resource tokenBudget 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
   name: '${namePrefix}-token-budget'
@@ -196,8 +187,8 @@ resource tokenBudget 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
   tags: tags
   kind: 'LogAlert'
   properties: {
-    displayName: '${namePrefix}: tokens on course for over 80% of the monthly budget'
-    description: 'Runbook: トークン使用量超過. At the last 24 hours\' pace a tenant uses over 80% of its monthly token budget (MONTHLY_TOKEN_BUDGET / TENANT_TOKEN_BUDGETS). Find the jobs using the most tokens, tighten rate limits, stop unneeded jobs, consider a larger budget.'
+    displayName: '${namePrefix}: monthly tokens over 80% of the budget'
+    description: 'Runbook: トークン使用量超過. A tenant used over 80% of its monthly token budget (MONTHLY_TOKEN_BUDGET / TENANT_TOKEN_BUDGETS). Find the jobs using the most tokens, tighten rate limits, stop unneeded jobs, consider a larger budget.'
     severity: 2
     enabled: true
     scopes: [
