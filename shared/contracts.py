@@ -81,11 +81,13 @@ class StepMessage(BaseModel):
     job_id: str
     step: int = Field(ge=1)
     attempt: int = Field(0, ge=0, description="Reschedules of this step after transient model errors.")
+    origin: str | None = Field(None, description="Message id of the re-submission this delivery descends from.")
 
     @property
     def message_id(self) -> str:
         # A reschedule is a new message: duplicate detection would drop a second "{job_id}:{step}".
-        base = f"{self.job_id}:{self.step}"
+        # Re-submitted steps carry their own id as origin, so their reschedules get fresh ids too.
+        base = self.origin or f"{self.job_id}:{self.step}"
         return f"{base}:a{self.attempt}" if self.attempt else base
 
 

@@ -181,7 +181,8 @@ def resubmit_job(b: Backends, job_id: str) -> ResubmitResult:
     history, entry = ResubmissionStore(b.objects).decide(job.id, f"operator:{token}", lambda _: Resubmission(
         key="", step=step, action="resubmitted", message_id=f"{job.id}:{step}:o{token}", cause="operator",
         detail="re-submitted by an operator"))
-    b.queue.send(StepMessage(job_id=job.id, step=step).model_dump_json().encode(), message_id=str(entry.message_id))
+    again = StepMessage(job_id=job.id, step=step, origin=str(entry.message_id))
+    b.queue.send(again.model_dump_json().encode(), message_id=again.message_id)
     b.jobs.update(job.id, project_count(history))
     log.warning("job %s: step %s re-submitted by an operator as %s", job.id, step, entry.message_id,
                 extra={"event": "job_resubmitted", "job_id": job.id, "step": step, "tenant": job.tenant})

@@ -210,7 +210,7 @@ def _reschedule(b: Backends, msg: StepMessage, exc: TransientModelError, *, coun
         raise exc  # the broker redelivers, then dead-letters; the sweep decides from there
     delay = exc.retry_after if exc.retry_after is not None else b.settings.step_retry_base_seconds * 2 ** (attempt - 1)
     delay = min(max(delay, 0.0), MAX_BACKOFF_SECONDS)
-    retry = StepMessage(job_id=msg.job_id, step=msg.step, attempt=attempt if count else msg.attempt)
+    retry = msg.model_copy(update={"attempt": attempt if count else msg.attempt})
     message_id = retry.message_id if count else f"{retry.message_id}:w{time.time_ns()}"
     b.queue.send(retry.model_dump_json().encode(), message_id=message_id,
                  scheduled_at=utcnow() + timedelta(seconds=delay))

@@ -11,7 +11,7 @@ from shared import jobs
 from shared.adapters.local.offline_model import OfflineModel
 from shared.composition import Backends
 from shared.contracts import StepMessage
-from shared.ports import ModelTurn
+from shared.ports import ModelTurn, TransientModelError
 from shared.runtime.consumer import QueueConsumer
 from shared.runtime.functions import discover
 from shared.steps import handle_step, project
@@ -155,3 +155,26 @@ def test_job_record_can_be_rebuilt_from_checkpoints(backends: Backends) -> None:
     assert project(rebuilt, last, lambda n: backends.checkpoints.get(job.id, n))
     assert (rebuilt.status, rebuilt.step, rebuilt.usage) == (job.status, job.step, job.usage)
     assert [p.step for p in rebuilt.progress] == [p.step for p in job.progress]
+
+
+class ThrottledModel:
+    name = "throttled"
+    offline = True
+
+    def complete(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> ModelTurn:
+        raise TransientModelError("429 from the model", retry_after=30)
+
+    def ping(self) -> None:
+        return None
+
+
+def test_a_resubmitted_step_reschedules_under_fresh_message_ids(backends: Backends) -> None:
+    """Duplicate detection must not swallow the reschedule of a re-submitted step (the job would stall)."""
+    backends.model = ThrottledModel()
+    job = submit(backends)
+    handle_step(backends, StepMessage(job_id=job.id, step=1).model_dump_json().encode())
+    resubmitted = StepMessage(job_id=job.id, step=1, origin=f"{job.id}:1:r7")
+    handle_step(backends, resubmitted.model_dump_json().encode())
+    assert backends.queue.counts().scheduled == 2  # both reschedules are waiting, neither was dropped
+    assert resubmitted.model_copy(update={"attempt": 1}).message_id == f"{job.id}:1:r7:a1"
+    assert StepMessage(job_id=job.id, step=1, attempt=1).message_id == f"{job.id}:1:a1"

@@ -206,7 +206,7 @@ def handle_dead_letter(b: Backends, message: QueueMessage, *, operator: bool = F
         history, entry = store.decide(job.id, dead_letter_key(message),
                                       lambda h: _choose(b, job, msg.step, message, h, operator))
         if entry.action == "resubmitted" and entry.message_id:
-            again = StepMessage(job_id=job.id, step=msg.step)
+            again = StepMessage(job_id=job.id, step=msg.step, origin=entry.message_id)
             b.queue.send(again.model_dump_json().encode(), message_id=entry.message_id)
         updated = b.jobs.update(job.id, _project(entry, history)) or job
         b.queue.complete_dead_letter(message)
