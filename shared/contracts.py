@@ -7,7 +7,7 @@ the API can all speak them.
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -22,7 +22,7 @@ _DOC_ID_RE = re.compile(DOC_ID_PATTERN)
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class Usage(BaseModel):
@@ -55,7 +55,9 @@ class Policy(BaseModel):
         default_factory=lambda: ["search_knowledge", "read_document", "save_note", "write_report"],
         description="Tools the agent may call; others are refused and the model is told.",
     )
-    require_citations: bool = Field(True, description="Fail with citations_missing when fewer than min_citations verify.")
+    require_citations: bool = Field(
+        True, description="Fail with citations_missing when fewer than min_citations verify."
+    )
     min_citations: int = Field(1, ge=0, le=100)
     max_report_chars: int = Field(20_000, ge=200, le=200_000)
     language: Literal["auto", "en", "ja"] = Field("auto", description="Report language; auto follows the question.")

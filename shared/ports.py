@@ -13,7 +13,6 @@ from typing import Any, Protocol, runtime_checkable
 
 from shared.contracts import Chunk, SearchHit, Usage
 
-
 # --- errors every adapter maps its SDK's errors to -------------------------------------------
 
 

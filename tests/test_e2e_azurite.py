@@ -6,9 +6,9 @@ import pytest
 
 from shared.adapters.azure.blob import AzureObjectStore
 from shared.store import CheckpointStore
+from tests.fixtures.app import wait_for
 from tests.fixtures.azurite import empty_account
 from tests.test_e2e_runtime import finished, ingest
-from tests.fixtures.app import wait_for
 
 pytestmark = pytest.mark.slow
 

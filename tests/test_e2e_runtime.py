@@ -36,7 +36,8 @@ def test_submit_poll_report_every_citation_resolves(runtime) -> None:  # type: i
         for question in QUESTIONS:
             r = client.post("/api/jobs", json={"task": question})
             assert r.status_code == 202
-            job = wait_for(lambda: finished(client, r.json()["id"]), timeout=60)
+            job_id = r.json()["id"]
+            job = wait_for(lambda: finished(client, job_id), timeout=60)  # noqa: B023 - used within the loop turn
             assert job["status"] == "succeeded", job
             report = client.get(f"/api/jobs/{job['id']}/report").json()
             markdown = client.get(f"/api/jobs/{job['id']}/report", headers={"Accept": "text/markdown"})

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from azure.functions.servicebus import ServiceBusMessage
 
@@ -91,10 +91,10 @@ class QueueConsumer:
             log.warning("lock on %s was lost before settling; it will be redelivered", m.message_id)
 
     def _renew(self, m: QueueMessage, done: threading.Event) -> None:
-        started = datetime.now(timezone.utc)
+        started = datetime.now(UTC)
         interval = max(self.queue.lock_seconds / 2, 0.05)
         while not done.wait(interval):
-            if (datetime.now(timezone.utc) - started).total_seconds() > self.max_lock_renewal_seconds:
+            if (datetime.now(UTC) - started).total_seconds() > self.max_lock_renewal_seconds:
                 return
             try:
                 self.queue.renew_lock(m)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from azure.functions.timer import TimerRequest
 from croniter import croniter
@@ -33,7 +33,7 @@ class TimerScheduler:
 
     def start(self) -> None:
         for timer in self.timers:
-            next_occurrence(timer.schedule, datetime.now(timezone.utc))  # fail fast on a bad schedule
+            next_occurrence(timer.schedule, datetime.now(UTC))  # fail fast on a bad schedule
             t = threading.Thread(target=self._loop, args=(timer,), name=f"timer-{timer.name}", daemon=True)
             t.start()
             self._threads.append(t)
@@ -45,17 +45,17 @@ class TimerScheduler:
 
     def _loop(self, timer: TimerFunction) -> None:
         if timer.run_on_startup:
-            self._fire(timer, past_due=False, due=datetime.now(timezone.utc))
-        due = next_occurrence(timer.schedule, datetime.now(timezone.utc))
+            self._fire(timer, past_due=False, due=datetime.now(UTC))
+        due = next_occurrence(timer.schedule, datetime.now(UTC))
         while not self._stopping.is_set():
-            wait = (due - datetime.now(timezone.utc)).total_seconds()
+            wait = (due - datetime.now(UTC)).total_seconds()
             if wait > 0 and self._stopping.wait(min(wait, 60.0)):
                 return
-            now = datetime.now(timezone.utc)
+            now = datetime.now(UTC)
             if now < due:
                 continue
             self._fire(timer, past_due=now - due > PAST_DUE_AFTER, due=due)
-            due = next_occurrence(timer.schedule, datetime.now(timezone.utc))
+            due = next_occurrence(timer.schedule, datetime.now(UTC))
 
     def _fire(self, timer: TimerFunction, *, past_due: bool, due: datetime) -> None:
         request = TimerRequest(past_due=past_due, schedule={"AdjustForDST": False},
