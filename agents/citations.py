@@ -6,8 +6,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from agents.state import SourceChunk
-from shared.contracts import Citation, chunk_key
+from shared.contracts import Chunk, Citation, chunk_key
 
 _MARKER = re.compile(r"\[(\d{1,3})\]")
 _WS = re.compile(r"\s+")
@@ -33,7 +32,7 @@ def _locate(quote: str, content: str) -> tuple[int, int] | None:
     return (match.start(), match.end()) if match else None
 
 
-def verify(markdown: str, proposed: list[dict[str, Any]], sources: dict[str, SourceChunk]) -> Verification:
+def verify(markdown: str, proposed: list[dict[str, Any]], sources: dict[str, Chunk]) -> Verification:
     """Keep the citations whose quote occurs in a chunk read in this job; report the rest.
 
     Every `[n]` in the text must map to one verified citation; entries never referenced in

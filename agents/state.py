@@ -6,21 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from shared.contracts import Report, chunk_key
-
-
-class SourceChunk(BaseModel):
-    """A chunk the agent read in this job: the only text a citation may quote."""
-
-    doc_id: str
-    chunk_id: int
-    title: str
-    url: str | None = None
-    content: str
-
-    @property
-    def key(self) -> str:
-        return chunk_key(self.doc_id, self.chunk_id)
+from shared.contracts import Chunk, Report
 
 
 class AgentState(BaseModel):
@@ -28,7 +14,9 @@ class AgentState(BaseModel):
     language: str = "en"
     messages: list[dict[str, Any]] = Field(default_factory=list,
                                            description="OpenAI-format turns after the system prompt.")
-    sources: dict[str, SourceChunk] = Field(default_factory=dict, description="chunk key -> chunk read in this job")
+    sources: dict[str, Chunk] = Field(
+        default_factory=dict, description="chunk key -> chunk read in this job: the only text a citation may quote"
+    )
     notes: list[str] = Field(default_factory=list)
     recalled: list[str] = Field(default_factory=list, description="Session memory seen at the start of the job.")
     repairs: int = 0

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from agents.state import AgentState, SourceChunk
+from agents.state import AgentState
 from shared.ports import KnowledgeIndex
 
 MAX_READ_CHUNKS = 6  # read_document without chunk_id returns at most this many chunks
@@ -124,8 +124,7 @@ class Toolbox:
             raise ToolRefused(f"no document {doc_id!r}" + (f" chunk {chunk_id}" if chunk_id is not None else ""))
         chunks = chunks[:MAX_READ_CHUNKS]
         for c in chunks:
-            source = SourceChunk(doc_id=c.doc_id, chunk_id=c.chunk_id, title=c.title, url=c.url, content=c.content)
-            state.sources[source.key] = source
+            state.sources[c.key] = c
         # The text goes back as a JSON field: it is data to quote, never instructions to follow.
         return json.dumps(
             {"chunks": [{"doc_id": c.doc_id, "chunk_id": c.chunk_id, "title": c.title, "content": c.content}
