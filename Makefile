@@ -41,6 +41,8 @@ serve: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/steps.py
+	$(PY) bench/search.py
+	$(PY) bench/api.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
