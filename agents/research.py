@@ -57,7 +57,8 @@ def start(task: str, policy: Policy, recalled: list[str]) -> AgentState:
 
 
 def run_step(state: AgentState, ctx: AgentContext) -> StepResult:
-    state = state.model_copy(deep=True)
+    """Advance state by one step. It works on state in place: pass a copy you own (the engine
+    passes the state it just loaded from the previous checkpoint)."""
     if state.pending_tool_calls():
         return _tool_step(state, ctx)
     return _model_step(state, ctx)

@@ -7,6 +7,7 @@ month's total is the sum over jobs.
 from __future__ import annotations
 
 import json
+import time
 from datetime import datetime
 
 from shared.contracts import Usage, utcnow
@@ -20,6 +21,8 @@ def month_of(when: datetime | None = None) -> str:
 class UsageLedger:
     def __init__(self, objects: ObjectStore) -> None:
         self.objects = objects
+        # Month totals this instance last wrote or read, for callers that accept a second's staleness.
+        self._recent: dict[tuple[str, str], tuple[float, Usage]] = {}
 
     @staticmethod
     def _key(tenant: str, month: str) -> str:
@@ -48,15 +51,27 @@ class UsageLedger:
                     self.objects.put_if_absent(self._key(tenant, month), data)
                 else:
                     self.objects.put(self._key(tenant, month), data, if_match=etag)
+                self._remember(tenant, month, jobs)
                 return before, after
             except PreconditionFailed:
                 continue
 
-    def total(self, tenant: str, month: str) -> Usage:
+    def total(self, tenant: str, month: str, *, max_age: float = 0.0) -> Usage:
+        """The tenant's month total; with max_age, a figure this instance saw that recently will do."""
+        if max_age:
+            seen = self._recent.get((tenant, month))
+            if seen is not None and time.monotonic() - seen[0] <= max_age:
+                return seen[1]
         jobs, _ = self._read(tenant, month)
-        total = Usage()
-        for entry in jobs.values():
-            total = total + Usage.model_validate(entry)
+        return self._remember(tenant, month, jobs)
+
+    def _remember(self, tenant: str, month: str, jobs: dict[str, dict[str, int]]) -> Usage:
+        total = Usage(
+            prompt_tokens=sum(e["prompt_tokens"] for e in jobs.values()),
+            completion_tokens=sum(e["completion_tokens"] for e in jobs.values()),
+            cached_tokens=sum(e.get("cached_tokens", 0) for e in jobs.values()),
+        )
+        self._recent[(tenant, month)] = (time.monotonic(), total)
         return total
 
     def by_job(self, tenant: str, month: str) -> dict[str, Usage]:

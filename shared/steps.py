@@ -33,6 +33,7 @@ from shared.ports import PermanentModelError, TransientModelError
 log = logging.getLogger("agent.steps")
 MAX_BACKOFF_SECONDS = 300.0
 BUDGET_WARNING_RATIO = 0.8
+BUDGET_STALENESS_SECONDS = 1.0
 
 
 class StepOutOfOrder(RuntimeError):
@@ -193,7 +194,8 @@ def _boundary(b: Backends, job: Job, step: int, total: Usage) -> Outcome | None:
         return _failed("policy_limit", f"used {total.total_tokens} of max_tokens={policy.max_tokens}; "
                                        "partial findings kept")
     budget = b.settings.budget_for(job.tenant)
-    if b.ledger.total(job.tenant, month_of()).total_tokens >= budget:
+    # A second-old figure is enough here: a budget stops jobs "at the next step", not mid-flight.
+    if b.ledger.total(job.tenant, month_of(), max_age=BUDGET_STALENESS_SECONDS).total_tokens >= budget:
         return _failed("budget_exceeded", f"tenant {job.tenant} used its monthly budget of {budget} tokens")
     return None
 

@@ -14,6 +14,7 @@ If that encoding cannot be loaded, counts fall back to a documented conservative
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -96,6 +97,12 @@ def count_tokens(text: str) -> int:
     """Tokens in text: exact cl100k_base when available, else the conservative estimate."""
     if not text:
         return 0
+    return _count_cached(text)
+
+
+@functools.lru_cache(maxsize=8192)
+def _count_cached(text: str) -> int:
+    # A job's earlier messages are counted again at every model turn; they never change.
     encode = _encoder()
     return len(encode(text)) if encode is not None else estimate_tokens(text)
 
