@@ -232,15 +232,23 @@ def settle(b: Backends, job: Job, cp: Checkpoint) -> None:
             findings = [c.quote for c in state.report.citations] + state.notes
             b.memory.remember(job.tenant, job.session_id, findings)
     updated = b.jobs.update(job.id, lambda j: project(j, cp, lambda n: b.checkpoints.get(j.id, n)))
+    # The ledger holds each job's running total (set, not added). A step that used no tokens leaves
+    # it unchanged, unless it ends the job: the final step re-sets it, which also repairs a ledger
+    # write lost to a crash after an earlier step's commit.
+    if cp.usage.total_tokens or cp.outcome is not None:
+        _record_usage(b, job, cp)
+    if cp.outcome is not None and updated is not None:
+        log.info("job %s %s after %s steps", job.id, cp.outcome.status, cp.step,
+                 extra={"event": "job_finished", "reason": cp.outcome.error.reason if cp.outcome.error else None})
+
+
+def _record_usage(b: Backends, job: Job, cp: Checkpoint) -> None:
     before, after = b.ledger.record(job.tenant, month_of(job.created_at), job.id, cp.total_usage)
     budget = b.settings.budget_for(job.tenant)
     metrics.record_budget(job.tenant, after, budget)
     if before < BUDGET_WARNING_RATIO * budget <= after:
         log.warning("tenant %s passed 80%% of its monthly token budget (%s of %s)", job.tenant, after, budget,
                     extra={"event": "budget_warning", "tenant": job.tenant})
-    if cp.outcome is not None and updated is not None:
-        log.info("job %s %s after %s steps", job.id, cp.outcome.status, cp.step,
-                 extra={"event": "job_finished", "reason": cp.outcome.error.reason if cp.outcome.error else None})
 
 
 def project(job: Job, cp: Checkpoint, load) -> bool:  # type: ignore[no-untyped-def]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from datetime import UTC, datetime
+import time
 
 from azure.functions.servicebus import ServiceBusMessage
 
@@ -40,12 +40,17 @@ class QueueConsumer:
         self._threads: list[threading.Thread] = []
         self.busy = 0
         self._busy_lock = threading.Lock()
+        self._in_flight: dict[int, tuple[QueueMessage, float]] = {}
 
     def start(self) -> None:
         for i in range(self.concurrency):
             t = threading.Thread(target=self._work, name=f"{self.function.name}-{i}", daemon=True)
             t.start()
             self._threads.append(t)
+        # One renewer for all in-flight messages: a thread per message would cost more than a short step.
+        renewer = threading.Thread(target=self._renew_locks, name=f"{self.function.name}-renew", daemon=True)
+        renewer.start()
+        self._threads.append(renewer)
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop taking messages and let in-flight steps finish (unfinished ones are redelivered)."""
@@ -65,24 +70,25 @@ class QueueConsumer:
                 self._invoke(m)
 
     def _invoke(self, m: QueueMessage) -> None:
+        key = id(m)
         with self._busy_lock:
             self.busy += 1
-        done = threading.Event()
-        renewer = threading.Thread(target=self._renew, args=(m, done), daemon=True)
-        renewer.start()
+            self._in_flight[key] = (m, time.monotonic())
         try:
             self.function.run(**{self.function.arg_name: to_functions_message(m)})
         except Exception as exc:  # noqa: BLE001 - the host abandons on any exception
-            done.set()
+            self._forget(key)
             log.warning("function %s failed on message %s (delivery %s): %s: %s", self.function.name,
                         m.message_id, m.delivery_count, type(exc).__name__, exc)
             self._settle(self.queue.abandon, m)
         else:
-            done.set()
+            self._forget(key)
             self._settle(self.queue.complete, m)
-        finally:
-            with self._busy_lock:
-                self.busy -= 1
+
+    def _forget(self, key: int) -> None:
+        with self._busy_lock:
+            self._in_flight.pop(key, None)
+            self.busy -= 1
 
     def _settle(self, action, m: QueueMessage) -> None:  # type: ignore[no-untyped-def]
         try:
@@ -90,13 +96,17 @@ class QueueConsumer:
         except MessageLockLost:
             log.warning("lock on %s was lost before settling; it will be redelivered", m.message_id)
 
-    def _renew(self, m: QueueMessage, done: threading.Event) -> None:
-        started = datetime.now(UTC)
+    def _renew_locks(self) -> None:
+        """Renew the locks of running steps every half lock duration, up to maxAutoLockRenewalDuration."""
         interval = max(self.queue.lock_seconds / 2, 0.05)
-        while not done.wait(interval):
-            if (datetime.now(UTC) - started).total_seconds() > self.max_lock_renewal_seconds:
-                return
-            try:
-                self.queue.renew_lock(m)
-            except MessageLockLost:
-                return
+        while not self._stopping.wait(interval):
+            with self._busy_lock:
+                running = list(self._in_flight.values())
+            now = time.monotonic()
+            for m, started in running:
+                if now - started > self.max_lock_renewal_seconds:
+                    continue
+                try:
+                    self.queue.renew_lock(m)
+                except MessageLockLost:
+                    pass  # settled meanwhile, or lost: the settle path reports it
