@@ -21,7 +21,7 @@ from shared.maintenance.resubmissions import JobNotResubmittable
 from shared.ports import ModelTurn, QueueMessage, TransientModelError
 from shared.runtime.consumer import QueueConsumer
 from shared.runtime.functions import discover
-from tests.fixtures.app import ingest_samples, wait_for
+from tests.fixtures.app import ingest_samples, run_at_once, wait_for
 
 QUESTION = "How are dead-lettered messages handled?"
 
@@ -156,22 +156,7 @@ def _timer(name: str):  # type: ignore[no-untyped-def]
 def test_two_concurrent_timer_runs_do_the_work_once(backends: Backends) -> None:
     ingest_samples(backends)
     fn = _timer("backup")
-    barrier = threading.Barrier(2)
-    errors: list[BaseException] = []
-
-    def fire() -> None:
-        barrier.wait()
-        try:
-            fn.run(timer=TimerRequest(past_due=False))
-        except BaseException as exc:  # noqa: BLE001
-            errors.append(exc)
-
-    threads = [threading.Thread(target=fire) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    assert not run_at_once(lambda: fn.run(timer=TimerRequest(past_due=False)))
     assert len(backup.list_backups(backends)) == 1
     # A late second instance, after the first finished, finds the occurrence's run record and skips too.
     fn.run(timer=TimerRequest(past_due=False))

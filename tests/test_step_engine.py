@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import pytest
@@ -15,7 +14,7 @@ from shared.ports import ModelTurn, TransientModelError
 from shared.runtime.consumer import QueueConsumer
 from shared.runtime.functions import discover
 from shared.steps import handle_step, project
-from tests.fixtures.app import ingest_samples, wait_for
+from tests.fixtures.app import ingest_samples, run_at_once, wait_for
 
 QUESTION = "How are dead-lettered messages handled?"
 
@@ -55,22 +54,7 @@ def test_duplicate_concurrent_delivery_commits_once_and_enqueues_once(backends: 
     backends.model = OfflineModel(latency_ms=200)  # both deliveries are mid-step at the same time
     job = submit(backends)
     [first] = backends.queue.receive(1)  # type: ignore[attr-defined]
-    barrier = threading.Barrier(2)
-    errors: list[BaseException] = []
-
-    def deliver() -> None:
-        barrier.wait()
-        try:
-            handle_step(backends, first.body)
-        except BaseException as exc:  # noqa: BLE001
-            errors.append(exc)
-
-    threads = [threading.Thread(target=deliver) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    assert not run_at_once(lambda: handle_step(backends, first.body))
     backends.queue.complete(first)  # type: ignore[attr-defined]
     assert backends.checkpoints.steps(job.id) == [1]
     waiting = backends.queue.receive(10)  # type: ignore[attr-defined]
