@@ -31,7 +31,7 @@ $(CHECKOV_STAMP):
 setup: $(STAMP) $(NODE_STAMP) $(CHECKOV_STAMP)
 
 demo: $(STAMP)
-	$(PY) -m shared.demo
+	$(PY) -m scripts.demo
 
 test: setup
 	$(PY) -m pytest

@@ -7,15 +7,17 @@ imports it too and discovers the same triggers through app.get_functions().
 import azure.functions as func
 
 from shared.api.app import create_api
-from shared.composition import get_backends
+from shared.bootstrap import get_backends
+from shared.engine.steps import handle_step
 from shared.maintenance import run_scheduled
-from shared.steps import handle_step
-from shared.telemetry import configure_telemetry
+from shared.observability.telemetry import configure_telemetry
+from shared.settings import get_settings
 
 configure_telemetry()
 
 # HTTP: the whole REST API is one ASGI app; it does its own API-key auth, so the host's is off.
-app = func.AsgiFunctionApp(app=create_api(), http_auth_level=func.AuthLevel.ANONYMOUS)
+# The backends are built on first use, not at import: the host indexes this module before any call.
+app = func.AsgiFunctionApp(app=create_api(get_backends, get_settings()), http_auth_level=func.AuthLevel.ANONYMOUS)
 
 
 @app.function_name("agent_step")

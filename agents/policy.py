@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from shared.contracts import Policy, PolicyOverrides
+from shared.errors import InvalidRequest
 
 
-class PolicyViolation(ValueError):
+class PolicyViolation(InvalidRequest):
+    kind = "policy"
+    fix = "ask for no more than the tenant's policy allows (see the tenant's TENANT_POLICIES entry)"
+
     def __init__(self, field: str, why: str) -> None:
-        super().__init__(f"policy.{field}: {why}")
+        super().__init__(f"policy.{field}: {why}", errors=[{"field": f"policy.{field}", "message": why}])
         self.field = field
         self.why = why
 

@@ -18,7 +18,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from shared.demo import ROOT, free_port, start_runtime, wait_healthy  # noqa: E402
+from scripts.demo import ROOT, free_port, start_runtime, wait_healthy  # noqa: E402
 from shared.settings import DEV_API_KEY  # noqa: E402
 
 

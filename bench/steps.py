@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agents import research  # noqa: E402
 from agents.state import AgentState  # noqa: E402
-from shared.chunking import parse_upload  # noqa: E402
 from shared.contracts import Policy  # noqa: E402
+from shared.services.knowledge import parse_upload  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 QUESTION = "How does the sweep handle dead-lettered messages after a crash?"
@@ -50,13 +50,13 @@ def corpus() -> list[Any]:
 def bench_engine(jobs: int, workers: int, data_dir: Path) -> dict[str, float]:
     os.environ["DATA_DIR"] = str(data_dir)
     os.environ["LOG_LEVEL"] = "WARNING"
-    from shared import jobs as job_service
-    from shared.api.routes_documents import index_documents
-    from shared.composition import get_backends
+    from shared.bootstrap import get_backends
     from shared.contracts import StepMessage
+    from shared.engine.steps import handle_step
     from shared.runtime.consumer import QueueConsumer
     from shared.runtime.functions import QueueFunction
-    from shared.steps import handle_step
+    from shared.services import jobs as job_service
+    from shared.services.knowledge import index_documents
 
     b = get_backends()
     index_documents(b, corpus())
@@ -125,7 +125,7 @@ def bench_langgraph(jobs: int, workers: int, data_dir: Path) -> dict[str, float]
 
     from shared.adapters.local.offline_model import OfflineModel
     from shared.adapters.local.search import LocalKnowledgeIndex
-    from shared.chunking import chunk_document
+    from shared.services.knowledge import chunk_document
     from shared.tokens import count_message_tokens
 
     index = LocalKnowledgeIndex(data_dir / "lg-search.sqlite3")

@@ -20,10 +20,6 @@ class PreconditionFailed(Exception):
     """A create-only write found the object, or an If-Match write found another ETag (HTTP 412/409)."""
 
 
-class DependencyUnavailable(Exception):
-    """A backing service could not be reached; the caller may retry."""
-
-
 # --- object storage (Blob Storage / embedded) --------------------------------------------------
 
 

@@ -15,11 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.composition import Backends
 from shared.contracts import Job, StepMessage
+from shared.engine.backends import Backends
+from shared.engine.steps import handle_step
 from shared.runtime.consumer import QueueConsumer
 from shared.runtime.functions import discover
-from shared.steps import handle_step
 from shared.text import split_sentences
 from tests.fixtures.app import wait_for
 from tests.fixtures.scripted_openai import Reply, ScriptedResponse, completion

@@ -8,12 +8,12 @@ import threading
 import pytest
 from fastapi.testclient import TestClient
 
-from shared import jobs
-from shared.composition import Backends
 from shared.contracts import StepMessage, Usage
-from shared.ledger import month_of
+from shared.engine.backends import Backends
+from shared.engine.ledger import month_of
 from shared.maintenance import sweep
 from shared.maintenance.lease import exclusive
+from shared.services import jobs
 from tests.fixtures.app import ingest_samples, wait_for
 
 KEYS = {"key-op": {"tenant": "ops", "role": "operator"}, "key-a": {"tenant": "acme", "role": "submitter"},
@@ -38,7 +38,7 @@ def keys(app_env: dict[str, str]) -> None:
 def client(backends: Backends) -> TestClient:
     from shared.api.app import create_api
 
-    with TestClient(create_api()) as c:
+    with TestClient(create_api(backends)) as c:
         yield c
 
 

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from agents.prompts import user_prompt
-from shared import jobs
-from shared.composition import Backends
-from shared.memory import SessionMemory
+from shared.engine.backends import Backends
+from shared.engine.memory import SessionMemory
+from shared.services import jobs
 from tests.agent_scripts import SCRIPTED_ENV, Researcher, run_steps, task_of
 from tests.fixtures.app import ingest_samples
 from tests.fixtures.scripted_openai import ScriptedOpenAI

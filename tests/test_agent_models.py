@@ -16,11 +16,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from agents.research import ELIDED
-from shared import jobs
-from shared.api.routes_documents import index_documents
-from shared.composition import Backends
 from shared.contracts import Document, Usage
-from shared.ledger import month_of
+from shared.engine.backends import Backends
+from shared.engine.ledger import month_of
+from shared.services import jobs
+from shared.services.knowledge import index_documents
 from shared.tokens import count_message_tokens
 from tests.agent_scripts import (
     SCRIPTED_ENV,

@@ -12,11 +12,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from agents.prompts import leaked_instructions
-from shared import jobs
-from shared.api.routes_documents import index_documents
-from shared.composition import Backends
 from shared.contracts import Document, Policy, Usage
-from shared.ledger import month_of
+from shared.engine.backends import Backends
+from shared.engine.ledger import month_of
+from shared.services import jobs
+from shared.services.knowledge import index_documents
 from shared.settings import DEV_API_KEY
 from tests.agent_scripts import (
     SCRIPTED_ENV,

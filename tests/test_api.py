@@ -7,8 +7,8 @@ import json
 import pytest
 from fastapi.testclient import TestClient
 
-from shared.composition import Backends
-from shared.ports import DependencyUnavailable
+from shared.engine.backends import Backends
+from shared.errors import DependencyUnavailable
 from tests.fixtures.app import ingest_samples
 
 KEYS = {"key-a": {"tenant": "acme", "role": "submitter"}, "key-b": {"tenant": "globex", "role": "submitter"},

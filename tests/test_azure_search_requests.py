@@ -25,7 +25,7 @@ from azure.core.rest._http_response_impl import HttpResponseImpl
 
 from shared.adapters.azure.search import AzureKnowledgeIndex, IndexingFailed, odata_string
 from shared.contracts import Chunk
-from shared.ports import DependencyUnavailable
+from shared.errors import DependencyUnavailable
 from shared.settings import Settings
 
 ENDPOINT = "https://agent-search-test.search.windows.net"

@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from shared import jobs
-from shared.api.routes_documents import index_documents
-from shared.composition import Backends
 from shared.contracts import Document
+from shared.engine.backends import Backends
 from shared.maintenance import backup
+from shared.services import jobs
+from shared.services.knowledge import index_documents
 from tests.fixtures.app import ingest_samples
 
 

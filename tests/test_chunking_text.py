@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from shared.chunking import chunk_document, parse_upload
 from shared.contracts import DOC_ID_PATTERN, Document, valid_doc_id
+from shared.services.knowledge import chunk_document, parse_upload
 from shared.text import best_snippet, detect_language, split_sentences, tokenize
 
 RUNBOOK_JA = """# 運用ランブック

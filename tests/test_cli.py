@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from shared import kql
+from shared.observability import kql
 from tests.fixtures.app import SAMPLES, RuntimeProcess, wait_for
 from tests.fixtures.cli import agentctl, run_cli
 from tests.fixtures.scripted_openai import ScriptedOpenAI

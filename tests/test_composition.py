@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from shared.composition import ConfigurationError, build_backends
+from shared.bootstrap import build_backends
+from shared.errors import ConfigurationError
 from shared.settings import Settings
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from shared.adapters.azure.blob import AzureObjectStore
-from shared.store import CheckpointStore
+from shared.engine.repositories import CheckpointStore
 from tests.fixtures.app import wait_for
 from tests.fixtures.azurite import empty_account
 from tests.test_e2e_runtime import finished, ingest

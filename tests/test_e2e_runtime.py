@@ -10,7 +10,7 @@ import pytest
 from shared.adapters.local.blobs import LocalObjectStore
 from shared.adapters.local.search import LocalKnowledgeIndex
 from shared.contracts import Usage
-from shared.store import CheckpointStore
+from shared.engine.repositories import CheckpointStore
 from tests.fixtures.app import SAMPLES, wait_for
 
 pytestmark = pytest.mark.slow

@@ -11,16 +11,16 @@ from typing import Any
 import pytest
 from azure.functions.timer import TimerRequest
 
-from shared import jobs, operations
 from shared.adapters.local.offline_model import OfflineModel
-from shared.composition import Backends
 from shared.contracts import Checkpoint, Job, Outcome, Policy, Report, StepMessage
+from shared.engine.backends import Backends
 from shared.maintenance import backup, retention, run_scheduled, sweep
 from shared.maintenance.lease import LeaseHeld, LeaseLost, acquire, exclusive, lease_key
 from shared.maintenance.resubmissions import JobNotResubmittable
 from shared.ports import ModelTurn, QueueMessage, TransientModelError
 from shared.runtime.consumer import QueueConsumer
 from shared.runtime.functions import discover
+from shared.services import jobs, operations
 from tests.fixtures.app import ingest_samples, run_at_once, wait_for
 
 QUESTION = "How are dead-lettered messages handled?"

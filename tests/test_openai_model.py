@@ -18,7 +18,8 @@ import pytest
 from azure.core.exceptions import ClientAuthenticationError
 
 from shared.adapters.azure.openai_model import OpenAIChatModel, from_settings, retry_after_seconds
-from shared.ports import ChatModel, DependencyUnavailable, PermanentModelError, TransientModelError
+from shared.errors import DependencyUnavailable
+from shared.ports import ChatModel, PermanentModelError, TransientModelError
 from shared.settings import Settings
 from shared.tokens import count_message_tokens, count_tokens, encoding_name, estimate_tokens
 from tests.fixtures.scripted_openai import ScriptedOpenAI, completion, content_filter_error, error

@@ -20,7 +20,7 @@ import httpx
 import pytest
 import typer
 
-from shared import kql
+from shared.observability import kql
 from tests.fixtures.app import ROOT, SAMPLES, RuntimeProcess, wait_for
 from tests.fixtures.cli import agentctl
 from tests.fixtures.scripted_openai import ScriptedOpenAI
@@ -134,7 +134,7 @@ def test_runbook_kql_is_the_cli_queries(runbook: Path) -> None:
 
 
 def command_paths() -> set[str]:
-    from shared.cli import app
+    from shared.cli.main import app
 
     root: Any = typer.main.get_command(app)
     paths = set()

@@ -6,14 +6,14 @@ from typing import Any
 
 import pytest
 
-from shared import jobs
 from shared.adapters.local.offline_model import OfflineModel
-from shared.composition import Backends
 from shared.contracts import StepMessage
+from shared.engine.backends import Backends
+from shared.engine.steps import handle_step, project
 from shared.ports import ModelTurn, TransientModelError
 from shared.runtime.consumer import QueueConsumer
 from shared.runtime.functions import discover
-from shared.steps import handle_step, project
+from shared.services import jobs
 from tests.fixtures.app import ingest_samples, run_at_once, wait_for
 
 QUESTION = "How are dead-lettered messages handled?"

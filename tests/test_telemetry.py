@@ -23,7 +23,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 IKEY = "00000000-0000-0000-0000-000000000000"
 
-# Imports metrics before configuring, as function_app does (through shared.steps): the instruments are
+# Imports metrics before configuring, as function_app does (through shared.engine.steps): the instruments are
 # proxies until the distro sets its MeterProvider. Configures three times, the last through a fresh copy
 # of the module, as a Functions worker importing function_app again would.
 EXPORTING_SCRIPT = """
@@ -35,14 +35,14 @@ from opentelemetry._logs import get_logger_provider
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from opentelemetry.sdk._logs import LoggerProvider
 
-from shared import metrics
+from shared.observability import metrics
 from shared.contracts import Checkpoint, Usage, utcnow
-from shared.logs import job_context
-import shared.telemetry
+from shared.observability.logs import job_context
+import shared.observability.telemetry
 
-shared.telemetry.configure_telemetry(offline_storage=False)
-shared.telemetry.configure_telemetry(offline_storage=False)
-importlib.reload(shared.telemetry).configure_telemetry(offline_storage=False)
+shared.observability.telemetry.configure_telemetry(offline_storage=False)
+shared.observability.telemetry.configure_telemetry(offline_storage=False)
+importlib.reload(shared.observability.telemetry).configure_telemetry(offline_storage=False)
 
 log = logging.getLogger("agent.steps")
 with job_context(job_id="job-x", step=3, tenant="acme"):
@@ -68,8 +68,8 @@ print(json.dumps({
 
 JSON_SCRIPT = """
 import logging
-from shared.logs import job_context
-from shared.telemetry import configure_telemetry
+from shared.observability.logs import job_context
+from shared.observability.telemetry import configure_telemetry
 
 configure_telemetry()
 configure_telemetry()

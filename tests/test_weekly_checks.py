@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from shared.composition import Backends
 from shared.contracts import Job, JobError, Policy, StepSummary, Usage
+from shared.engine.backends import Backends
 from shared.maintenance import checks
 
 NOW = datetime(2025, 3, 10, 0, 0, tzinfo=UTC)  # a Monday, when the weekly timer fires

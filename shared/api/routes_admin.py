@@ -1,75 +1,53 @@
 """/api/admin: the runbook's operations over HTTP, for operator keys only (a submitter key gets 403).
 
-Each route is one call into the same services the timers and the CLI use (shared/operations.py,
+Each route is one call into the same services the timers and the CLI use (shared/services/operations.py,
 shared/maintenance/*), so every way of running an operation does the same thing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, Field
 
-from shared import operations
-from shared.api.problems import Problem
+from shared.api.deps import BackendsDep
 from shared.api.security import OperatorDep
-from shared.composition import get_backends
 from shared.contracts import Job, JobStatus
 from shared.maintenance import backup, checks, retention, sweep
-from shared.maintenance.lease import LeaseHeld, LeaseLost
+from shared.services import operations
 
 router = APIRouter(prefix="/api/admin", tags=["admin"])
-
-
-@contextmanager
-def _problems() -> Iterator[None]:
-    """The maintenance errors as problem details (the job service's have app-wide handlers)."""
-    try:
-        yield
-    except (LeaseHeld, LeaseLost) as exc:
-        raise Problem(409, str(exc), kind="operation-running") from None
-    except (operations.DeadLetterNotFound, backup.BackupNotFound) as exc:
-        raise Problem(404, str(exc).strip("'\""), kind="not-found") from None
-    except backup.RestoreMismatch as exc:
-        raise Problem(422, f"restore refused: {exc}", kind="restore-mismatch") from None
-    except (operations.JobNotResubmittable, operations.JobNotRerunnable) as exc:
-        raise Problem(409, str(exc), kind="job-state") from None
 
 
 # --- queue and dead letters ---------------------------------------------------------------------------
 
 
 @router.get("/queue", response_model=operations.QueueStatus, summary="Message counts of the step queue")
-def get_queue(caller: OperatorDep) -> operations.QueueStatus:
-    return operations.queue_status(get_backends())
+def get_queue(caller: OperatorDep, b: BackendsDep) -> operations.QueueStatus:
+    return operations.queue_status(b)
 
 
 @router.get("/dlq", response_model=list[operations.DeadLetter], summary="Dead-lettered steps, oldest first")
-def list_dead_letters(caller: OperatorDep,
+def list_dead_letters(caller: OperatorDep, b: BackendsDep,
                       limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[operations.DeadLetter]:
-    return operations.dead_letters(get_backends(), limit)
+    return operations.dead_letters(b, limit)
 
 
 @router.post("/dlq/sweep", response_model=sweep.SweepResult, summary="Run the dead-letter sweep now")
-def run_sweep(caller: OperatorDep) -> sweep.SweepResult:
-    with _problems():
-        return sweep.sweep_dead_letters(get_backends())
+def run_sweep(caller: OperatorDep, b: BackendsDep) -> sweep.SweepResult:
+    return sweep.sweep_dead_letters(b)
 
 
 @router.get("/dlq/{message_id}", response_model=operations.DeadLetter, summary="One dead-lettered step")
-def get_dead_letter(message_id: str, caller: OperatorDep) -> operations.DeadLetter:
-    with _problems():
-        return operations.dead_letter(get_backends(), message_id)
+def get_dead_letter(message_id: str, caller: OperatorDep, b: BackendsDep) -> operations.DeadLetter:
+    return operations.dead_letter(b, message_id)
 
 
 @router.post("/dlq/{message_id}/resubmit", response_model=sweep.DeadLetterAction,
              summary="Send a dead-lettered step again (new message id), whatever its cause")
-def resubmit_dead_letter(message_id: str, caller: OperatorDep) -> sweep.DeadLetterAction:
-    with _problems():
-        return operations.resubmit_dead_letter(get_backends(), message_id)
+def resubmit_dead_letter(message_id: str, caller: OperatorDep, b: BackendsDep) -> sweep.DeadLetterAction:
+    return operations.resubmit_dead_letter(b, message_id)
 
 
 class Purged(BaseModel):
@@ -77,23 +55,21 @@ class Purged(BaseModel):
 
 
 @router.delete("/dlq", response_model=Purged, summary="Purge the dead-letter queue")
-def purge_dead_letters(caller: OperatorDep) -> Purged:
-    with _problems():
-        return Purged(purged=operations.purge_dead_letters(get_backends()))
+def purge_dead_letters(caller: OperatorDep, b: BackendsDep) -> Purged:
+    return Purged(purged=operations.purge_dead_letters(b))
 
 
 # --- backups --------------------------------------------------------------------------------------------
 
 
 @router.post("/backups", status_code=201, response_model=backup.BackupManifest, summary="Take a backup now")
-def create_backup(caller: OperatorDep) -> backup.BackupManifest:
-    with _problems():
-        return backup.run_backup(get_backends())
+def create_backup(caller: OperatorDep, b: BackendsDep) -> backup.BackupManifest:
+    return backup.run_backup(b)
 
 
 @router.get("/backups", response_model=list[backup.BackupManifest], summary="Complete backups, newest first")
-def list_backups(caller: OperatorDep) -> list[backup.BackupManifest]:
-    return backup.list_backups(get_backends())
+def list_backups(caller: OperatorDep, b: BackendsDep) -> list[backup.BackupManifest]:
+    return backup.list_backups(b)
 
 
 class RestoreRequest(BaseModel):
@@ -102,30 +78,27 @@ class RestoreRequest(BaseModel):
 
 @router.post("/restore", response_model=backup.RestoreResult,
              summary="Rebuild the knowledge index from a backup, verified against its manifest")
-def restore_backup(body: RestoreRequest, caller: OperatorDep) -> backup.RestoreResult:
-    with _problems():
-        return backup.restore(get_backends(), body.backup_id)
+def restore_backup(body: RestoreRequest, caller: OperatorDep, b: BackendsDep) -> backup.RestoreResult:
+    return backup.restore(b, body.backup_id)
 
 
 # --- checks, usage, retention ---------------------------------------------------------------------------
 
 
 @router.post("/checks", response_model=checks.OpsReport, summary="Run the weekly operations checks now")
-def run_checks(caller: OperatorDep) -> checks.OpsReport:
-    with _problems():
-        return checks.run_weekly_checks(get_backends())
+def run_checks(caller: OperatorDep, b: BackendsDep) -> checks.OpsReport:
+    return checks.run_weekly_checks(b)
 
 
 @router.get("/usage", response_model=operations.UsageReport, summary="Tokens by tenant against budget")
-def get_usage(caller: OperatorDep,
+def get_usage(caller: OperatorDep, b: BackendsDep,
               month: Annotated[str | None, Query(pattern=r"^\d{4}-(0[1-9]|1[0-2])$")] = None) -> operations.UsageReport:
-    return operations.usage(get_backends(), month)
+    return operations.usage(b, month)
 
 
 @router.post("/retention", response_model=retention.RetentionResult, summary="Apply checkpoint retention now")
-def run_retention(caller: OperatorDep) -> retention.RetentionResult:
-    with _problems():
-        return retention.apply_retention(get_backends())
+def run_retention(caller: OperatorDep, b: BackendsDep) -> retention.RetentionResult:
+    return retention.apply_retention(b)
 
 
 # --- jobs of every tenant --------------------------------------------------------------------------------
@@ -133,26 +106,24 @@ def run_retention(caller: OperatorDep) -> retention.RetentionResult:
 
 @router.get("/jobs", response_model=operations.JobList, summary="Jobs of every tenant (or one), newest first")
 def list_jobs(
-    caller: OperatorDep,
+    caller: OperatorDep, b: BackendsDep,
     status: JobStatus | None = None,
     tenant: Annotated[str | None, Query(max_length=100)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> operations.JobList:
-    return operations.list_jobs(get_backends(), status=status, tenant=tenant, limit=limit, cursor=cursor)
+    return operations.list_jobs(b, status=status, tenant=tenant, limit=limit, cursor=cursor)
 
 
 @router.post("/jobs/{job_id}/resubmit", status_code=202, response_model=operations.ResubmitResult,
              summary="Send the job's next step again with a new message id")
-def resubmit_job(job_id: str, caller: OperatorDep) -> operations.ResubmitResult:
-    with _problems():
-        return operations.resubmit_job(get_backends(), job_id)
+def resubmit_job(job_id: str, caller: OperatorDep, b: BackendsDep) -> operations.ResubmitResult:
+    return operations.resubmit_job(b, job_id)
 
 
 @router.post("/jobs/{job_id}/rerun", status_code=202, response_model=Job,
              summary="Run a finished job's task again as a new job (same tenant, task, session, policy)")
-def rerun_job(job_id: str, caller: OperatorDep, response: Response) -> Job:
-    with _problems():
-        job = operations.rerun_job(get_backends(), job_id)
+def rerun_job(job_id: str, caller: OperatorDep, b: BackendsDep, response: Response) -> Job:
+    job = operations.rerun_job(b, job_id)
     response.headers["Location"] = f"/api/jobs/{job.id}"
     return job

@@ -8,10 +8,10 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 
-from shared import jobs
+from shared.api.deps import BackendsDep
 from shared.api.security import CallerDep
-from shared.composition import get_backends
 from shared.contracts import Citation, Job, JobError, JobStatus
+from shared.services import jobs
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 
@@ -35,10 +35,10 @@ class ReportView(BaseModel):
 
 @router.post("", status_code=202, response_model=Job, summary="Submit a research job")
 def submit_job(
-    body: jobs.JobRequest, caller: CallerDep, request: Request, response: Response,
+    body: jobs.JobRequest, caller: CallerDep, b: BackendsDep, request: Request, response: Response,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> Job:
-    job, created = jobs.submit(get_backends(), caller.tenant, body, idempotency_key)
+    job, created = jobs.submit(b, caller.tenant, body, idempotency_key)
     response.headers["Location"] = str(request.url_for("get_job", job_id=job.id).path)
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
@@ -47,31 +47,31 @@ def submit_job(
 
 @router.get("", response_model=JobPageView, summary="The caller's jobs, newest first")
 def list_jobs(
-    caller: CallerDep,
+    caller: CallerDep, b: BackendsDep,
     status: JobStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> JobPageView:
-    page = jobs.list_jobs(get_backends(), caller.tenant, status=status, limit=limit, cursor=cursor)
+    page = jobs.list_jobs(b, caller.tenant, status=status, limit=limit, cursor=cursor)
     return JobPageView(jobs=page.jobs, next_cursor=page.next_cursor)
 
 
 @router.get("/{job_id}", response_model=Job, summary="Status, progress per step, usage, error")
-def get_job(job_id: str, caller: CallerDep) -> Job:
-    return jobs.get(get_backends(), caller.tenant, job_id)
+def get_job(job_id: str, caller: CallerDep, b: BackendsDep) -> Job:
+    return jobs.get(b, caller.tenant, job_id)
 
 
 @router.post("/{job_id}/cancel", status_code=202, response_model=Job, summary="Cancel at the next step boundary")
-def cancel_job(job_id: str, caller: CallerDep) -> Job:
-    return jobs.cancel(get_backends(), caller.tenant, job_id)
+def cancel_job(job_id: str, caller: CallerDep, b: BackendsDep) -> Job:
+    return jobs.cancel(b, caller.tenant, job_id)
 
 
 @router.get(
     "/{job_id}/report", response_model=ReportView, summary="The cited report (Markdown with Accept: text/markdown)",
     responses={200: {"content": {"text/markdown": {}}}},
 )
-def get_report(job_id: str, caller: CallerDep, accept: Annotated[str, Header()] = "application/json"):  # type: ignore[no-untyped-def]
-    job, report = jobs.report(get_backends(), caller.tenant, job_id)
+def get_report(job_id: str, caller: CallerDep, b: BackendsDep, accept: Annotated[str, Header()] = "application/json"):  # type: ignore[no-untyped-def]
+    job, report = jobs.report(b, caller.tenant, job_id)
     if "text/markdown" in accept:
         return PlainTextResponse(render_markdown(report), media_type="text/markdown; charset=utf-8")
     return ReportView(job_id=job.id, status=job.status, error=job.error, **report.model_dump())

@@ -9,9 +9,15 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import Response
 
-from shared import metrics
-from shared.api.problems import Problem
 from shared.api.security import OperatorDep
+from shared.errors import NotFound
+from shared.observability import metrics
+
+
+class MetricsInAzureMonitor(NotFound):
+    kind = "metrics-in-azure-monitor"
+    fix = "query customMetrics in Application Insights"
+
 
 router = APIRouter(prefix="/api", tags=["operations"])
 
@@ -22,6 +28,6 @@ router = APIRouter(prefix="/api", tags=["operations"])
 )
 def get_metrics(caller: OperatorDep) -> Response:
     if metrics.azure_monitor_owns_metrics():
-        raise Problem(404, "metrics are exported to Application Insights (customMetrics, e.g. agent.tokens); "
-                           "GET /api/metrics serves the embedded runtime only", kind="metrics-in-azure-monitor")
+        raise MetricsInAzureMonitor("metrics are exported to Application Insights (customMetrics, e.g. agent.tokens); "
+                           "GET /api/metrics serves the embedded runtime only")
     return Response(metrics.prometheus_text(), media_type=metrics.PROMETHEUS_CONTENT_TYPE)

@@ -11,8 +11,9 @@ from typing import Annotated
 from fastapi import Depends, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.api.problems import Problem, problem_response
-from shared.settings import get_settings
+from shared.api.deps import backends
+from shared.api.problems import problem_response
+from shared.errors import Forbidden, PayloadTooLarge, TooManyRequests, Unauthorized
 
 
 @dataclass(frozen=True)
@@ -56,27 +57,26 @@ limiter = RateLimiter()
 
 
 def authenticate(request: Request) -> Caller:
-    settings = get_settings()
+    settings = backends(request).settings
     presented = _presented_key(request)
     if not presented:
-        raise Problem(401, "send an API key in X-API-Key or Authorization: Bearer", kind="unauthorized",
-                      headers={"WWW-Authenticate": "Bearer"})
+        raise Unauthorized("send an API key in X-API-Key or Authorization: Bearer")
     for key, entry in settings.api_keys.items():
         if hmac.compare_digest(key.encode(), presented.encode()):
             caller = Caller(tenant=entry.tenant, role=entry.role, key_id=f"{entry.tenant}:{key[:4]}…")
             break
     else:
-        raise Problem(401, "the API key is not valid", kind="unauthorized", headers={"WWW-Authenticate": "Bearer"})
+        raise Unauthorized("the API key is not valid")
     wait = limiter.allow(key, settings.rate_limit_per_minute)
     if wait:
-        raise Problem(429, f"rate limit of {settings.rate_limit_per_minute} requests per minute exceeded",
-                      kind="rate-limited", headers={"Retry-After": str(max(1, round(wait)))})
+        raise TooManyRequests(f"rate limit of {settings.rate_limit_per_minute} requests per minute exceeded",
+                              headers={"Retry-After": str(max(1, round(wait)))})
     return caller
 
 
 def require_operator(caller: Annotated[Caller, Depends(authenticate)]) -> Caller:
     if caller.role != "operator":
-        raise Problem(403, "this operation needs an operator key", kind="forbidden")
+        raise Forbidden("this operation needs an operator key")
     return caller
 
 
@@ -116,8 +116,8 @@ class BodySizeLimit:
             await self._too_large(scope, receive, send)
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = problem_response(413, f"request body is larger than {self.max_bytes} bytes",
-                                    kind="too-large", instance=scope.get("path"))
+        response = problem_response(PayloadTooLarge(f"request body is larger than {self.max_bytes} bytes"),
+                                    scope.get("path"))
         await response(scope, receive, send)
 
 

@@ -23,8 +23,8 @@ from datetime import datetime, timedelta
 from croniter import croniter
 from pydantic import BaseModel
 
-from shared.composition import Backends
 from shared.contracts import utcnow
+from shared.engine.backends import Backends
 from shared.maintenance import backup, checks, retention, sweep
 from shared.maintenance.lease import LeaseHeld, exclusive
 from shared.settings import resolve_binding_expression

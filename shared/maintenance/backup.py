@@ -30,8 +30,9 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field, ValidationError
 
-from shared.composition import Backends
 from shared.contracts import Chunk, utcnow
+from shared.engine.backends import Backends
+from shared.errors import InvalidRequest, NotFound
 from shared.maintenance.lease import exclusive
 from shared.ports import PreconditionFailed
 
@@ -47,12 +48,21 @@ FORMAT = 1
 _ID_RE = re.compile(r"^\d{8}T\d{6}Z(-\d+)?$")
 
 
-class BackupNotFound(LookupError):
-    pass
+class BackupNotFound(NotFound):
+    fix = "pick a backup id from `agentctl backup list` (GET /api/admin/backups)"
 
 
-class RestoreMismatch(Exception):
+class RestoreMismatch(InvalidRequest):
     """The backup, or the index rebuilt from it, is not what the manifest says."""
+
+    kind = "restore-mismatch"
+    fix = (
+        "the backup does not match what it claims (missing or changed files); pick another one with "
+        "`agentctl backup list`"
+    )
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"restore refused: {detail}")
 
 
 class BackupFile(BaseModel):

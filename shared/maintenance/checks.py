@@ -22,9 +22,9 @@ from datetime import datetime, timedelta
 
 from pydantic import BaseModel, Field
 
-from shared.composition import Backends
 from shared.contracts import Job, utcnow
-from shared.ledger import month_of
+from shared.engine.backends import Backends
+from shared.engine.ledger import month_of
 from shared.maintenance.backup import list_backups
 from shared.maintenance.lease import exclusive
 

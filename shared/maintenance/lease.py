@@ -31,6 +31,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
 
+from shared.errors import OperationRunning
 from shared.ports import ObjectStore, PreconditionFailed
 
 log = logging.getLogger("agent.maintenance")
@@ -39,7 +40,7 @@ DEFAULT_TTL_SECONDS = 300.0
 _ATTEMPTS = 3
 
 
-class LeaseHeld(Exception):
+class LeaseHeld(OperationRunning):
     """Another instance holds the lease; the work is being done there."""
 
     def __init__(self, name: str, holder: str, expires_at: datetime | None) -> None:
@@ -48,7 +49,7 @@ class LeaseHeld(Exception):
         self.name, self.holder, self.expires_at = name, holder, expires_at
 
 
-class LeaseLost(Exception):
+class LeaseLost(OperationRunning):
     """Our lease expired and another instance took it over; stop before doing the work twice."""
 
 

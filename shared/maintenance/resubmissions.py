@@ -20,6 +20,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from shared.contracts import Job, utcnow
+from shared.errors import Conflict
 from shared.ports import ObjectStore, PreconditionFailed, QueueMessage
 
 Action = Literal["resubmitted", "failed", "cancelled", "stale", "superseded"]
@@ -54,8 +55,10 @@ class ResubmissionLog(BaseModel):
         return any(e.action == "resubmitted" and e.step == step and e.at > enqueued_at for e in self.entries)
 
 
-class JobNotResubmittable(Exception):
+class JobNotResubmittable(Conflict):
     """The job has finished (or is gone); sending its step again would do nothing. Re-run it instead."""
+
+    kind = "job-state"
 
 
 def dead_letter_key(message: QueueMessage) -> str:

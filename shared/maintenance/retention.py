@@ -18,8 +18,8 @@ from datetime import datetime, timedelta
 
 from pydantic import BaseModel, Field
 
-from shared.composition import Backends
 from shared.contracts import utcnow
+from shared.engine.backends import Backends
 from shared.maintenance.lease import exclusive
 
 log = logging.getLogger("agent.maintenance")

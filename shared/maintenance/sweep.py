@@ -35,9 +35,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
-from shared.composition import Backends
 from shared.contracts import Job, JobError, StepMessage, utcnow
-from shared.logs import job_context
+from shared.engine.backends import Backends
 from shared.maintenance.lease import exclusive
 from shared.maintenance.resubmissions import (
     JobNotResubmittable,
@@ -46,6 +45,7 @@ from shared.maintenance.resubmissions import (
     ResubmissionStore,
     dead_letter_key,
 )
+from shared.observability.logs import job_context
 from shared.ports import QueueMessage
 
 log = logging.getLogger("agent.maintenance")

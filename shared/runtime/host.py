@@ -57,15 +57,15 @@ def main(argv: list[str] | None = None) -> int:
 
     import uvicorn
 
+    from shared.observability.telemetry import configure_telemetry
     from shared.settings import get_settings
-    from shared.telemetry import configure_telemetry
 
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     configure_telemetry(settings, log_file=settings.data_dir / "logs" / "runtime.jsonl")
 
     from shared.adapters.local.queue import LocalQueue
-    from shared.composition import get_backends
+    from shared.bootstrap import get_backends
     from shared.runtime.consumer import QueueConsumer
     from shared.runtime.functions import discover
     from shared.runtime.timers import TimerScheduler

@@ -23,9 +23,9 @@ import pytest
 
 from shared.adapters.azure.search import AzureKnowledgeIndex
 from shared.adapters.local.search import LocalKnowledgeIndex
-from shared.chunking import chunk_document
 from shared.contracts import Chunk, Document
 from shared.ports import KnowledgeIndex
+from shared.services.knowledge import chunk_document
 
 T = TypeVar("T")
 

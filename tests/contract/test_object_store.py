@@ -23,7 +23,8 @@ import pytest
 
 from shared.adapters.azure.blob import AzureObjectStore
 from shared.adapters.local.blobs import LocalObjectStore
-from shared.ports import DependencyUnavailable, ObjectStore, PreconditionFailed
+from shared.errors import DependencyUnavailable
+from shared.ports import ObjectStore, PreconditionFailed
 from shared.settings import Settings
 
 

@@ -25,7 +25,8 @@ import pytest
 
 from shared.adapters.local.queue import LocalQueue
 from shared.contracts import utcnow
-from shared.ports import DependencyUnavailable, QueueCounts, QueueMessage, StepQueue
+from shared.errors import DependencyUnavailable
+from shared.ports import QueueCounts, QueueMessage, StepQueue
 from shared.settings import Settings
 
 

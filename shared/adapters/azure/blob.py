@@ -21,7 +21,8 @@ from azure.core.exceptions import (
 )
 from azure.storage.blob import BlobServiceClient, ExponentialRetry, StorageErrorCode
 
-from shared.ports import DependencyUnavailable, PreconditionFailed, StoredObject
+from shared.errors import DependencyUnavailable
+from shared.ports import PreconditionFailed, StoredObject
 from shared.settings import Settings
 
 T = TypeVar("T")

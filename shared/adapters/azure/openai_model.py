@@ -21,7 +21,8 @@ from azure.identity import DefaultAzureCredential, get_bearer_token_provider
 from openai.types.chat import ChatCompletion
 
 from shared.contracts import Usage
-from shared.ports import DependencyUnavailable, ModelTurn, PermanentModelError, ToolCall, TransientModelError
+from shared.errors import DependencyUnavailable
+from shared.ports import ModelTurn, PermanentModelError, ToolCall, TransientModelError
 from shared.settings import Settings
 
 AZURE_OPENAI_SCOPE = "https://cognitiveservices.azure.com/.default"

@@ -41,7 +41,7 @@ from azure.search.documents.indexes.models import (
 from azure.search.documents.models import IndexingResult, VectorizedQuery
 
 from shared.contracts import Chunk, SearchHit
-from shared.ports import DependencyUnavailable
+from shared.errors import DependencyUnavailable
 from shared.settings import Settings
 from shared.text import best_snippet, tokenize
 

@@ -44,7 +44,8 @@ from azure.servicebus.exceptions import (
 )
 from azure.servicebus.management import ServiceBusAdministrationClient
 
-from shared.ports import DependencyUnavailable, QueueCounts, QueueMessage
+from shared.errors import DependencyUnavailable
+from shared.ports import QueueCounts, QueueMessage
 from shared.settings import Settings
 
 # Errors that mean "Service Bus could not be reached right now"; the rest (auth, missing

@@ -27,7 +27,8 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from shared.ports import DependencyUnavailable, PreconditionFailed, StoredObject
+from shared.errors import DependencyUnavailable
+from shared.ports import PreconditionFailed, StoredObject
 
 DB_FILE = "objects.sqlite3"
 

@@ -32,7 +32,8 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from shared.ports import DependencyUnavailable, QueueCounts, QueueMessage
+from shared.errors import DependencyUnavailable
+from shared.ports import QueueCounts, QueueMessage
 
 log = logging.getLogger("agent." + __name__.rsplit(".", 1)[-1])
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.contracts import Chunk, SearchHit
-from shared.ports import DependencyUnavailable
+from shared.errors import DependencyUnavailable
 from shared.text import best_snippet, tokenize
 
 SCHEMA_VERSION = 1

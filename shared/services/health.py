@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from shared.composition import Backends
+from shared.engine.backends import Backends
 
 
 def _timed(check: Callable[[], Any]) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import logging
 import threading
 from pathlib import Path
 
-from shared.logs import add_job_dimensions, configure_json_logging
+from shared.observability.logs import add_job_dimensions, configure_json_logging
 from shared.settings import Settings, get_settings
 
 AGENT_LOGGER = "agent"

@@ -15,8 +15,8 @@ from typing import Annotated, Any
 
 import typer
 
-from shared import kql
-from shared.cli_output import CliError, JsonOpt, emit
+from shared.cli.output import CliError, JsonOpt, emit
+from shared.observability import kql
 
 LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
 _DURATION = re.compile(r"^(\d+)([smhd])$")

@@ -6,10 +6,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from shared.cli_output import JsonOpt, backends, emit, table
+from shared.cli.output import JsonOpt, backends, emit, table
 
 if TYPE_CHECKING:
-    from shared.composition import Backends
+    from shared.engine.backends import Backends
 
 
 def usage(
@@ -18,7 +18,7 @@ def usage(
     as_json: JsonOpt = False,
 ) -> None:
     """Tokens by tenant for the month against budget, % used, a warning over 80%; and the largest jobs."""
-    from shared import operations
+    from shared.services import operations
 
     b = backends()
     report = operations.usage(b, month)

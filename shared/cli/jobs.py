@@ -9,7 +9,7 @@ from typing import Annotated, Any, get_args
 
 import typer
 
-from shared.cli_output import CliError, JsonOpt, backends, emit, fields, table
+from shared.cli.output import CliError, JsonOpt, backends, emit, fields, table
 from shared.contracts import Job, JobStatus
 
 queue_app = typer.Typer(help="The step queue: active, scheduled and dead-lettered messages.", no_args_is_help=True)
@@ -25,7 +25,7 @@ STATUSES = get_args(JobStatus)
 @queue_app.command("status")
 def queue_status(as_json: JsonOpt = False) -> None:
     """Message counts of the step queue (the runbook's `az servicebus queue show --query countDetails`)."""
-    from shared import operations
+    from shared.services import operations
 
     status = operations.queue_status(backends())
 
@@ -46,7 +46,7 @@ def _dead_letter_rows(items: list[dict[str, Any]]) -> list[list[Any]]:
 @dlq_app.command("list")
 def dlq_list(as_json: JsonOpt = False) -> None:
     """Dead-lettered step messages, oldest first, with the reason each was dead-lettered."""
-    from shared import operations
+    from shared.services import operations
 
     items = operations.dead_letters(backends())
 
@@ -60,7 +60,7 @@ def dlq_list(as_json: JsonOpt = False) -> None:
 @dlq_app.command("show")
 def dlq_show(message_id: str, as_json: JsonOpt = False) -> None:
     """One dead-lettered message, how the sweep will judge it, and the job it belongs to."""
-    from shared import operations
+    from shared.services import operations
 
     b = backends()
     dead = operations.dead_letter(b, message_id)
@@ -78,7 +78,7 @@ def dlq_show(message_id: str, as_json: JsonOpt = False) -> None:
 @dlq_app.command("resubmit")
 def dlq_resubmit(message_id: str, as_json: JsonOpt = False) -> None:
     """Send a dead-lettered step again (under a new message id) and remove it from the dead-letter queue."""
-    from shared import operations
+    from shared.services import operations
 
     result = operations.resubmit_dead_letter(backends(), message_id)
     emit(result, fields(f"dead letter {message_id}"), as_json=as_json)
@@ -90,7 +90,7 @@ def dlq_purge(
     as_json: JsonOpt = False,
 ) -> None:
     """Delete every dead-lettered message. Their jobs stay as they are (see `agentctl jobs list`)."""
-    from shared import operations
+    from shared.services import operations
 
     b = backends()
     if not yes:
@@ -139,7 +139,7 @@ def jobs_list(
 
 
 def _find_jobs(status: str | None, tenant: str | None, reason: str | None, limit: int) -> list[Job]:
-    from shared import operations
+    from shared.services import operations
 
     b = backends()
     found: list[Job] = []
@@ -190,7 +190,7 @@ def jobs_show(job_id: str, as_json: JsonOpt = False) -> None:
 @jobs_app.command("cancel")
 def jobs_cancel(job_id: str, as_json: JsonOpt = False) -> None:
     """Ask a job to stop; it ends as cancelled at its next step boundary."""
-    from shared import jobs
+    from shared.services import jobs
 
     job = jobs.cancel(backends(), _job(job_id).tenant, job_id)
     emit(job, lambda d: typer.echo(f"cancel requested for {d['id']} ({d['status']})"), as_json=as_json)
@@ -199,7 +199,7 @@ def jobs_cancel(job_id: str, as_json: JsonOpt = False) -> None:
 @jobs_app.command("rerun")
 def jobs_rerun(job_id: str, as_json: JsonOpt = False) -> None:
     """Run the job's task again as a new job (same tenant, task, session and policy)."""
-    from shared import operations
+    from shared.services import operations
 
     new = operations.rerun_job(backends(), _job(job_id).id)
     emit(new, lambda d: typer.echo(f"re-run of {job_id} submitted as {d['id']} ({d['status']})"), as_json=as_json)
@@ -208,7 +208,7 @@ def jobs_rerun(job_id: str, as_json: JsonOpt = False) -> None:
 @jobs_app.command("resubmit")
 def jobs_resubmit(job_id: str, as_json: JsonOpt = False) -> None:
     """Continue a stuck or dead-lettered job from its last checkpoint (a new message for its next step)."""
-    from shared import operations
+    from shared.services import operations
 
     result = operations.resubmit_job(backends(), _job(job_id).id)
     emit(result, fields(f"job {job_id} re-submitted"), as_json=as_json)

@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from shared.composition import Backends
+    from shared.engine.backends import Backends
     from shared.settings import Settings
 
 console = Console()
@@ -55,7 +55,7 @@ class CliError(Exception):
 
 def backends() -> Backends:
     """The backends the settings describe, built once per CLI process."""
-    from shared.composition import get_backends
+    from shared.bootstrap import get_backends
 
     b = get_backends()
     configure_logging(b.settings)
@@ -127,34 +127,15 @@ def report_error(exc: BaseException) -> int:
 
 
 def explain(exc: BaseException) -> CliError:
-    """Map the service layer's exceptions to problem + fix. Unknown ones still get a sentence."""
-    from shared.composition import ConfigurationError
-    from shared.ports import DependencyUnavailable
+    """An exception as problem + fix: a ServiceError states both; anything else still gets a sentence."""
+    from shared.errors import ServiceError
 
     if isinstance(exc, CliError):
         return exc
-    name = type(exc).__name__
-    if isinstance(exc, ConfigurationError):
-        return CliError(str(exc), "fix the app setting named above (environment, local.settings.json or app "
-                        "settings), or use --data-dir for the embedded runtime", kind="configuration", exit_code=3)
-    if isinstance(exc, DependencyUnavailable):
-        return CliError(f"a backend is unreachable: {exc}", "check `agentctl health`; for the embedded runtime "
-                        "check --data-dir / DATA_DIR points at its data directory", kind="unavailable", exit_code=4)
-    if isinstance(exc, LookupError) and not isinstance(exc, KeyError | IndexError):  # *NotFound, not a bug
-        return CliError(str(exc).strip("'\""), "check the id (`agentctl jobs list`, `agentctl dlq list`, "
-                        "`agentctl backup list`) and that --data-dir / the Azure settings point at the right "
-                        "environment", kind="not-found", exit_code=2)
-    if name == "LeaseHeld":
-        return CliError(str(exc), "another instance (a timer or another operator) is doing this now; wait for it "
-                        "to finish, or check `agentctl logs --since 1h`", kind="busy", exit_code=5)
-    if name == "RestoreMismatch":
-        return CliError(f"restore refused: {exc}", "the backup does not match what it claims (missing or "
-                        "changed files); pick another one with `agentctl backup list`", kind="restore-mismatch")
-    if name in ("JobAlreadyFinished", "JobNotFinished", "JobNotResubmittable", "JobNotRerunnable"):
-        return CliError(str(exc), "see `agentctl jobs show <id>` for its status", kind="conflict")
-    if any(word in name for word in ("Authentication", "Authorization", "Credential")):
-        # Azure SDK sign-in and role errors, matched by name so the CLI need not import the SDKs.
-        return CliError(f"Azure refused the CLI's identity: {name}: {exc}"[:600],
+    if isinstance(exc, ServiceError):
+        return CliError(str(exc).strip("'\""), exc.fix, kind=exc.kind, exit_code=exc.exit_code)
+    if _is_azure_auth_error(exc):
+        return CliError(f"Azure refused the CLI's identity: {type(exc).__name__}: {exc}"[:600],
                         "sign in with `az login` (or set a managed identity) and give that identity the data roles "
                         "the app's identity has (Service Bus Data Owner, Storage Blob Data Contributor, Search "
                         "Index Data Contributor)", kind="auth", exit_code=6)
@@ -163,8 +144,18 @@ def explain(exc: BaseException) -> CliError:
                         "or sign in with an identity that has the needed Azure role", kind="permission")
     if isinstance(exc, ValueError):
         return CliError(str(exc), "check the command's arguments (--help)", kind="invalid")
-    return CliError(f"unexpected {name}: {exc}", "rerun with --debug for the traceback and report it",
+    return CliError(f"unexpected {type(exc).__name__}: {exc}", "rerun with --debug for the traceback and report it",
                     kind="unexpected", exit_code=1)
+
+
+def _is_azure_auth_error(exc: BaseException) -> bool:
+    """azure-core's sign-in errors, checked by type; the SDK is imported only when it is installed."""
+    try:
+        from azure.core.exceptions import ClientAuthenticationError
+        from azure.identity import CredentialUnavailableError
+    except ImportError:  # pragma: no cover - both ship with the app's requirements
+        return False
+    return isinstance(exc, ClientAuthenticationError | CredentialUnavailableError)
 
 
 def fields(title: str) -> Callable[[Any], None]:
@@ -186,7 +177,7 @@ def configure_logging(settings: Settings) -> None:
     """
     import logging
 
-    from shared.logs import JobDimensions, JsonLines
+    from shared.observability.logs import JobDimensions, JsonLines
 
     root = logging.getLogger()
     if getattr(root, "_agentctl", False):

@@ -1,5 +1,8 @@
 """The composition root: the one place that decides which adapter serves each port.
 
+Imported only by the entry points (function_app.py, the CLI, the embedded runtime) and test
+fixtures; everything below them receives a `Backends` bundle as a parameter.
+
 A port is served by Azure when its settings are present, by the embedded adapter
 otherwise. With APP_ENV=production a missing Azure setting is a startup error, never a
 silent fallback to local disk.
@@ -8,44 +11,11 @@ silent fallback to local disk.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
-from shared.ledger import UsageLedger
-from shared.memory import SessionMemory
+from shared.engine.backends import Backends
+from shared.errors import ConfigurationError
 from shared.ports import ChatModel, KnowledgeIndex, ObjectStore, StepQueue
 from shared.settings import Settings, get_settings
-from shared.store import CheckpointStore, JobStore, ReportStore
-
-
-class ConfigurationError(RuntimeError):
-    """A setting is missing or wrong; the message names it and the fix."""
-
-
-@dataclass
-class Backends:
-    settings: Settings
-    objects: ObjectStore
-    queue: StepQueue
-    index: KnowledgeIndex
-    model: ChatModel
-    count_tokens: Callable[[list[dict[str, Any]]], int]
-
-    def __post_init__(self) -> None:
-        self.jobs = JobStore(self.objects)
-        self.checkpoints = CheckpointStore(self.objects)
-        self.reports = ReportStore(self.objects)
-        self.ledger = UsageLedger(self.objects)
-        self.memory = SessionMemory(
-            self.objects, ttl_seconds=self.settings.memory_ttl_seconds, max_items=self.settings.memory_max_items
-        )
-
-    def close(self) -> None:
-        for port in (self.queue, self.index, self.objects):
-            close = getattr(port, "close", None)
-            if close:
-                close()
 
 
 def _require(settings: Settings, what: str, names: str) -> None:

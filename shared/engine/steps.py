@@ -23,11 +23,11 @@ from pydantic import ValidationError
 
 from agents import research
 from agents.state import AgentState
-from shared import metrics
-from shared.composition import Backends
 from shared.contracts import Checkpoint, Job, JobError, Outcome, StepMessage, StepSummary, Usage, utcnow
-from shared.ledger import month_of
-from shared.logs import job_context
+from shared.engine.backends import Backends
+from shared.engine.ledger import month_of
+from shared.observability import metrics
+from shared.observability.logs import job_context
 from shared.ports import PermanentModelError, TransientModelError
 
 log = logging.getLogger("agent.steps")

@@ -15,15 +15,16 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field, ValidationError
 
-from shared import jobs
-from shared.composition import Backends
 from shared.contracts import Job, JobStatus, PolicyOverrides, StepMessage
-from shared.ledger import month_of
+from shared.engine.backends import Backends
+from shared.engine.ledger import month_of
+from shared.errors import Conflict, InvalidRequest, NotFound
 from shared.maintenance.lease import exclusive
 from shared.maintenance.resubmissions import JobNotResubmittable, Resubmission, ResubmissionStore, project_count
 from shared.maintenance.sweep import LEASE as DEAD_LETTERS_LEASE
 from shared.maintenance.sweep import DeadLetterAction, classify, handle_dead_letter
 from shared.ports import QueueMessage
+from shared.services import jobs
 
 log = logging.getLogger("agent.operations")
 
@@ -34,12 +35,14 @@ FIND_LOCK_SECONDS = 2.0
 TOKEN_WARNING_RATIO = 0.8
 
 
-class DeadLetterNotFound(LookupError):
-    pass
+class DeadLetterNotFound(NotFound):
+    fix = "list the dead-letter queue with `agentctl dlq list` (GET /api/admin/dlq)"
 
 
-class JobNotRerunnable(Exception):
+class JobNotRerunnable(Conflict):
     """The job is still running; a re-run beside it would do the same work twice."""
+
+    kind = "job-state"
 
 
 # --- the queue --------------------------------------------------------------------------------------
@@ -247,7 +250,7 @@ def usage(b: Backends, month: str | None = None) -> UsageReport:
     """Each tenant's tokens in the month (this month by default) against its budget."""
     month = month or month_of()
     if not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", month):
-        raise ValueError(f"month {month!r} is not YYYY-MM")
+        raise InvalidRequest(f"month {month!r} is not YYYY-MM")
     known = set(b.ledger.tenants(month)) | {k.tenant for k in b.settings.api_keys.values()}
     known |= set(b.settings.tenant_token_budgets)
     rows = []

@@ -1,4 +1,4 @@
-"""Documents into chunks, and uploads into documents.
+"""The knowledge service: uploads into documents, documents into chunks, chunks into the index.
 
 Citations quote chunk text verbatim and are verified against it, so a chunk is always an exact
 substring of its document's content: chunking chooses boundaries, it never rewrites text.
@@ -11,7 +11,11 @@ import re
 import unicodedata
 from pathlib import PureWindowsPath
 
-from shared.contracts import Chunk, Document
+from pydantic import BaseModel
+
+from shared.contracts import Chunk, Document, valid_doc_id
+from shared.engine.backends import Backends
+from shared.errors import NotFound
 from shared.text import split_sentences
 
 _HEADING_RE = re.compile(r"#{1,6}\s")
@@ -122,3 +126,31 @@ def parse_upload(filename: str, text: str) -> Document:
     heading = _TITLE_RE.search(content)
     title = heading.group(1).strip() if heading else stem
     return Document(id=_doc_id_from_stem(stem), title=title[:500], content=content)
+
+
+class IndexedDocument(BaseModel):
+    id: str
+    chunks: int
+
+
+class DocumentNotFound(NotFound):
+    fix = "check the document id (GET /api/search shows what is indexed)"
+
+
+def index_documents(b: Backends, documents: list[Document]) -> list[IndexedDocument]:
+    """Chunk and index each document, replacing any earlier version of it."""
+    out = []
+    for doc in documents:
+        chunks = chunk_document(doc, b.settings.chunk_chars)
+        b.index.delete_document(doc.id)  # a re-upload may have fewer chunks than before
+        b.index.upsert(chunks)
+        out.append(IndexedDocument(id=doc.id, chunks=len(chunks)))
+    return out
+
+
+def delete_document(b: Backends, doc_id: str) -> int:
+    """Remove a document's chunks; DocumentNotFound when there were none."""
+    removed = b.index.delete_document(doc_id) if valid_doc_id(doc_id) else 0
+    if not removed:
+        raise DocumentNotFound(f"no document {doc_id}")
+    return removed

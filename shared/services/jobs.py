@@ -10,9 +10,10 @@ from dataclasses import dataclass
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from agents.policy import resolve, tenant_limits
-from shared.composition import Backends
 from shared.contracts import Job, JobStatus, PolicyOverrides, Report, StepMessage, utcnow
-from shared.ledger import month_of
+from shared.engine.backends import Backends
+from shared.engine.ledger import month_of
+from shared.errors import Conflict, NotFound, TooManyRequests
 from shared.ports import PreconditionFailed
 
 
@@ -32,28 +33,35 @@ class JobRequest(BaseModel):
         return task.strip()
 
 
-class JobNotFound(LookupError):
+class JobNotFound(NotFound):
     pass
 
 
-class IdempotencyConflict(Exception):
-    pass
+class IdempotencyConflict(Conflict):
+    kind = "idempotency-conflict"
+    fix = "send a new Idempotency-Key for a different request"
 
 
-class JobNotFinished(Exception):
+class JobNotFinished(Conflict):
+    kind = "job-not-finished"
+    fix = "wait for the job to finish (GET /api/jobs/{id}, `agentctl jobs show <id>`)"
+
     def __init__(self, job: Job) -> None:
         super().__init__(f"job {job.id} is {job.status}; the report exists once it has finished")
         self.job = job
 
 
-class JobAlreadyFinished(Exception):
+class JobAlreadyFinished(Conflict):
+    kind = "job-finished"
+
     def __init__(self, job: Job) -> None:
         super().__init__(f"job {job.id} already {job.status}")
         self.job = job
 
 
-class BudgetExhausted(Exception):
-    pass
+class BudgetExhausted(TooManyRequests):
+    kind = "budget-exceeded"
+    fix = "raise the tenant's budget (TENANT_TOKEN_BUDGETS) or wait for next month"
 
 
 def new_job_id() -> str:

@@ -17,11 +17,11 @@ from typing import Annotated, Any
 
 import typer
 
-from shared.cli_jobs import dlq_app, jobs_app, queue_app
-from shared.cli_logs import kql_command, logs
-from shared.cli_maintenance import backup_app, checks_app, restore, retention_app, sweep
-from shared.cli_output import JsonOpt, backends, emit, report_error, state, table
-from shared.cli_usage import usage
+from shared.cli.jobs import dlq_app, jobs_app, queue_app
+from shared.cli.logs import kql_command, logs
+from shared.cli.maintenance import backup_app, checks_app, restore, retention_app, sweep
+from shared.cli.output import JsonOpt, backends, emit, report_error, state, table
+from shared.cli.usage import usage
 
 
 class _Agentctl(typer.Typer):
@@ -37,7 +37,7 @@ class _Agentctl(typer.Typer):
                 raise
             raise SystemExit(report_error(exc)) from None
         finally:
-            from shared.composition import reset_backends
+            from shared.bootstrap import reset_backends
 
             reset_backends()  # close queue/index connections before the process ends
 
@@ -58,7 +58,7 @@ def main(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks instead of one-line errors.")] = False,
 ) -> None:
     """Operate agent-framework: health, queue and dead letters, jobs, usage, backups, checks, logs."""
-    from shared.composition import reset_backends
+    from shared.bootstrap import reset_backends
     from shared.settings import reset_settings
 
     state.debug = debug
@@ -75,7 +75,7 @@ def main(
 @app.command()
 def health(as_json: JsonOpt = False) -> None:
     """Check every dependency (queue, storage, index, model) for real, with timings. Exit 1 when degraded."""
-    from shared import health as health_service
+    from shared.services import health as health_service
 
     result = health_service.check(backends())
 
