@@ -98,6 +98,31 @@ class JobError(BaseModel):
     detail: str = ""
 
 
+# The broker's reason for a message that used up its deliveries (Service Bus's word; the embedded queue's too).
+MAX_DELIVERY_COUNT_EXCEEDED = "MaxDeliveryCountExceeded"
+
+FailureCause = Literal["transient", "lost_lock", "permanent", "poison", "budget", "policy"]
+RETRYABLE_CAUSES: frozenset[str] = frozenset({"transient", "lost_lock"})
+
+
+class DeadLetterNote(BaseModel):
+    """Why a step of the job is about to be (or was) dead-lettered, written where the failure was raised."""
+
+    step: int
+    delivery_count: int = 0
+    reason: str = Field(MAX_DELIVERY_COUNT_EXCEEDED, description="The broker's dead-letter reason.")
+    cause: FailureCause | None = Field(
+        None,
+        description="transient/lost_lock (worth another try) or permanent/poison/budget/policy (not); "
+        "classified by exception type where the step failed.",
+    )
+    description: str = Field("", description="The exception of the step's last delivery.")
+    at: datetime = Field(default_factory=lambda: utcnow())
+    handled: str | None = Field(None, description="The re-submission log entry that handled it.")
+    action: str | None = Field(None, description="What the sweep or an operator did with it.")
+    resubmitted_as: str | None = Field(None, description="The message id it was re-submitted as.")
+
+
 class StepSummary(BaseModel):
     """One line of progress per committed step, shown by GET /api/jobs/{id}."""
 
@@ -124,7 +149,7 @@ class Job(BaseModel):
     error: JobError | None = None
     cancel_requested: bool = False
     resubmissions: int = Field(0, description="Times an operator or the sweep re-submitted a dead-lettered step.")
-    dead_letter: dict[str, Any] | None = Field(None, description="Last dead-lettering of this job's step, if any.")
+    dead_letter: DeadLetterNote | None = Field(None, description="Last dead-lettering of this job's step, if any.")
     idempotency_key: str | None = None
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)

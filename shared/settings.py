@@ -113,6 +113,11 @@ class Settings(BaseSettings):
             return json.loads(value) if value.strip() else {}
         return value
 
+    @property
+    def runtime_log_path(self) -> Path:
+        """The embedded runtime's JSON-lines log, which `agentctl logs` reads."""
+        return self.data_dir / "logs" / "runtime.jsonl"
+
     def budget_for(self, tenant: str) -> int:
         return self.tenant_token_budgets.get(tenant, self.monthly_token_budget)
 

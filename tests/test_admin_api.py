@@ -8,11 +8,14 @@ import threading
 import pytest
 from fastapi.testclient import TestClient
 
-from shared.contracts import StepMessage, Usage
+from shared.contracts import DeadLetterNote, StepMessage, Usage
 from shared.engine.backends import Backends
+from shared.engine.job import note_dead_letter
 from shared.engine.ledger import month_of
+from shared.engine.steps import failure_cause
 from shared.maintenance import sweep
 from shared.maintenance.lease import exclusive
+from shared.ports import PermanentModelError, TransientModelError
 from shared.services import jobs
 from tests.fixtures.app import ingest_samples, wait_for
 
@@ -52,12 +55,12 @@ def submit(b: Backends, tenant: str) -> str:
     return jobs.submit(b, tenant, jobs.JobRequest(task="What is a checkpoint?"))[0].id
 
 
-def dead_letter_first_steps(b: Backends, failures: dict[str, str]) -> list[str]:
+def dead_letter_first_steps(b: Backends, failures: dict[str, Exception]) -> list[str]:
     """Dead-letter step 1 of each job, with the note the step engine writes on the last delivery."""
     received = {m.message_id: m for m in b.queue.receive(10)}  # type: ignore[attr-defined]
     for job_id, failure in failures.items():
-        note = {"step": 1, "description": failure}
-        b.jobs.update(job_id, lambda j, note=note: setattr(j, "dead_letter", note) or True)  # type: ignore[misc]
+        note = DeadLetterNote(step=1, cause=failure_cause(failure), description=f"{type(failure).__name__}: {failure}")
+        b.jobs.update(job_id, lambda j, note=note: note_dead_letter(j, note))
         b.queue.dead_letter(received[f"{job_id}:1"], "MaxDeliveryCountExceeded", "could not be consumed")  # type: ignore[attr-defined]
     return [f"{job_id}:1" for job_id in failures]
 
@@ -78,7 +81,7 @@ def test_every_admin_route_is_in_the_openapi_document(client: TestClient) -> Non
 
 def test_queue_jobs_and_usage_across_tenants(client: TestClient, backends: Backends) -> None:
     a, g = submit(backends, "acme"), submit(backends, "globex")
-    backends.ledger.record("acme", month_of(), a, Usage(prompt_tokens=4_100_000))
+    backends.ledger.record("acme", month_of(), a, Usage(prompt_tokens=4_100_000), step=1)
     queue = client.get("/api/admin/queue", headers=OPERATOR).json()
     assert (queue["active"], queue["dead_lettered"], queue["queue"]) == (2, 0, "agent-jobs")
 
@@ -99,14 +102,14 @@ def test_queue_jobs_and_usage_across_tenants(client: TestClient, backends: Backe
 
 def test_dead_letter_inspection_resubmission_sweep_and_purge(client: TestClient, backends: Backends) -> None:
     transient, permanent = submit(backends, "acme"), submit(backends, "globex")
-    t_id, p_id = dead_letter_first_steps(backends, {transient: "TransientModelError: 429",
-                                                    permanent: "ValidationError: bad state"})
+    t_id, p_id = dead_letter_first_steps(backends, {transient: TransientModelError("429"),
+                                                    permanent: PermanentModelError("bad state")})
 
     listed = client.get("/api/admin/dlq", headers=OPERATOR).json()
     assert [(d["message_id"], d["cause"], d["tenant"]) for d in listed] == [
         (t_id, "transient", "acme"), (p_id, "permanent", "globex")]
     shown = client.get(f"/api/admin/dlq/{p_id}", headers=OPERATOR).json()
-    assert shown["failure"] == "ValidationError: bad state" and shown["step"] == 1
+    assert shown["failure"] == "PermanentModelError: bad state" and shown["step"] == 1
     problem(client.get("/api/admin/dlq/nope:1", headers=OPERATOR), 404)
 
     resent = client.post(f"/api/admin/dlq/{p_id}/resubmit", headers=OPERATOR).json()

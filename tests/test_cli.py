@@ -153,7 +153,7 @@ def test_jobs_show_and_errors(healthy: World) -> None:
     code, error = healthy.fails("jobs", "show", "job-that-does-not-exist")
     assert code == 2 and error["kind"] == "not-found" and "jobs list" in error["fix"]
     code, error = healthy.fails("jobs", "cancel", healthy.job_id)
-    assert error["kind"] == "conflict" and "succeeded" in error["problem"]
+    assert error["kind"] == "job-finished" and "succeeded" in error["problem"]
 
 
 def test_jobs_rerun_runs_the_task_again_as_a_new_job(healthy: World) -> None:
@@ -206,7 +206,7 @@ def test_resubmit_cancel_and_sweep_a_stuck_job(broken_model: World) -> None:
     assert swept["examined"] == 1 and [a["action"] for a in swept["actions"]] == ["cancelled"]
     assert broken_model.cli("jobs", "show", job_id)["job"]["status"] == "cancelled"
     code, error = broken_model.fails("jobs", "resubmit", job_id)
-    assert error["kind"] == "conflict" and "re-run" in error["problem"]
+    assert error["kind"] == "job-state" and "re-run" in error["problem"]
 
 
 def test_sweep_on_an_empty_dead_letter_queue(healthy: World) -> None:
@@ -235,7 +235,7 @@ def test_usage_against_budget(healthy: World, tmp_path: Path) -> None:
     [dev] = [t for t in healthy.cli("--settings", str(settings_file), "usage")["tenants"] if t["tenant"] == "dev"]
     assert dev["budget"] == 1_000_000
     code, error = healthy.fails("usage", "--month", "January")
-    assert error["kind"] == "invalid"
+    assert error["kind"] == "validation"
     past = healthy.cli("usage", "--month", "2001-01")
     assert past["total_tokens"] == 0 and past["top_jobs"] == []
 

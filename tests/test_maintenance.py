@@ -10,14 +10,19 @@ from typing import Any
 
 import pytest
 from azure.functions.timer import TimerRequest
+from pydantic import ValidationError
 
+from agents.policy import PolicyViolation
 from shared.adapters.local.offline_model import OfflineModel
-from shared.contracts import Checkpoint, Job, Outcome, Policy, Report, StepMessage
+from shared.contracts import Checkpoint, DeadLetterNote, Job, Outcome, Policy, Report, StepMessage
 from shared.engine.backends import Backends
+from shared.engine.job import note_dead_letter
+from shared.engine.steps import StepOutOfOrder, failure_cause
+from shared.errors import DependencyUnavailable
 from shared.maintenance import backup, retention, run_scheduled, sweep
 from shared.maintenance.lease import LeaseHeld, LeaseLost, acquire, exclusive, lease_key
 from shared.maintenance.resubmissions import JobNotResubmittable
-from shared.ports import ModelTurn, QueueMessage, TransientModelError
+from shared.ports import ModelTurn, PermanentModelError, QueueMessage, TransientModelError
 from shared.runtime.consumer import QueueConsumer
 from shared.runtime.functions import discover
 from shared.services import jobs, operations
@@ -102,7 +107,7 @@ def seed_job(b: Backends, **fields: Any) -> Job:
 _sends = itertools.count(1)
 
 
-def dead_letter(b: Backends, job_id: str, step: int, failure: str | None, *,
+def dead_letter(b: Backends, job_id: str, step: int, failure: BaseException | None, *,
                 reason: str = "MaxDeliveryCountExceeded") -> QueueMessage:
     """Step `step` dead-lettered as the broker does it, with the note the step engine writes (if failure)."""
     msg = StepMessage(job_id=job_id, step=step)
@@ -110,8 +115,9 @@ def dead_letter(b: Backends, job_id: str, step: int, failure: str | None, *,
     b.queue.send(msg.model_dump_json().encode(), message_id=message_id)
     [m] = [m for m in b.queue.receive(10) if m.message_id == message_id]  # type: ignore[attr-defined]
     if failure is not None:
-        note = {"step": step, "delivery_count": 10, "reason": reason, "description": failure}
-        b.jobs.update(job_id, lambda j: setattr(j, "dead_letter", note) or True)
+        note = DeadLetterNote(step=step, delivery_count=10, reason=reason, cause=failure_cause(failure),
+                              description=f"{type(failure).__name__}: {failure}")
+        b.jobs.update(job_id, lambda j: note_dead_letter(j, note))
     b.queue.dead_letter(m, reason, "Message could not be consumed after 10 delivery attempts.")  # type: ignore[attr-defined]
     return m
 
@@ -195,7 +201,7 @@ def test_sweep_resubmits_a_transient_dead_letter_and_the_job_completes(fast_fail
     job = submit(backends)
     run_until_dead_lettered_or_done(backends, job.id)
     assert backends.queue.counts().dead_lettered == 1
-    assert "TransientModelError" in backends.jobs.get(job.id).dead_letter["description"]
+    assert "TransientModelError" in backends.jobs.get(job.id).dead_letter.description
 
     result = sweep.sweep_dead_letters(backends)
     assert (result.examined, result.resubmitted, result.failed) == (1, 1, 0)
@@ -229,7 +235,7 @@ def test_crash_between_job_update_and_completion_loses_and_double_counts_nothing
                                                                                backends: Backends) -> None:
     ingest_samples(backends)
     job = seed_job(backends)
-    dead_letter(backends, job.id, 1, "TransientModelError: 503 from the model")
+    dead_letter(backends, job.id, 1, TransientModelError("503 from the model"))
     real_queue = backends.queue
     backends.queue = CrashOnComplete(real_queue)  # type: ignore[assignment]
     with pytest.raises(Crash):
@@ -252,11 +258,11 @@ def test_crash_between_job_update_and_completion_loses_and_double_counts_nothing
 def test_transient_dead_letters_past_the_limit_fail_the_job(app_env: dict[str, str], backends: Backends) -> None:
     job = seed_job(backends)
     for _ in range(backends.settings.dlq_max_resubmissions):
-        dead_letter(backends, job.id, 1, "DependencyUnavailable: blob storage unreachable")
+        dead_letter(backends, job.id, 1, DependencyUnavailable("blob storage unreachable"))
         assert sweep.sweep_dead_letters(backends).resubmitted == 1
         [again] = [m for m in backends.queue.receive(10) if m.message_id.startswith(f"{job.id}:1:r")]
         backends.queue.complete(again)
-    dead_letter(backends, job.id, 1, "TimeoutError: the read timed out")
+    dead_letter(backends, job.id, 1, TimeoutError("the read timed out"))
     result = sweep.sweep_dead_letters(backends)
     assert result.failed == 1
     record = backends.jobs.get(job.id)
@@ -264,15 +270,29 @@ def test_transient_dead_letters_past_the_limit_fail_the_job(app_env: dict[str, s
     assert record.resubmissions == backends.settings.dlq_max_resubmissions
 
 
+def _validation_error() -> ValidationError:
+    try:
+        Policy.model_validate({"max_steps": 0})
+    except ValidationError as exc:
+        return exc
+    raise AssertionError("max_steps=0 should not validate")
+
+
+class RenamedSdkError(TransientModelError):
+    """What an adapter raises: whatever the SDK calls it, the port's type decides."""
+
+
 @pytest.mark.parametrize("failure, cause", [
-    ("TransientModelError: 429", "transient"), ("DependencyUnavailable: queue", "transient"),
-    ("StepOutOfOrder: checkpoint 2 is missing", "transient"), ("MessageLockLost: lock expired", "transient"),
-    ("APITimeoutError: Request timed out.", "transient"), (None, "transient"),
-    ("ValidationError: 1 validation error", "permanent"), ("PermanentModelError: content filter", "permanent"),
-    ("RuntimeError: a bug", "permanent"), ("KeyError: 'sources'", "permanent"),
+    (TransientModelError("429"), "transient"), (DependencyUnavailable("queue"), "transient"),
+    (StepOutOfOrder("checkpoint 2 is missing"), "transient"), (TimeoutError("Request timed out."), "transient"),
+    (ConnectionResetError("reset by peer"), "transient"), (RenamedSdkError("ServerBusy"), "transient"),
+    (None, "lost_lock"),
+    (_validation_error(), "poison"), (PermanentModelError("content filter"), "permanent"),
+    (PolicyViolation("allowed_tools", "delete_all not allowed"), "policy"),
+    (RuntimeError("a bug"), "poison"), (KeyError("sources"), "poison"),
 ])
 def test_dead_letter_causes_are_classified_by_the_exception_on_the_last_delivery(
-        backends: Backends, failure: str | None, cause: str) -> None:
+        backends: Backends, failure: BaseException | None, cause: str) -> None:
     job = seed_job(backends)
     message = dead_letter(backends, job.id, 1, failure)
     assert sweep.classify(backends.jobs.get(job.id), 1, message)[0] == cause
@@ -280,7 +300,7 @@ def test_dead_letter_causes_are_classified_by_the_exception_on_the_last_delivery
 
 def test_a_dead_letter_of_a_job_asked_to_cancel_cancels_it(backends: Backends) -> None:
     job = seed_job(backends, cancel_requested=True)
-    dead_letter(backends, job.id, 1, "TransientModelError: 429")
+    dead_letter(backends, job.id, 1, TransientModelError("429"))
     [action] = sweep.sweep_dead_letters(backends).actions
     assert (action.action, action.cause) == ("cancelled", "cancel_requested")
     record = backends.jobs.get(job.id)
@@ -292,8 +312,8 @@ def test_dead_letters_of_missing_finished_or_progressed_jobs_are_completed_with_
     caplog.set_level(logging.INFO, logger="agent.maintenance")
     finished = seed_job(backends, status="succeeded", finished_at=datetime.now(UTC))
     moved_on = seed_job(backends, status="running", step=3)
-    dead_letter(backends, finished.id, 2, "RuntimeError: x")
-    dead_letter(backends, moved_on.id, 2, "RuntimeError: x")
+    dead_letter(backends, finished.id, 2, RuntimeError("x"))
+    dead_letter(backends, moved_on.id, 2, RuntimeError("x"))
     orphan = StepMessage(job_id="job-gone", step=1)
     backends.queue.send(orphan.model_dump_json().encode(), message_id=orphan.message_id)
     [m] = [m for m in backends.queue.receive(10) if m.message_id == orphan.message_id]
@@ -310,15 +330,15 @@ def test_dead_letters_of_missing_finished_or_progressed_jobs_are_completed_with_
 
 def test_operator_resubmissions(backends: Backends) -> None:
     job = seed_job(backends)
-    first = dead_letter(backends, job.id, 1, "RuntimeError: fixed by a deploy")
-    assert operations.dead_letter(backends, first.message_id).cause == "permanent"
+    first = dead_letter(backends, job.id, 1, RuntimeError("fixed by a deploy"))
+    assert operations.dead_letter(backends, first.message_id).cause == "poison"
     action = operations.resubmit_dead_letter(backends, first.message_id)  # the operator overrides the cause
     assert (action.action, action.cause, action.resubmissions) == ("resubmitted", "operator", 1)
     with pytest.raises(operations.DeadLetterNotFound):
         operations.resubmit_dead_letter(backends, first.message_id)
 
     # Re-sending the next step supersedes a dead letter of that step that is still in the queue.
-    second = dead_letter(backends, job.id, 1, "TransientModelError: 429")
+    second = dead_letter(backends, job.id, 1, TransientModelError("429"))
     resent = operations.resubmit_job(backends, job.id)
     assert (resent.step, resent.resubmissions) == (1, 2) and resent.message_id.startswith(f"{job.id}:1:o")
     [action] = sweep.sweep_dead_letters(backends).actions
@@ -334,8 +354,8 @@ def test_operator_resubmissions(backends: Backends) -> None:
 
 def test_purge_removes_every_dead_letter_and_leaves_jobs_alone(backends: Backends) -> None:
     job = seed_job(backends)
-    dead_letter(backends, job.id, 1, "RuntimeError: x")
-    dead_letter(backends, job.id, 2, "RuntimeError: y")
+    dead_letter(backends, job.id, 1, RuntimeError("x"))
+    dead_letter(backends, job.id, 2, RuntimeError("y"))
     assert [d.step for d in operations.dead_letters(backends)] == [1, 2]
     assert operations.purge_dead_letters(backends) == 2
     assert backends.queue.counts().dead_lettered == 0

@@ -9,7 +9,8 @@ import pytest
 from shared.adapters.local.offline_model import OfflineModel
 from shared.contracts import StepMessage
 from shared.engine.backends import Backends
-from shared.engine.steps import handle_step, project
+from shared.engine.job import apply_checkpoint
+from shared.engine.steps import handle_step
 from shared.ports import ModelTurn, TransientModelError
 from shared.runtime.consumer import QueueConsumer
 from shared.runtime.functions import discover
@@ -105,8 +106,8 @@ def test_poison_step_is_dead_lettered_with_its_reason(short_delivery: None, back
     assert dead.dead_letter_reason == "MaxDeliveryCountExceeded"
     assert dead.delivery_count == 3
     record = backends.jobs.get(job.id)
-    assert record.dead_letter and record.dead_letter["step"] == 1
-    assert "the model adapter crashed" in record.dead_letter["description"]
+    assert record.dead_letter and record.dead_letter.step == 1
+    assert "the model adapter crashed" in record.dead_letter.description
     assert backends.checkpoints.steps(job.id) == []
     counts = backends.queue.counts()
     assert (counts.active, counts.scheduled) == (0, 0)
@@ -136,7 +137,7 @@ def test_job_record_can_be_rebuilt_from_checkpoints(backends: Backends) -> None:
     rebuilt = job.model_copy(update={"step": 0, "progress": [], "status": "queued", "usage": job.usage * 0
                                      if False else type(job.usage)()})
     last = backends.checkpoints.get(job.id, job.step)
-    assert project(rebuilt, last, lambda n: backends.checkpoints.get(job.id, n))
+    assert apply_checkpoint(rebuilt, last, lambda n: backends.checkpoints.get(job.id, n))
     assert (rebuilt.status, rebuilt.step, rebuilt.usage) == (job.status, job.step, job.usage)
     assert [p.step for p in rebuilt.progress] == [p.step for p in job.progress]
 

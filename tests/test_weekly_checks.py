@@ -42,11 +42,11 @@ def history(app_env: dict[str, str], backends: Backends) -> Backends:
     b.jobs.create(Job(id="job-never-started", tenant="gamma", task="t", policy=Policy(),
                       created_at=NOW - timedelta(minutes=90)))
 
-    b.ledger.record("acme", "2025-03", "job-done-01", Usage(prompt_tokens=2_500_000, completion_tokens=500_000))
-    b.ledger.record("acme", "2025-03", "job-done-02", Usage(prompt_tokens=1_400_000, completion_tokens=100_000))
-    b.ledger.record("beta", "2025-03", "job-stuck", Usage(prompt_tokens=150_000, completion_tokens=50_000))
-    b.ledger.record("gamma", "2025-03", "job-never-started", Usage(prompt_tokens=1_000))
-    b.ledger.record("acme", "2025-02", "job-last-week", Usage(prompt_tokens=9_999_999))  # another month
+    b.ledger.record("acme", "2025-03", "job-done-01", Usage(prompt_tokens=2_500_000, completion_tokens=500_000), step=1)
+    b.ledger.record("acme", "2025-03", "job-done-02", Usage(prompt_tokens=1_400_000, completion_tokens=100_000), step=1)
+    b.ledger.record("beta", "2025-03", "job-stuck", Usage(prompt_tokens=150_000, completion_tokens=50_000), step=1)
+    b.ledger.record("gamma", "2025-03", "job-never-started", Usage(prompt_tokens=1_000), step=1)
+    b.ledger.record("acme", "2025-02", "job-last-week", Usage(prompt_tokens=9_999_999), step=1)  # another month
     for n in range(101):
         b.queue.send(b"{}", message_id=f"backlog-{n}")
     return b

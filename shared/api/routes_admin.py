@@ -16,6 +16,7 @@ from shared.api.security import OperatorDep
 from shared.contracts import Job, JobStatus
 from shared.maintenance import backup, checks, retention, sweep
 from shared.services import operations
+from shared.services.jobs import JobPage
 
 router = APIRouter(prefix="/api/admin", tags=["admin"])
 
@@ -92,8 +93,10 @@ def run_checks(caller: OperatorDep, b: BackendsDep) -> checks.OpsReport:
 
 @router.get("/usage", response_model=operations.UsageReport, summary="Tokens by tenant against budget")
 def get_usage(caller: OperatorDep, b: BackendsDep,
-              month: Annotated[str | None, Query(pattern=r"^\d{4}-(0[1-9]|1[0-2])$")] = None) -> operations.UsageReport:
-    return operations.usage(b, month)
+              month: Annotated[str | None, Query(pattern=r"^\d{4}-(0[1-9]|1[0-2])$")] = None,
+              top: Annotated[int, Query(ge=0, le=100, description="The month's N largest jobs.")] = 5,
+              ) -> operations.UsageReport:
+    return operations.usage(b, month, top=top)
 
 
 @router.post("/retention", response_model=retention.RetentionResult, summary="Apply checkpoint retention now")
@@ -104,15 +107,17 @@ def run_retention(caller: OperatorDep, b: BackendsDep) -> retention.RetentionRes
 # --- jobs of every tenant --------------------------------------------------------------------------------
 
 
-@router.get("/jobs", response_model=operations.JobList, summary="Jobs of every tenant (or one), newest first")
+@router.get("/jobs", response_model=JobPage, summary="Jobs of every tenant (or one), newest first")
 def list_jobs(
     caller: OperatorDep, b: BackendsDep,
     status: JobStatus | None = None,
     tenant: Annotated[str | None, Query(max_length=100)] = None,
+    reason: Annotated[str | None, Query(max_length=100, description="Only jobs that ended with this error reason, "
+                                        "e.g. citations_missing, policy_limit, budget_exceeded.")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
-) -> operations.JobList:
-    return operations.list_jobs(b, status=status, tenant=tenant, limit=limit, cursor=cursor)
+) -> JobPage:
+    return operations.list_jobs(b, status=status, tenant=tenant, reason=reason, limit=limit, cursor=cursor)
 
 
 @router.post("/jobs/{job_id}/resubmit", status_code=202, response_model=operations.ResubmitResult,

@@ -16,11 +16,6 @@ from shared.services import jobs
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 
 
-class JobPageView(BaseModel):
-    jobs: list[Job]
-    next_cursor: str | None = Field(None, description="Pass as ?cursor= for the next page; absent on the last.")
-
-
 class ReportView(BaseModel):
     job_id: str
     status: JobStatus
@@ -45,15 +40,14 @@ def submit_job(
     return job
 
 
-@router.get("", response_model=JobPageView, summary="The caller's jobs, newest first")
+@router.get("", response_model=jobs.JobPage, summary="The caller's jobs, newest first")
 def list_jobs(
     caller: CallerDep, b: BackendsDep,
     status: JobStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
-) -> JobPageView:
-    page = jobs.list_jobs(b, caller.tenant, status=status, limit=limit, cursor=cursor)
-    return JobPageView(jobs=page.jobs, next_cursor=page.next_cursor)
+) -> jobs.JobPage:
+    return jobs.list_jobs(b, caller.tenant, status=status, limit=limit, cursor=cursor)
 
 
 @router.get("/{job_id}", response_model=Job, summary="Status, progress per step, usage, error")

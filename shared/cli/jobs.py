@@ -141,15 +141,8 @@ def jobs_list(
 def _find_jobs(status: str | None, tenant: str | None, reason: str | None, limit: int) -> list[Job]:
     from shared.services import operations
 
-    b = backends()
-    found: list[Job] = []
-    cursor: str | None = None
-    while True:  # pages of the operator listing, filtered by error reason, until `limit` are found
-        page = operations.list_jobs(b, status=status, tenant=tenant, limit=max(limit, 100), cursor=cursor)  # type: ignore[arg-type]
-        found += [j for j in page.jobs if reason is None or (j.error is not None and j.error.reason == reason)]
-        if len(found) >= limit or page.next_cursor is None:
-            return found[:limit]
-        cursor = page.next_cursor
+    return operations.list_jobs(backends(), status=status, tenant=tenant, reason=reason,  # type: ignore[arg-type]
+                                limit=limit).jobs
 
 
 def _job(job_id: str) -> Job:

@@ -95,7 +95,7 @@ def logs(
         emit({"source": "application-insights", "queries": queries}, lambda d: render_kql(d["queries"]),
              as_json=as_json)
         return
-    path = settings.data_dir / "logs" / "runtime.jsonl"
+    path = settings.runtime_log_path
     if not path.exists():
         raise CliError(f"no embedded runtime log at {path}",
                        "start the runtime (`python -m shared.runtime`) with the same DATA_DIR, pass --data-dir, "

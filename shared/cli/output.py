@@ -190,7 +190,7 @@ def configure_logging(settings: Settings) -> None:
     root.setLevel(logging.INFO)
     embedded = not (settings.storage_connection or settings.storage_blob_uri)
     if embedded and not settings.appinsights_connection_string:
-        path = settings.data_dir / "logs" / "runtime.jsonl"
+        path = settings.runtime_log_path
         path.parent.mkdir(parents=True, exist_ok=True)
         audit = logging.FileHandler(path, encoding="utf-8")
         audit.setFormatter(JsonLines())

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 
 from shared.cli.output import JsonOpt, backends, emit, table
-
-if TYPE_CHECKING:
-    from shared.engine.backends import Backends
+from shared.engine.ledger import BUDGET_WARNING_RATIO
 
 
 def usage(
@@ -20,14 +18,11 @@ def usage(
     """Tokens by tenant for the month against budget, % used, a warning over 80%; and the largest jobs."""
     from shared.services import operations
 
-    b = backends()
-    report = operations.usage(b, month)
-    tenants = [t.tenant for t in report.tenants]
-    result = {**report.model_dump(mode="json"), "top_jobs": _top_jobs(b, report.month, tenants, top)}
+    result = operations.usage(backends(), month, top=top)
 
     def render(data: dict[str, Any]) -> None:
         rows = [[t["tenant"], t["prompt_tokens"], t["completion_tokens"], t["total_tokens"], t["budget"],
-                 f"{t['percent_used']:.1f}%", t["jobs"], "WARNING: over 80% of budget" if t["warning"] else ""]
+                 f"{t['percent_used']:.1f}%", t["jobs"], f"WARNING: over {BUDGET_WARNING_RATIO:.0%} of budget" if t["warning"] else ""]
                 for t in data["tenants"]]
         table(f"token usage {data['month']}: {data['total_tokens']} tokens",
               ["tenant", "prompt", "completion", "total", "budget", "used", "jobs", ""], rows)
@@ -36,12 +31,3 @@ def usage(
                   [[j["job_id"], j["tenant"], j["total_tokens"]] for j in data["top_jobs"]])
 
     emit(result, render, as_json=as_json)
-
-
-def _top_jobs(b: Backends, month: str, tenants: list[str], top: int) -> list[dict[str, Any]]:
-    """The runbook's first step on a token alert: which jobs used the most (from the usage ledgers)."""
-    if top == 0:
-        return []
-    every = [{"job_id": job_id, "tenant": tenant, "total_tokens": used.total_tokens}
-             for tenant in tenants for job_id, used in b.ledger.by_job(tenant, month).items()]
-    return sorted(every, key=lambda j: (-j["total_tokens"], j["job_id"]))[:top]

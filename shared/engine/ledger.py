@@ -1,7 +1,7 @@
 """Token ledgers: per tenant and month, each job's usage *set* (not added) from its checkpoints.
 
-Setting a job's figure is idempotent, so a redelivered step cannot count twice, and the
-month's total is the sum over jobs.
+Setting a job's figure is idempotent and monotonic by step, so a redelivered step can neither
+count twice nor move the figure back, and the month's total is the sum over jobs.
 """
 
 from __future__ import annotations
@@ -9,9 +9,19 @@ from __future__ import annotations
 import json
 import time
 from datetime import datetime
+from typing import Any
 
 from shared.contracts import Usage, utcnow
-from shared.ports import ObjectStore, PreconditionFailed
+from shared.engine import layout
+from shared.engine.updates import update_json
+from shared.ports import ObjectStore
+
+# The share of a tenant's monthly budget past which the runbook's token alert fires.
+BUDGET_WARNING_RATIO = 0.8
+
+
+def _dump(ledger: dict[str, Any]) -> bytes:
+    return json.dumps(ledger).encode()
 
 
 def month_of(when: datetime | None = None) -> str:
@@ -26,7 +36,7 @@ class UsageLedger:
 
     @staticmethod
     def _key(tenant: str, month: str) -> str:
-        return f"ledgers/{month}/{tenant}.json"
+        return layout.ledger_key(month, tenant)
 
     def _read(self, tenant: str, month: str) -> tuple[dict[str, dict[str, int]], str | None]:
         found = self.objects.get(self._key(tenant, month))
@@ -34,27 +44,32 @@ class UsageLedger:
             return {}, None
         return json.loads(found.data)["jobs"], found.etag
 
-    def record(self, tenant: str, month: str, job_id: str, usage: Usage) -> tuple[int, int]:
-        """Set the job's usage for the month; return the tenant's month total before and after."""
-        entry = usage.model_dump()
-        while True:
-            jobs, etag = self._read(tenant, month)
+    def record(self, tenant: str, month: str, job_id: str, usage: Usage, step: int) -> tuple[int, int]:
+        """Set the job's usage as of step; return the tenant's month total before and after.
+
+        Monotonic by step: a redelivered older step (a stranded message, a duplicate) never
+        moves the job's entry back to an earlier total.
+        """
+        entry = {**usage.model_dump(), "step": step}
+        totals: list[int] = []
+
+        def change(ledger: dict[str, Any] | None) -> dict[str, Any] | None:
+            jobs: dict[str, dict[str, int]] = dict(ledger["jobs"]) if ledger else {}
             before = sum(j["prompt_tokens"] + j["completion_tokens"] for j in jobs.values())
-            if jobs.get(job_id) == entry:
-                return before, before
-            old = jobs.get(job_id, {"prompt_tokens": 0, "completion_tokens": 0})
+            old = jobs.get(job_id)
+            totals[:] = [before, before]
+            if old is not None and old.get("step", 0) >= step:
+                return None
             jobs[job_id] = entry
-            after = before - old["prompt_tokens"] - old["completion_tokens"] + usage.total_tokens
-            data = json.dumps({"tenant": tenant, "month": month, "jobs": jobs}).encode()
-            try:
-                if etag is None:
-                    self.objects.put_if_absent(self._key(tenant, month), data)
-                else:
-                    self.objects.put(self._key(tenant, month), data, if_match=etag)
-                self._remember(tenant, month, jobs)
-                return before, after
-            except PreconditionFailed:
-                continue
+            if old is not None:
+                before -= old["prompt_tokens"] + old["completion_tokens"]
+            totals[1] = before + usage.total_tokens
+            return {"tenant": tenant, "month": month, "jobs": jobs}
+
+        written = update_json(self.objects, self._key(tenant, month), change, load=json.loads, dump=_dump)
+        if written is not None:
+            self._remember(tenant, month, written["jobs"])
+        return totals[0], totals[1]
 
     def total(self, tenant: str, month: str, *, max_age: float = 0.0) -> Usage:
         """The tenant's month total; with max_age, a figure this instance saw that recently will do."""
@@ -79,6 +94,6 @@ class UsageLedger:
         return {job_id: Usage.model_validate(entry) for job_id, entry in jobs.items()}
 
     def tenants(self, month: str) -> dict[str, Usage]:
-        prefix = f"ledgers/{month}/"
+        prefix = f"{layout.LEDGERS.name}/{month}/"
         return {key[len(prefix):-len(".json")]: self.total(key[len(prefix):-len(".json")], month)
                 for key in self.objects.list(prefix)}

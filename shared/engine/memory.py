@@ -12,11 +12,18 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Any
 
-from shared.ports import ObjectStore, PreconditionFailed
+from shared.engine import layout
+from shared.engine.updates import update_json
+from shared.ports import ObjectStore
 
 MAX_ITEM_CHARS = 1000
 CACHE_SECONDS = 5.0  # another instance's writes show up here at most this late
+
+
+def _dump(memory: dict[str, Any]) -> bytes:
+    return json.dumps(memory, ensure_ascii=False).encode()
 
 
 class SessionMemory:
@@ -32,7 +39,7 @@ class SessionMemory:
 
     @staticmethod
     def _key(tenant: str, session_id: str) -> str:
-        return f"memory/{tenant}/{session_id}.json"
+        return layout.memory_key(tenant, session_id)
 
     def _fresh(self, items: list[dict[str, object]]) -> list[dict[str, object]]:
         horizon = self.clock() - self.ttl
@@ -56,23 +63,16 @@ class SessionMemory:
         new = [t.strip()[:MAX_ITEM_CHARS] for t in texts if t.strip()]
         if not new:
             return
-        while True:
-            found = self.objects.get(key)
-            items = self._fresh(json.loads(found.data)["items"] if found else [])
-            items = [i for i in items if i["text"] not in new]
+
+        def change(memory: dict[str, Any] | None) -> dict[str, Any]:
+            items = [i for i in self._fresh(memory["items"] if memory else []) if i["text"] not in new]
             now = self.clock()
             items.extend({"text": t, "at": now} for t in new)
-            items = items[-self.max_items:]
-            data = json.dumps({"items": items}, ensure_ascii=False).encode()
-            try:
-                if found is None:
-                    self.objects.put_if_absent(key, data)
-                else:
-                    self.objects.put(key, data, if_match=found.etag)
-                break
-            except PreconditionFailed:
-                continue
-        self._remember_in_cache(key, items)
+            return {"items": items[-self.max_items:]}
+
+        written = update_json(self.objects, key, change, load=json.loads, dump=_dump)
+        assert written is not None  # change always writes
+        self._remember_in_cache(key, written["items"])
 
     def _remember_in_cache(self, key: str, items: list[dict[str, object]]) -> None:
         with self._lock:

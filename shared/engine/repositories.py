@@ -10,16 +10,19 @@ Layout (one container per kind, as in Blob Storage):
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from datetime import datetime
 
 from shared.contracts import Checkpoint, Job, Report
+from shared.engine import layout
+from shared.engine.job import stamped
+from shared.engine.layout import checkpoint_key
+from shared.engine.updates import update_json
 from shared.ports import ObjectStore, PreconditionFailed
 
 _MAX_TS = 10**13  # milliseconds; inverted so lexicographic listing is newest first
 
 
-def checkpoint_key(job_id: str, step: int) -> str:
-    return f"checkpoints/{job_id}/{step:06d}.json"
+def _dump(job: Job) -> bytes:
+    return job.model_dump_json().encode()
 
 
 class CheckpointStore:
@@ -41,7 +44,8 @@ class CheckpointStore:
         return Checkpoint.model_validate_json(found.data) if found else None
 
     def steps(self, job_id: str) -> list[int]:
-        return [int(k.rsplit("/", 1)[1].split(".")[0]) for k in self.objects.list(f"checkpoints/{job_id}/")]
+        keys = self.objects.list(f"{layout.CHECKPOINTS.name}/{job_id}/")
+        return [int(k.rsplit("/", 1)[1].split(".")[0]) for k in keys]
 
     def all(self, job_id: str) -> list[Checkpoint]:
         return [cp for n in self.steps(job_id) if (cp := self.get(job_id, n)) is not None]
@@ -56,12 +60,12 @@ class JobStore:
 
     @staticmethod
     def _key(job_id: str) -> str:
-        return f"jobs/{job_id}.json"
+        return layout.job_key(job_id)
 
     @staticmethod
     def _tenant_marker(job: Job) -> str:
         inverted = _MAX_TS - int(job.created_at.timestamp() * 1000)
-        return f"tenants/{job.tenant}/jobs/{inverted:013d}_{job.id}"
+        return f"{layout.tenant_jobs_prefix(job.tenant)}{inverted:013d}_{job.id}"
 
     def create(self, job: Job) -> None:
         self.objects.put_if_absent(self._key(job.id), job.model_dump_json().encode())
@@ -71,25 +75,22 @@ class JobStore:
         found = self.objects.get(self._key(job_id))
         return Job.model_validate_json(found.data) if found else None
 
-    def update(self, job_id: str, change: Callable[[Job], bool]) -> Job | None:
-        """Apply change under If-Match, retrying on conflict. change returns False to skip the write."""
-        while True:
-            found = self.objects.get(self._key(job_id))
-            if found is None:
+    def update(self, job_id: str, transition: Callable[[Job], bool]) -> Job | None:
+        """Apply a transition of shared.engine.job (False: nothing changed, nothing written).
+
+        Returns the record as it now is, or None when there is no such job.
+        """
+
+        def change(job: Job | None) -> Job | None:
+            if job is None or not transition(job):
                 return None
-            job = Job.model_validate_json(found.data)
-            if not change(job):
-                return job
-            job.updated_at = datetime.now(job.created_at.tzinfo)
-            try:
-                self.objects.put(self._key(job_id), job.model_dump_json().encode(), if_match=found.etag)
-                return job
-            except PreconditionFailed:
-                continue
+            return stamped(job)
+
+        return update_json(self.objects, self._key(job_id), change, load=Job.model_validate_json, dump=_dump)
 
     def list_for_tenant(self, tenant: str, *, after: str | None = None) -> Iterator[tuple[str, Job]]:
         """(cursor, job) pairs of the tenant's jobs, newest first, resuming after a cursor."""
-        prefix = f"tenants/{tenant}/jobs/"
+        prefix = layout.tenant_jobs_prefix(tenant)
         for key in self.objects.list(prefix):
             marker = key[len(prefix):]
             if after is not None and marker <= after:
@@ -99,8 +100,9 @@ class JobStore:
                 yield marker, job
 
     def all(self) -> Iterator[Job]:
-        for key in self.objects.list("jobs/"):
-            job = self.get(key[len("jobs/"):-len(".json")])
+        prefix = f"{layout.JOBS.name}/"
+        for key in self.objects.list(prefix):
+            job = self.get(key[len(prefix):-len(".json")])
             if job is not None:
                 yield job
 
@@ -111,8 +113,8 @@ class ReportStore:
 
     def save(self, job_id: str, report: Report) -> None:
         # Same report from any delivery: an unconditional write is idempotent here.
-        self.objects.put(f"reports/{job_id}.json", report.model_dump_json().encode())
+        self.objects.put(layout.report_key(job_id), report.model_dump_json().encode())
 
     def get(self, job_id: str) -> Report | None:
-        found = self.objects.get(f"reports/{job_id}.json")
+        found = self.objects.get(layout.report_key(job_id))
         return Report.model_validate_json(found.data) if found else None

@@ -22,17 +22,29 @@ from datetime import timedelta
 from pydantic import ValidationError
 
 from agents import research
+from agents.policy import PolicyViolation
 from agents.state import AgentState
-from shared.contracts import Checkpoint, Job, JobError, Outcome, StepMessage, StepSummary, Usage, utcnow
+from shared.contracts import (
+    Checkpoint,
+    DeadLetterNote,
+    FailureCause,
+    Job,
+    JobError,
+    Outcome,
+    StepMessage,
+    Usage,
+    utcnow,
+)
+from shared.engine import job as lifecycle
 from shared.engine.backends import Backends
-from shared.engine.ledger import month_of
+from shared.engine.ledger import BUDGET_WARNING_RATIO, month_of
+from shared.errors import DependencyUnavailable
 from shared.observability import metrics
 from shared.observability.logs import job_context
 from shared.ports import PermanentModelError, TransientModelError
 
 log = logging.getLogger("agent.steps")
 MAX_BACKOFF_SECONDS = 300.0
-BUDGET_WARNING_RATIO = 0.8
 BUDGET_STALENESS_SECONDS = 1.0
 
 
@@ -84,15 +96,26 @@ def handle_step(b: Backends, body: bytes, delivery_count: int = 1) -> None:
             raise
 
 
+def failure_cause(exc: BaseException) -> FailureCause:
+    """What a step's failure is, judged here where it was raised, by our own and the ports' error types.
+
+    Adapters map their SDK's errors to the ports' types, so renaming an SDK exception can never
+    turn a transient failure into a permanent one. Anything unrecognised is poison: it failed
+    the same way on every delivery, and another try would burn tokens for nothing.
+    """
+    if isinstance(exc, TransientModelError | DependencyUnavailable | StepOutOfOrder | TimeoutError | ConnectionError):
+        return "transient"
+    if isinstance(exc, PolicyViolation):
+        return "policy"
+    if isinstance(exc, PermanentModelError):
+        return "permanent"
+    return "poison"
+
+
 def _record_dead_letter(b: Backends, job_id: str, msg: StepMessage, delivery_count: int, exc: Exception) -> None:
-    note = {"step": msg.step, "delivery_count": delivery_count, "reason": "MaxDeliveryCountExceeded",
-            "description": f"{type(exc).__name__}: {exc}"[:1000], "at": utcnow().isoformat()}
-
-    def mark(job: Job) -> bool:
-        job.dead_letter = note
-        return True
-
-    b.jobs.update(job_id, mark)
+    note = DeadLetterNote(step=msg.step, delivery_count=delivery_count, cause=failure_cause(exc),
+                          description=f"{type(exc).__name__}: {exc}"[:1000])
+    b.jobs.update(job_id, lambda job: lifecycle.note_dead_letter(job, note))
     log.error("step %s failed on its last delivery (%s); it goes to the dead-letter queue: %s", msg.step,
               delivery_count, exc, extra={"event": "step_dead_lettered"})
 
@@ -231,7 +254,7 @@ def settle(b: Backends, job: Job, cp: Checkpoint) -> None:
         if job.session_id and cp.outcome.status == "succeeded" and state.report is not None:
             findings = [c.quote for c in state.report.citations] + state.notes
             b.memory.remember(job.tenant, job.session_id, findings)
-    updated = b.jobs.update(job.id, lambda j: project(j, cp, lambda n: b.checkpoints.get(j.id, n)))
+    updated = b.jobs.update(job.id, lambda j: lifecycle.apply_checkpoint(j, cp, lambda n: b.checkpoints.get(j.id, n)))
     # The ledger holds each job's running total (set, not added). A step that used no tokens leaves
     # it unchanged, unless it ends the job: the final step re-sets it, which also repairs a ledger
     # write lost to a crash after an earlier step's commit.
@@ -243,37 +266,10 @@ def settle(b: Backends, job: Job, cp: Checkpoint) -> None:
 
 
 def _record_usage(b: Backends, job: Job, cp: Checkpoint) -> None:
-    before, after = b.ledger.record(job.tenant, month_of(job.created_at), job.id, cp.total_usage)
+    before, after = b.ledger.record(job.tenant, month_of(job.created_at), job.id, cp.total_usage, cp.step)
     budget = b.settings.budget_for(job.tenant)
     metrics.record_budget(job.tenant, after, budget)
     if before < BUDGET_WARNING_RATIO * budget <= after:
-        log.warning("tenant %s passed 80%% of its monthly token budget (%s of %s)", job.tenant, after, budget,
+        log.warning("tenant %s passed %d%% of its monthly token budget (%s of %s)", job.tenant,
+                    round(BUDGET_WARNING_RATIO * 100), after, budget,
                     extra={"event": "budget_warning", "tenant": job.tenant})
-
-
-def project(job: Job, cp: Checkpoint, load) -> bool:  # type: ignore[no-untyped-def]
-    """Fold checkpoint cp (and any missed before it) into the job record. False when already there."""
-    if cp.step <= job.step:
-        return False
-    for n in range(job.step + 1, cp.step):
-        missed = load(n)
-        if missed is not None:
-            job.progress.append(_summary(missed))
-    job.progress.append(_summary(cp))
-    job.step = cp.step
-    job.usage = cp.total_usage
-    job.started_at = job.started_at or cp.created_at - timedelta(milliseconds=cp.duration_ms)
-    if job.finished:  # ended out of band (sweep, operator); keep its verdict
-        return True
-    if cp.outcome is not None:
-        job.status = cp.outcome.status
-        job.error = cp.outcome.error
-        job.finished_at = cp.created_at
-    else:
-        job.status = "running"
-    return True
-
-
-def _summary(cp: Checkpoint) -> StepSummary:
-    return StepSummary(step=cp.step, kind=cp.kind, summary=cp.summary, tokens=cp.usage.total_tokens,
-                       duration_ms=round(cp.duration_ms, 3), at=cp.created_at)

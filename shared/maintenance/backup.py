@@ -31,6 +31,7 @@ from datetime import datetime
 from pydantic import BaseModel, Field, ValidationError
 
 from shared.contracts import Chunk, utcnow
+from shared.engine import layout
 from shared.engine.backends import Backends
 from shared.errors import InvalidRequest, NotFound
 from shared.maintenance.lease import exclusive
@@ -43,7 +44,6 @@ Progress = Callable[[int, int | None, str], None]
 LEASE = "knowledge-index"  # backup and restore exclude each other: a backup mid-restore would be half empty
 CHUNKS_PER_FILE = 1000
 OBJECTS_PER_FILE = 500
-STATE_CONTAINERS = ("jobs", "tenants", "reports", "ledgers", "resubmissions", "idempotency")
 FORMAT = 1
 _ID_RE = re.compile(r"^\d{8}T\d{6}Z(-\d+)?$")
 
@@ -181,7 +181,7 @@ def run_backup(b: Backends, progress: Progress | None = None) -> BackupManifest:
             documents.update(c.doc_id for c in page)
             report(chunks, max(total, chunks), "chunks")
         objects, pending, page_no = 0, [], 0
-        for key in (k for container in STATE_CONTAINERS for k in b.objects.list(f"{container}/")):
+        for key in (k for container in layout.BACKED_UP for k in b.objects.list(f"{container}/")):
             found = b.objects.get(key)
             if found is None:
                 continue  # deleted while we listed

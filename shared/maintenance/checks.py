@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field
 
 from shared.contracts import Job, utcnow
 from shared.engine.backends import Backends
-from shared.engine.ledger import month_of
+from shared.engine.ledger import BUDGET_WARNING_RATIO, month_of
 from shared.maintenance.backup import list_backups
 from shared.maintenance.lease import exclusive
 
@@ -34,7 +34,6 @@ LEASE = "weekly-checks"
 PERIOD = timedelta(days=7)
 ERROR_RATE_THRESHOLD = 0.05
 QUEUE_LENGTH_THRESHOLD = 100
-TOKEN_BUDGET_THRESHOLD = 0.8
 TOP = 10
 
 
@@ -159,9 +158,9 @@ def _alerts(jobs: JobFigures, queue: QueueFigures, tenants: list[TenantTokens]) 
                             message=f"{queue.active} active messages in the step queue (over "
                                     f"{QUEUE_LENGTH_THRESHOLD})"))
     for t in tenants:
-        if t.budget and t.total_tokens > TOKEN_BUDGET_THRESHOLD * t.budget:
+        if t.budget and t.total_tokens > BUDGET_WARNING_RATIO * t.budget:
             alerts.append(Alert(event="token_budget_high", tenant=t.tenant, value=t.total_tokens / t.budget,
-                                threshold=TOKEN_BUDGET_THRESHOLD,
+                                threshold=BUDGET_WARNING_RATIO,
                                 message=f"tenant {t.tenant} used {t.percent_used:.1f}% of its monthly budget "
                                         f"({t.total_tokens} of {t.budget} tokens)"))
     return alerts

@@ -31,6 +31,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
 
+from shared.engine.layout import lease_key
 from shared.errors import OperationRunning
 from shared.ports import ObjectStore, PreconditionFailed
 
@@ -51,10 +52,6 @@ class LeaseHeld(OperationRunning):
 
 class LeaseLost(OperationRunning):
     """Our lease expired and another instance took it over; stop before doing the work twice."""
-
-
-def lease_key(name: str) -> str:
-    return f"locks/{name}.json"
 
 
 def _holder() -> str:

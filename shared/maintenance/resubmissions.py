@@ -19,9 +19,11 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from shared.contracts import Job, utcnow
+from shared.contracts import utcnow
+from shared.engine import layout
+from shared.engine.updates import update_json
 from shared.errors import Conflict
-from shared.ports import ObjectStore, PreconditionFailed, QueueMessage
+from shared.ports import ObjectStore, QueueMessage
 
 Action = Literal["resubmitted", "failed", "cancelled", "stale", "superseded"]
 
@@ -31,7 +33,8 @@ class Resubmission(BaseModel):
     step: int
     action: Action
     message_id: str | None = Field(None, description="The new message's id when the step was sent again.")
-    cause: str | None = Field(None, description="transient, permanent or operator.")
+    cause: str | None = Field(None, description="The failure's cause (transient, lost_lock, permanent, poison, "
+                                                "policy, budget), or operator / cancel_requested.")
     reason: str | None = Field(None, description="The job's error reason when the decision ended the job.")
     detail: str = ""
     at: datetime = Field(default_factory=utcnow)
@@ -71,7 +74,7 @@ class ResubmissionStore:
 
     @staticmethod
     def _key(job_id: str) -> str:
-        return f"resubmissions/{job_id}.json"
+        return layout.resubmissions_key(job_id)
 
     def get(self, job_id: str) -> ResubmissionLog:
         found = self.objects.get(self._key(job_id))
@@ -80,33 +83,17 @@ class ResubmissionStore:
     def decide(self, job_id: str, key: str,
                choose: Callable[[ResubmissionLog], Resubmission]) -> tuple[ResubmissionLog, Resubmission]:
         """The recorded decision for key, or choose(log)'s, recorded atomically; first decision wins."""
-        while True:
-            found = self.objects.get(self._key(job_id))
-            log = ResubmissionLog.model_validate_json(found.data) if found else ResubmissionLog(job_id=job_id)
-            earlier = log.find(key)
-            if earlier is not None:
-                return log, earlier
-            entry = choose(log)
-            entry.key = key
-            log.entries.append(entry)
-            data = log.model_dump_json().encode()
-            try:
-                if found is None:
-                    self.objects.put_if_absent(self._key(job_id), data)
-                else:
-                    self.objects.put(self._key(job_id), data, if_match=found.etag)
-                return log, entry
-            except PreconditionFailed:
-                continue
 
+        def change(log: ResubmissionLog | None) -> ResubmissionLog | None:
+            log = log or ResubmissionLog(job_id=job_id)
+            if log.find(key) is not None:
+                return None
+            entry = choose(log).model_copy(update={"key": key})
+            return log.model_copy(update={"entries": [*log.entries, entry]})
 
-def project_count(log: ResubmissionLog) -> Callable[[Job], bool]:
-    """A JobStore.update change that sets Job.resubmissions from the log (idempotent)."""
-
-    def change(job: Job) -> bool:
-        if job.resubmissions == log.resubmitted:
-            return False
-        job.resubmissions = log.resubmitted
-        return True
-
-    return change
+        log = update_json(self.objects, self._key(job_id), change, load=ResubmissionLog.model_validate_json,
+                          dump=lambda log: log.model_dump_json().encode())
+        log = log or ResubmissionLog(job_id=job_id)
+        decided = log.find(key)
+        assert decided is not None  # either this call or an earlier one recorded it
+        return log, decided

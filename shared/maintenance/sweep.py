@@ -2,16 +2,14 @@
 
 Classification. The broker's own description of a MaxDeliveryCountExceeded dead letter is
 generic ("could not be consumed after 10 delivery attempts"), so the cause comes from the
-job's dead_letter note, which the step engine writes on the last delivery as
-{step, delivery_count, reason, description="<ExceptionType>: <message>"}:
-- transient: the exception type is TransientModelError, DependencyUnavailable, StepOutOfOrder,
-  a lock-lost error (…LockLost…), a timeout (…Timeout…) or a connection/server-busy error of an
-  SDK (TRANSIENT_ERRORS below). No note for the step means the step never reported a failure:
-  the worker died or lost its lock on every delivery, which is transient too. A TTL expiry is
-  judged the same way (the step may never have run);
-- permanent: any other exception type (ValidationError, PermanentModelError, a RuntimeError
-  from a bug that fails the same way every time, ...), and a message that something
-  dead-lettered on purpose with its own reason.
+job's dead-letter note, which the step engine writes on the last delivery with a typed
+`cause`, judged by exception type where the failure was raised (shared.engine.steps.failure_cause):
+- worth another try: `transient` (our transient model error, an unavailable dependency, a step
+  out of order, a timeout or connection error) and `lost_lock`: no note for the step means it
+  never reported a failure (the worker died or lost its lock on every delivery). A TTL expiry
+  is judged the same way (the step may never have run);
+- not: `permanent`, `poison` (a bug that fails the same way every time), `policy`, `budget`,
+  and a message that something dead-lettered on purpose with its own reason.
 Transient causes are re-submitted (new message id "{job_id}:{step}:r{sequence}") while the
 job has had fewer than DLQ_MAX_RESUBMISSIONS re-submissions; past that the job fails with
 reason retries_exhausted. Permanent causes fail the job with reason step_failed (or
@@ -30,12 +28,21 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
-from shared.contracts import Job, JobError, StepMessage, utcnow
+from shared.contracts import (
+    MAX_DELIVERY_COUNT_EXCEEDED,
+    RETRYABLE_CAUSES,
+    FailureCause,
+    Job,
+    StepMessage,
+    utcnow,
+)
+from shared.engine import job as lifecycle
 from shared.engine.backends import Backends
 from shared.maintenance.lease import exclusive
 from shared.maintenance.resubmissions import (
@@ -53,17 +60,8 @@ log = logging.getLogger("agent.maintenance")
 LEASE = "dead-letters"
 BATCH = 50
 MAX_PER_RUN = 1000  # a run that meets more leaves the rest to the next run, 15 minutes later
-BROKER_EXHAUSTED = "MaxDeliveryCountExceeded"
 BROKER_EXPIRED = "TTLExpiredException"
 
-TRANSIENT_ERRORS = frozenset({
-    "TransientModelError", "DependencyUnavailable", "StepOutOfOrder", "MessageLockLost", "TimeoutError",
-    "ConnectionError", "ConnectionResetError", "ConnectionRefusedError", "BrokenPipeError",
-    "ServiceRequestError", "ServiceResponseError", "ServiceBusConnectionError", "ServiceBusServerBusyError",
-    "ServerBusyError", "APIConnectionError", "RateLimitError", "InternalServerError",
-})
-
-Cause = Literal["transient", "permanent", "operator", "cancel_requested"]
 Outcome = Literal["resubmitted", "failed", "cancelled", "stale", "superseded", "dropped", "error"]
 
 
@@ -75,7 +73,8 @@ class DeadLetterAction(BaseModel):
     job_id: str | None = None
     step: int | None = None
     action: Outcome
-    cause: str | None = Field(None, description="transient, permanent, operator or cancel_requested.")
+    cause: str | None = Field(None, description="The failure's cause (transient, lost_lock, permanent, poison, policy, "
+                                                "budget), or operator / cancel_requested.")
     reason: str | None = Field(None, description="The job's error reason when the action ended the job.")
     detail: str = ""
     new_message_id: str | None = Field(None, description="The re-submitted step's message id.")
@@ -109,21 +108,17 @@ class SweepResult(BaseModel):
                 "completed_without_action": self.completed_without_action, "errors": self.errors}
 
 
-def is_transient(error_type: str) -> bool:
-    return error_type in TRANSIENT_ERRORS or "Timeout" in error_type or "LockLost" in error_type
-
-
-def classify(job: Job, step: int, message: QueueMessage) -> tuple[Literal["transient", "permanent"], str]:
+def classify(job: Job, step: int, message: QueueMessage) -> tuple[FailureCause, str]:
     """(cause, what failed), by the rule in the module docstring."""
-    if message.dead_letter_reason not in (None, BROKER_EXHAUSTED, BROKER_EXPIRED):
+    if message.dead_letter_reason not in (None, MAX_DELIVERY_COUNT_EXCEEDED, BROKER_EXPIRED):
         return "permanent", f"dead-lettered with reason {message.dead_letter_reason}: {message.dead_letter_description}"
-    note = job.dead_letter if job.dead_letter and job.dead_letter.get("step") == step else None
+    note = job.dead_letter if job.dead_letter and job.dead_letter.step == step else None
     if note is None:
-        return "transient", (f"step {step} recorded no failure ({message.dead_letter_reason or 'dead-lettered'}): "
+        return "lost_lock", (f"step {step} recorded no failure ({message.dead_letter_reason or 'dead-lettered'}): "
                              "the worker stopped or lost its lock on every delivery")
-    description = str(note.get("description") or "")
-    error_type = description.split(":", 1)[0].strip()
-    return ("transient" if is_transient(error_type) else "permanent"), description
+    # A note written before causes were recorded has none: another try is the safe judgement,
+    # bounded by DLQ_MAX_RESUBMISSIONS.
+    return note.cause or "transient", note.description
 
 
 def _choose(b: Backends, job: Job, step: int, message: QueueMessage, history: ResubmissionLog,
@@ -142,33 +137,25 @@ def _choose(b: Backends, job: Job, step: int, message: QueueMessage, history: Re
                             detail=f"cancelled by request; step {step} had been dead-lettered")
     cause, what = classify(job, step, message)
     limit = b.settings.dlq_max_resubmissions
-    if cause == "transient" and history.resubmitted < limit:
+    if cause in RETRYABLE_CAUSES and history.resubmitted < limit:
         return Resubmission(key="", step=step, action="resubmitted", message_id=resend, cause=cause, detail=what)
-    if cause == "transient":
+    if cause in RETRYABLE_CAUSES:
         return Resubmission(key="", step=step, action="failed", cause=cause, reason="retries_exhausted",
                             detail=f"step {step} was dead-lettered again after {history.resubmitted} "
                                    f"re-submission(s) (DLQ_MAX_RESUBMISSIONS={limit}): {what}")
-    reason = "dead_lettered" if message.dead_letter_reason not in (None, BROKER_EXHAUSTED) else "step_failed"
+    reason = "dead_lettered" if message.dead_letter_reason not in (None, MAX_DELIVERY_COUNT_EXCEEDED) else "step_failed"
     return Resubmission(key="", step=step, action="failed", cause=cause, reason=reason,
                         detail=f"step {step} failed on every delivery: {what}")
 
 
-def _project(entry: Resubmission, history: ResubmissionLog):  # type: ignore[no-untyped-def]
-    """The job record change for a decision: idempotent, so a repeated sweep writes nothing new."""
+def _project(entry: Resubmission, history: ResubmissionLog) -> Callable[[Job], bool]:
+    """The job record's transitions for a decision: idempotent, so a repeated sweep writes nothing new."""
 
     def change(job: Job) -> bool:
-        changed = job.resubmissions != history.resubmitted
-        job.resubmissions = history.resubmitted
-        if entry.action in ("failed", "cancelled") and not job.finished:
-            job.status = "failed" if entry.action == "failed" else "cancelled"
-            job.error = JobError(reason=entry.reason or "dead_lettered", detail=entry.detail)
-            job.finished_at = entry.at
-            changed = True
-        note = job.dead_letter
-        if note is not None and note.get("step") == entry.step and note.get("handled") != entry.key:
-            job.dead_letter = {**note, "handled": entry.key, "action": entry.action,
-                               "resubmitted_as": entry.message_id}
-            changed = True
+        changed = lifecycle.note_resubmissions(job, history.resubmitted)
+        if entry.action in ("failed", "cancelled"):
+            changed |= lifecycle.end(job, entry.action, entry.reason or "dead_lettered", entry.detail, entry.at)
+        changed |= lifecycle.note_handled(job, entry.step, entry.key, entry.action, entry.message_id)
         return changed
 
     return change

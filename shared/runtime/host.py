@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    configure_telemetry(settings, log_file=settings.data_dir / "logs" / "runtime.jsonl")
+    configure_telemetry(settings, log_file=settings.runtime_log_path)
 
     from shared.adapters.local.queue import LocalQueue
     from shared.bootstrap import get_backends

@@ -5,12 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-from dataclasses import dataclass
+from collections.abc import Iterable
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from agents.policy import resolve, tenant_limits
 from shared.contracts import Job, JobStatus, PolicyOverrides, Report, StepMessage, utcnow
+from shared.engine import job as lifecycle
+from shared.engine import layout
 from shared.engine.backends import Backends
 from shared.engine.ledger import month_of
 from shared.errors import Conflict, NotFound, TooManyRequests
@@ -85,7 +87,7 @@ def submit(b: Backends, tenant: str, request: JobRequest, idempotency_key: str |
     job_id = new_job_id()
     if idempotency_key:
         fingerprint = hashlib.sha256(request.model_dump_json().encode()).hexdigest()
-        key = f"idempotency/{tenant}/{hashlib.sha256(idempotency_key.encode()).hexdigest()}.json"
+        key = layout.idempotency_key(tenant, hashlib.sha256(idempotency_key.encode()).hexdigest())
         record = json.dumps({"job_id": job_id, "request": fingerprint}).encode()
         try:
             b.objects.put_if_absent(key, record)
@@ -122,37 +124,35 @@ def _plausible(job_id: str) -> bool:
     return 0 < len(job_id) <= 100 and all(c.isalnum() or c in "-_" for c in job_id)
 
 
-@dataclass
-class JobPage:
+class JobPage(BaseModel):
+    """One page of jobs, newest first."""
+
     jobs: list[Job]
-    next_cursor: str | None
+    next_cursor: str | None = Field(None, description="Pass as ?cursor= for the next page; absent on the last.")
 
 
 def list_jobs(b: Backends, tenant: str, *, status: JobStatus | None, limit: int, cursor: str | None) -> JobPage:
+    pairs = b.jobs.list_for_tenant(tenant, after=cursor)
+    return page_of(((marker, job) for marker, job in pairs if status is None or job.status == status), limit)
+
+
+def page_of(pairs: Iterable[tuple[str, Job]], limit: int) -> JobPage:
+    """The first `limit` (cursor, job) pairs as a page; its cursor resumes after the last one."""
     page: list[Job] = []
     last: str | None = None
-    for marker, job in b.jobs.list_for_tenant(tenant, after=cursor):
-        if status is not None and job.status != status:
-            continue
+    for marker, job in pairs:
         if len(page) == limit:
-            return JobPage(page, last)
+            return JobPage(jobs=page, next_cursor=last)
         page.append(job)
         last = marker
-    return JobPage(page, None)
+    return JobPage(jobs=page, next_cursor=None)
 
 
 def cancel(b: Backends, tenant: str, job_id: str) -> Job:
     job = get(b, tenant, job_id)
     if job.finished:
         raise JobAlreadyFinished(job)
-
-    def request_cancel(j: Job) -> bool:
-        if j.cancel_requested or j.finished:
-            return False
-        j.cancel_requested = True
-        return True
-
-    return b.jobs.update(job_id, request_cancel) or job
+    return b.jobs.update(job_id, lifecycle.request_cancel) or job
 
 
 def report(b: Backends, tenant: str, job_id: str) -> tuple[Job, Report]:

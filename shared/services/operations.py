@@ -16,15 +16,17 @@ from datetime import datetime
 from pydantic import BaseModel, Field, ValidationError
 
 from shared.contracts import Job, JobStatus, PolicyOverrides, StepMessage
+from shared.engine import job as lifecycle
 from shared.engine.backends import Backends
-from shared.engine.ledger import month_of
+from shared.engine.ledger import BUDGET_WARNING_RATIO, month_of
 from shared.errors import Conflict, InvalidRequest, NotFound
 from shared.maintenance.lease import exclusive
-from shared.maintenance.resubmissions import JobNotResubmittable, Resubmission, ResubmissionStore, project_count
+from shared.maintenance.resubmissions import JobNotResubmittable, Resubmission, ResubmissionStore
 from shared.maintenance.sweep import LEASE as DEAD_LETTERS_LEASE
 from shared.maintenance.sweep import DeadLetterAction, classify, handle_dead_letter
 from shared.ports import QueueMessage
 from shared.services import jobs
+from shared.services.jobs import JobPage
 
 log = logging.getLogger("agent.operations")
 
@@ -32,7 +34,6 @@ __all__ = ["DeadLetterNotFound", "JobNotRerunnable", "JobNotResubmittable"]
 
 PEEK_MAX = 1000
 FIND_LOCK_SECONDS = 2.0
-TOKEN_WARNING_RATIO = 0.8
 
 
 class DeadLetterNotFound(NotFound):
@@ -76,7 +77,8 @@ class DeadLetter(BaseModel):
     reason: str | None = Field(None, description="The broker's dead-letter reason.")
     description: str | None = Field(None, description="The broker's dead-letter description.")
     failure: str | None = Field(None, description="The exception of the step's last delivery (job's note).")
-    cause: str | None = Field(None, description="What the sweep will judge it: transient or permanent.")
+    cause: str | None = Field(None, description="What the sweep will judge it: transient, lost_lock, "
+                                                "permanent, poison, policy or budget.")
 
 
 def _view(message: QueueMessage, b: Backends, known: dict[str, Job | None]) -> DeadLetter:
@@ -93,8 +95,8 @@ def _view(message: QueueMessage, b: Backends, known: dict[str, Job | None]) -> D
     job = known[msg.job_id]
     if job is not None:
         view.tenant, view.job_status = job.tenant, job.status
-        note = job.dead_letter if job.dead_letter and job.dead_letter.get("step") == msg.step else None
-        view.failure = str(note.get("description")) if note else None
+        note = job.dead_letter if job.dead_letter and job.dead_letter.step == msg.step else None
+        view.failure = note.description if note else None
         if not job.finished:
             view.cause = classify(job, msg.step, message)[0]
     return view
@@ -186,7 +188,7 @@ def resubmit_job(b: Backends, job_id: str) -> ResubmitResult:
         detail="re-submitted by an operator"))
     again = StepMessage(job_id=job.id, step=step, origin=str(entry.message_id))
     b.queue.send(again.model_dump_json().encode(), message_id=again.message_id)
-    b.jobs.update(job.id, project_count(history))
+    b.jobs.update(job.id, lambda j: lifecycle.note_resubmissions(j, history.resubmitted))
     log.warning("job %s: step %s re-submitted by an operator as %s", job.id, step, entry.message_id,
                 extra={"event": "job_resubmitted", "job_id": job.id, "step": step, "tenant": job.tenant})
     return ResubmitResult(job_id=job.id, step=step, message_id=str(entry.message_id),
@@ -206,24 +208,21 @@ def rerun_job(b: Backends, job_id: str) -> Job:
     return new
 
 
-class JobList(BaseModel):
-    jobs: list[Job]
-    next_cursor: str | None = Field(None, description="Pass as ?cursor= for the next page; absent on the last.")
+def list_jobs(b: Backends, *, status: JobStatus | None = None, tenant: str | None = None, reason: str | None = None,
+              limit: int = 50, cursor: str | None = None) -> JobPage:
+    """Jobs of every tenant (or one), newest first; optionally only those that ended with an error reason."""
 
+    def wanted(job: Job) -> bool:
+        return (status is None or job.status == status) and (
+            reason is None or (job.error is not None and job.error.reason == reason))
 
-def list_jobs(b: Backends, *, status: JobStatus | None = None, tenant: str | None = None, limit: int = 50,
-              cursor: str | None = None) -> JobList:
-    """Jobs of every tenant (or one), newest first."""
     if tenant is not None:
-        page = jobs.list_jobs(b, tenant, status=status, limit=limit, cursor=cursor)
-        return JobList(jobs=page.jobs, next_cursor=page.next_cursor)
-    every = sorted((j for j in b.jobs.all() if status is None or j.status == status),
-                   key=lambda j: (j.created_at, j.id), reverse=True)
+        return jobs.page_of(((m, j) for m, j in b.jobs.list_for_tenant(tenant, after=cursor) if wanted(j)), limit)
+    every = sorted((j for j in b.jobs.all() if wanted(j)), key=lambda j: (j.created_at, j.id), reverse=True)
     if cursor is not None:
         ids = [j.id for j in every]
         every = every[ids.index(cursor) + 1:] if cursor in ids else []
-    page_jobs = every[:limit]
-    return JobList(jobs=page_jobs, next_cursor=page_jobs[-1].id if len(every) > limit else None)
+    return jobs.page_of(((j.id, j) for j in every), limit)
 
 
 # --- token usage ------------------------------------------------------------------------------------
@@ -236,32 +235,44 @@ class TenantUsage(BaseModel):
     total_tokens: int
     budget: int
     percent_used: float
-    warning: bool = Field(description="Over 80% of the budget: the runbook's token alert.")
+    warning: bool = Field(description="Over BUDGET_WARNING_RATIO (80%) of the budget: the runbook's token alert.")
     jobs: int
+
+
+class JobUsage(BaseModel):
+    job_id: str
+    tenant: str
+    total_tokens: int
 
 
 class UsageReport(BaseModel):
     month: str
     total_tokens: int
     tenants: list[TenantUsage] = Field(description="Most tokens first.")
+    top_jobs: list[JobUsage] = Field(default_factory=list, description="The month's largest jobs by tokens: "
+                                     "the runbook's first step on a token alert.")
 
 
-def usage(b: Backends, month: str | None = None) -> UsageReport:
-    """Each tenant's tokens in the month (this month by default) against its budget."""
+def usage(b: Backends, month: str | None = None, *, top: int = 5) -> UsageReport:
+    """Each tenant's tokens in the month (this month by default) against its budget; the `top` largest jobs."""
     month = month or month_of()
     if not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", month):
         raise InvalidRequest(f"month {month!r} is not YYYY-MM")
     known = set(b.ledger.tenants(month)) | {k.tenant for k in b.settings.api_keys.values()}
     known |= set(b.settings.tenant_token_budgets)
     rows = []
+    largest: list[JobUsage] = []
     for tenant in known:
         by_job = b.ledger.by_job(tenant, month)
+        largest += [JobUsage(job_id=job_id, tenant=tenant, total_tokens=u.total_tokens) for job_id, u in by_job.items()]
         prompt = sum(u.prompt_tokens for u in by_job.values())
         completion = sum(u.completion_tokens for u in by_job.values())
         budget = b.settings.budget_for(tenant)
         total = prompt + completion
         rows.append(TenantUsage(tenant=tenant, prompt_tokens=prompt, completion_tokens=completion, total_tokens=total,
                                 budget=budget, percent_used=round(100.0 * total / budget, 2) if budget else 0.0,
-                                warning=bool(budget) and total > TOKEN_WARNING_RATIO * budget, jobs=len(by_job)))
+                                warning=bool(budget) and total > BUDGET_WARNING_RATIO * budget, jobs=len(by_job)))
     rows.sort(key=lambda r: (-r.total_tokens, r.tenant))
-    return UsageReport(month=month, total_tokens=sum(r.total_tokens for r in rows), tenants=rows)
+    largest.sort(key=lambda j: (-j.total_tokens, j.job_id))
+    return UsageReport(month=month, total_tokens=sum(r.total_tokens for r in rows), tenants=rows,
+                       top_jobs=largest[:top])

@@ -32,12 +32,12 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
+from shared.contracts import MAX_DELIVERY_COUNT_EXCEEDED
 from shared.errors import DependencyUnavailable
 from shared.ports import QueueCounts, QueueMessage
 
 log = logging.getLogger("agent." + __name__.rsplit(".", 1)[-1])
 
-MAX_DELIVERY_COUNT_EXCEEDED = "MaxDeliveryCountExceeded"
 
 # Only sends from another process need this; in-process sends notify the Condition.
 _CROSS_PROCESS_POLL_SECONDS = 0.2

@@ -1,0 +1,108 @@
+"""The job record's lifecycle: every change to a Job's fields is one of these named transitions.
+
+The record is a projection of the job's checkpoints plus what happened around them (cancel
+requests, dead letters, re-submissions, endings decided by the sweep). Each transition takes
+the record, changes it in place and returns whether it changed anything, so it can run inside
+`JobStore.update` (an optimistic update that may retry) and a repeated call writes nothing.
+Nothing outside this module assigns a Job's fields.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from shared.contracts import Checkpoint, DeadLetterNote, Job, JobError, StepSummary, utcnow
+
+__all__ = [
+    "apply_checkpoint",
+    "end",
+    "note_dead_letter",
+    "note_handled",
+    "note_resubmissions",
+    "request_cancel",
+    "stamped",
+    "summary",
+]
+
+
+def apply_checkpoint(job: Job, cp: Checkpoint, load: Callable[[int], Checkpoint | None]) -> bool:
+    """Fold checkpoint cp (and any missed before it, read through load) into the record.
+
+    False when the record already shows cp: projections only move forward by step.
+    """
+    if cp.step <= job.step:
+        return False
+    for n in range(job.step + 1, cp.step):
+        missed = load(n)
+        if missed is not None:
+            job.progress.append(summary(missed))
+    job.progress.append(summary(cp))
+    job.step = cp.step
+    job.usage = cp.total_usage
+    job.started_at = job.started_at or cp.created_at - timedelta(milliseconds=cp.duration_ms)
+    if job.finished:  # ended out of band (sweep, operator); keep its verdict
+        return True
+    if cp.outcome is not None:
+        job.status = cp.outcome.status
+        job.error = cp.outcome.error
+        job.finished_at = cp.created_at
+    else:
+        job.status = "running"
+    return True
+
+
+def stamped(job: Job) -> Job:
+    """The record as written: every write sets updated_at."""
+    job.updated_at = utcnow()
+    return job
+
+
+def summary(cp: Checkpoint) -> StepSummary:
+    return StepSummary(step=cp.step, kind=cp.kind, summary=cp.summary, tokens=cp.usage.total_tokens,
+                       duration_ms=round(cp.duration_ms, 3), at=cp.created_at)
+
+
+def request_cancel(job: Job) -> bool:
+    """Ask the job to stop at its next step boundary."""
+    if job.cancel_requested or job.finished:
+        return False
+    job.cancel_requested = True
+    return True
+
+
+def end(job: Job, status: str, reason: str, detail: str, at: datetime | None = None) -> bool:
+    """End an unfinished job out of band (failed or cancelled), with its reason."""
+    if job.finished:
+        return False
+    if status not in ("failed", "cancelled"):
+        raise ValueError(f"a job ends out of band as failed or cancelled, not {status}")
+    job.status = "failed" if status == "failed" else "cancelled"
+    job.error = JobError(reason=reason, detail=detail)
+    job.finished_at = at or utcnow()
+    return True
+
+
+def note_dead_letter(job: Job, note: DeadLetterNote) -> bool:
+    """Record why a step is about to be dead-lettered (the sweep reads note.cause)."""
+    if job.dead_letter == note:
+        return False
+    job.dead_letter = note
+    return True
+
+
+def note_handled(job: Job, step: int, key: str, action: str, resubmitted_as: str | None) -> bool:
+    """Mark the step's dead-letter note as handled by the re-submission log entry key."""
+    note = job.dead_letter
+    if note is None or note.step != step or note.handled == key:
+        return False
+    job.dead_letter = note.model_copy(update={"handled": key, "action": action, "resubmitted_as": resubmitted_as})
+    return True
+
+
+def note_resubmissions(job: Job, count: int) -> bool:
+    """Set the re-submission count from the job's re-submission log (a projection, never incremented)."""
+    if job.resubmissions == count:
+        return False
+    job.resubmissions = count
+    return True
