@@ -8,6 +8,7 @@ NODE_STAMP := node_modules/.installed
 .PHONY: setup demo test serve bench lint clean
 
 $(STAMP): requirements.txt requirements-dev.txt
+	@echo "installing the Python environment (first run only)..."
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -r requirements-dev.txt
