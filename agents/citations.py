@@ -64,8 +64,14 @@ def verify(markdown: str, proposed: list[dict[str, Any]], sources: dict[str, Chu
             continue
         start, end = span
         verified[n] = Citation(
-            n=n, doc_id=source.doc_id, chunk_id=source.chunk_id, title=source.title, url=source.url,
-            quote=source.content[start:end], start=start, end=end,
+            n=n,
+            doc_id=source.doc_id,
+            chunk_id=source.chunk_id,
+            title=source.title,
+            url=source.url,
+            quote=source.content[start:end],
+            start=start,
+            end=end,
         )
     for n in sorted(set(int(m) for m in _MARKER.findall(markdown)) - set(by_n)):
         failed.append({"n": n, "why": f"[{n}] appears in the text but has no citation entry"})

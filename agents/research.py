@@ -77,11 +77,16 @@ def _model_step(state: AgentState, ctx: AgentContext) -> StepResult:
     if needed > ctx.context_budget:
         # Only the newest turn's tool output and the conversation's skeleton are left; sending more than the
         # budget would break the promise the operator configured, so the job stops before spending anything.
-        error = JobError(reason="context_budget", detail=(
-            f"the prompt needs {needed} tokens even with older tool output elided; CONTEXT_BUDGET_TOKENS is "
-            f"{ctx.context_budget}: raise it, or narrow the task"))
-        return StepResult(state, "model", "prompt over the context budget", outcome=Outcome(status="failed",
-                                                                                           error=error))
+        error = JobError(
+            reason="context_budget",
+            detail=(
+                f"the prompt needs {needed} tokens even with older tool output elided; CONTEXT_BUDGET_TOKENS is "
+                f"{ctx.context_budget}: raise it, or narrow the task"
+            ),
+        )
+        return StepResult(
+            state, "model", "prompt over the context budget", outcome=Outcome(status="failed", error=error)
+        )
     turn = ctx.model.complete(messages, specs)
     message: dict[str, Any] = {"role": "assistant", "content": turn.content}
     if turn.tool_calls:
@@ -161,14 +166,22 @@ def _report(state: AgentState, ctx: AgentContext, call: dict[str, Any]) -> StepR
         feedback: dict[str, Any] = {"error": "the report cannot be accepted as written"}
         if check.failed:
             feedback["failed"] = check.failed
-            feedback["fix"] = ("quote sentences verbatim from chunks you read with read_document, or drop the "
-                               "claim; then call write_report again")
+            feedback["fix"] = (
+                "quote sentences verbatim from chunks you read with read_document, or drop the "
+                "claim; then call write_report again"
+            )
         if leaks:
             feedback["instructions_repeated"] = "the report repeats your instructions; remove them and resubmit"
-        state.messages.append({"role": "tool", "tool_call_id": call["id"],
-                               "content": json.dumps(feedback, ensure_ascii=False)})
-        return StepResult(state, "tools", f"report had {len(check.failed)} unverified citation(s)"
-                                          + (" and repeated its instructions" if leaks else "") + "; asked to repair")
+        state.messages.append(
+            {"role": "tool", "tool_call_id": call["id"], "content": json.dumps(feedback, ensure_ascii=False)}
+        )
+        return StepResult(
+            state,
+            "tools",
+            f"report had {len(check.failed)} unverified citation(s)"
+            + (" and repeated its instructions" if leaks else "")
+            + "; asked to repair",
+        )
 
     text = _without_instructions(check.markdown, leaks, system_prompt(ctx.policy, state.language))
     text, kept = citations.finalize(text, check.citations)
@@ -177,8 +190,12 @@ def _report(state: AgentState, ctx: AgentContext, call: dict[str, Any]) -> StepR
         text, kept = citations.finalize(_shorten(text, ctx.policy.max_report_chars), kept)
     state.removed_citations.extend(check.failed)
     state.report = Report(
-        markdown=text, citations=kept, language=state.language, model=ctx.model.name,
-        offline_model=ctx.model.offline, removed_citations=state.removed_citations,
+        markdown=text,
+        citations=kept,
+        language=state.language,
+        model=ctx.model.name,
+        offline_model=ctx.model.offline,
+        removed_citations=state.removed_citations,
     )
     state.messages.append({"role": "tool", "tool_call_id": call["id"], "content": json.dumps({"accepted": True})})
     summary = f"report accepted with {len(kept)} verified citation(s)"
@@ -226,10 +243,18 @@ def _shorten(text: str, limit: int) -> str:
 # --- a job stopped before its report -----------------------------------------------------------
 
 _PARTIAL = {
-    "en": ("Partial findings", "The job stopped before writing its report ({why}). Nothing below is a verified "
-           "claim; these are the sources it had read:", "No source had been read."),
-    "ja": ("途中までの調査結果", "ジョブはレポートを書く前に停止しました（{why}）。以下は検証済みの記述ではなく、"
-           "それまでに読んだ出典の一覧です。", "読んだ出典はありません。"),
+    "en": (
+        "Partial findings",
+        "The job stopped before writing its report ({why}). Nothing below is a verified "
+        "claim; these are the sources it had read:",
+        "No source had been read.",
+    ),
+    "ja": (
+        "途中までの調査結果",
+        "ジョブはレポートを書く前に停止しました（{why}）。以下は検証済みの記述ではなく、"
+        "それまでに読んだ出典の一覧です。",
+        "読んだ出典はありません。",
+    ),
 }
 
 
@@ -238,5 +263,11 @@ def partial_report(state: AgentState, why: str, model: ChatModel) -> Report:
     heading, intro, none = _PARTIAL.get(state.language, _PARTIAL["en"])
     lines = [f"## {heading}", "", intro.format(why=why), ""]
     lines += [f"- {s.title} ({s.doc_id}#{s.chunk_id})" for s in state.sources.values()] or [none]
-    return Report(markdown="\n".join(lines) + "\n", citations=[], language=state.language, model=model.name,
-                  offline_model=model.offline, removed_citations=state.removed_citations)
+    return Report(
+        markdown="\n".join(lines) + "\n",
+        citations=[],
+        language=state.language,
+        model=model.name,
+        offline_model=model.offline,
+        removed_citations=state.removed_citations,
+    )

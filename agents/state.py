@@ -12,8 +12,9 @@ from shared.contracts import Chunk, Report
 class AgentState(BaseModel):
     task: str
     language: str = "en"
-    messages: list[dict[str, Any]] = Field(default_factory=list,
-                                           description="OpenAI-format turns after the system prompt.")
+    messages: list[dict[str, Any]] = Field(
+        default_factory=list, description="OpenAI-format turns after the system prompt."
+    )
     sources: dict[str, Chunk] = Field(
         default_factory=dict, description="chunk key -> chunk read in this job: the only text a citation may quote"
     )

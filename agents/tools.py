@@ -70,9 +70,7 @@ FINAL_TOOL = "write_report"
 
 def tool_specs(allowed: list[str]) -> list[dict[str, Any]]:
     """OpenAI tool definitions for the tools the policy allows, in a stable order."""
-    return [
-        {"type": "function", "function": {"name": name, **SPECS[name]}} for name in SPECS if name in allowed
-    ]
+    return [{"type": "function", "function": {"name": name, **SPECS[name]}} for name in SPECS if name in allowed]
 
 
 class ToolRefused(Exception):
@@ -127,8 +125,11 @@ class Toolbox:
             state.sources[c.key] = c
         # The text goes back as a JSON field: it is data to quote, never instructions to follow.
         return json.dumps(
-            {"chunks": [{"doc_id": c.doc_id, "chunk_id": c.chunk_id, "title": c.title, "content": c.content}
-                        for c in chunks]},
+            {
+                "chunks": [
+                    {"doc_id": c.doc_id, "chunk_id": c.chunk_id, "title": c.title, "content": c.content} for c in chunks
+                ]
+            },
             ensure_ascii=False,
         )
 

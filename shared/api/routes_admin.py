@@ -30,8 +30,9 @@ def get_queue(caller: OperatorDep, b: BackendsDep) -> operations.QueueStatus:
 
 
 @router.get("/dlq", response_model=list[operations.DeadLetter], summary="Dead-lettered steps, oldest first")
-def list_dead_letters(caller: OperatorDep, b: BackendsDep,
-                      limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[operations.DeadLetter]:
+def list_dead_letters(
+    caller: OperatorDep, b: BackendsDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+) -> list[operations.DeadLetter]:
     return operations.dead_letters(b, limit)
 
 
@@ -45,8 +46,11 @@ def get_dead_letter(message_id: str, caller: OperatorDep, b: BackendsDep) -> ope
     return operations.dead_letter(b, message_id)
 
 
-@router.post("/dlq/{message_id}/resubmit", response_model=sweep.DeadLetterAction,
-             summary="Send a dead-lettered step again (new message id), whatever its cause")
+@router.post(
+    "/dlq/{message_id}/resubmit",
+    response_model=sweep.DeadLetterAction,
+    summary="Send a dead-lettered step again (new message id), whatever its cause",
+)
 def resubmit_dead_letter(message_id: str, caller: OperatorDep, b: BackendsDep) -> sweep.DeadLetterAction:
     return operations.resubmit_dead_letter(b, message_id)
 
@@ -77,8 +81,11 @@ class RestoreRequest(BaseModel):
     backup_id: str = Field(max_length=40, description="An id from GET /api/admin/backups.")
 
 
-@router.post("/restore", response_model=backup.RestoreResult,
-             summary="Rebuild the knowledge index from a backup, verified against its manifest")
+@router.post(
+    "/restore",
+    response_model=backup.RestoreResult,
+    summary="Rebuild the knowledge index from a backup, verified against its manifest",
+)
 def restore_backup(body: RestoreRequest, caller: OperatorDep, b: BackendsDep) -> backup.RestoreResult:
     return backup.restore(b, body.backup_id)
 
@@ -92,10 +99,12 @@ def run_checks(caller: OperatorDep, b: BackendsDep) -> checks.OpsReport:
 
 
 @router.get("/usage", response_model=operations.UsageReport, summary="Tokens by tenant against budget")
-def get_usage(caller: OperatorDep, b: BackendsDep,
-              month: Annotated[str | None, Query(pattern=r"^\d{4}-(0[1-9]|1[0-2])$")] = None,
-              top: Annotated[int, Query(ge=0, le=100, description="The month's N largest jobs.")] = 5,
-              ) -> operations.UsageReport:
+def get_usage(
+    caller: OperatorDep,
+    b: BackendsDep,
+    month: Annotated[str | None, Query(pattern=r"^\d{4}-(0[1-9]|1[0-2])$")] = None,
+    top: Annotated[int, Query(ge=0, le=100, description="The month's N largest jobs.")] = 5,
+) -> operations.UsageReport:
     return operations.usage(b, month, top=top)
 
 
@@ -109,25 +118,40 @@ def run_retention(caller: OperatorDep, b: BackendsDep) -> retention.RetentionRes
 
 @router.get("/jobs", response_model=JobPage, summary="Jobs of every tenant (or one), newest first")
 def list_jobs(
-    caller: OperatorDep, b: BackendsDep,
+    caller: OperatorDep,
+    b: BackendsDep,
     status: JobStatus | None = None,
     tenant: Annotated[str | None, Query(max_length=100)] = None,
-    reason: Annotated[str | None, Query(max_length=100, description="Only jobs that ended with this error reason, "
-                                        "e.g. citations_missing, policy_limit, budget_exceeded.")] = None,
+    reason: Annotated[
+        str | None,
+        Query(
+            max_length=100,
+            description="Only jobs that ended with this error reason, "
+            "e.g. citations_missing, policy_limit, budget_exceeded.",
+        ),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> JobPage:
     return operations.list_jobs(b, status=status, tenant=tenant, reason=reason, limit=limit, cursor=cursor)
 
 
-@router.post("/jobs/{job_id}/resubmit", status_code=202, response_model=operations.ResubmitResult,
-             summary="Send the job's next step again with a new message id")
+@router.post(
+    "/jobs/{job_id}/resubmit",
+    status_code=202,
+    response_model=operations.ResubmitResult,
+    summary="Send the job's next step again with a new message id",
+)
 def resubmit_job(job_id: str, caller: OperatorDep, b: BackendsDep) -> operations.ResubmitResult:
     return operations.resubmit_job(b, job_id)
 
 
-@router.post("/jobs/{job_id}/rerun", status_code=202, response_model=Job,
-             summary="Run a finished job's task again as a new job (same tenant, task, session, policy)")
+@router.post(
+    "/jobs/{job_id}/rerun",
+    status_code=202,
+    response_model=Job,
+    summary="Run a finished job's task again as a new job (same tenant, task, session, policy)",
+)
 def rerun_job(job_id: str, caller: OperatorDep, b: BackendsDep, response: Response) -> Job:
     job = operations.rerun_job(b, job_id)
     response.headers["Location"] = f"/api/jobs/{job.id}"

@@ -24,12 +24,16 @@ class IndexResult(BaseModel):
 
 
 @router.post(
-    "/documents", status_code=201, response_model=IndexResult, summary="Chunk and index documents",
+    "/documents",
+    status_code=201,
+    response_model=IndexResult,
+    summary="Chunk and index documents",
     description="JSON: one document or a list of `{id, title, url?, content}`. Or a Markdown/text upload: "
-                "multipart `file` field(s), or a `text/markdown` / `text/plain` body with `?filename=`.",
+    "multipart `file` field(s), or a `text/markdown` / `text/plain` body with `?filename=`.",
 )
-async def add_documents(request: Request, caller: OperatorDep, b: BackendsDep,
-                        filename: Annotated[str | None, Query(max_length=200)] = None) -> IndexResult:
+async def add_documents(
+    request: Request, caller: OperatorDep, b: BackendsDep, filename: Annotated[str | None, Query(max_length=200)] = None
+) -> IndexResult:
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "application/json":
         try:
@@ -39,8 +43,11 @@ async def add_documents(request: Request, caller: OperatorDep, b: BackendsDep,
         docs = parsed if isinstance(parsed, list) else [parsed]
     elif ctype == "multipart/form-data":
         form = await request.form()
-        docs = [_parse_upload(f.filename or "upload.md", (await f.read()).decode("utf-8", errors="replace"))
-                for f in form.getlist("file") if hasattr(f, "read")]
+        docs = [
+            _parse_upload(f.filename or "upload.md", (await f.read()).decode("utf-8", errors="replace"))
+            for f in form.getlist("file")
+            if hasattr(f, "read")
+        ]
     elif ctype in ("text/markdown", "text/plain"):
         if not filename:
             raise InvalidRequest("a text upload needs ?filename= (its stem becomes the document id)")
@@ -66,6 +73,11 @@ def delete_document(doc_id: str, caller: OperatorDep, b: BackendsDep) -> dict[st
 
 
 @router.get("/search", response_model=list[SearchHit], summary="Query the knowledge index")
-def search(caller: CallerDep, b: BackendsDep, q: Annotated[str, Query(min_length=1, max_length=1000)],
-           top: Annotated[int, Query(ge=1, le=50)] = 5, doc_id: str | None = None) -> list[SearchHit]:
+def search(
+    caller: CallerDep,
+    b: BackendsDep,
+    q: Annotated[str, Query(min_length=1, max_length=1000)],
+    top: Annotated[int, Query(ge=1, le=50)] = 5,
+    doc_id: str | None = None,
+) -> list[SearchHit]:
     return b.index.search(q, top=top, doc_id=doc_id)

@@ -30,7 +30,11 @@ class ReportView(BaseModel):
 
 @router.post("", status_code=202, response_model=Job, summary="Submit a research job")
 def submit_job(
-    body: jobs.JobRequest, caller: CallerDep, b: BackendsDep, request: Request, response: Response,
+    body: jobs.JobRequest,
+    caller: CallerDep,
+    b: BackendsDep,
+    request: Request,
+    response: Response,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> Job:
     job, created = jobs.submit(b, caller.tenant, body, idempotency_key)
@@ -42,7 +46,8 @@ def submit_job(
 
 @router.get("", response_model=jobs.JobPage, summary="The caller's jobs, newest first")
 def list_jobs(
-    caller: CallerDep, b: BackendsDep,
+    caller: CallerDep,
+    b: BackendsDep,
     status: JobStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
@@ -61,7 +66,9 @@ def cancel_job(job_id: str, caller: CallerDep, b: BackendsDep) -> Job:
 
 
 @router.get(
-    "/{job_id}/report", response_model=ReportView, summary="The cited report (Markdown with Accept: text/markdown)",
+    "/{job_id}/report",
+    response_model=ReportView,
+    summary="The cited report (Markdown with Accept: text/markdown)",
     responses={200: {"content": {"text/markdown": {}}}},
 )
 def get_report(job_id: str, caller: CallerDep, b: BackendsDep, accept: Annotated[str, Header()] = "application/json"):  # type: ignore[no-untyped-def]

@@ -23,11 +23,14 @@ router = APIRouter(prefix="/api", tags=["operations"])
 
 
 @router.get(
-    "/metrics", summary="Prometheus metrics of this instance (operator key)",
+    "/metrics",
+    summary="Prometheus metrics of this instance (operator key)",
     responses={200: {"content": {"text/plain": {}}}},
 )
 def get_metrics(caller: OperatorDep) -> Response:
     if metrics.azure_monitor_owns_metrics():
-        raise MetricsInAzureMonitor("metrics are exported to Application Insights (customMetrics, e.g. agent.tokens); "
-                           "GET /api/metrics serves the embedded runtime only")
+        raise MetricsInAzureMonitor(
+            "metrics are exported to Application Insights (customMetrics, e.g. agent.tokens); "
+            "GET /api/metrics serves the embedded runtime only"
+        )
     return Response(metrics.prometheus_text(), media_type=metrics.PROMETHEUS_CONTENT_TYPE)

@@ -69,8 +69,10 @@ def authenticate(request: Request) -> Caller:
         raise Unauthorized("the API key is not valid")
     wait = limiter.allow(key, settings.rate_limit_per_minute)
     if wait:
-        raise TooManyRequests(f"rate limit of {settings.rate_limit_per_minute} requests per minute exceeded",
-                              headers={"Retry-After": str(max(1, round(wait)))})
+        raise TooManyRequests(
+            f"rate limit of {settings.rate_limit_per_minute} requests per minute exceeded",
+            headers={"Retry-After": str(max(1, round(wait)))},
+        )
     return caller
 
 
@@ -116,8 +118,9 @@ class BodySizeLimit:
             await self._too_large(scope, receive, send)
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = problem_response(PayloadTooLarge(f"request body is larger than {self.max_bytes} bytes"),
-                                    scope.get("path"))
+        response = problem_response(
+            PayloadTooLarge(f"request body is larger than {self.max_bytes} bytes"), scope.get("path")
+        )
         await response(scope, receive, send)
 
 

@@ -39,8 +39,19 @@ def queue_status(as_json: JsonOpt = False) -> None:
 
 
 def _dead_letter_rows(items: list[dict[str, Any]]) -> list[list[Any]]:
-    return [[d["message_id"], d.get("job_id"), d.get("step"), d.get("job_status"), d["delivery_count"],
-             d.get("reason"), d.get("cause"), (d.get("failure") or d.get("description") or "")[:70]] for d in items]
+    return [
+        [
+            d["message_id"],
+            d.get("job_id"),
+            d.get("step"),
+            d.get("job_status"),
+            d["delivery_count"],
+            d.get("reason"),
+            d.get("cause"),
+            (d.get("failure") or d.get("description") or "")[:70],
+        ]
+        for d in items
+    ]
 
 
 @dlq_app.command("list")
@@ -51,8 +62,11 @@ def dlq_list(as_json: JsonOpt = False) -> None:
     items = operations.dead_letters(backends())
 
     def render(data: list[dict[str, Any]]) -> None:
-        table(f"dead letters: {len(data)}", ["message id", "job", "step", "job status", "deliveries", "reason",
-                                              "sweep will judge", "failure"], _dead_letter_rows(data))
+        table(
+            f"dead letters: {len(data)}",
+            ["message id", "job", "step", "job status", "deliveries", "reason", "sweep will judge", "failure"],
+            _dead_letter_rows(data),
+        )
 
     emit(items, render, as_json=as_json)
 
@@ -69,8 +83,10 @@ def dlq_show(message_id: str, as_json: JsonOpt = False) -> None:
     def render(data: dict[str, Any]) -> None:
         fields(f"dead letter {message_id}")({k: v for k, v in data.items() if k != "job"})
         job = data["job"] or {}
-        typer.echo(f"job {job.get('id')}: {job.get('status')} at step {job.get('step')}, "
-                   f"resubmissions {job.get('resubmissions')}; see `agentctl jobs show {job.get('id')}`")
+        typer.echo(
+            f"job {job.get('id')}: {job.get('status')} at step {job.get('step')}, "
+            f"resubmissions {job.get('resubmissions')}; see `agentctl jobs show {job.get('id')}`"
+        )
 
     emit(shown, render, as_json=as_json)
 
@@ -99,8 +115,7 @@ def dlq_purge(
         count = b.queue.counts().dead_lettered
         typer.confirm(f"delete {count} dead-lettered message(s)?", abort=True)
     purged = operations.purge_dead_letters(b)
-    emit({"purged": purged}, lambda d: typer.echo(f"purged {d['purged']} dead-lettered message(s)"),
-         as_json=as_json)
+    emit({"purged": purged}, lambda d: typer.echo(f"purged {d['purged']} dead-lettered message(s)"), as_json=as_json)
 
 
 # --- jobs ---------------------------------------------------------------------------------------------
@@ -111,9 +126,17 @@ def _job_rows(items: list[dict[str, Any]]) -> list[list[Any]]:
     for j in items:
         usage = j.get("usage") or {}
         error = j.get("error") or {}
-        rows.append([j["id"], j["tenant"], j["status"], j["step"],
-                     usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0),
-                     str(j["created_at"])[:19], error.get("reason", "")])
+        rows.append(
+            [
+                j["id"],
+                j["tenant"],
+                j["status"],
+                j["step"],
+                usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0),
+                str(j["created_at"])[:19],
+                error.get("reason", ""),
+            ]
+        )
     return rows
 
 
@@ -121,8 +144,12 @@ def _job_rows(items: list[dict[str, Any]]) -> list[list[Any]]:
 def jobs_list(
     status: Annotated[str | None, typer.Option(help=f"Only jobs in this status: {', '.join(STATUSES)}.")] = None,
     tenant: Annotated[str | None, typer.Option(help="Only this tenant's jobs.")] = None,
-    reason: Annotated[str | None, typer.Option(help="Only jobs whose error reason is this, e.g. "
-                                                    "citations_missing, policy_limit, budget_exceeded.")] = None,
+    reason: Annotated[
+        str | None,
+        typer.Option(
+            help="Only jobs whose error reason is this, e.g. citations_missing, policy_limit, budget_exceeded."
+        ),
+    ] = None,
     limit: Annotated[int, typer.Option(min=1, max=10_000, help="At most this many, newest first.")] = 50,
     as_json: JsonOpt = False,
 ) -> None:
@@ -132,8 +159,11 @@ def jobs_list(
     found = _find_jobs(status, tenant, reason, limit)
 
     def render(data: list[dict[str, Any]]) -> None:
-        table(f"jobs: {len(data)}", ["id", "tenant", "status", "step", "tokens", "created (UTC)", "error"],
-              _job_rows(data))
+        table(
+            f"jobs: {len(data)}",
+            ["id", "tenant", "status", "step", "tokens", "created (UTC)", "error"],
+            _job_rows(data),
+        )
 
     emit(found, render, as_json=as_json)
 
@@ -141,15 +171,25 @@ def jobs_list(
 def _find_jobs(status: str | None, tenant: str | None, reason: str | None, limit: int) -> list[Job]:
     from shared.services import operations
 
-    return operations.list_jobs(backends(), status=status, tenant=tenant, reason=reason,  # type: ignore[arg-type]
-                                limit=limit).jobs
+    return operations.list_jobs(
+        backends(),
+        status=status,
+        tenant=tenant,
+        reason=reason,  # type: ignore[arg-type]
+        limit=limit,
+    ).jobs
 
 
 def _job(job_id: str) -> Job:
     job = backends().jobs.get(job_id)
     if job is None:
-        raise CliError(f"no job {job_id}", "list jobs with `agentctl jobs list` (is --data-dir / the Azure "
-                       "storage setting pointing at the right environment?)", kind="not-found", exit_code=2)
+        raise CliError(
+            f"no job {job_id}",
+            "list jobs with `agentctl jobs list` (is --data-dir / the Azure "
+            "storage setting pointing at the right environment?)",
+            kind="not-found",
+            exit_code=2,
+        )
     return job
 
 
@@ -159,23 +199,41 @@ def jobs_show(job_id: str, as_json: JsonOpt = False) -> None:
     b = backends()
     job = _job(job_id)
     report = b.reports.get(job_id)
-    shown = {"job": job, "checkpoints": b.checkpoints.steps(job_id), "has_report": report is not None,
-             # What the runbook's "missing citations" case looks at: kept vs removed citations.
-             "citations": len(report.citations) if report else None,
-             "removed_citations": report.removed_citations if report else []}
+    shown = {
+        "job": job,
+        "checkpoints": b.checkpoints.steps(job_id),
+        "has_report": report is not None,
+        # What the runbook's "missing citations" case looks at: kept vs removed citations.
+        "citations": len(report.citations) if report else None,
+        "removed_citations": report.removed_citations if report else [],
+    }
 
     def render(data: dict[str, Any]) -> None:
         j = data["job"]
-        fields = [["id", j["id"]], ["tenant", j["tenant"]], ["status", j["status"]], ["step", j["step"]],
-                  ["task", j["task"][:100]], ["usage", j["usage"]], ["error", j.get("error")],
-                  ["dead letter", j.get("dead_letter")], ["resubmissions", j.get("resubmissions")],
-                  ["cancel requested", j.get("cancel_requested")], ["created", j["created_at"]],
-                  ["finished", j.get("finished_at")], ["checkpoints", data["checkpoints"]],
-                  ["report", data["has_report"]], ["citations", data["citations"]],
-                  ["removed citations", len(data["removed_citations"])]]
+        fields = [
+            ["id", j["id"]],
+            ["tenant", j["tenant"]],
+            ["status", j["status"]],
+            ["step", j["step"]],
+            ["task", j["task"][:100]],
+            ["usage", j["usage"]],
+            ["error", j.get("error")],
+            ["dead letter", j.get("dead_letter")],
+            ["resubmissions", j.get("resubmissions")],
+            ["cancel requested", j.get("cancel_requested")],
+            ["created", j["created_at"]],
+            ["finished", j.get("finished_at")],
+            ["checkpoints", data["checkpoints"]],
+            ["report", data["has_report"]],
+            ["citations", data["citations"]],
+            ["removed citations", len(data["removed_citations"])],
+        ]
         table(f"job {j['id']}", ["field", "value"], fields)
-        table("progress", ["step", "kind", "tokens", "ms", "summary"],
-              [[p["step"], p["kind"], p["tokens"], p["duration_ms"], p["summary"][:80]] for p in j["progress"]])
+        table(
+            "progress",
+            ["step", "kind", "tokens", "ms", "summary"],
+            [[p["step"], p["kind"], p["tokens"], p["duration_ms"], p["summary"][:80]] for p in j["progress"]],
+        )
 
     emit(shown, render, as_json=as_json)
 

@@ -33,13 +33,17 @@ def parse_since(value: str, now: datetime | None = None) -> datetime:
     try:
         when = datetime.fromisoformat(value)
     except ValueError:
-        raise CliError(f"--since {value!r} is neither a duration nor a timestamp",
-                       "use e.g. 30m, 1h, 7d or 2025-01-31T09:00:00Z", kind="invalid") from None
+        raise CliError(
+            f"--since {value!r} is neither a duration nor a timestamp",
+            "use e.g. 30m, 1h, 7d or 2025-01-31T09:00:00Z",
+            kind="invalid",
+        ) from None
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
-def read_log_lines(path: Path, *, job_id: str | None, level: str | None,
-                   since: datetime | None) -> Iterator[dict[str, Any]]:
+def read_log_lines(
+    path: Path, *, job_id: str | None, level: str | None, since: datetime | None
+) -> Iterator[dict[str, Any]]:
     """The JSON lines of the embedded runtime's log that pass the filters, oldest first."""
     floor = LEVELS[level] if level else 0
     with path.open(encoding="utf-8", errors="replace") as lines:
@@ -69,9 +73,15 @@ def logs(
     level: Annotated[str | None, typer.Option(help="Minimum level: DEBUG, INFO, WARNING, ERROR, CRITICAL.")] = None,
     since: Annotated[str | None, typer.Option(help="Only newer records: 30m, 1h, 7d or an ISO timestamp.")] = None,
     limit: Annotated[int, typer.Option(min=1, help="Show at most the newest N records.")] = 200,
-    use_kql: Annotated[bool, typer.Option("--kql", help="Print the Application Insights KQL instead of reading "
-                                                    "the embedded log (the default when "
-                                                    "APPLICATIONINSIGHTS_CONNECTION_STRING is set).")] = False,
+    use_kql: Annotated[
+        bool,
+        typer.Option(
+            "--kql",
+            help="Print the Application Insights KQL instead of reading "
+            "the embedded log (the default when "
+            "APPLICATIONINSIGHTS_CONNECTION_STRING is set).",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Review logs: embedded JSON lines filtered by job/level/time, or the KQL to run in Application Insights."""
@@ -86,28 +96,38 @@ def logs(
         queries = kql.log_review(job_id, level, since)
 
         def render_kql(data: dict[str, str]) -> None:
-            typer.echo("Run in Application Insights > Logs, or with "
-                       "`az monitor app-insights query --app agent-appi-<env> -g <resource group> "
-                       "--analytics-query '<query>'`:\n")
+            typer.echo(
+                "Run in Application Insights > Logs, or with "
+                "`az monitor app-insights query --app agent-appi-<env> -g <resource group> "
+                "--analytics-query '<query>'`:\n"
+            )
             for name, text in data.items():
                 typer.echo(f"// {name}\n{text}\n")
 
-        emit({"source": "application-insights", "queries": queries}, lambda d: render_kql(d["queries"]),
-             as_json=as_json)
+        emit(
+            {"source": "application-insights", "queries": queries}, lambda d: render_kql(d["queries"]), as_json=as_json
+        )
         return
     path = settings.runtime_log_path
     if not path.exists():
-        raise CliError(f"no embedded runtime log at {path}",
-                       "start the runtime (`python -m shared.runtime`) with the same DATA_DIR, pass --data-dir, "
-                       "or use --kql for Application Insights", kind="not-found", exit_code=2)
-    records = list(read_log_lines(path, job_id=job_id, level=level,
-                                  since=parse_since(since) if since else None))[-limit:]
+        raise CliError(
+            f"no embedded runtime log at {path}",
+            "start the runtime (`python -m shared.runtime`) with the same DATA_DIR, pass --data-dir, "
+            "or use --kql for Application Insights",
+            kind="not-found",
+            exit_code=2,
+        )
+    records = list(read_log_lines(path, job_id=job_id, level=level, since=parse_since(since) if since else None))[
+        -limit:
+    ]
 
     def render(data: dict[str, Any]) -> None:
         for r in data["records"]:
             dims = " ".join(f"{k}={r[k]}" for k in ("job_id", "step", "tenant", "event") if k in r)
-            typer.echo(f"{r.get('timestamp', '')[:23]} {r.get('level', ''):8} {r.get('message', '')}"
-                       + (f"  [{dims}]" if dims else ""))
+            typer.echo(
+                f"{r.get('timestamp', '')[:23]} {r.get('level', ''):8} {r.get('message', '')}"
+                + (f"  [{dims}]" if dims else "")
+            )
 
     emit({"source": str(path), "records": records}, render, as_json=as_json)
 
@@ -118,7 +138,8 @@ def kql_command(
 ) -> None:
     """Print the runbook's Application Insights queries (KQL) by name: errors, failures, memory, ..."""
     if name is not None and name not in kql.QUERIES:
-        raise CliError(f"no query named {name!r}", f"use one of: {', '.join(kql.QUERIES)}", kind="not-found",
-                       exit_code=2)
+        raise CliError(
+            f"no query named {name!r}", f"use one of: {', '.join(kql.QUERIES)}", kind="not-found", exit_code=2
+        )
     chosen = {name: kql.QUERIES[name]} if name else dict(kql.QUERIES)
     emit(chosen, lambda d: typer.echo("\n\n".join(f"// {k}\n{v}" for k, v in d.items())), as_json=as_json)

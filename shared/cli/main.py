@@ -42,19 +42,36 @@ class _Agentctl(typer.Typer):
             reset_backends()  # close queue/index connections before the process ends
 
 
-app = _Agentctl(name="agentctl", help=__doc__.splitlines()[0], no_args_is_help=True, add_completion=False,
-                pretty_exceptions_enable=False, rich_markup_mode=None)
+app = _Agentctl(
+    name="agentctl",
+    help=__doc__.splitlines()[0],
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
 
 
 @app.callback()
 def main(
-    data_dir: Annotated[Path | None, typer.Option(
-        "--data-dir", help="Embedded runtime data directory (sets DATA_DIR). Without Azure settings the CLI "
-                           "uses DATA_DIR or .data.")] = None,
-    settings_file: Annotated[Path | None, typer.Option(
-        "--settings", exists=True, dir_okay=False,
-        help="A local.settings.json-shaped file whose Values are applied (the environment wins), e.g. the app "
-             "settings of an Azure environment.")] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-dir",
+            help="Embedded runtime data directory (sets DATA_DIR). Without Azure settings the CLI "
+            "uses DATA_DIR or .data.",
+        ),
+    ] = None,
+    settings_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--settings",
+            exists=True,
+            dir_okay=False,
+            help="A local.settings.json-shaped file whose Values are applied (the environment wins), e.g. the app "
+            "settings of an Azure environment.",
+        ),
+    ] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks instead of one-line errors.")] = False,
 ) -> None:
     """Operate agent-framework: health, queue and dead letters, jobs, usage, backups, checks, logs."""
@@ -80,8 +97,10 @@ def health(as_json: JsonOpt = False) -> None:
     result = health_service.check(backends())
 
     def render(data: dict[str, Any]) -> None:
-        rows = [[name, dep["status"], dep.get("ms"), dep.get("detail") or dep.get("error", "")]
-                for name, dep in data["dependencies"].items()]
+        rows = [
+            [name, dep["status"], dep.get("ms"), dep.get("detail") or dep.get("error", "")]
+            for name, dep in data["dependencies"].items()
+        ]
         table(f"health: {data['status']}", ["dependency", "status", "ms", "detail"], rows)
 
     emit(result, render, as_json=as_json)

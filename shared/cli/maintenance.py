@@ -24,8 +24,7 @@ def backup_run(as_json: JsonOpt = False) -> None:
 
     with progress("backup", as_json=as_json) as report:
         manifest = backup.run_backup(backends(), progress=report)
-    emit(manifest, lambda d: fields(f"backup {d['id']}")({k: v for k, v in d.items() if k != "files"}),
-         as_json=as_json)
+    emit(manifest, lambda d: fields(f"backup {d['id']}")({k: v for k, v in d.items() if k != "files"}), as_json=as_json)
 
 
 @backup_app.command("list")
@@ -61,8 +60,11 @@ def checks_run(as_json: JsonOpt = False) -> None:
 
     report = checks.run_weekly_checks(backends())
     # The report's own Markdown is what the timer stores under ops/reports/; show the operator the same.
-    emit(report, lambda d: typer.echo(checks.render_markdown(report) + f"\nstored at {d['markdown_key']}"),
-         as_json=as_json)
+    emit(
+        report,
+        lambda d: typer.echo(checks.render_markdown(report) + f"\nstored at {d['markdown_key']}"),
+        as_json=as_json,
+    )
 
 
 def sweep(as_json: JsonOpt = False) -> None:

@@ -102,8 +102,14 @@ def progress(description: str, *, as_json: bool) -> Iterator[Callable[[int, int 
     if as_json or not console.is_terminal:
         yield lambda done, total, what: None
         return
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[what]}"), TimeElapsedColumn())
+    columns = (
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[what]}"),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, console=console, transient=False) as bar:
         task = bar.add_task(description, total=None, what="")
 
@@ -117,8 +123,9 @@ def report_error(exc: BaseException) -> int:
     """Print an exception as an operator-facing error; return the exit code."""
     err = explain(exc)
     if state.json:
-        typer.echo(json.dumps({"error": {"kind": err.kind, "problem": err.problem, "fix": err.fix}},
-                              ensure_ascii=False))
+        typer.echo(
+            json.dumps({"error": {"kind": err.kind, "problem": err.problem, "fix": err.fix}}, ensure_ascii=False)
+        )
     # Escaped: an exception's text may hold [brackets] that rich would take for markup.
     errors.print(f"[bold red]error:[/] {escape(err.problem)}", highlight=False, soft_wrap=True)
     if err.fix:
@@ -135,17 +142,29 @@ def explain(exc: BaseException) -> CliError:
     if isinstance(exc, ServiceError):
         return CliError(str(exc).strip("'\""), exc.fix, kind=exc.kind, exit_code=exc.exit_code)
     if _is_azure_auth_error(exc):
-        return CliError(f"Azure refused the CLI's identity: {type(exc).__name__}: {exc}"[:600],
-                        "sign in with `az login` (or set a managed identity) and give that identity the data roles "
-                        "the app's identity has (Service Bus Data Owner, Storage Blob Data Contributor, Search "
-                        "Index Data Contributor)", kind="auth", exit_code=6)
+        return CliError(
+            f"Azure refused the CLI's identity: {type(exc).__name__}: {exc}"[:600],
+            "sign in with `az login` (or set a managed identity) and give that identity the data roles "
+            "the app's identity has (Service Bus Data Owner, Storage Blob Data Contributor, Search "
+            "Index Data Contributor)",
+            kind="auth",
+            exit_code=6,
+        )
     if isinstance(exc, PermissionError):
-        return CliError(f"permission denied: {exc}", "run as a user who can read and write the data directory, "
-                        "or sign in with an identity that has the needed Azure role", kind="permission")
+        return CliError(
+            f"permission denied: {exc}",
+            "run as a user who can read and write the data directory, "
+            "or sign in with an identity that has the needed Azure role",
+            kind="permission",
+        )
     if isinstance(exc, ValueError):
         return CliError(str(exc), "check the command's arguments (--help)", kind="invalid")
-    return CliError(f"unexpected {type(exc).__name__}: {exc}", "rerun with --debug for the traceback and report it",
-                    kind="unexpected", exit_code=1)
+    return CliError(
+        f"unexpected {type(exc).__name__}: {exc}",
+        "rerun with --debug for the traceback and report it",
+        kind="unexpected",
+        exit_code=1,
+    )
 
 
 def _is_azure_auth_error(exc: BaseException) -> bool:

@@ -21,13 +21,29 @@ def usage(
     result = operations.usage(backends(), month, top=top)
 
     def render(data: dict[str, Any]) -> None:
-        rows = [[t["tenant"], t["prompt_tokens"], t["completion_tokens"], t["total_tokens"], t["budget"],
-                 f"{t['percent_used']:.1f}%", t["jobs"], f"WARNING: over {BUDGET_WARNING_RATIO:.0%} of budget" if t["warning"] else ""]
-                for t in data["tenants"]]
-        table(f"token usage {data['month']}: {data['total_tokens']} tokens",
-              ["tenant", "prompt", "completion", "total", "budget", "used", "jobs", ""], rows)
+        rows = [
+            [
+                t["tenant"],
+                t["prompt_tokens"],
+                t["completion_tokens"],
+                t["total_tokens"],
+                t["budget"],
+                f"{t['percent_used']:.1f}%",
+                t["jobs"],
+                f"WARNING: over {BUDGET_WARNING_RATIO:.0%} of budget" if t["warning"] else "",
+            ]
+            for t in data["tenants"]
+        ]
+        table(
+            f"token usage {data['month']}: {data['total_tokens']} tokens",
+            ["tenant", "prompt", "completion", "total", "budget", "used", "jobs", ""],
+            rows,
+        )
         if data["top_jobs"]:
-            table("largest jobs", ["job", "tenant", "tokens"],
-                  [[j["job_id"], j["tenant"], j["total_tokens"]] for j in data["top_jobs"]])
+            table(
+                "largest jobs",
+                ["job", "tenant", "tokens"],
+                [[j["job_id"], j["tenant"], j["total_tokens"]] for j in data["top_jobs"]],
+            )
 
     emit(result, render, as_json=as_json)

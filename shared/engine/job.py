@@ -59,8 +59,14 @@ def stamped(job: Job) -> Job:
 
 
 def summary(cp: Checkpoint) -> StepSummary:
-    return StepSummary(step=cp.step, kind=cp.kind, summary=cp.summary, tokens=cp.usage.total_tokens,
-                       duration_ms=round(cp.duration_ms, 3), at=cp.created_at)
+    return StepSummary(
+        step=cp.step,
+        kind=cp.kind,
+        summary=cp.summary,
+        tokens=cp.usage.total_tokens,
+        duration_ms=round(cp.duration_ms, 3),
+        at=cp.created_at,
+    )
 
 
 def request_cancel(job: Job) -> bool:

@@ -95,5 +95,7 @@ class UsageLedger:
 
     def tenants(self, month: str) -> dict[str, Usage]:
         prefix = f"{layout.LEDGERS.name}/{month}/"
-        return {key[len(prefix):-len(".json")]: self.total(key[len(prefix):-len(".json")], month)
-                for key in self.objects.list(prefix)}
+        return {
+            key[len(prefix) : -len(".json")]: self.total(key[len(prefix) : -len(".json")], month)
+            for key in self.objects.list(prefix)
+        }

@@ -27,8 +27,15 @@ def _dump(memory: dict[str, Any]) -> bytes:
 
 
 class SessionMemory:
-    def __init__(self, objects: ObjectStore, *, ttl_seconds: float, max_items: int, cache_size: int = 256,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        objects: ObjectStore,
+        *,
+        ttl_seconds: float,
+        max_items: int,
+        cache_size: int = 256,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.objects = objects
         self.ttl = ttl_seconds
         self.max_items = max_items
@@ -68,7 +75,7 @@ class SessionMemory:
             items = [i for i in self._fresh(memory["items"] if memory else []) if i["text"] not in new]
             now = self.clock()
             items.extend({"text": t, "at": now} for t in new)
-            return {"items": items[-self.max_items:]}
+            return {"items": items[-self.max_items :]}
 
         written = update_json(self.objects, key, change, load=json.loads, dump=_dump)
         assert written is not None  # change always writes

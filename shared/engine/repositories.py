@@ -92,7 +92,7 @@ class JobStore:
         """(cursor, job) pairs of the tenant's jobs, newest first, resuming after a cursor."""
         prefix = layout.tenant_jobs_prefix(tenant)
         for key in self.objects.list(prefix):
-            marker = key[len(prefix):]
+            marker = key[len(prefix) :]
             if after is not None and marker <= after:
                 continue
             job = self.get(marker.split("_", 1)[1])
@@ -102,7 +102,7 @@ class JobStore:
     def all(self) -> Iterator[Job]:
         prefix = f"{layout.JOBS.name}/"
         for key in self.objects.list(prefix):
-            job = self.get(key[len(prefix):-len(".json")])
+            job = self.get(key[len(prefix) : -len(".json")])
             if job is not None:
                 yield job
 

@@ -113,11 +113,20 @@ def failure_cause(exc: BaseException) -> FailureCause:
 
 
 def _record_dead_letter(b: Backends, job_id: str, msg: StepMessage, delivery_count: int, exc: Exception) -> None:
-    note = DeadLetterNote(step=msg.step, delivery_count=delivery_count, cause=failure_cause(exc),
-                          description=f"{type(exc).__name__}: {exc}"[:1000])
+    note = DeadLetterNote(
+        step=msg.step,
+        delivery_count=delivery_count,
+        cause=failure_cause(exc),
+        description=f"{type(exc).__name__}: {exc}"[:1000],
+    )
     b.jobs.update(job_id, lambda job: lifecycle.note_dead_letter(job, note))
-    log.error("step %s failed on its last delivery (%s); it goes to the dead-letter queue: %s", msg.step,
-              delivery_count, exc, extra={"event": "step_dead_lettered"})
+    log.error(
+        "step %s failed on its last delivery (%s); it goes to the dead-letter queue: %s",
+        msg.step,
+        delivery_count,
+        exc,
+        extra={"event": "step_dead_lettered"},
+    )
 
 
 def _handle(b: Backends, job: Job, msg: StepMessage) -> None:
@@ -162,10 +171,18 @@ def _log_tokens(job: Job, cp: Checkpoint) -> None:
     """
     if cp.usage.total_tokens == 0:
         return
-    log.info("step %s used %s tokens", cp.step, cp.usage.total_tokens, extra={
-        "event": "tokens", "tenant": job.tenant, "tokens": cp.usage.total_tokens,
-        "prompt_tokens": cp.usage.prompt_tokens, "completion_tokens": cp.usage.completion_tokens,
-    })
+    log.info(
+        "step %s used %s tokens",
+        cp.step,
+        cp.usage.total_tokens,
+        extra={
+            "event": "tokens",
+            "tenant": job.tenant,
+            "tokens": cp.usage.total_tokens,
+            "prompt_tokens": cp.usage.prompt_tokens,
+            "completion_tokens": cp.usage.completion_tokens,
+        },
+    )
 
 
 def _execute(b: Backends, job: Job, msg: StepMessage, previous: Checkpoint | None) -> Checkpoint | None:
@@ -179,8 +196,14 @@ def _execute(b: Backends, job: Job, msg: StepMessage, previous: Checkpoint | Non
 
     def checkpoint(kind: str, summary: str, new_state: AgentState, usage: Usage, outcome: Outcome | None) -> Checkpoint:
         return Checkpoint(
-            job_id=job.id, step=msg.step, kind=kind, summary=summary, state=new_state.model_dump(mode="json"),
-            usage=usage, total_usage=total + usage, outcome=outcome,
+            job_id=job.id,
+            step=msg.step,
+            kind=kind,
+            summary=summary,
+            state=new_state.model_dump(mode="json"),
+            usage=usage,
+            total_usage=total + usage,
+            outcome=outcome,
             duration_ms=(time.perf_counter() - started) * 1000,
         )
 
@@ -192,7 +215,10 @@ def _execute(b: Backends, job: Job, msg: StepMessage, previous: Checkpoint | Non
             state.report = research.partial_report(state, why, b.model)
         return checkpoint("boundary", why, state, Usage(), stop)
     ctx = research.AgentContext(
-        model=b.model, index=b.index, policy=job.policy, count_tokens=b.count_tokens,
+        model=b.model,
+        index=b.index,
+        policy=job.policy,
+        count_tokens=b.count_tokens,
         context_budget=b.settings.context_budget_tokens,
     )
     try:
@@ -214,8 +240,9 @@ def _boundary(b: Backends, job: Job, step: int, total: Usage) -> Outcome | None:
     if step > policy.max_steps:
         return _failed("policy_limit", f"reached max_steps={policy.max_steps}; partial findings kept")
     if total.total_tokens >= policy.max_tokens:
-        return _failed("policy_limit", f"used {total.total_tokens} of max_tokens={policy.max_tokens}; "
-                                       "partial findings kept")
+        return _failed(
+            "policy_limit", f"used {total.total_tokens} of max_tokens={policy.max_tokens}; partial findings kept"
+        )
     budget = b.settings.budget_for(job.tenant)
     # A second-old figure is enough here: a budget stops jobs "at the next step", not mid-flight.
     if b.ledger.total(job.tenant, month_of(), max_age=BUDGET_STALENESS_SECONDS).total_tokens >= budget:
@@ -237,8 +264,9 @@ def _reschedule(b: Backends, msg: StepMessage, exc: TransientModelError, *, coun
     delay = min(max(delay, 0.0), MAX_BACKOFF_SECONDS)
     retry = msg.model_copy(update={"attempt": attempt if count else msg.attempt})
     message_id = retry.message_id if count else f"{retry.message_id}:w{time.time_ns()}"
-    b.queue.send(retry.model_dump_json().encode(), message_id=message_id,
-                 scheduled_at=utcnow() + timedelta(seconds=delay))
+    b.queue.send(
+        retry.model_dump_json().encode(), message_id=message_id, scheduled_at=utcnow() + timedelta(seconds=delay)
+    )
     log.warning("step %s rescheduled in %.1fs: %s", msg.step, delay, exc, extra={"event": "step_rescheduled"})
 
 
@@ -261,8 +289,13 @@ def settle(b: Backends, job: Job, cp: Checkpoint) -> None:
     if cp.usage.total_tokens or cp.outcome is not None:
         _record_usage(b, job, cp)
     if cp.outcome is not None and updated is not None:
-        log.info("job %s %s after %s steps", job.id, cp.outcome.status, cp.step,
-                 extra={"event": "job_finished", "reason": cp.outcome.error.reason if cp.outcome.error else None})
+        log.info(
+            "job %s %s after %s steps",
+            job.id,
+            cp.outcome.status,
+            cp.step,
+            extra={"event": "job_finished", "reason": cp.outcome.error.reason if cp.outcome.error else None},
+        )
 
 
 def _record_usage(b: Backends, job: Job, cp: Checkpoint) -> None:
@@ -270,6 +303,11 @@ def _record_usage(b: Backends, job: Job, cp: Checkpoint) -> None:
     budget = b.settings.budget_for(job.tenant)
     metrics.record_budget(job.tenant, after, budget)
     if before < BUDGET_WARNING_RATIO * budget <= after:
-        log.warning("tenant %s passed %d%% of its monthly token budget (%s of %s)", job.tenant,
-                    round(BUDGET_WARNING_RATIO * 100), after, budget,
-                    extra={"event": "budget_warning", "tenant": job.tenant})
+        log.warning(
+            "tenant %s passed %d%% of its monthly token budget (%s of %s)",
+            job.tenant,
+            round(BUDGET_WARNING_RATIO * 100),
+            after,
+            budget,
+            extra={"event": "budget_warning", "tenant": job.tenant},
+        )

@@ -43,14 +43,19 @@ class ScheduledTask:
     run: Callable[[Backends, datetime], BaseModel]
 
 
-TASKS: dict[str, ScheduledTask] = {t.name: t for t in (
-    ScheduledTask("backup", "BACKUP_SCHEDULE", backup.LEASE, lambda b, now: backup.run_backup(b)),
-    ScheduledTask("dlq_sweep", "DLQ_SWEEP_SCHEDULE", sweep.LEASE, lambda b, now: sweep.sweep_dead_letters(b)),
-    ScheduledTask("weekly_checks", "WEEKLY_CHECKS_SCHEDULE", checks.LEASE,
-                  lambda b, now: checks.run_weekly_checks(b, now)),
-    ScheduledTask("retention", "RETENTION_SCHEDULE", retention.LEASE,
-                  lambda b, now: retention.apply_retention(b, now)),
-)}
+TASKS: dict[str, ScheduledTask] = {
+    t.name: t
+    for t in (
+        ScheduledTask("backup", "BACKUP_SCHEDULE", backup.LEASE, lambda b, now: backup.run_backup(b)),
+        ScheduledTask("dlq_sweep", "DLQ_SWEEP_SCHEDULE", sweep.LEASE, lambda b, now: sweep.sweep_dead_letters(b)),
+        ScheduledTask(
+            "weekly_checks", "WEEKLY_CHECKS_SCHEDULE", checks.LEASE, lambda b, now: checks.run_weekly_checks(b, now)
+        ),
+        ScheduledTask(
+            "retention", "RETENTION_SCHEDULE", retention.LEASE, lambda b, now: retention.apply_retention(b, now)
+        ),
+    )
+}
 
 
 def occurrence(schedule: str, now: datetime) -> datetime:
@@ -72,16 +77,23 @@ def run_scheduled(b: Backends, task: str, *, past_due: bool = False, now: dateti
     spec = TASKS[task]
     now = now or utcnow()
     if past_due:
-        log.warning("timer %s is past due (the host was down or busy at its scheduled time); running it now", task,
-                    extra={"event": "timer_past_due"})
+        log.warning(
+            "timer %s is past due (the host was down or busy at its scheduled time); running it now",
+            task,
+            extra={"event": "timer_past_due"},
+        )
     due = occurrence(resolve_binding_expression(f"%{spec.setting}%", b.settings), now)
     record = run_record_key(task, due)
     started = time.perf_counter()
     try:
         with exclusive(b.objects, spec.lease):
             if b.objects.get(record) is not None:
-                log.info("timer %s: the %s run was already done by another instance; skipped", task,
-                         due.isoformat(), extra={"event": "timer_skipped", "reason": "already_done"})
+                log.info(
+                    "timer %s: the %s run was already done by another instance; skipped",
+                    task,
+                    due.isoformat(),
+                    extra={"event": "timer_skipped", "reason": "already_done"},
+                )
                 return None
             try:
                 result = spec.run(b, now)
@@ -89,14 +101,29 @@ def run_scheduled(b: Backends, task: str, *, past_due: bool = False, now: dateti
                 log.exception("timer %s failed", task, extra={"event": "timer_failed"})
                 raise
             duration_ms = round((time.perf_counter() - started) * 1000, 3)
-            b.objects.put(record, json.dumps({
-                "task": task, "occurrence": due.isoformat(), "fired_at": now.isoformat(), "past_due": past_due,
-                "finished_at": utcnow().isoformat(), "duration_ms": duration_ms, "counts": _counts(result),
-            }).encode())
+            b.objects.put(
+                record,
+                json.dumps(
+                    {
+                        "task": task,
+                        "occurrence": due.isoformat(),
+                        "fired_at": now.isoformat(),
+                        "past_due": past_due,
+                        "finished_at": utcnow().isoformat(),
+                        "duration_ms": duration_ms,
+                        "counts": _counts(result),
+                    }
+                ).encode(),
+            )
     except LeaseHeld as held:
         log.info("timer %s skipped: %s", task, held, extra={"event": "timer_skipped", "reason": "lease_held"})
         return None
     counts = _counts(result)
-    log.info("timer %s done in %.0f ms: %s", task, duration_ms, ", ".join(f"{k}={v}" for k, v in counts.items()),
-             extra={"event": "timer_done", "duration_ms": duration_ms})
+    log.info(
+        "timer %s done in %.0f ms: %s",
+        task,
+        duration_ms,
+        ", ".join(f"{k}={v}" for k, v in counts.items()),
+        extra={"event": "timer_done", "duration_ms": duration_ms},
+    )
     return result

@@ -102,8 +102,12 @@ class RestoreResult(BaseModel):
     duration_ms: float
 
     def counts(self) -> dict[str, int]:
-        return {"chunks": self.chunks, "documents": self.documents, "objects_restored": self.objects_restored,
-                "objects_present": self.objects_present}
+        return {
+            "chunks": self.chunks,
+            "documents": self.documents,
+            "objects_restored": self.objects_restored,
+            "objects_present": self.objects_present,
+        }
 
 
 def _sha(data: bytes) -> str:
@@ -198,23 +202,40 @@ def run_backup(b: Backends, progress: Progress | None = None) -> BackupManifest:
             objects += len(pending)
             report(objects, None, "objects")
         manifest = BackupManifest(
-            id=backup_id, created_at=started, finished_at=utcnow(), index_name=b.settings.search_index_name,
-            chunks=chunks, documents=len(documents), index_sha256=digest.hexdigest(),
-            definition_sha256=_sha(definition), objects=objects, bytes=sum(f.bytes for f in files), files=files,
+            id=backup_id,
+            created_at=started,
+            finished_at=utcnow(),
+            index_name=b.settings.search_index_name,
+            chunks=chunks,
+            documents=len(documents),
+            index_sha256=digest.hexdigest(),
+            definition_sha256=_sha(definition),
+            objects=objects,
+            bytes=sum(f.bytes for f in files),
+            files=files,
         )
         b.objects.put_if_absent(prefix + "manifest.json", manifest.model_dump_json(indent=2).encode())
         pruned = _prune(b, keep=max(1, b.settings.backups_to_keep), current=backup_id)
-    log.info("backup %s: %s chunks of %s documents, %s objects, %s bytes; %s old backup(s) deleted", backup_id,
-             chunks, len(documents), objects, manifest.bytes, len(pruned),
-             extra={"event": "backup_done", "count": chunks})
+    log.info(
+        "backup %s: %s chunks of %s documents, %s objects, %s bytes; %s old backup(s) deleted",
+        backup_id,
+        chunks,
+        len(documents),
+        objects,
+        manifest.bytes,
+        len(pruned),
+        extra={"event": "backup_done", "count": chunks},
+    )
     return manifest
 
 
 def _newest_first(ids: list[str]) -> list[str]:
     """Backup ids by start time, newest first ("…Z-10" after "…Z-9", which string order gets wrong)."""
+
     def order(backup_id: str) -> tuple[str, int]:
         base, _, n = backup_id.partition("-")
         return base, int(n) if n.isdigit() else 1
+
     return sorted(ids, key=order, reverse=True)
 
 
@@ -222,7 +243,7 @@ def _backup_folders(b: Backends) -> dict[str, bool]:
     """{backup id: has a manifest} for every folder under backups/."""
     folders: dict[str, bool] = {}
     for key in b.objects.list("backups/"):
-        backup_id, _, rest = key[len("backups/"):].partition("/")
+        backup_id, _, rest = key[len("backups/") :].partition("/")
         folders[backup_id] = folders.get(backup_id, False) or rest == "manifest.json"
     return folders
 
@@ -274,8 +295,10 @@ def _read_verified(b: Backends, backup_id: str, entry: BackupFile) -> bytes:
         raise RestoreMismatch(f"backup {backup_id}: {entry.name} is missing")
     actual = _sha(found.data)
     if actual != entry.sha256 or len(found.data) != entry.bytes:
-        raise RestoreMismatch(f"backup {backup_id}: {entry.name} is corrupted: SHA-256 {actual[:16]}…, "
-                              f"{len(found.data)} bytes; the manifest says {entry.sha256[:16]}…, {entry.bytes} bytes")
+        raise RestoreMismatch(
+            f"backup {backup_id}: {entry.name} is corrupted: SHA-256 {actual[:16]}…, "
+            f"{len(found.data)} bytes; the manifest says {entry.sha256[:16]}…, {entry.bytes} bytes"
+        )
     return found.data
 
 
@@ -285,8 +308,9 @@ def _parse_chunks(backup_id: str, entry: BackupFile, data: bytes) -> list[Chunk]
     except (ValidationError, UnicodeDecodeError) as exc:
         raise RestoreMismatch(f"backup {backup_id}: {entry.name} does not hold chunks ({exc})") from None
     if len(chunks) != entry.items:
-        raise RestoreMismatch(f"backup {backup_id}: {entry.name} holds {len(chunks)} chunks, "
-                              f"the manifest says {entry.items}")
+        raise RestoreMismatch(
+            f"backup {backup_id}: {entry.name} holds {len(chunks)} chunks, the manifest says {entry.items}"
+        )
     return chunks
 
 
@@ -302,12 +326,15 @@ def _verify_files(b: Backends, manifest: BackupManifest, report: Progress) -> No
             objects += data.count(b"\n")
         report(n, len(manifest.files), "files verified")
     if objects != manifest.objects:
-        raise RestoreMismatch(f"backup {manifest.id}: its object files hold {objects} objects; "
-                              f"the manifest says {manifest.objects}")
+        raise RestoreMismatch(
+            f"backup {manifest.id}: its object files hold {objects} objects; the manifest says {manifest.objects}"
+        )
     if chunks != manifest.chunks or digest.hexdigest() != manifest.index_sha256:
-        raise RestoreMismatch(f"backup {manifest.id}: its chunk files hold {chunks} chunks with digest "
-                              f"{digest.hexdigest()[:16]}…; the manifest says {manifest.chunks}, "
-                              f"{manifest.index_sha256[:16]}…")
+        raise RestoreMismatch(
+            f"backup {manifest.id}: its chunk files hold {chunks} chunks with digest "
+            f"{digest.hexdigest()[:16]}…; the manifest says {manifest.chunks}, "
+            f"{manifest.index_sha256[:16]}…"
+        )
 
 
 def _index_digest(b: Backends) -> tuple[int, int, str]:
@@ -327,8 +354,12 @@ def restore(b: Backends, backup_id: str, progress: Progress | None = None) -> Re
         manifest = _manifest(b, backup_id)
         _verify_files(b, manifest, report)
         definition_changed = _sha(_definition_bytes(b)) != manifest.definition_sha256
-        log.warning("restore %s: rebuilding the knowledge index (%s chunks)", backup_id, manifest.chunks,
-                    extra={"event": "restore_started", "count": manifest.chunks})
+        log.warning(
+            "restore %s: rebuilding the knowledge index (%s chunks)",
+            backup_id,
+            manifest.chunks,
+            extra={"event": "restore_started", "count": manifest.chunks},
+        )
         b.index.reset()
         loaded = 0
         for entry in manifest.files:
@@ -353,14 +384,29 @@ def restore(b: Backends, backup_id: str, progress: Progress | None = None) -> Re
                 lease.keep_alive()
         chunks_now, documents_now, digest_now = _index_digest(b)
     if chunks_now != manifest.chunks or digest_now != manifest.index_sha256:
-        raise RestoreMismatch(f"restore {backup_id}: the rebuilt index holds {chunks_now} chunks with digest "
-                              f"{digest_now[:16]}…; the backup has {manifest.chunks}, {manifest.index_sha256[:16]}… "
-                              "(was the index written to during the restore?)")
+        raise RestoreMismatch(
+            f"restore {backup_id}: the rebuilt index holds {chunks_now} chunks with digest "
+            f"{digest_now[:16]}…; the backup has {manifest.chunks}, {manifest.index_sha256[:16]}… "
+            "(was the index written to during the restore?)"
+        )
     result = RestoreResult(
-        backup_id=backup_id, chunks=chunks_now, documents=documents_now, index_sha256=digest_now, verified=True,
-        objects_restored=restored, objects_present=present, definition_changed=definition_changed,
+        backup_id=backup_id,
+        chunks=chunks_now,
+        documents=documents_now,
+        index_sha256=digest_now,
+        verified=True,
+        objects_restored=restored,
+        objects_present=present,
+        definition_changed=definition_changed,
         duration_ms=round((time.perf_counter() - started) * 1000, 3),
     )
-    log.info("restore %s: %s chunks of %s documents verified; %s objects put back, %s already present", backup_id,
-             chunks_now, documents_now, restored, present, extra={"event": "restore_done", "count": chunks_now})
+    log.info(
+        "restore %s: %s chunks of %s documents verified; %s objects put back, %s already present",
+        backup_id,
+        chunks_now,
+        documents_now,
+        restored,
+        present,
+        extra={"event": "restore_done", "count": chunks_now},
+    )
     return result

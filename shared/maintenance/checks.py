@@ -102,8 +102,14 @@ class OpsReport(BaseModel):
     json_key: str = ""
 
     def counts(self) -> dict[str, int]:
-        return {"finished": self.jobs.finished, "failed": self.jobs.failed, "stale": len(self.stale_jobs),
-                "alerts": len(self.alerts), "queue": self.queue.active, "dead_lettered": self.queue.dead_lettered}
+        return {
+            "finished": self.jobs.finished,
+            "failed": self.jobs.failed,
+            "stale": len(self.stale_jobs),
+            "alerts": len(self.alerts),
+            "queue": self.queue.active,
+            "dead_lettered": self.queue.dead_lettered,
+        }
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -123,8 +129,11 @@ def _job_figures(finished: list[Job]) -> JobFigures:
             reason = j.error.reason if j.error else "unknown"
             reasons[reason] = reasons.get(reason, 0) + 1
     return JobFigures(
-        finished=len(finished), **by_status, error_rate=by_status["failed"] / len(finished) if finished else 0.0,
-        p50_seconds=percentile(durations, 0.5), p95_seconds=percentile(durations, 0.95),
+        finished=len(finished),
+        **by_status,
+        error_rate=by_status["failed"] / len(finished) if finished else 0.0,
+        p50_seconds=percentile(durations, 0.5),
+        p95_seconds=percentile(durations, 0.95),
         failure_reasons=dict(sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))),
     )
 
@@ -139,8 +148,15 @@ def _tokens(b: Backends, month: str) -> tuple[int, list[TenantTokens], list[JobT
         by_job = b.ledger.by_job(tenant, month)
         used = sum(u.total_tokens for u in by_job.values())
         budget = b.settings.budget_for(tenant)
-        tenants.append(TenantTokens(tenant=tenant, total_tokens=used, budget=budget, jobs=len(by_job),
-                                    percent_used=round(100.0 * used / budget, 2) if budget else 0.0))
+        tenants.append(
+            TenantTokens(
+                tenant=tenant,
+                total_tokens=used,
+                budget=budget,
+                jobs=len(by_job),
+                percent_used=round(100.0 * used / budget, 2) if budget else 0.0,
+            )
+        )
         jobs += [JobTokens(job_id=j, tenant=tenant, total_tokens=u.total_tokens) for j, u in by_job.items()]
     tenants.sort(key=lambda t: (-t.total_tokens, t.tenant))
     jobs.sort(key=lambda j: (-j.total_tokens, j.job_id))
@@ -150,19 +166,36 @@ def _tokens(b: Backends, month: str) -> tuple[int, list[TenantTokens], list[JobT
 def _alerts(jobs: JobFigures, queue: QueueFigures, tenants: list[TenantTokens]) -> list[Alert]:
     alerts = []
     if jobs.error_rate > ERROR_RATE_THRESHOLD:
-        alerts.append(Alert(event="error_rate_high", value=jobs.error_rate, threshold=ERROR_RATE_THRESHOLD,
-                            message=f"error rate {jobs.error_rate:.1%} is over {ERROR_RATE_THRESHOLD:.0%} "
-                                    f"({jobs.failed} of {jobs.finished} finished jobs failed)"))
+        alerts.append(
+            Alert(
+                event="error_rate_high",
+                value=jobs.error_rate,
+                threshold=ERROR_RATE_THRESHOLD,
+                message=f"error rate {jobs.error_rate:.1%} is over {ERROR_RATE_THRESHOLD:.0%} "
+                f"({jobs.failed} of {jobs.finished} finished jobs failed)",
+            )
+        )
     if queue.active > QUEUE_LENGTH_THRESHOLD:
-        alerts.append(Alert(event="queue_backlog", value=queue.active, threshold=QUEUE_LENGTH_THRESHOLD,
-                            message=f"{queue.active} active messages in the step queue (over "
-                                    f"{QUEUE_LENGTH_THRESHOLD})"))
+        alerts.append(
+            Alert(
+                event="queue_backlog",
+                value=queue.active,
+                threshold=QUEUE_LENGTH_THRESHOLD,
+                message=f"{queue.active} active messages in the step queue (over {QUEUE_LENGTH_THRESHOLD})",
+            )
+        )
     for t in tenants:
         if t.budget and t.total_tokens > BUDGET_WARNING_RATIO * t.budget:
-            alerts.append(Alert(event="token_budget_high", tenant=t.tenant, value=t.total_tokens / t.budget,
-                                threshold=BUDGET_WARNING_RATIO,
-                                message=f"tenant {t.tenant} used {t.percent_used:.1f}% of its monthly budget "
-                                        f"({t.total_tokens} of {t.budget} tokens)"))
+            alerts.append(
+                Alert(
+                    event="token_budget_high",
+                    tenant=t.tenant,
+                    value=t.total_tokens / t.budget,
+                    threshold=BUDGET_WARNING_RATIO,
+                    message=f"tenant {t.tenant} used {t.percent_used:.1f}% of its monthly budget "
+                    f"({t.total_tokens} of {t.budget} tokens)",
+                )
+            )
     return alerts
 
 
@@ -177,8 +210,16 @@ def build_report(b: Backends, now: datetime) -> OpsReport:
                 finished.append(job)
         elif now - _last_progress(job) > stale_after:
             idle = (now - _last_progress(job)).total_seconds() / 60
-            stale.append(StaleJob(job_id=job.id, tenant=job.tenant, status=job.status, step=job.step,
-                                  idle_minutes=round(idle, 1), last_progress_at=_last_progress(job)))
+            stale.append(
+                StaleJob(
+                    job_id=job.id,
+                    tenant=job.tenant,
+                    status=job.status,
+                    step=job.step,
+                    idle_minutes=round(idle, 1),
+                    last_progress_at=_last_progress(job),
+                )
+            )
     stale.sort(key=lambda s: -s.idle_minutes)
     counts = b.queue.counts()
     queue = QueueFigures(active=counts.active, scheduled=counts.scheduled, dead_lettered=counts.dead_lettered)
@@ -187,9 +228,18 @@ def build_report(b: Backends, now: datetime) -> OpsReport:
     figures = _job_figures(finished)
     backups = list_backups(b)
     return OpsReport(
-        generated_at=now, period_start=start, period_end=now, month=month, jobs=figures, queue=queue,
-        tokens_used=used, top_tenants=tenants[:TOP], top_jobs=top_jobs, stale_jobs=stale,
-        latest_backup=backups[0].id if backups else None, alerts=_alerts(figures, queue, tenants),
+        generated_at=now,
+        period_start=start,
+        period_end=now,
+        month=month,
+        jobs=figures,
+        queue=queue,
+        tokens_used=used,
+        top_tenants=tenants[:TOP],
+        top_jobs=top_jobs,
+        stale_jobs=stale,
+        latest_backup=backups[0].id if backups else None,
+        alerts=_alerts(figures, queue, tenants),
     )
 
 
@@ -200,27 +250,48 @@ def _seconds(value: float | None) -> str:
 def render_markdown(r: OpsReport) -> str:
     j, q = r.jobs, r.queue
     lines = [
-        f"# Weekly operations report, {r.period_start:%Y-%m-%d} to {r.period_end:%Y-%m-%d}", "",
-        f"Generated {r.generated_at.isoformat(timespec='seconds')}.", "",
-        "## Alerts", "",
-        *([f"- **{a.event}**: {a.message}" for a in r.alerts] or ["- none: every runbook threshold is met"]), "",
-        "## Jobs finished in the period", "",
+        f"# Weekly operations report, {r.period_start:%Y-%m-%d} to {r.period_end:%Y-%m-%d}",
+        "",
+        f"Generated {r.generated_at.isoformat(timespec='seconds')}.",
+        "",
+        "## Alerts",
+        "",
+        *([f"- **{a.event}**: {a.message}" for a in r.alerts] or ["- none: every runbook threshold is met"]),
+        "",
+        "## Jobs finished in the period",
+        "",
         "| finished | succeeded | failed | cancelled | error rate | p50 | p95 |",
         "|---:|---:|---:|---:|---:|---:|---:|",
         f"| {j.finished} | {j.succeeded} | {j.failed} | {j.cancelled} | {j.error_rate:.1%} | "
-        f"{_seconds(j.p50_seconds)} | {_seconds(j.p95_seconds)} |", "",
-        *[f"- failed with `{reason}`: {n}" for reason, n in j.failure_reasons.items()], "",
-        "## Queue", "",
-        f"- active: {q.active}", f"- scheduled: {q.scheduled}", f"- dead-lettered: {q.dead_lettered}", "",
-        f"## Tokens, {r.month} to date: {r.tokens_used}", "",
-        "| tenant | tokens | budget | used | jobs |", "|---|---:|---:|---:|---:|",
+        f"{_seconds(j.p50_seconds)} | {_seconds(j.p95_seconds)} |",
+        "",
+        *[f"- failed with `{reason}`: {n}" for reason, n in j.failure_reasons.items()],
+        "",
+        "## Queue",
+        "",
+        f"- active: {q.active}",
+        f"- scheduled: {q.scheduled}",
+        f"- dead-lettered: {q.dead_lettered}",
+        "",
+        f"## Tokens, {r.month} to date: {r.tokens_used}",
+        "",
+        "| tenant | tokens | budget | used | jobs |",
+        "|---|---:|---:|---:|---:|",
         *[f"| {t.tenant} | {t.total_tokens} | {t.budget} | {t.percent_used:.1f}% | {t.jobs} |" for t in r.top_tenants],
-        "", "Top jobs by tokens:", "",
-        *[f"- `{t.job_id}` ({t.tenant}): {t.total_tokens}" for t in r.top_jobs], "",
-        f"## Stale jobs: {len(r.stale_jobs)}", "",
-        *[f"- `{s.job_id}` ({s.tenant}, {s.status}, step {s.step}): no progress for {s.idle_minutes:.0f} min"
-          for s in r.stale_jobs], "",
-        f"## Backups: latest {r.latest_backup or 'none'}", "",
+        "",
+        "Top jobs by tokens:",
+        "",
+        *[f"- `{t.job_id}` ({t.tenant}): {t.total_tokens}" for t in r.top_jobs],
+        "",
+        f"## Stale jobs: {len(r.stale_jobs)}",
+        "",
+        *[
+            f"- `{s.job_id}` ({s.tenant}, {s.status}, step {s.step}): no progress for {s.idle_minutes:.0f} min"
+            for s in r.stale_jobs
+        ],
+        "",
+        f"## Backups: latest {r.latest_backup or 'none'}",
+        "",
     ]
     return "\n".join(lines)
 
@@ -237,9 +308,19 @@ def run_weekly_checks(b: Backends, now: datetime | None = None) -> OpsReport:
     for alert in report.alerts:
         extra = {"event": alert.event, **({"tenant": alert.tenant} if alert.tenant else {})}
         log.warning("%s", alert.message, extra=extra)
-    log.info("weekly checks: %s finished jobs, error rate %.1f%%, p50 %s, p95 %s, queue %s, dead-lettered %s, "
-             "%s tokens this month, %s stale job(s), %s alert(s); report at %s", report.jobs.finished,
-             100 * report.jobs.error_rate, _seconds(report.jobs.p50_seconds), _seconds(report.jobs.p95_seconds),
-             report.queue.active, report.queue.dead_lettered, report.tokens_used, len(report.stale_jobs),
-             len(report.alerts), report.markdown_key, extra={"event": "weekly_checks", "count": report.jobs.finished})
+    log.info(
+        "weekly checks: %s finished jobs, error rate %.1f%%, p50 %s, p95 %s, queue %s, dead-lettered %s, "
+        "%s tokens this month, %s stale job(s), %s alert(s); report at %s",
+        report.jobs.finished,
+        100 * report.jobs.error_rate,
+        _seconds(report.jobs.p50_seconds),
+        _seconds(report.jobs.p95_seconds),
+        report.queue.active,
+        report.queue.dead_lettered,
+        report.tokens_used,
+        len(report.stale_jobs),
+        len(report.alerts),
+        report.markdown_key,
+        extra={"event": "weekly_checks", "count": report.jobs.finished},
+    )
     return report

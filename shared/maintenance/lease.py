@@ -72,8 +72,15 @@ class Lease:
         self._renewed = time.time()
 
     def _record(self, now: float) -> bytes:
-        return json.dumps({"name": self.name, "owner": self.owner, "holder": _holder(),
-                           "acquired_at": _stamp(now), "expires_at": _stamp(now + self.ttl)}).encode()
+        return json.dumps(
+            {
+                "name": self.name,
+                "owner": self.owner,
+                "holder": _holder(),
+                "acquired_at": _stamp(now),
+                "expires_at": _stamp(now + self.ttl),
+            }
+        ).encode()
 
     def renew(self) -> None:
         now = time.time()
@@ -92,8 +99,11 @@ class Lease:
         try:
             self.objects.delete(lease_key(self.name), if_match=self.etag)
         except PreconditionFailed:
-            log.warning("lease %s was taken over before release; left to its new holder", self.name,
-                        extra={"event": "lease_lost"})
+            log.warning(
+                "lease %s was taken over before release; left to its new holder",
+                self.name,
+                extra={"event": "lease_lost"},
+            )
 
 
 def acquire(objects: ObjectStore, name: str, *, ttl: float = DEFAULT_TTL_SECONDS) -> Lease:
@@ -120,8 +130,13 @@ def acquire(objects: ObjectStore, name: str, *, ttl: float = DEFAULT_TTL_SECONDS
         except PreconditionFailed:
             continue  # another instance took it over first; the next round reports it as held
         lease.expires = now + ttl
-        log.warning("lease %s taken over from %s, whose lease expired at %s", name, holder,
-                    expires_at.isoformat() if expires_at else "?", extra={"event": "lease_taken_over"})
+        log.warning(
+            "lease %s taken over from %s, whose lease expired at %s",
+            name,
+            holder,
+            expires_at.isoformat() if expires_at else "?",
+            extra={"event": "lease_taken_over"},
+        )
         return lease
     found = objects.get(key)
     holder, expires_at = _read(found.data) if found else ("another instance", None)

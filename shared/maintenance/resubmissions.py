@@ -33,8 +33,11 @@ class Resubmission(BaseModel):
     step: int
     action: Action
     message_id: str | None = Field(None, description="The new message's id when the step was sent again.")
-    cause: str | None = Field(None, description="The failure's cause (transient, lost_lock, permanent, poison, "
-                                                "policy, budget), or operator / cancel_requested.")
+    cause: str | None = Field(
+        None,
+        description="The failure's cause (transient, lost_lock, permanent, poison, "
+        "policy, budget), or operator / cancel_requested.",
+    )
     reason: str | None = Field(None, description="The job's error reason when the decision ended the job.")
     detail: str = ""
     at: datetime = Field(default_factory=utcnow)
@@ -80,8 +83,9 @@ class ResubmissionStore:
         found = self.objects.get(self._key(job_id))
         return ResubmissionLog.model_validate_json(found.data) if found else ResubmissionLog(job_id=job_id)
 
-    def decide(self, job_id: str, key: str,
-               choose: Callable[[ResubmissionLog], Resubmission]) -> tuple[ResubmissionLog, Resubmission]:
+    def decide(
+        self, job_id: str, key: str, choose: Callable[[ResubmissionLog], Resubmission]
+    ) -> tuple[ResubmissionLog, Resubmission]:
         """The recorded decision for key, or choose(log)'s, recorded atomically; first decision wins."""
 
         def change(log: ResubmissionLog | None) -> ResubmissionLog | None:
@@ -91,8 +95,13 @@ class ResubmissionStore:
             entry = choose(log).model_copy(update={"key": key})
             return log.model_copy(update={"entries": [*log.entries, entry]})
 
-        log = update_json(self.objects, self._key(job_id), change, load=ResubmissionLog.model_validate_json,
-                          dump=lambda log: log.model_dump_json().encode())
+        log = update_json(
+            self.objects,
+            self._key(job_id),
+            change,
+            load=ResubmissionLog.model_validate_json,
+            dump=lambda log: log.model_dump_json().encode(),
+        )
         log = log or ResubmissionLog(job_id=job_id)
         decided = log.find(key)
         assert decided is not None  # either this call or an earlier one recorded it

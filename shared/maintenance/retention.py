@@ -36,8 +36,12 @@ class RetentionResult(BaseModel):
     duration_ms: float = 0.0
 
     def counts(self) -> dict[str, int]:
-        return {"jobs_examined": self.jobs_examined, "jobs_pruned": self.jobs_pruned,
-                "checkpoints_deleted": self.checkpoints_deleted, "run_records_deleted": self.run_records_deleted}
+        return {
+            "jobs_examined": self.jobs_examined,
+            "jobs_pruned": self.jobs_pruned,
+            "checkpoints_deleted": self.checkpoints_deleted,
+            "run_records_deleted": self.run_records_deleted,
+        }
 
 
 def apply_retention(b: Backends, now: datetime | None = None) -> RetentionResult:
@@ -63,8 +67,14 @@ def apply_retention(b: Backends, now: datetime | None = None) -> RetentionResult
             if key.rsplit("/", 1)[1] < oldest_kept and b.objects.delete(key):  # names are UTC stamps
                 result.run_records_deleted += 1
     result.duration_ms = round((time.perf_counter() - started) * 1000, 3)
-    log.info("retention: %s checkpoint(s) of %s job(s) finished before %s deleted (%s jobs examined), "
-             "%s timer run record(s) deleted", result.checkpoints_deleted, result.jobs_pruned,
-             result.cutoff.isoformat(timespec="seconds"), result.jobs_examined, result.run_records_deleted,
-             extra={"event": "retention_done", "count": result.checkpoints_deleted})
+    log.info(
+        "retention: %s checkpoint(s) of %s job(s) finished before %s deleted (%s jobs examined), "
+        "%s timer run record(s) deleted",
+        result.checkpoints_deleted,
+        result.jobs_pruned,
+        result.cutoff.isoformat(timespec="seconds"),
+        result.jobs_examined,
+        result.run_records_deleted,
+        extra={"event": "retention_done", "count": result.checkpoints_deleted},
+    )
     return result

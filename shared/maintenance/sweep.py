@@ -73,8 +73,11 @@ class DeadLetterAction(BaseModel):
     job_id: str | None = None
     step: int | None = None
     action: Outcome
-    cause: str | None = Field(None, description="The failure's cause (transient, lost_lock, permanent, poison, policy, "
-                                                "budget), or operator / cancel_requested.")
+    cause: str | None = Field(
+        None,
+        description="The failure's cause (transient, lost_lock, permanent, poison, policy, "
+        "budget), or operator / cancel_requested.",
+    )
     reason: str | None = Field(None, description="The job's error reason when the action ended the job.")
     detail: str = ""
     new_message_id: str | None = Field(None, description="The re-submitted step's message id.")
@@ -104,8 +107,13 @@ class SweepResult(BaseModel):
             self.completed_without_action += 1
 
     def counts(self) -> dict[str, int]:
-        return {"examined": self.examined, "resubmitted": self.resubmitted, "failed": self.failed,
-                "completed_without_action": self.completed_without_action, "errors": self.errors}
+        return {
+            "examined": self.examined,
+            "resubmitted": self.resubmitted,
+            "failed": self.failed,
+            "completed_without_action": self.completed_without_action,
+            "errors": self.errors,
+        }
 
 
 def classify(job: Job, step: int, message: QueueMessage) -> tuple[FailureCause, str]:
@@ -114,38 +122,69 @@ def classify(job: Job, step: int, message: QueueMessage) -> tuple[FailureCause, 
         return "permanent", f"dead-lettered with reason {message.dead_letter_reason}: {message.dead_letter_description}"
     note = job.dead_letter if job.dead_letter and job.dead_letter.step == step else None
     if note is None:
-        return "lost_lock", (f"step {step} recorded no failure ({message.dead_letter_reason or 'dead-lettered'}): "
-                             "the worker stopped or lost its lock on every delivery")
+        return "lost_lock", (
+            f"step {step} recorded no failure ({message.dead_letter_reason or 'dead-lettered'}): "
+            "the worker stopped or lost its lock on every delivery"
+        )
     # A note written before causes were recorded has none: another try is the safe judgement,
     # bounded by DLQ_MAX_RESUBMISSIONS.
     return note.cause or "transient", note.description
 
 
-def _choose(b: Backends, job: Job, step: int, message: QueueMessage, history: ResubmissionLog,
-            operator: bool) -> Resubmission:
+def _choose(
+    b: Backends, job: Job, step: int, message: QueueMessage, history: ResubmissionLog, operator: bool
+) -> Resubmission:
     if step <= job.step:
-        return Resubmission(key="", step=step, action="stale",
-                            detail=f"step {step} was committed meanwhile (the job is at step {job.step})")
+        return Resubmission(
+            key="",
+            step=step,
+            action="stale",
+            detail=f"step {step} was committed meanwhile (the job is at step {job.step})",
+        )
     if history.superseded(step, message.enqueued_at):
         return Resubmission(key="", step=step, action="superseded", detail=f"step {step} was sent again since")
     resend = f"{job.id}:{step}:r{message.sequence_number}"
     if operator:
-        return Resubmission(key="", step=step, action="resubmitted", message_id=resend, cause="operator",
-                            detail="re-submitted by an operator")
+        return Resubmission(
+            key="",
+            step=step,
+            action="resubmitted",
+            message_id=resend,
+            cause="operator",
+            detail="re-submitted by an operator",
+        )
     if job.cancel_requested:
-        return Resubmission(key="", step=step, action="cancelled", cause="cancel_requested", reason="cancelled",
-                            detail=f"cancelled by request; step {step} had been dead-lettered")
+        return Resubmission(
+            key="",
+            step=step,
+            action="cancelled",
+            cause="cancel_requested",
+            reason="cancelled",
+            detail=f"cancelled by request; step {step} had been dead-lettered",
+        )
     cause, what = classify(job, step, message)
     limit = b.settings.dlq_max_resubmissions
     if cause in RETRYABLE_CAUSES and history.resubmitted < limit:
         return Resubmission(key="", step=step, action="resubmitted", message_id=resend, cause=cause, detail=what)
     if cause in RETRYABLE_CAUSES:
-        return Resubmission(key="", step=step, action="failed", cause=cause, reason="retries_exhausted",
-                            detail=f"step {step} was dead-lettered again after {history.resubmitted} "
-                                   f"re-submission(s) (DLQ_MAX_RESUBMISSIONS={limit}): {what}")
+        return Resubmission(
+            key="",
+            step=step,
+            action="failed",
+            cause=cause,
+            reason="retries_exhausted",
+            detail=f"step {step} was dead-lettered again after {history.resubmitted} "
+            f"re-submission(s) (DLQ_MAX_RESUBMISSIONS={limit}): {what}",
+        )
     reason = "dead_lettered" if message.dead_letter_reason not in (None, MAX_DELIVERY_COUNT_EXCEEDED) else "step_failed"
-    return Resubmission(key="", step=step, action="failed", cause=cause, reason=reason,
-                        detail=f"step {step} failed on every delivery: {what}")
+    return Resubmission(
+        key="",
+        step=step,
+        action="failed",
+        cause=cause,
+        reason=reason,
+        detail=f"step {step} failed on every delivery: {what}",
+    )
 
 
 def _project(entry: Resubmission, history: ResubmissionLog) -> Callable[[Job], bool]:
@@ -171,39 +210,64 @@ def handle_dead_letter(b: Backends, message: QueueMessage, *, operator: bool = F
         msg = StepMessage.model_validate_json(message.body)
     except ValidationError:
         b.queue.complete_dead_letter(message)
-        log.error("dead-lettered message %s is not a step message; completed", message.message_id,
-                  extra={"event": "dead_letter_dropped", "reason": "malformed"})
+        log.error(
+            "dead-lettered message %s is not a step message; completed",
+            message.message_id,
+            extra={"event": "dead_letter_dropped", "reason": "malformed"},
+        )
         return seen.model_copy(update={"detail": "not a step message"})
     seen.job_id, seen.step = msg.job_id, msg.step
     job = b.jobs.get(msg.job_id)
     if job is None:
         b.queue.complete_dead_letter(message)
-        log.warning("dead-lettered step %s of job %s: the job no longer exists; completed", msg.step, msg.job_id,
-                    extra={"event": "dead_letter_dropped", "job_id": msg.job_id, "reason": "job_missing"})
+        log.warning(
+            "dead-lettered step %s of job %s: the job no longer exists; completed",
+            msg.step,
+            msg.job_id,
+            extra={"event": "dead_letter_dropped", "job_id": msg.job_id, "reason": "job_missing"},
+        )
         return seen.model_copy(update={"detail": "the job no longer exists"})
     with job_context(job_id=job.id, step=msg.step, tenant=job.tenant):
         if job.finished:
             if operator:
                 raise JobNotResubmittable(f"job {job.id} already {job.status}; re-run it as a new job instead")
             b.queue.complete_dead_letter(message)
-            log.info("dead-lettered step %s: job already %s; completed", msg.step, job.status,
-                     extra={"event": "dead_letter_dropped", "reason": "job_finished"})
+            log.info(
+                "dead-lettered step %s: job already %s; completed",
+                msg.step,
+                job.status,
+                extra={"event": "dead_letter_dropped", "reason": "job_finished"},
+            )
             return seen.model_copy(update={"detail": f"the job already {job.status}"})
         store = ResubmissionStore(b.objects)
-        history, entry = store.decide(job.id, dead_letter_key(message),
-                                      lambda h: _choose(b, job, msg.step, message, h, operator))
+        history, entry = store.decide(
+            job.id, dead_letter_key(message), lambda h: _choose(b, job, msg.step, message, h, operator)
+        )
         if entry.action == "resubmitted" and entry.message_id:
             again = StepMessage(job_id=job.id, step=msg.step, origin=entry.message_id)
             b.queue.send(again.model_dump_json().encode(), message_id=entry.message_id)
         updated = b.jobs.update(job.id, _project(entry, history)) or job
         b.queue.complete_dead_letter(message)
         level = logging.WARNING if entry.action in ("failed", "cancelled") else logging.INFO
-        log.log(level, "dead-lettered step %s: %s (%s) %s", msg.step, entry.action, entry.cause or "-", entry.detail,
-                extra={"event": f"dead_letter_{entry.action}", "reason": entry.reason or entry.cause})
-        return seen.model_copy(update={
-            "action": entry.action, "cause": entry.cause, "reason": entry.reason, "detail": entry.detail,
-            "new_message_id": entry.message_id, "resubmissions": updated.resubmissions,
-        })
+        log.log(
+            level,
+            "dead-lettered step %s: %s (%s) %s",
+            msg.step,
+            entry.action,
+            entry.cause or "-",
+            entry.detail,
+            extra={"event": f"dead_letter_{entry.action}", "reason": entry.reason or entry.cause},
+        )
+        return seen.model_copy(
+            update={
+                "action": entry.action,
+                "cause": entry.cause,
+                "reason": entry.reason,
+                "detail": entry.detail,
+                "new_message_id": entry.message_id,
+                "resubmissions": updated.resubmissions,
+            }
+        )
 
 
 def sweep_dead_letters(b: Backends) -> SweepResult:
@@ -222,8 +286,11 @@ def sweep_dead_letters(b: Backends) -> SweepResult:
                 result.add(_handle_safely(b, message))
                 lease.keep_alive()
     result.duration_ms = round((time.perf_counter() - started) * 1000, 3)
-    log.info("dead-letter sweep: %s", ", ".join(f"{k}={v}" for k, v in result.counts().items()),
-             extra={"event": "dlq_sweep", "count": result.examined, "duration_ms": result.duration_ms})
+    log.info(
+        "dead-letter sweep: %s",
+        ", ".join(f"{k}={v}" for k, v in result.counts().items()),
+        extra={"event": "dlq_sweep", "count": result.examined, "duration_ms": result.duration_ms},
+    )
     return result
 
 
@@ -231,7 +298,14 @@ def _handle_safely(b: Backends, message: QueueMessage) -> DeadLetterAction:
     try:
         return handle_dead_letter(b, message)
     except Exception as exc:  # noqa: BLE001 - one bad message must not stop the sweep; it stays for the next run
-        log.exception("dead-lettered message %s not handled; left for the next sweep", message.message_id,
-                      extra={"event": "dead_letter_error"})
-        return DeadLetterAction(message_id=message.message_id, sequence_number=message.sequence_number,
-                                action="error", detail=f"{type(exc).__name__}: {exc}"[:500])
+        log.exception(
+            "dead-lettered message %s not handled; left for the next sweep",
+            message.message_id,
+            extra={"event": "dead_letter_error"},
+        )
+        return DeadLetterAction(
+            message_id=message.message_id,
+            sequence_number=message.sequence_number,
+            action="error",
+            detail=f"{type(exc).__name__}: {exc}"[:500],
+        )

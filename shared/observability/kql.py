@@ -100,8 +100,10 @@ def log_review(job_id: str | None = None, level: str | None = None, since: str |
     queries = {name: QUERIES[name] for name in LOG_REVIEW}
     if since is not None or level is not None:
         severity = SEVERITY[level] if level else 3
-        queries["errors"] = (f"traces\n| where timestamp > {_since(since)}\n| where severityLevel >= {severity}\n"
-                             "| order by timestamp desc")
+        queries["errors"] = (
+            f"traces\n| where timestamp > {_since(since)}\n| where severityLevel >= {severity}\n"
+            "| order by timestamp desc"
+        )
         queries["slow_requests"] = QUERIES["slow_requests"].replace("ago(1h)", _since(since))
     if job_id:
         queries["job"] = job_query(job_id, level)
@@ -109,9 +111,11 @@ def log_review(job_id: str | None = None, level: str | None = None, since: str |
 
 
 def job_query(job_id: str, level: str | None = None) -> str:
-    return ("union traces, exceptions\n"
-            f"| where customDimensions.job_id == {json.dumps(job_id)}\n"
-            + (f"| where severityLevel >= {SEVERITY[level]}\n" if level else "")
-            + "| order by timestamp asc\n"
-            "| project timestamp, severityLevel, message, outerMessage, step = customDimensions.step, "
-            "tenant = customDimensions.tenant")
+    return (
+        "union traces, exceptions\n"
+        f"| where customDimensions.job_id == {json.dumps(job_id)}\n"
+        + (f"| where severityLevel >= {SEVERITY[level]}\n" if level else "")
+        + "| order by timestamp asc\n"
+        "| project timestamp, severityLevel, message, outerMessage, step = customDimensions.step, "
+        "tenant = customDimensions.tenant"
+    )

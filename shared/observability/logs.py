@@ -61,8 +61,16 @@ class JsonLines(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        for key in (*DIMENSIONS, "event", "reason", "count", "duration_ms", "tokens", "prompt_tokens",
-                    "completion_tokens"):
+        for key in (
+            *DIMENSIONS,
+            "event",
+            "reason",
+            "count",
+            "duration_ms",
+            "tokens",
+            "prompt_tokens",
+            "completion_tokens",
+        ):
             if hasattr(record, key):
                 line[key] = getattr(record, key)
         if record.exc_info:

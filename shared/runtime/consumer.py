@@ -22,16 +22,23 @@ log = logging.getLogger("agent.runtime")
 
 def to_functions_message(m: QueueMessage) -> ServiceBusMessage:
     return ServiceBusMessage(
-        body=m.body, message_id=m.message_id, delivery_count=m.delivery_count,
-        enqueued_time_utc=m.enqueued_at, scheduled_enqueue_time_utc=m.scheduled_at,
-        sequence_number=m.sequence_number, lock_token=str(m.lock_token), content_type="application/json",
-        application_properties=dict(m.properties), user_properties=dict(m.properties),
+        body=m.body,
+        message_id=m.message_id,
+        delivery_count=m.delivery_count,
+        enqueued_time_utc=m.enqueued_at,
+        scheduled_enqueue_time_utc=m.scheduled_at,
+        sequence_number=m.sequence_number,
+        lock_token=str(m.lock_token),
+        content_type="application/json",
+        application_properties=dict(m.properties),
+        user_properties=dict(m.properties),
     )
 
 
 class QueueConsumer:
-    def __init__(self, queue: LocalQueue, function: QueueFunction, *, concurrency: int,
-                 max_lock_renewal_seconds: float) -> None:
+    def __init__(
+        self, queue: LocalQueue, function: QueueFunction, *, concurrency: int, max_lock_renewal_seconds: float
+    ) -> None:
         self.queue = queue
         self.function = function
         self.concurrency = max(1, concurrency)
@@ -78,8 +85,14 @@ class QueueConsumer:
             self.function.run(**{self.function.arg_name: to_functions_message(m)})
         except Exception as exc:  # noqa: BLE001 - the host abandons on any exception
             self._forget(key)
-            log.warning("function %s failed on message %s (delivery %s): %s: %s", self.function.name,
-                        m.message_id, m.delivery_count, type(exc).__name__, exc)
+            log.warning(
+                "function %s failed on message %s (delivery %s): %s: %s",
+                self.function.name,
+                m.message_id,
+                m.delivery_count,
+                type(exc).__name__,
+                exc,
+            )
             self._settle(self.queue.abandon, m)
         else:
             self._forget(key)

@@ -63,15 +63,25 @@ def discover(module_name: str = "function_app") -> Discovered:
             if asgi_app is None:
                 raise RuntimeError(f"HTTP function {fn.get_function_name()} is not an AsgiFunctionApp route")
         elif trigger.type == "serviceBusTrigger":
-            queues.append(QueueFunction(
-                name=fn.get_function_name(), queue=resolve_binding_expression(binding["queueName"]),
-                connection=binding["connection"], run=user_function, arg_name=binding["name"],
-            ))
+            queues.append(
+                QueueFunction(
+                    name=fn.get_function_name(),
+                    queue=resolve_binding_expression(binding["queueName"]),
+                    connection=binding["connection"],
+                    run=user_function,
+                    arg_name=binding["name"],
+                )
+            )
         elif trigger.type == "timerTrigger":
-            timers.append(TimerFunction(
-                name=fn.get_function_name(), schedule=resolve_binding_expression(binding["schedule"]),
-                run_on_startup=bool(binding.get("runOnStartup", False)), run=user_function, arg_name=binding["name"],
-            ))
+            timers.append(
+                TimerFunction(
+                    name=fn.get_function_name(),
+                    schedule=resolve_binding_expression(binding["schedule"]),
+                    run_on_startup=bool(binding.get("runOnStartup", False)),
+                    run=user_function,
+                    arg_name=binding["name"],
+                )
+            )
         else:
             raise RuntimeError(f"the embedded runtime cannot host trigger type {trigger.type}")
     return Discovered(asgi_app=asgi_app, queues=queues, timers=timers)

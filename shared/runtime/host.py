@@ -76,23 +76,38 @@ def main(argv: list[str] | None = None) -> int:
     consumers = []
     for fn in found.queues:
         if not isinstance(backends.queue, LocalQueue):
-            raise SystemExit(f"{fn.name}: the embedded runtime consumes the embedded queue only; with a Service Bus "
-                             "connection configured, run the app with Functions Core Tools (`func start`).")
+            raise SystemExit(
+                f"{fn.name}: the embedded runtime consumes the embedded queue only; with a Service Bus "
+                "connection configured, run the app with Functions Core Tools (`func start`)."
+            )
         if fn.queue != backends.queue.name:
             raise SystemExit(f"{fn.name} listens on {fn.queue!r} but the app sends to {backends.queue.name!r}")
-        consumers.append(QueueConsumer(backends.queue, fn, concurrency=host["max_concurrent_calls"],
-                                       max_lock_renewal_seconds=host["max_lock_renewal_seconds"]))
+        consumers.append(
+            QueueConsumer(
+                backends.queue,
+                fn,
+                concurrency=host["max_concurrent_calls"],
+                max_lock_renewal_seconds=host["max_lock_renewal_seconds"],
+            )
+        )
     timers = TimerScheduler([] if args.no_timers else found.timers)
 
-    config = uvicorn.Config(found.asgi_app, host=args.host, port=args.port, log_level="warning",
-                            access_log=False, lifespan="off")
+    config = uvicorn.Config(
+        found.asgi_app, host=args.host, port=args.port, log_level="warning", access_log=False, lifespan="off"
+    )
     server = uvicorn.Server(config)
     for consumer in consumers:
         consumer.start()
     timers.start()
-    log.info("embedded runtime on http://%s:%s/api with %s queue function(s), %s timer(s), data in %s",
-             args.host, args.port, len(consumers), len(timers.timers), settings.data_dir,
-             extra={"event": "runtime_started"})
+    log.info(
+        "embedded runtime on http://%s:%s/api with %s queue function(s), %s timer(s), data in %s",
+        args.host,
+        args.port,
+        len(consumers),
+        len(timers.timers),
+        settings.data_dir,
+        extra={"event": "runtime_started"},
+    )
     signal.signal(signal.SIGTERM, lambda *_: setattr(server, "should_exit", True))
     try:
         server.run()

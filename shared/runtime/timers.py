@@ -58,8 +58,9 @@ class TimerScheduler:
             due = next_occurrence(timer.schedule, datetime.now(UTC))
 
     def _fire(self, timer: TimerFunction, *, past_due: bool, due: datetime) -> None:
-        request = TimerRequest(past_due=past_due, schedule={"AdjustForDST": False},
-                               schedule_status={"Last": due.isoformat(), "Next": None})
+        request = TimerRequest(
+            past_due=past_due, schedule={"AdjustForDST": False}, schedule_status={"Last": due.isoformat(), "Next": None}
+        )
         try:
             timer.run(**{timer.arg_name: request})
         except Exception:  # noqa: BLE001 - a failed run is logged; the next occurrence still fires

@@ -23,8 +23,9 @@ class JobRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     task: str = Field(min_length=1, max_length=4000, description="The research question.")
-    session_id: str | None = Field(None, pattern=r"^[A-Za-z0-9_\-.]{1,100}$",
-                                   description="Jobs of one session share short-term memory.")
+    session_id: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_\-.]{1,100}$", description="Jobs of one session share short-term memory."
+    )
     policy: PolicyOverrides | None = Field(None, description="Narrows the tenant's policy for this job.")
 
     @field_validator("task")
@@ -82,8 +83,10 @@ def submit(b: Backends, tenant: str, request: JobRequest, idempotency_key: str |
     policy = resolve(limits, request.policy)
     budget = b.settings.budget_for(tenant)
     if b.ledger.total(tenant, month_of()).total_tokens >= budget:
-        raise BudgetExhausted(f"tenant {tenant} has used its monthly budget of {budget} tokens; "
-                              "new jobs are refused until next month or until the budget is raised")
+        raise BudgetExhausted(
+            f"tenant {tenant} has used its monthly budget of {budget} tokens; "
+            "new jobs are refused until next month or until the budget is raised"
+        )
     job_id = new_job_id()
     if idempotency_key:
         fingerprint = hashlib.sha256(request.model_dump_json().encode()).hexdigest()
@@ -106,8 +109,9 @@ def submit(b: Backends, tenant: str, request: JobRequest, idempotency_key: str |
 
 
 def _create(b: Backends, job_id: str, tenant: str, request: JobRequest, policy, key: str | None) -> Job:  # type: ignore[no-untyped-def]
-    job = Job(id=job_id, tenant=tenant, task=request.task, session_id=request.session_id, policy=policy,
-              idempotency_key=key)
+    job = Job(
+        id=job_id, tenant=tenant, task=request.task, session_id=request.session_id, policy=policy, idempotency_key=key
+    )
     b.jobs.create(job)
     _enqueue_first_step(b, job)
     return job
@@ -161,6 +165,8 @@ def report(b: Backends, tenant: str, job_id: str) -> tuple[Job, Report]:
         raise JobNotFinished(job)
     found = b.reports.get(job_id)
     if found is None:
-        raise JobNotFound(f"job {job_id} {job.status} without a report"
-                          + (f" ({job.error.reason}: {job.error.detail})" if job.error else ""))
+        raise JobNotFound(
+            f"job {job_id} {job.status} without a report"
+            + (f" ({job.error.reason}: {job.error.detail})" if job.error else "")
+        )
     return job, found

@@ -58,8 +58,12 @@ class QueueStatus(BaseModel):
 
 def queue_status(b: Backends) -> QueueStatus:
     counts = b.queue.counts()
-    return QueueStatus(queue=b.settings.agent_jobs_queue, active=counts.active, scheduled=counts.scheduled,
-                       dead_lettered=counts.dead_lettered)
+    return QueueStatus(
+        queue=b.settings.agent_jobs_queue,
+        active=counts.active,
+        scheduled=counts.scheduled,
+        dead_lettered=counts.dead_lettered,
+    )
 
 
 # --- dead letters -----------------------------------------------------------------------------------
@@ -77,14 +81,20 @@ class DeadLetter(BaseModel):
     reason: str | None = Field(None, description="The broker's dead-letter reason.")
     description: str | None = Field(None, description="The broker's dead-letter description.")
     failure: str | None = Field(None, description="The exception of the step's last delivery (job's note).")
-    cause: str | None = Field(None, description="What the sweep will judge it: transient, lost_lock, "
-                                                "permanent, poison, policy or budget.")
+    cause: str | None = Field(
+        None, description="What the sweep will judge it: transient, lost_lock, permanent, poison, policy or budget."
+    )
 
 
 def _view(message: QueueMessage, b: Backends, known: dict[str, Job | None]) -> DeadLetter:
-    view = DeadLetter(message_id=message.message_id, sequence_number=message.sequence_number,
-                      delivery_count=message.delivery_count, enqueued_at=message.enqueued_at,
-                      reason=message.dead_letter_reason, description=message.dead_letter_description)
+    view = DeadLetter(
+        message_id=message.message_id,
+        sequence_number=message.sequence_number,
+        delivery_count=message.delivery_count,
+        enqueued_at=message.enqueued_at,
+        reason=message.dead_letter_reason,
+        description=message.dead_letter_description,
+    )
     try:
         msg = StepMessage.model_validate_json(message.body)
     except ValidationError:
@@ -151,8 +161,12 @@ def purge_dead_letters(b: Backends) -> int:
             for m in batch:
                 b.queue.complete_dead_letter(m)
                 purged.add(m.sequence_number)
-                log.warning("purged dead-lettered message %s (%s)", m.message_id, m.dead_letter_reason,
-                            extra={"event": "dead_letter_purged", "job_id": m.message_id.split(":", 1)[0]})
+                log.warning(
+                    "purged dead-lettered message %s (%s)",
+                    m.message_id,
+                    m.dead_letter_reason,
+                    extra={"event": "dead_letter_purged", "job_id": m.message_id.split(":", 1)[0]},
+                )
             lease.keep_alive()
     log.warning("purged %s dead-lettered message(s)", len(purged), extra={"event": "dlq_purged", "count": len(purged)})
     return len(purged)
@@ -183,16 +197,29 @@ def resubmit_job(b: Backends, job_id: str) -> ResubmitResult:
     committed = b.checkpoints.steps(job.id)
     step = (max(committed) if committed else 0) + 1
     token = secrets.token_hex(4)
-    history, entry = ResubmissionStore(b.objects).decide(job.id, f"operator:{token}", lambda _: Resubmission(
-        key="", step=step, action="resubmitted", message_id=f"{job.id}:{step}:o{token}", cause="operator",
-        detail="re-submitted by an operator"))
+    history, entry = ResubmissionStore(b.objects).decide(
+        job.id,
+        f"operator:{token}",
+        lambda _: Resubmission(
+            key="",
+            step=step,
+            action="resubmitted",
+            message_id=f"{job.id}:{step}:o{token}",
+            cause="operator",
+            detail="re-submitted by an operator",
+        ),
+    )
     again = StepMessage(job_id=job.id, step=step, origin=str(entry.message_id))
     b.queue.send(again.model_dump_json().encode(), message_id=again.message_id)
     b.jobs.update(job.id, lambda j: lifecycle.note_resubmissions(j, history.resubmitted))
-    log.warning("job %s: step %s re-submitted by an operator as %s", job.id, step, entry.message_id,
-                extra={"event": "job_resubmitted", "job_id": job.id, "step": step, "tenant": job.tenant})
-    return ResubmitResult(job_id=job.id, step=step, message_id=str(entry.message_id),
-                          resubmissions=history.resubmitted)
+    log.warning(
+        "job %s: step %s re-submitted by an operator as %s",
+        job.id,
+        step,
+        entry.message_id,
+        extra={"event": "job_resubmitted", "job_id": job.id, "step": step, "tenant": job.tenant},
+    )
+    return ResubmitResult(job_id=job.id, step=step, message_id=str(entry.message_id), resubmissions=history.resubmitted)
 
 
 def rerun_job(b: Backends, job_id: str) -> Job:
@@ -200,28 +227,38 @@ def rerun_job(b: Backends, job_id: str) -> Job:
     job = _job(b, job_id)
     if not job.finished:
         raise JobNotRerunnable(f"job {job.id} is still {job.status}; cancel it or wait for it to finish first")
-    request = jobs.JobRequest(task=job.task, session_id=job.session_id,
-                              policy=PolicyOverrides(**job.policy.model_dump()))
+    request = jobs.JobRequest(
+        task=job.task, session_id=job.session_id, policy=PolicyOverrides(**job.policy.model_dump())
+    )
     new, _ = jobs.submit(b, job.tenant, request)
-    log.info("job %s re-run as %s", job.id, new.id,
-             extra={"event": "job_rerun", "job_id": new.id, "tenant": job.tenant})
+    log.info(
+        "job %s re-run as %s", job.id, new.id, extra={"event": "job_rerun", "job_id": new.id, "tenant": job.tenant}
+    )
     return new
 
 
-def list_jobs(b: Backends, *, status: JobStatus | None = None, tenant: str | None = None, reason: str | None = None,
-              limit: int = 50, cursor: str | None = None) -> JobPage:
+def list_jobs(
+    b: Backends,
+    *,
+    status: JobStatus | None = None,
+    tenant: str | None = None,
+    reason: str | None = None,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> JobPage:
     """Jobs of every tenant (or one), newest first; optionally only those that ended with an error reason."""
 
     def wanted(job: Job) -> bool:
         return (status is None or job.status == status) and (
-            reason is None or (job.error is not None and job.error.reason == reason))
+            reason is None or (job.error is not None and job.error.reason == reason)
+        )
 
     if tenant is not None:
         return jobs.page_of(((m, j) for m, j in b.jobs.list_for_tenant(tenant, after=cursor) if wanted(j)), limit)
     every = sorted((j for j in b.jobs.all() if wanted(j)), key=lambda j: (j.created_at, j.id), reverse=True)
     if cursor is not None:
         ids = [j.id for j in every]
-        every = every[ids.index(cursor) + 1:] if cursor in ids else []
+        every = every[ids.index(cursor) + 1 :] if cursor in ids else []
     return jobs.page_of(((j.id, j) for j in every), limit)
 
 
@@ -249,8 +286,10 @@ class UsageReport(BaseModel):
     month: str
     total_tokens: int
     tenants: list[TenantUsage] = Field(description="Most tokens first.")
-    top_jobs: list[JobUsage] = Field(default_factory=list, description="The month's largest jobs by tokens: "
-                                     "the runbook's first step on a token alert.")
+    top_jobs: list[JobUsage] = Field(
+        default_factory=list,
+        description="The month's largest jobs by tokens: the runbook's first step on a token alert.",
+    )
 
 
 def usage(b: Backends, month: str | None = None, *, top: int = 5) -> UsageReport:
@@ -269,10 +308,20 @@ def usage(b: Backends, month: str | None = None, *, top: int = 5) -> UsageReport
         completion = sum(u.completion_tokens for u in by_job.values())
         budget = b.settings.budget_for(tenant)
         total = prompt + completion
-        rows.append(TenantUsage(tenant=tenant, prompt_tokens=prompt, completion_tokens=completion, total_tokens=total,
-                                budget=budget, percent_used=round(100.0 * total / budget, 2) if budget else 0.0,
-                                warning=bool(budget) and total > BUDGET_WARNING_RATIO * budget, jobs=len(by_job)))
+        rows.append(
+            TenantUsage(
+                tenant=tenant,
+                prompt_tokens=prompt,
+                completion_tokens=completion,
+                total_tokens=total,
+                budget=budget,
+                percent_used=round(100.0 * total / budget, 2) if budget else 0.0,
+                warning=bool(budget) and total > BUDGET_WARNING_RATIO * budget,
+                jobs=len(by_job),
+            )
+        )
     rows.sort(key=lambda r: (-r.total_tokens, r.tenant))
     largest.sort(key=lambda j: (-j.total_tokens, j.job_id))
-    return UsageReport(month=month, total_tokens=sum(r.total_tokens for r in rows), tenants=rows,
-                       top_jobs=largest[:top])
+    return UsageReport(
+        month=month, total_tokens=sum(r.total_tokens for r in rows), tenants=rows, top_jobs=largest[:top]
+    )

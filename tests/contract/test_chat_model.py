@@ -46,10 +46,12 @@ NETWORK = ["openai", "azure-openai"]
 def remote_builders() -> dict[str, Callable[[str], OpenAIChatModel]]:
     """Each network implementation, built against a server root (scripted, or a closed port)."""
     return {
-        "openai": lambda root: OpenAIChatModel.for_openai("gpt-test", base_url=f"{root}/v1", api_key="sk-test",
-                                                          timeout=5.0),
-        "azure-openai": lambda root: OpenAIChatModel.for_azure(root, "chat-dep", api_version="2024-10-21",
-                                                               api_key="azure-key", timeout=5.0),
+        "openai": lambda root: OpenAIChatModel.for_openai(
+            "gpt-test", base_url=f"{root}/v1", api_key="sk-test", timeout=5.0
+        ),
+        "azure-openai": lambda root: OpenAIChatModel.for_azure(
+            root, "chat-dep", api_version="2024-10-21", api_key="azure-key", timeout=5.0
+        ),
     }
 
 
@@ -62,10 +64,16 @@ def stand_in_model() -> Callable[[dict[str, Any]], ScriptedResponse]:
         answered = any(m.get("role") == "tool" for m in body["messages"])
         if tools and not answered:
             question = next(m["content"] for m in body["messages"] if m["role"] == "user")
-            return completion(tool_calls=[{"id": f"call_{next(ids)}", "name": tools[0]["function"]["name"],
-                                           "arguments": {"query": question}}], prompt_tokens=42, completion_tokens=9)
-        return completion("Jobs are durable because each step is committed once.", prompt_tokens=64,
-                          completion_tokens=12)
+            return completion(
+                tool_calls=[
+                    {"id": f"call_{next(ids)}", "name": tools[0]["function"]["name"], "arguments": {"query": question}}
+                ],
+                prompt_tokens=42,
+                completion_tokens=9,
+            )
+        return completion(
+            "Jobs are durable because each step is committed once.", prompt_tokens=64, completion_tokens=12
+        )
 
     return reply
 
@@ -110,9 +118,14 @@ def conversation(question: str = QUESTION) -> list[dict[str, Any]]:
 
 def answered(messages: list[dict[str, Any]], turn: ModelTurn, result: dict[str, Any]) -> list[dict[str, Any]]:
     """messages, then the turn as the agent records it, then each call answered by its id."""
-    assistant = {"role": "assistant", "content": turn.content, "tool_calls": [
-        {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
-        for c in turn.tool_calls]}
+    assistant = {
+        "role": "assistant",
+        "content": turn.content,
+        "tool_calls": [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in turn.tool_calls
+        ],
+    }
     answers = [{"role": "tool", "tool_call_id": c.id, "content": json.dumps(result)} for c in turn.tool_calls]
     return [*messages, assistant, *answers]
 
@@ -226,10 +239,13 @@ def test_an_unreachable_endpoint_is_transient(unreachable: OpenAIChatModel) -> N
         unreachable.complete(conversation(), TOOLS)
 
 
-@pytest.mark.parametrize("reply", [
-    pytest.param(content_filter_error, id="prompt-filtered"),
-    pytest.param(lambda: completion("partial", finish_reason="content_filter"), id="completion-filtered"),
-])
+@pytest.mark.parametrize(
+    "reply",
+    [
+        pytest.param(content_filter_error, id="prompt-filtered"),
+        pytest.param(lambda: completion("partial", finish_reason="content_filter"), id="completion-filtered"),
+    ],
+)
 def test_content_filtering_is_permanent(
     remote: tuple[OpenAIChatModel, ScriptedOpenAI], reply: Callable[[], ScriptedResponse]
 ) -> None:

@@ -237,8 +237,27 @@ def test_doc_filter_and_top(backend: Backend) -> None:
 
 
 HOSTILE_QUERIES = [
-    '"', "AND OR", "*", "-x", "", "   ", "NOT", "a AND", "(", ")", "^", "title:kelp", "NEAR(a b)",
-    '"unterminated phrase', "x*", "{}[]", "\\", "'; DROP TABLE chunks; --", "?!", "+-&|~/:", "バックアップ*",
+    '"',
+    "AND OR",
+    "*",
+    "-x",
+    "",
+    "   ",
+    "NOT",
+    "a AND",
+    "(",
+    ")",
+    "^",
+    "title:kelp",
+    "NEAR(a b)",
+    '"unterminated phrase',
+    "x*",
+    "{}[]",
+    "\\",
+    "'; DROP TABLE chunks; --",
+    "?!",
+    "+-&|~/:",
+    "バックアップ*",
 ]
 
 

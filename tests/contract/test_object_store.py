@@ -11,10 +11,8 @@ import multiprocessing
 import os
 import random
 import signal
-import threading
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from shared.adapters.local.blobs import LocalObjectStore
 from shared.errors import DependencyUnavailable
 from shared.ports import ObjectStore, PreconditionFailed
 from shared.settings import Settings
+from tests.fixtures.concurrency import run_together
 
 
 @pytest.fixture(params=["local", "azure"])
@@ -37,21 +36,6 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ObjectStor
     else:
         # Only the azure cases start Azurite, so `-k local` runs without it.
         yield request.getfixturevalue("azure_object_store")
-
-
-def run_together(count: int, action: Callable[[int], Any]) -> list[Any]:
-    """Run action(i) on count threads released at the same instant; return results or exceptions."""
-    barrier = threading.Barrier(count)
-
-    def attempt(i: int) -> Any:
-        barrier.wait()
-        try:
-            return action(i)
-        except Exception as exc:  # the caller inspects which ones failed and how
-            return exc
-
-    with ThreadPoolExecutor(max_workers=count) as pool:
-        return list(pool.map(attempt, range(count)))
 
 
 def increment(store: ObjectStore, key: str) -> int:

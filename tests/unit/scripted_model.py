@@ -50,13 +50,16 @@ class ScriptedModel:
         return None
 
 
-def calls(*tool_calls: tuple[str, dict[str, Any]], prompt_tokens: int = 100, completion_tokens: int = 10,
-          turn: int = 0) -> ModelTurn:
+def calls(
+    *tool_calls: tuple[str, dict[str, Any]], prompt_tokens: int = 100, completion_tokens: int = 10, turn: int = 0
+) -> ModelTurn:
     """A turn that calls tools; ids are call_{turn}_{i} like the offline model's."""
     return ModelTurn(
         content=None,
-        tool_calls=[ToolCall(id=f"call_{turn}_{i}", name=name, arguments=json.dumps(args, ensure_ascii=False))
-                    for i, (name, args) in enumerate(tool_calls)],
+        tool_calls=[
+            ToolCall(id=f"call_{turn}_{i}", name=name, arguments=json.dumps(args, ensure_ascii=False))
+            for i, (name, args) in enumerate(tool_calls)
+        ],
         usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens),
         model="scripted-fake",
     )
@@ -64,12 +67,23 @@ def calls(*tool_calls: tuple[str, dict[str, Any]], prompt_tokens: int = 100, com
 
 def answer(content: str, *, prompt_tokens: int = 100, completion_tokens: int = 10) -> ModelTurn:
     """A turn that answers in text, without calling a tool."""
-    return ModelTurn(content=content, tool_calls=[],
-                     usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens))
+    return ModelTurn(
+        content=content, tool_calls=[], usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+    )
 
 
-def report(markdown: str, citations: list[dict[str, Any]], *, turn: int = 0, prompt_tokens: int = 100,
-           completion_tokens: int = 10) -> ModelTurn:
+def report(
+    markdown: str,
+    citations: list[dict[str, Any]],
+    *,
+    turn: int = 0,
+    prompt_tokens: int = 100,
+    completion_tokens: int = 10,
+) -> ModelTurn:
     """A write_report turn."""
-    return calls(("write_report", {"markdown": markdown, "citations": citations}), turn=turn,
-                 prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+    return calls(
+        ("write_report", {"markdown": markdown, "citations": citations}),
+        turn=turn,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+    )

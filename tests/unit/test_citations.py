@@ -25,10 +25,14 @@ def test_a_verbatim_quote_is_verified_at_its_place_in_the_chunk() -> None:
 
     assert check.failed == []
     [citation] = check.citations
-    assert citation.quote == quote == ENGINE.content[citation.start:citation.end]
+    assert citation.quote == quote == ENGINE.content[citation.start : citation.end]
     assert citation.start == ENGINE.content.index(quote)
     assert (citation.doc_id, citation.chunk_id, citation.title, citation.url) == (
-        "engine", 0, "The step engine", "https://example.com/engine")
+        "engine",
+        0,
+        "The step engine",
+        "https://example.com/engine",
+    )
 
 
 def test_a_japanese_quote_is_verified() -> None:
@@ -36,7 +40,7 @@ def test_a_japanese_quote_is_verified() -> None:
 
     [citation] = verify("検証します [1]", [cite(1, BACKUP, quote)], READ).citations
 
-    assert BACKUP.content[citation.start:citation.end] == quote
+    assert BACKUP.content[citation.start : citation.end] == quote
 
 
 def test_a_reflowed_quote_cites_the_chunks_own_text() -> None:
@@ -46,7 +50,7 @@ def test_a_reflowed_quote_cites_the_chunks_own_text() -> None:
     [citation] = verify("[1]", [cite(1, RETRIES, "  " + reflowed + " ")], READ).citations
 
     assert citation.quote == "reschedule the step with backoff.\nPermanent errors"
-    assert citation.quote == RETRIES.content[citation.start:citation.end]
+    assert citation.quote == RETRIES.content[citation.start : citation.end]
 
 
 def test_a_fabricated_quote_is_removed_and_reported() -> None:

@@ -10,8 +10,13 @@ from agents.policy import PolicyViolation, resolve, tenant_limits
 from shared.contracts import Policy, PolicyOverrides
 from shared.errors import InvalidRequest
 
-LIMITS = Policy(max_steps=20, max_tokens=50_000, max_report_chars=4_000, min_citations=2,
-                allowed_tools=["search_knowledge", "read_document", "write_report"])
+LIMITS = Policy(
+    max_steps=20,
+    max_tokens=50_000,
+    max_report_chars=4_000,
+    min_citations=2,
+    allowed_tools=["search_knowledge", "read_document", "write_report"],
+)
 
 
 def test_a_tenant_entry_changes_only_the_fields_it_names() -> None:
@@ -31,8 +36,14 @@ def test_no_overrides_means_the_tenants_limits() -> None:
 
 
 def test_narrowing_overrides_apply() -> None:
-    overrides = PolicyOverrides(max_steps=5, max_tokens=1_000, allowed_tools=["read_document", "write_report"],
-                                min_citations=3, max_report_chars=500, language="ja")
+    overrides = PolicyOverrides(
+        max_steps=5,
+        max_tokens=1_000,
+        allowed_tools=["read_document", "write_report"],
+        min_citations=3,
+        max_report_chars=500,
+        language="ja",
+    )
 
     policy = resolve(LIMITS, overrides)
 
@@ -48,11 +59,14 @@ def test_overrides_equal_to_the_limits_are_allowed() -> None:
     assert policy == LIMITS
 
 
-@pytest.mark.parametrize(("field", "value", "limit"), [
-    ("max_steps", 21, 20),
-    ("max_tokens", 50_001, 50_000),
-    ("max_report_chars", 10_000, 4_000),
-])
+@pytest.mark.parametrize(
+    ("field", "value", "limit"),
+    [
+        ("max_steps", 21, 20),
+        ("max_tokens", 50_001, 50_000),
+        ("max_report_chars", 10_000, 4_000),
+    ],
+)
 def test_widening_a_limit_is_a_violation_naming_the_field(field: str, value: int, limit: int) -> None:
     with pytest.raises(PolicyViolation) as caught:
         resolve(LIMITS, PolicyOverrides(**{field: value}))
@@ -72,10 +86,13 @@ def test_asking_for_a_tool_the_tenant_does_not_allow_names_it() -> None:
     assert caught.value.why == "run_shell, save_note not allowed for this tenant"
 
 
-@pytest.mark.parametrize(("overrides", "field"), [
-    ({"require_citations": False}, "require_citations"),
-    ({"min_citations": 1}, "min_citations"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"require_citations": False}, "require_citations"),
+        ({"min_citations": 1}, "min_citations"),
+    ],
+)
 def test_loosening_required_citations_is_a_violation(overrides: dict[str, Any], field: str) -> None:
     with pytest.raises(PolicyViolation) as caught:
         resolve(LIMITS, PolicyOverrides(**overrides))

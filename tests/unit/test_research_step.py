@@ -30,10 +30,16 @@ COMMIT = "A step commits by writing its checkpoint create-only"
 BACKOFF = "Transient model errors reschedule the step with backoff."
 
 
-def context(index: LocalKnowledgeIndex, script: list[ModelTurn | Exception], *, budget: int = 12_000,
-            **policy: Any) -> AgentContext:
-    return AgentContext(model=ScriptedModel(script), index=index, policy=Policy(**policy),
-                        count_tokens=count_message_tokens, context_budget=budget)
+def context(
+    index: LocalKnowledgeIndex, script: list[ModelTurn | Exception], *, budget: int = 12_000, **policy: Any
+) -> AgentContext:
+    return AgentContext(
+        model=ScriptedModel(script),
+        index=index,
+        policy=Policy(**policy),
+        count_tokens=count_message_tokens,
+        context_budget=budget,
+    )
 
 
 def sent(ctx: AgentContext) -> ScriptedModel:
@@ -101,21 +107,39 @@ def test_a_model_step_sends_the_prompt_and_records_the_turns_tool_calls(index: L
     assert result.usage == Usage(prompt_tokens=120, completion_tokens=12)
     assert result.summary == "model asked for search_knowledge"
     [request] = sent(ctx).requests
-    assert request.messages == [{"role": "system", "content": system_prompt(ctx.policy, "en")},
-                                {"role": "user", "content": TASK}]
+    assert request.messages == [
+        {"role": "system", "content": system_prompt(ctx.policy, "en")},
+        {"role": "user", "content": TASK},
+    ]
     assert request.tool_names == ALL_TOOLS
-    assert state.messages[-1] == {"role": "assistant", "content": None, "tool_calls": [
-        {"id": "call_0_0", "type": "function", "function": {"name": "search_knowledge",
-                                                            "arguments": '{"query": "commit"}'}}]}
+    assert state.messages[-1] == {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {
+                "id": "call_0_0",
+                "type": "function",
+                "function": {"name": "search_knowledge", "arguments": '{"query": "commit"}'},
+            }
+        ],
+    }
     assert state.pending_tool_calls() == state.messages[-1]["tool_calls"]
 
 
 def test_a_tool_call_turn_then_a_report_turn_succeed_with_usage_summed(index: LocalKnowledgeIndex) -> None:
-    ctx = context(index, [
-        calls(("read_document", {"doc_id": "engine", "chunk_id": 0}), prompt_tokens=300, completion_tokens=30),
-        report("Steps commit once [1].\n", [cite(1, "engine", 0, COMMIT)], turn=1,
-               prompt_tokens=700, completion_tokens=70),
-    ])
+    ctx = context(
+        index,
+        [
+            calls(("read_document", {"doc_id": "engine", "chunk_id": 0}), prompt_tokens=300, completion_tokens=30),
+            report(
+                "Steps commit once [1].\n",
+                [cite(1, "engine", 0, COMMIT)],
+                turn=1,
+                prompt_tokens=700,
+                completion_tokens=70,
+            ),
+        ],
+    )
     state = start(TASK, ctx.policy, [])
 
     results = run_job(state, ctx)
@@ -131,17 +155,21 @@ def test_a_tool_call_turn_then_a_report_turn_succeed_with_usage_summed(index: Lo
     final = results[-1].state
     assert final.report is not None
     [citation] = final.report.citations
-    assert citation.quote == COMMIT == chunk("engine", 0).content[citation.start:citation.end]
+    assert citation.quote == COMMIT == chunk("engine", 0).content[citation.start : citation.end]
     assert final.report.markdown == "Steps commit once [1].\n"
     assert (final.report.model, final.report.offline_model) == ("scripted-fake", True)
     assert final.pending_tool_calls() == []
 
 
 def test_a_tool_outside_the_policy_is_refused_and_the_model_told(index: LocalKnowledgeIndex) -> None:
-    ctx = context(index, [
-        calls(("save_note", {"text": "steps commit once"}), ("read_document", {"doc_id": "engine", "chunk_id": 0})),
-        answer("stopping here"),
-    ], allowed_tools=["search_knowledge", "read_document", "write_report"])
+    ctx = context(
+        index,
+        [
+            calls(("save_note", {"text": "steps commit once"}), ("read_document", {"doc_id": "engine", "chunk_id": 0})),
+            answer("stopping here"),
+        ],
+        allowed_tools=["search_knowledge", "read_document", "write_report"],
+    )
     state = start(TASK, ctx.policy, [])
 
     run_step(state, ctx)
@@ -167,7 +195,8 @@ def test_write_report_outside_the_policy_is_refused_not_accepted(index: LocalKno
 
     assert result.outcome is None and state.report is None
     assert tool_answers(state.messages)["call_0_0"] == {
-        "error": "tool 'write_report' is not allowed by this job's policy"}
+        "error": "tool 'write_report' is not allowed by this job's policy"
+    }
 
 
 def test_an_answer_without_write_report_is_reminded_once_then_fails(index: LocalKnowledgeIndex) -> None:
@@ -191,8 +220,14 @@ def test_a_fabricated_quote_is_sent_back_once_then_removed(index: LocalKnowledge
     fabricated = "Every step is retried until it succeeds."
     markdown = "Steps commit once [1]. They retry forever [2].\n"
     citations = [cite(1, "engine", 0, COMMIT), cite(2, "engine", 0, fabricated)]
-    ctx = context(index, [calls(("read_document", {"doc_id": "engine", "chunk_id": 0})),
-                          report(markdown, citations, turn=1), report(markdown, citations, turn=2)])
+    ctx = context(
+        index,
+        [
+            calls(("read_document", {"doc_id": "engine", "chunk_id": 0})),
+            report(markdown, citations, turn=1),
+            report(markdown, citations, turn=2),
+        ],
+    )
     state = start(TASK, ctx.policy, [])
 
     results = run_job(state, ctx)
@@ -212,9 +247,14 @@ def test_a_fabricated_quote_is_sent_back_once_then_removed(index: LocalKnowledge
 def test_a_quote_from_a_chunk_never_read_does_not_count(index: LocalKnowledgeIndex) -> None:
     # engine#1 is in the index and the quote is true, but this job only read engine#0.
     proposed = [cite(1, "engine", 1, BACKOFF)]
-    ctx = context(index, [calls(("read_document", {"doc_id": "engine", "chunk_id": 0})),
-                          report("Retries back off [1].", proposed, turn=1),
-                          report("Retries back off [1].", proposed, turn=2)])
+    ctx = context(
+        index,
+        [
+            calls(("read_document", {"doc_id": "engine", "chunk_id": 0})),
+            report("Retries back off [1].", proposed, turn=1),
+            report("Retries back off [1].", proposed, turn=2),
+        ],
+    )
     state = start(TASK, ctx.policy, [])
 
     results = run_job(state, ctx)
@@ -231,11 +271,17 @@ def test_a_quote_from_a_chunk_never_read_does_not_count(index: LocalKnowledgeInd
 def test_a_report_over_max_report_chars_is_cut_between_claims(index: LocalKnowledgeIndex) -> None:
     first = "Steps commit by writing their checkpoint create-only, once and for all, whatever happens [1].\n"
     second = "Transient model errors make the engine reschedule the step later, with backoff, " * 2 + "[2].\n"
-    ctx = context(index, [
-        calls(("read_document", {"doc_id": "engine", "chunk_id": 0}), ("read_document", {"doc_id": "engine",
-                                                                                         "chunk_id": 1})),
-        report(first + second, [cite(1, "engine", 0, COMMIT), cite(2, "engine", 1, BACKOFF)], turn=1),
-    ], max_report_chars=200)
+    ctx = context(
+        index,
+        [
+            calls(
+                ("read_document", {"doc_id": "engine", "chunk_id": 0}),
+                ("read_document", {"doc_id": "engine", "chunk_id": 1}),
+            ),
+            report(first + second, [cite(1, "engine", 0, COMMIT), cite(2, "engine", 1, BACKOFF)], turn=1),
+        ],
+        max_report_chars=200,
+    )
     state = start(TASK, ctx.policy, [])
 
     results = run_job(state, ctx)
@@ -279,9 +325,22 @@ def conversation_with_read_answers(count: int) -> AgentState:
     state = start(TASK, Policy(), [])
     for i in range(count):
         call_id = f"call_{i}_0"
-        state.messages.append({"role": "assistant", "content": None, "tool_calls": [{
-            "id": call_id, "type": "function",
-            "function": {"name": "read_document", "arguments": json.dumps({"doc_id": "big", "chunk_id": i})}}]})
+        state.messages.append(
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": call_id,
+                        "type": "function",
+                        "function": {
+                            "name": "read_document",
+                            "arguments": json.dumps({"doc_id": "big", "chunk_id": i}),
+                        },
+                    }
+                ],
+            }
+        )
         content = f"Chunk {i} says the checkpoint is written create-only. " * 40
         read = {"chunks": [{"doc_id": "big", "chunk_id": i, "content": content}]}
         state.messages.append({"role": "tool", "tool_call_id": call_id, "content": json.dumps(read)})
@@ -308,7 +367,7 @@ def test_older_tool_output_is_elided_to_keep_the_prompt_within_budget(index: Loc
     answers = [m["content"] for m in request.messages if m["role"] == "tool"]
     assert answers[0] == ELIDED
     assert answers[1:] == [m["content"] for m in before if m["role"] == "tool"][1:]
-    assert state.messages[:len(before)] == before  # the state keeps every answer; only the prompt is trimmed
+    assert state.messages[: len(before)] == before  # the state keeps every answer; only the prompt is trimmed
 
 
 def test_fit_to_budget_elides_oldest_first_and_never_the_latest_answers() -> None:

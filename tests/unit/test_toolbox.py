@@ -30,7 +30,11 @@ def test_specs_follow_the_policy_in_a_stable_order() -> None:
     assert [s["function"]["name"] for s in specs] == ["read_document", "write_report"]
     assert all(s["type"] == "function" and s["function"]["parameters"]["type"] == "object" for s in specs)
     assert [s["function"]["name"] for s in tool_specs(ALL_TOOLS)] == [
-        "search_knowledge", "read_document", "save_note", FINAL_TOOL]
+        "search_knowledge",
+        "read_document",
+        "save_note",
+        FINAL_TOOL,
+    ]
 
 
 def test_search_returns_passages_without_their_full_text(toolbox: Toolbox, state: AgentState) -> None:
@@ -54,8 +58,9 @@ def test_read_records_what_was_read_for_citing(toolbox: Toolbox, state: AgentSta
     answer = json.loads(toolbox.run("read_document", '{"doc_id": "engine", "chunk_id": 1}', state))
 
     expected = chunk("engine", 1)
-    assert answer == {"chunks": [{"doc_id": "engine", "chunk_id": 1, "title": expected.title,
-                                  "content": expected.content}]}
+    assert answer == {
+        "chunks": [{"doc_id": "engine", "chunk_id": 1, "title": expected.title, "content": expected.content}]
+    }
     assert state.sources == {expected.key: expected}
 
 
@@ -72,16 +77,19 @@ def test_save_note_keeps_a_bounded_note(toolbox: Toolbox, state: AgentState) -> 
     assert state.notes == ["x" * MAX_NOTE_CHARS]
 
 
-@pytest.mark.parametrize(("name", "arguments", "message"), [
-    ("search_knowledge", '{"query": "   "}', "query must not be empty"),
-    ("search_knowledge", '{"query": ', "arguments are not valid JSON"),
-    ("search_knowledge", '["query"]', "arguments must be a JSON object"),
-    ("read_document", '{"doc_id": "nowhere"}', "no document 'nowhere'"),
-    ("read_document", '{"doc_id": "engine", "chunk_id": 9}', "no document 'engine' chunk 9"),
-    ("save_note", '{"text": ""}', "text must not be empty"),
-    ("write_report", '{"markdown": "", "citations": []}', "write_report is handled by the agent loop"),
-    ("delete_index", "{}", "unknown tool 'delete_index'; available tools: search_knowledge"),
-])
+@pytest.mark.parametrize(
+    ("name", "arguments", "message"),
+    [
+        ("search_knowledge", '{"query": "   "}', "query must not be empty"),
+        ("search_knowledge", '{"query": ', "arguments are not valid JSON"),
+        ("search_knowledge", '["query"]', "arguments must be a JSON object"),
+        ("read_document", '{"doc_id": "nowhere"}', "no document 'nowhere'"),
+        ("read_document", '{"doc_id": "engine", "chunk_id": 9}', "no document 'engine' chunk 9"),
+        ("save_note", '{"text": ""}', "text must not be empty"),
+        ("write_report", '{"markdown": "", "citations": []}', "write_report is handled by the agent loop"),
+        ("delete_index", "{}", "unknown tool 'delete_index'; available tools: search_knowledge"),
+    ],
+)
 def test_bad_calls_are_refused_with_a_reason(
     toolbox: Toolbox, state: AgentState, name: str, arguments: str, message: str
 ) -> None:

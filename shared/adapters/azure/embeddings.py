@@ -22,7 +22,8 @@ def embedder_from_settings(settings: Settings) -> Embed | None:
         azure_endpoint=settings.azure_openai_endpoint,
         api_version=settings.azure_openai_api_version,
         api_key=settings.azure_openai_api_key or None,
-        azure_ad_token_provider=None if settings.azure_openai_api_key
+        azure_ad_token_provider=None
+        if settings.azure_openai_api_key
         else get_bearer_token_provider(DefaultAzureCredential(), AZURE_OPENAI_SCOPE),
         timeout=settings.model_timeout_seconds,
         max_retries=2,  # indexing is not a step: a short in-place retry is the simplest right thing

@@ -121,9 +121,10 @@ class OpenAIChatModel:
             max_retries=0,
         )
         auth_hint = (
-            "check AZURE_OPENAI_API_KEY" if api_key
+            "check AZURE_OPENAI_API_KEY"
+            if api_key
             else "grant the app's identity the 'Cognitive Services OpenAI User' role on the resource, "
-                 "or set AZURE_OPENAI_API_KEY"
+            "or set AZURE_OPENAI_API_KEY"
         )
         return cls(
             client,
@@ -230,14 +231,16 @@ class OpenAIChatModel:
             wait = f"; retry after {retry_after:g}s" if retry_after is not None else ""
             return TransientModelError(f"{where}: {_server_message(exc)}{wait}", retry_after=retry_after)
         if codes & CONTENT_FILTER_CODES:
-            return PermanentModelError(f"{where}: the prompt was blocked by the content filter",
-                                       reason="content_filter")
+            return PermanentModelError(
+                f"{where}: the prompt was blocked by the content filter", reason="content_filter"
+            )
         if status in (401, 403):
             # The server's text is left out: OpenAI echoes (part of) the key it was given.
             return PermanentModelError(f"{where}: authentication failed; {self._auth_hint}", reason="model_auth")
         if status == 404:
-            return PermanentModelError(f"{where}: model or deployment not found; {self._model_hint}",
-                                       reason="model_rejected")
+            return PermanentModelError(
+                f"{where}: model or deployment not found; {self._model_hint}", reason="model_rejected"
+            )
         return PermanentModelError(f"{where}: {_server_message(exc)}", reason="model_rejected")
 
 

@@ -42,13 +42,15 @@ class OfflineModel:
             prompt_tokens=sum(len(str(m.get("content") or "")) for m in messages) // 4,
             completion_tokens=sum(len(c["arguments"]) for c in calls) // 4,
         )
-        tool_calls = [ToolCall(id=f"call_{turn_no}_{i}", name=c["name"], arguments=c["arguments"])
-                      for i, c in enumerate(calls)]
+        tool_calls = [
+            ToolCall(id=f"call_{turn_no}_{i}", name=c["name"], arguments=c["arguments"]) for i, c in enumerate(calls)
+        ]
         content = None if tool_calls else "I could not find anything to report."
         return ModelTurn(content=content, tool_calls=tool_calls, usage=usage, model=self.name)
 
-    def _next_calls(self, question: str, results: list[tuple[str, dict[str, Any]]],
-                    available: set[str]) -> list[dict[str, str]]:
+    def _next_calls(
+        self, question: str, results: list[tuple[str, dict[str, Any]]], available: set[str]
+    ) -> list[dict[str, str]]:
         searched = [r for name, r in results if name == "search_knowledge" and "results" in r]
         read = [c for name, r in results if name == "read_document" for c in r.get("chunks", [])]
         if not searched and "search_knowledge" in available:

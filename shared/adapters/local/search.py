@@ -143,9 +143,7 @@ class LocalKnowledgeIndex:
 
     def delete_document(self, doc_id: str) -> int:
         with self._write() as db:
-            db.execute(
-                "DELETE FROM chunks_terms WHERE rowid IN (SELECT rowid FROM chunks WHERE doc_id = ?)", (doc_id,)
-            )
+            db.execute("DELETE FROM chunks_terms WHERE rowid IN (SELECT rowid FROM chunks WHERE doc_id = ?)", (doc_id,))
             return db.execute("DELETE FROM chunks WHERE doc_id = ?", (doc_id,)).rowcount
 
     def search(self, query: str, *, top: int = 5, doc_id: str | None = None) -> list[SearchHit]:

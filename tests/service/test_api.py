@@ -11,8 +11,11 @@ from shared.engine.backends import Backends
 from shared.errors import DependencyUnavailable
 from tests.fixtures.app import ingest_samples
 
-KEYS = {"key-a": {"tenant": "acme", "role": "submitter"}, "key-b": {"tenant": "globex", "role": "submitter"},
-        "key-op": {"tenant": "acme", "role": "operator"}}
+KEYS = {
+    "key-a": {"tenant": "acme", "role": "submitter"},
+    "key-b": {"tenant": "globex", "role": "submitter"},
+    "key-op": {"tenant": "acme", "role": "operator"},
+}
 
 
 @pytest.fixture
@@ -60,9 +63,14 @@ def test_idempotency_key_replays_and_conflicts(api: TestClient, backends: Backen
 
 @pytest.mark.parametrize(
     ("body", "field"),
-    [({"task": "x", "colour": "red"}, "colour"), ({"task": ""}, "task"), ({"task": "   "}, "task"), ({}, "task"),
-     ({"task": "x", "policy": {"max_steps": 0}}, "policy.max_steps"),
-     ({"task": "x", "policy": {"bogus": 1}}, "policy.bogus")],
+    [
+        ({"task": "x", "colour": "red"}, "colour"),
+        ({"task": ""}, "task"),
+        ({"task": "   "}, "task"),
+        ({}, "task"),
+        ({"task": "x", "policy": {"max_steps": 0}}, "policy.max_steps"),
+        ({"task": "x", "policy": {"bogus": 1}}, "policy.bogus"),
+    ],
 )
 def test_bad_input_is_a_422_naming_the_field(api: TestClient, backends: Backends, body: dict, field: str) -> None:
     problem = assert_problem(api.post("/api/jobs", json=body), 422)
@@ -71,8 +79,14 @@ def test_bad_input_is_a_422_naming_the_field(api: TestClient, backends: Backends
 
 
 def test_oversized_body_is_413(tenants: None, api: TestClient, backends: Backends) -> None:
-    assert_problem(api.post("/api/jobs", content=json.dumps({"task": "x" * 30_000}),
-                            headers={"X-API-Key": "key-a", "Content-Type": "application/json"}), 413)
+    assert_problem(
+        api.post(
+            "/api/jobs",
+            content=json.dumps({"task": "x" * 30_000}),
+            headers={"X-API-Key": "key-a", "Content-Type": "application/json"},
+        ),
+        413,
+    )
     nothing_enqueued(backends)
 
 
@@ -88,9 +102,11 @@ def test_missing_or_wrong_key_is_401(api: TestClient, backends: Backends) -> Non
 def test_a_tenant_never_sees_another_tenants_job(tenants: None, api: TestClient, backends: Backends) -> None:
     job = api.post("/api/jobs", json={"task": "secret plans"}, headers=as_key(api, "key-a")).json()
     other = as_key(api, "key-b")
-    for r in (api.get(f"/api/jobs/{job['id']}", headers=other),
-              api.get(f"/api/jobs/{job['id']}/report", headers=other),
-              api.post(f"/api/jobs/{job['id']}/cancel", headers=other)):
+    for r in (
+        api.get(f"/api/jobs/{job['id']}", headers=other),
+        api.get(f"/api/jobs/{job['id']}/report", headers=other),
+        api.post(f"/api/jobs/{job['id']}/cancel", headers=other),
+    ):
         assert_problem(r, 404)
     assert api.get("/api/jobs", headers=other).json()["jobs"] == []
     assert backends.jobs.get(job["id"]).cancel_requested is False
@@ -116,11 +132,17 @@ def test_report_is_409_until_finished_and_cancel_is_recorded(api: TestClient) ->
 
 
 def test_documents_upload_search_and_delete(api: TestClient, backends: Backends) -> None:
-    r = api.post("/api/documents", json=[{"id": "dr-plan", "title": "DR plan", "content": "Fail over to Osaka. "
-                                          "Restore from the nightly backup."}])
+    r = api.post(
+        "/api/documents",
+        json=[{"id": "dr-plan", "title": "DR plan", "content": "Fail over to Osaka. Restore from the nightly backup."}],
+    )
     assert r.status_code == 201 and r.json()["indexed"][0]["id"] == "dr-plan"
-    r = api.post("/api/documents", params={"filename": "notes.ja.md"}, content="# メモ\n\n障害時は大阪に切り替える。",
-                 headers={"Content-Type": "text/markdown"})
+    r = api.post(
+        "/api/documents",
+        params={"filename": "notes.ja.md"},
+        content="# メモ\n\n障害時は大阪に切り替える。",
+        headers={"Content-Type": "text/markdown"},
+    )
     assert r.status_code == 201
     hits = api.get("/api/search", params={"q": "nightly backup"}).json()
     assert hits[0]["doc_id"] == "dr-plan"
@@ -129,8 +151,12 @@ def test_documents_upload_search_and_delete(api: TestClient, backends: Backends)
     assert_problem(api.delete("/api/documents/dr-plan"), 404)
     assert_problem(api.post("/api/documents", json={"id": "bad id!", "title": "t", "content": "c"}), 422)
     assert_problem(api.post("/api/documents", content=b"x", headers={"Content-Type": "application/pdf"}), 415)
-    assert_problem(api.post("/api/documents", params={"filename": "empty.md"}, content=b"",
-                            headers={"Content-Type": "text/markdown"}), 422)
+    assert_problem(
+        api.post(
+            "/api/documents", params={"filename": "empty.md"}, content=b"", headers={"Content-Type": "text/markdown"}
+        ),
+        422,
+    )
 
 
 def test_document_writes_need_an_operator_key(tenants: None, api: TestClient) -> None:
@@ -160,8 +186,16 @@ def test_health_is_503_when_a_dependency_is_down(api: TestClient, backends: Back
 
 def test_openapi_document_and_docs_are_served(api: TestClient) -> None:
     spec = api.get("/api/openapi.json").json()
-    assert {"/api/jobs", "/api/jobs/{job_id}", "/api/jobs/{job_id}/report", "/api/jobs/{job_id}/cancel",
-            "/api/documents", "/api/documents/{doc_id}", "/api/search", "/api/health"} <= set(spec["paths"])
+    assert {
+        "/api/jobs",
+        "/api/jobs/{job_id}",
+        "/api/jobs/{job_id}/report",
+        "/api/jobs/{job_id}/cancel",
+        "/api/documents",
+        "/api/documents/{doc_id}",
+        "/api/search",
+        "/api/health",
+    } <= set(spec["paths"])
     assert api.get("/api/docs").status_code == 200
 
 

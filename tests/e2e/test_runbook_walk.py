@@ -25,8 +25,10 @@ from tests.fixtures.app import ROOT, SAMPLES, RuntimeProcess, wait_for
 from tests.fixtures.cli import agentctl
 from tests.fixtures.scripted_openai import ScriptedOpenAI
 
-QUIET_TIMERS = {name: "0 0 0 1 1 *" for name in
-                ("BACKUP_SCHEDULE", "DLQ_SWEEP_SCHEDULE", "WEEKLY_CHECKS_SCHEDULE", "RETENTION_SCHEDULE")}
+QUIET_TIMERS = {
+    name: "0 0 0 1 1 *"
+    for name in ("BACKUP_SCHEDULE", "DLQ_SWEEP_SCHEDULE", "WEEKLY_CHECKS_SCHEDULE", "RETENTION_SCHEDULE")
+}
 RUNBOOKS = [ROOT / "docs" / "runbook.md", ROOT / "docs" / "runbook.ja.md"]
 
 
@@ -52,8 +54,15 @@ def test_walk_the_runbook_end_to_end(tmp_path: Path) -> None:
         assert cli("health")["status"] == "ok"
         with rt.client() as client:
             for path in sorted(SAMPLES.glob("*.md")):
-                assert client.post("/api/documents", params={"filename": path.name}, content=path.read_bytes(),
-                                   headers={"Content-Type": "text/markdown"}).status_code == 201
+                assert (
+                    client.post(
+                        "/api/documents",
+                        params={"filename": path.name},
+                        content=path.read_bytes(),
+                        headers={"Content-Type": "text/markdown"},
+                    ).status_code
+                    == 201
+                )
             job_id = client.post("/api/jobs", json={"task": "What do I do when the queue backs up?"}).json()["id"]
 
         # Symptom: the job does not complete. Investigate: the queue, the dead letters, the job.
@@ -62,8 +71,9 @@ def test_walk_the_runbook_end_to_end(tmp_path: Path) -> None:
         assert cli("jobs", "list", "--status", "queued")[0]["id"] == job_id
         # The sweep re-submits a step that failed for a transient cause; the cause persists, so it comes back.
         swept = cli("sweep")
-        assert [(a["job_id"], a["action"], a["cause"]) for a in swept["actions"]] == [(job_id, "resubmitted",
-                                                                                      "transient")]
+        assert [(a["job_id"], a["action"], a["cause"]) for a in swept["actions"]] == [
+            (job_id, "resubmitted", "transient")
+        ]
         queue_settles(rt, dead_lettered=1)
         [dead] = cli("dlq", "list")
         assert dead["message_id"] == swept["actions"][0]["new_message_id"]
@@ -157,7 +167,26 @@ def test_every_agentctl_command_in_the_runbook_exists(runbook: Path) -> None:
         assert command in paths, f"{runbook.name} names `agentctl {command}`, which does not exist"
     named = set(re.findall(r"agentctl kql ([a-z_]+)", text))
     assert named and named <= set(kql.QUERIES), named - set(kql.QUERIES)
-    for needed in ("health", "queue status", "dlq list", "dlq show", "dlq resubmit", "dlq purge", "jobs list",
-                   "jobs show", "jobs cancel", "jobs rerun", "jobs resubmit", "usage", "backup run", "backup list",
-                   "restore", "checks run", "sweep", "retention run", "logs", "kql"):
+    for needed in (
+        "health",
+        "queue status",
+        "dlq list",
+        "dlq show",
+        "dlq resubmit",
+        "dlq purge",
+        "jobs list",
+        "jobs show",
+        "jobs cancel",
+        "jobs rerun",
+        "jobs resubmit",
+        "usage",
+        "backup run",
+        "backup list",
+        "restore",
+        "checks run",
+        "sweep",
+        "retention run",
+        "logs",
+        "kql",
+    ):
         assert any(f"{first} {second}".strip() == needed or first == needed for first, second in used), needed

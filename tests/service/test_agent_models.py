@@ -22,7 +22,7 @@ from shared.engine.ledger import month_of
 from shared.services import jobs
 from shared.services.knowledge import index_documents
 from shared.tokens import count_message_tokens
-from tests.agent_scripts import (
+from tests.fixtures.agent_scripts import (
     SCRIPTED_ENV,
     ByTask,
     Researcher,
@@ -69,15 +69,29 @@ def test_multi_turn_tool_calling_job_ends_in_a_verified_report(
     ingest_samples(backends)
     q1, q2 = quote_from(backends, "step-engine", 0), quote_from(backends, "step-engine", 1)
     searches = [call("search_knowledge", query="step engine checkpoints"), call("search_knowledge", query="redelivery")]
-    scripted_openai.script([
-        completion(tool_calls=searches, prompt_tokens=300, completion_tokens=30),
-        completion(tool_calls=[call("read_document", doc_id="step-engine", chunk_id=0),
-                               call("read_document", doc_id="step-engine", chunk_id=1)],
-                   prompt_tokens=700, completion_tokens=40),
-        completion(tool_calls=[write_report("Jobs run one step per message [1]. Delivery is at least once [2].\n",
-                                            [cite(1, "step-engine", 0, q1), cite(2, "step-engine", 1, q2)])],
-                   prompt_tokens=1500, completion_tokens=120),
-    ])
+    scripted_openai.script(
+        [
+            completion(tool_calls=searches, prompt_tokens=300, completion_tokens=30),
+            completion(
+                tool_calls=[
+                    call("read_document", doc_id="step-engine", chunk_id=0),
+                    call("read_document", doc_id="step-engine", chunk_id=1),
+                ],
+                prompt_tokens=700,
+                completion_tokens=40,
+            ),
+            completion(
+                tool_calls=[
+                    write_report(
+                        "Jobs run one step per message [1]. Delivery is at least once [2].\n",
+                        [cite(1, "step-engine", 0, q1), cite(2, "step-engine", 1, q2)],
+                    )
+                ],
+                prompt_tokens=1500,
+                completion_tokens=120,
+            ),
+        ]
+    )
 
     created = api.post("/api/jobs", json={"task": TASK})
     [job] = consume(backends, [created.json()["id"]])
@@ -151,13 +165,17 @@ def test_forged_citation_is_repaired_in_one_turn(
     ingest_samples(backends)
     real = quote_from(backends, "step-engine", 2)
     forged = "Transient failures are retried forever, without any backoff."
-    scripted_openai.script([
-        completion(tool_calls=[call("read_document", doc_id="step-engine", chunk_id=2)]),
-        completion(tool_calls=[write_report("Transient failures are retried [1].\n",
-                                            [cite(1, "step-engine", 2, forged)])]),
-        completion(tool_calls=[write_report("Transient failures are retried [1].\n",
-                                            [cite(1, "step-engine", 2, real)])]),
-    ])
+    scripted_openai.script(
+        [
+            completion(tool_calls=[call("read_document", doc_id="step-engine", chunk_id=2)]),
+            completion(
+                tool_calls=[write_report("Transient failures are retried [1].\n", [cite(1, "step-engine", 2, forged)])]
+            ),
+            completion(
+                tool_calls=[write_report("Transient failures are retried [1].\n", [cite(1, "step-engine", 2, real)])]
+            ),
+        ]
+    )
 
     job = run_steps(backends, submit(backends).id)
 
@@ -178,13 +196,18 @@ def test_forged_citation_left_unrepaired_is_removed_and_reported(
     real = quote_from(backends, "step-engine", 2)
     unread = quote_from(backends, "dead-letter-queue", 0)  # true text, but of a chunk this job never read
     markdown = "Failures are classified [1]. Dead letters keep a reason [2]. Nothing is ever lost [3].\n"
-    citations = [cite(1, "step-engine", 2, real), cite(2, "dead-letter-queue", 0, unread),
-                 cite(3, "step-engine", 2, "Nothing is ever lost, guaranteed.")]
-    scripted_openai.script([
-        completion(tool_calls=[call("read_document", doc_id="step-engine", chunk_id=2)]),
-        completion(tool_calls=[write_report(markdown, citations)]),
-        completion(tool_calls=[write_report(markdown, citations)]),  # the model does not fix it
-    ])
+    citations = [
+        cite(1, "step-engine", 2, real),
+        cite(2, "dead-letter-queue", 0, unread),
+        cite(3, "step-engine", 2, "Nothing is ever lost, guaranteed."),
+    ]
+    scripted_openai.script(
+        [
+            completion(tool_calls=[call("read_document", doc_id="step-engine", chunk_id=2)]),
+            completion(tool_calls=[write_report(markdown, citations)]),
+            completion(tool_calls=[write_report(markdown, citations)]),  # the model does not fix it
+        ]
+    )
 
     job = run_steps(backends, submit(backends).id)
 
@@ -194,7 +217,9 @@ def test_forged_citation_left_unrepaired_is_removed_and_reported(
     assert [c["quote"] for c in report["citations"]] == [real]
     assert "[2]" not in report["markdown"] and "[3]" not in report["markdown"]
     assert sorted(r["why"] for r in report["removed_citations"]) == [
-        "chunk dead-letter-queue--c0000 was not read in this job", "quote does not occur in chunk step-engine--c0002"]
+        "chunk dead-letter-queue--c0000 was not read in this job",
+        "quote does not occur in chunk step-engine--c0002",
+    ]
     assert "2 removed" in job.progress[-1].summary
 
 
@@ -205,11 +230,13 @@ def test_citations_missing_fails_the_job_and_keeps_the_report(
     real = quote_from(backends, "step-engine", 2)
     markdown = "Failures are classified [1]. Retries are unlimited [2].\n"
     citations = [cite(1, "step-engine", 2, real), cite(2, "step-engine", 2, "Retries are unlimited.")]
-    scripted_openai.script([
-        completion(tool_calls=[call("read_document", doc_id="step-engine", chunk_id=2)]),
-        completion(tool_calls=[write_report(markdown, citations)]),
-        completion(tool_calls=[write_report(markdown, citations)]),
-    ])
+    scripted_openai.script(
+        [
+            completion(tool_calls=[call("read_document", doc_id="step-engine", chunk_id=2)]),
+            completion(tool_calls=[write_report(markdown, citations)]),
+            completion(tool_calls=[write_report(markdown, citations)]),
+        ]
+    )
     created = api.post("/api/jobs", json={"task": TASK, "policy": {"require_citations": True, "min_citations": 2}})
 
     job = run_steps(backends, created.json()["id"])
@@ -228,11 +255,18 @@ def test_report_over_max_report_chars_is_cut_between_claims(
     ingest_samples(backends)
     quotes = sentences(backends.index.get_chunks("step-engine", 2)[0].content)[:4]
     lines = [f"- Point {n}: {q} [{n}]" for n, q in enumerate(quotes, start=1)]
-    scripted_openai.script([
-        completion(tool_calls=[call("read_document", doc_id="step-engine", chunk_id=2)]),
-        completion(tool_calls=[write_report("\n".join(lines) + "\n",
-                                            [cite(n, "step-engine", 2, q) for n, q in enumerate(quotes, start=1)])]),
-    ])
+    scripted_openai.script(
+        [
+            completion(tool_calls=[call("read_document", doc_id="step-engine", chunk_id=2)]),
+            completion(
+                tool_calls=[
+                    write_report(
+                        "\n".join(lines) + "\n", [cite(n, "step-engine", 2, q) for n, q in enumerate(quotes, start=1)]
+                    )
+                ]
+            ),
+        ]
+    )
 
     job = run_steps(backends, submit(backends, policy={"max_report_chars": 200}).id)
 
@@ -292,10 +326,14 @@ def test_content_filter_fails_the_job_once_without_spending_more(
     model_env: dict[str, str], backends: Backends, scripted_openai: ScriptedOpenAI
 ) -> None:
     ingest_samples(backends)
-    scripted_openai.script([
-        completion(tool_calls=[call("search_knowledge", query="durable jobs")], prompt_tokens=50, completion_tokens=5),
-        content_filter_error(),
-    ])
+    scripted_openai.script(
+        [
+            completion(
+                tool_calls=[call("search_knowledge", query="durable jobs")], prompt_tokens=50, completion_tokens=5
+            ),
+            content_filter_error(),
+        ]
+    )
 
     [job] = consume(backends, [submit(backends).id])
 
@@ -326,13 +364,23 @@ def test_redelivered_steps_count_usage_exactly_once(
     caplog.set_level(logging.INFO, logger="agent.steps")
     ingest_samples(backends)
     real = quote_from(backends, "step-engine", 1)
-    scripted_openai.script([
-        completion(tool_calls=[call("search_knowledge", query="redelivery")], prompt_tokens=111, completion_tokens=11),
-        completion(tool_calls=[call("read_document", doc_id="step-engine", chunk_id=1)],
-                   prompt_tokens=222, completion_tokens=22),
-        completion(tool_calls=[write_report("At least once [1].\n", [cite(1, "step-engine", 1, real)])],
-                   prompt_tokens=333, completion_tokens=33),
-    ])
+    scripted_openai.script(
+        [
+            completion(
+                tool_calls=[call("search_knowledge", query="redelivery")], prompt_tokens=111, completion_tokens=11
+            ),
+            completion(
+                tool_calls=[call("read_document", doc_id="step-engine", chunk_id=1)],
+                prompt_tokens=222,
+                completion_tokens=22,
+            ),
+            completion(
+                tool_calls=[write_report("At least once [1].\n", [cite(1, "step-engine", 1, real)])],
+                prompt_tokens=333,
+                completion_tokens=33,
+            ),
+        ]
+    )
 
     job = run_steps(backends, submit(backends).id, deliveries=2)  # the broker delivers every step twice
     run_steps(backends, job.id, deliveries=1)  # and the finished job's next step once more
@@ -350,11 +398,13 @@ def test_redelivered_steps_count_usage_exactly_once(
 
 # --- prompt budget -----------------------------------------------------------------------------
 
-NOTE = ("Operations note {i} describes runbook entry {i} in detail. The on-call engineer for entry {i} checks the "
-        "queue depth, the dead-letter count and the error rate before acting. Entry {i} applies to the staging and "
-        "production environments alike, and its checks are repeated after every deployment. When entry {i} fires "
-        "twice in one hour, the engineer opens an incident and records the timeline. The incident owner for entry "
-        "{i} confirms the fix with a test job and closes the incident only after the job succeeds with citations.")
+NOTE = (
+    "Operations note {i} describes runbook entry {i} in detail. The on-call engineer for entry {i} checks the "
+    "queue depth, the dead-letter count and the error rate before acting. Entry {i} applies to the staging and "
+    "production environments alike, and its checks are repeated after every deployment. When entry {i} fires "
+    "twice in one hour, the engineer opens an incident and records the timeline. The incident owner for entry "
+    "{i} confirms the fix with a test job and closes the incident only after the job succeeds with citations."
+)
 
 
 @pytest.fixture
@@ -366,15 +416,22 @@ def small_context(app_env: dict[str, str]) -> int:
 def test_a_30_step_job_never_sends_more_than_the_context_budget(
     model_env: dict[str, str], small_context: int, backends: Backends, scripted_openai: ScriptedOpenAI
 ) -> None:
-    index_documents(backends, [Document(id=f"ops-note-{i}", title=f"Operations note {i}", content=NOTE.format(i=i))
-                               for i in range(13)])
+    index_documents(
+        backends,
+        [Document(id=f"ops-note-{i}", title=f"Operations note {i}", content=NOTE.format(i=i)) for i in range(13)],
+    )
     quote = sentences(NOTE.format(i=0))[1]
-    scripted_openai.script([
-        completion(tool_calls=[call("search_knowledge", query="operations notes")]),
-        *[completion(tool_calls=[call("read_document", doc_id=f"ops-note-{i}")]) for i in range(13)],
-        completion(tool_calls=[write_report("The on-call engineer checks three signals [1].\n",
-                                            [cite(1, "ops-note-0", 0, quote)])]),
-    ])
+    scripted_openai.script(
+        [
+            completion(tool_calls=[call("search_knowledge", query="operations notes")]),
+            *[completion(tool_calls=[call("read_document", doc_id=f"ops-note-{i}")]) for i in range(13)],
+            completion(
+                tool_calls=[
+                    write_report("The on-call engineer checks three signals [1].\n", [cite(1, "ops-note-0", 0, quote)])
+                ]
+            ),
+        ]
+    )
 
     job = run_steps(backends, submit(backends).id)
 

@@ -26,7 +26,8 @@ from shared.ports import ModelTurn, PermanentModelError, QueueMessage, Transient
 from shared.runtime.consumer import QueueConsumer
 from shared.runtime.functions import discover
 from shared.services import jobs, operations
-from tests.fixtures.app import ingest_samples, run_at_once, wait_for
+from tests.fixtures.app import ingest_samples, wait_for
+from tests.fixtures.concurrency import raised, run_together
 
 QUESTION = "How are dead-lettered messages handled?"
 
@@ -86,8 +87,10 @@ def run_until_dead_lettered_or_done(b: Backends, job_id: str) -> Job:
     consumer = QueueConsumer(b.queue, fn, concurrency=1, max_lock_renewal_seconds=5)  # type: ignore[arg-type]
     consumer.start()
     try:
-        return wait_for(lambda: ((j := b.jobs.get(job_id)) is not None and (j.finished or
-                                 b.queue.counts().dead_lettered > 0) and j), timeout=30)
+        return wait_for(
+            lambda: (j := b.jobs.get(job_id)) is not None and (j.finished or b.queue.counts().dead_lettered > 0) and j,
+            timeout=30,
+        )
     finally:
         consumer.stop()
 
@@ -98,8 +101,13 @@ def submit(b: Backends, tenant: str = "dev") -> Job:
 
 
 def seed_job(b: Backends, **fields: Any) -> Job:
-    job = Job(id=fields.pop("id", f"job-{len(list(b.jobs.all())):04d}"), tenant=fields.pop("tenant", "dev"),
-              task=QUESTION, policy=Policy(), **fields)
+    job = Job(
+        id=fields.pop("id", f"job-{len(list(b.jobs.all())):04d}"),
+        tenant=fields.pop("tenant", "dev"),
+        task=QUESTION,
+        policy=Policy(),
+        **fields,
+    )
     b.jobs.create(job)
     return job
 
@@ -107,16 +115,22 @@ def seed_job(b: Backends, **fields: Any) -> Job:
 _sends = itertools.count(1)
 
 
-def dead_letter(b: Backends, job_id: str, step: int, failure: BaseException | None, *,
-                reason: str = "MaxDeliveryCountExceeded") -> QueueMessage:
+def dead_letter(
+    b: Backends, job_id: str, step: int, failure: BaseException | None, *, reason: str = "MaxDeliveryCountExceeded"
+) -> QueueMessage:
     """Step `step` dead-lettered as the broker does it, with the note the step engine writes (if failure)."""
     msg = StepMessage(job_id=job_id, step=step)
     message_id = f"{msg.message_id}:t{next(_sends)}"  # each one a new message, as re-submissions are
     b.queue.send(msg.model_dump_json().encode(), message_id=message_id)
     [m] = [m for m in b.queue.receive(10) if m.message_id == message_id]  # type: ignore[attr-defined]
     if failure is not None:
-        note = DeadLetterNote(step=step, delivery_count=10, reason=reason, cause=failure_cause(failure),
-                              description=f"{type(failure).__name__}: {failure}")
+        note = DeadLetterNote(
+            step=step,
+            delivery_count=10,
+            reason=reason,
+            cause=failure_cause(failure),
+            description=f"{type(failure).__name__}: {failure}",
+        )
         b.jobs.update(job_id, lambda j: note_dead_letter(j, note))
     b.queue.dead_letter(m, reason, "Message could not be consumed after 10 delivery attempts.")  # type: ignore[attr-defined]
     return m
@@ -162,7 +176,7 @@ def _timer(name: str):  # type: ignore[no-untyped-def]
 def test_two_concurrent_timer_runs_do_the_work_once(backends: Backends) -> None:
     ingest_samples(backends)
     fn = _timer("backup")
-    assert not run_at_once(lambda: fn.run(timer=TimerRequest(past_due=False)))
+    assert not raised(run_together(2, lambda _: fn.run(timer=TimerRequest(past_due=False))))
     assert len(backup.list_backups(backends)) == 1
     # A late second instance, after the first finished, finds the occurrence's run record and skips too.
     fn.run(timer=TimerRequest(past_due=False))
@@ -180,8 +194,9 @@ def test_past_due_timer_is_logged_and_still_runs(backends: Backends, caplog: pyt
     assert "checkpoints_deleted=0" in done.getMessage()
 
 
-def test_timer_skips_while_another_instance_holds_the_lease(backends: Backends,
-                                                            caplog: pytest.LogCaptureFixture) -> None:
+def test_timer_skips_while_another_instance_holds_the_lease(
+    backends: Backends, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger="agent.maintenance")
     with exclusive(backends.objects, sweep.LEASE):
         holder = threading.Thread(target=lambda: run_scheduled(backends, "dlq_sweep"))  # another context
@@ -194,8 +209,7 @@ def test_timer_skips_while_another_instance_holds_the_lease(backends: Backends,
 # --- the dead-letter sweep ------------------------------------------------------------------------------
 
 
-def test_sweep_resubmits_a_transient_dead_letter_and_the_job_completes(fast_failures: None,
-                                                                       backends: Backends) -> None:
+def test_sweep_resubmits_a_transient_dead_letter_and_the_job_completes(fast_failures: None, backends: Backends) -> None:
     ingest_samples(backends)
     backends.model = FlakyModel(TransientModelError("429 Too Many Requests", retry_after=0), failures=2)
     job = submit(backends)
@@ -215,8 +229,9 @@ def test_sweep_resubmits_a_transient_dead_letter_and_the_job_completes(fast_fail
     assert backends.checkpoints.steps(job.id) == list(range(1, done.step + 1))
 
 
-def test_sweep_fails_the_job_of_a_permanent_dead_letter_with_its_reason(fast_failures: None,
-                                                                         backends: Backends) -> None:
+def test_sweep_fails_the_job_of_a_permanent_dead_letter_with_its_reason(
+    fast_failures: None, backends: Backends
+) -> None:
     backends.model = FlakyModel(RuntimeError("the model adapter crashed"), failures=100)
     job = submit(backends)
     run_until_dead_lettered_or_done(backends, job.id)
@@ -231,8 +246,9 @@ def test_sweep_fails_the_job_of_a_permanent_dead_letter_with_its_reason(fast_fai
     assert backends.queue.counts() == type(backends.queue.counts())(active=0, scheduled=0, dead_lettered=0)
 
 
-def test_crash_between_job_update_and_completion_loses_and_double_counts_nothing(fast_failures: None,
-                                                                               backends: Backends) -> None:
+def test_crash_between_job_update_and_completion_loses_and_double_counts_nothing(
+    fast_failures: None, backends: Backends
+) -> None:
     ingest_samples(backends)
     job = seed_job(backends)
     dead_letter(backends, job.id, 1, TransientModelError("503 from the model"))
@@ -282,17 +298,26 @@ class RenamedSdkError(TransientModelError):
     """What an adapter raises: whatever the SDK calls it, the port's type decides."""
 
 
-@pytest.mark.parametrize("failure, cause", [
-    (TransientModelError("429"), "transient"), (DependencyUnavailable("queue"), "transient"),
-    (StepOutOfOrder("checkpoint 2 is missing"), "transient"), (TimeoutError("Request timed out."), "transient"),
-    (ConnectionResetError("reset by peer"), "transient"), (RenamedSdkError("ServerBusy"), "transient"),
-    (None, "lost_lock"),
-    (_validation_error(), "poison"), (PermanentModelError("content filter"), "permanent"),
-    (PolicyViolation("allowed_tools", "delete_all not allowed"), "policy"),
-    (RuntimeError("a bug"), "poison"), (KeyError("sources"), "poison"),
-])
+@pytest.mark.parametrize(
+    "failure, cause",
+    [
+        (TransientModelError("429"), "transient"),
+        (DependencyUnavailable("queue"), "transient"),
+        (StepOutOfOrder("checkpoint 2 is missing"), "transient"),
+        (TimeoutError("Request timed out."), "transient"),
+        (ConnectionResetError("reset by peer"), "transient"),
+        (RenamedSdkError("ServerBusy"), "transient"),
+        (None, "lost_lock"),
+        (_validation_error(), "poison"),
+        (PermanentModelError("content filter"), "permanent"),
+        (PolicyViolation("allowed_tools", "delete_all not allowed"), "policy"),
+        (RuntimeError("a bug"), "poison"),
+        (KeyError("sources"), "poison"),
+    ],
+)
 def test_dead_letter_causes_are_classified_by_the_exception_on_the_last_delivery(
-        backends: Backends, failure: BaseException | None, cause: str) -> None:
+    backends: Backends, failure: BaseException | None, cause: str
+) -> None:
     job = seed_job(backends)
     message = dead_letter(backends, job.id, 1, failure)
     assert sweep.classify(backends.jobs.get(job.id), 1, message)[0] == cause
@@ -308,7 +333,8 @@ def test_a_dead_letter_of_a_job_asked_to_cancel_cancels_it(backends: Backends) -
 
 
 def test_dead_letters_of_missing_finished_or_progressed_jobs_are_completed_with_a_log_line(
-        backends: Backends, caplog: pytest.LogCaptureFixture) -> None:
+    backends: Backends, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger="agent.maintenance")
     finished = seed_job(backends, status="succeeded", finished_at=datetime.now(UTC))
     moved_on = seed_job(backends, status="running", step=3)
@@ -368,16 +394,21 @@ def test_purge_removes_every_dead_letter_and_leaves_jobs_alone(backends: Backend
 def _checkpoints(b: Backends, job_id: str, steps: int, at: datetime) -> None:
     for n in range(1, steps + 1):
         outcome = Outcome(status="succeeded") if n == steps else None
-        b.checkpoints.commit(Checkpoint(job_id=job_id, step=n, kind="model", summary=f"step {n}", state={},
-                                        outcome=outcome, created_at=at))
+        b.checkpoints.commit(
+            Checkpoint(
+                job_id=job_id, step=n, kind="model", summary=f"step {n}", state={}, outcome=outcome, created_at=at
+            )
+        )
 
 
 def test_retention_keeps_reports_records_and_last_checkpoints(backends: Backends) -> None:
     now = datetime(2025, 3, 10, tzinfo=UTC)
-    old = seed_job(backends, status="succeeded", created_at=now - timedelta(days=41),
-                   finished_at=now - timedelta(days=40))
-    recent = seed_job(backends, status="failed", created_at=now - timedelta(days=6),
-                      finished_at=now - timedelta(days=5))
+    old = seed_job(
+        backends, status="succeeded", created_at=now - timedelta(days=41), finished_at=now - timedelta(days=40)
+    )
+    recent = seed_job(
+        backends, status="failed", created_at=now - timedelta(days=6), finished_at=now - timedelta(days=5)
+    )
     running = seed_job(backends, status="running", created_at=now - timedelta(days=45))
     _checkpoints(backends, old.id, 5, now - timedelta(days=40))
     _checkpoints(backends, recent.id, 3, now - timedelta(days=5))

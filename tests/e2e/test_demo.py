@@ -15,25 +15,42 @@ pytestmark = pytest.mark.slow
 
 
 def test_piped_demo_says_which_model_prints_cited_reports_and_next_steps(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("AZURE_", "OPENAI_", "SEARCH_", "ServiceBus", "AzureWebJobs", "APP_ENV",
-                                "OFFLINE_MODEL", "DATA_DIR"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(
+            ("AZURE_", "OPENAI_", "SEARCH_", "ServiceBus", "AzureWebJobs", "APP_ENV", "OFFLINE_MODEL", "DATA_DIR")
+        )
+    }
     data_dir = tmp_path / "demo"
-    done = subprocess.run([sys.executable, "-m", "scripts.demo", "--data-dir", str(data_dir)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "scripts.demo", "--data-dir", str(data_dir)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     out = done.stdout
     assert done.returncode == 0, out + done.stderr
     assert "model: the offline extractive model" in out
     assert "AZURE_OPENAI_ENDPOINT" in out and "OPENAI_BASE_URL" in out and "docs/models.md" in out
     assert "simulated model latency" not in out
     # Not wrapped at 80 columns: the long question and each cited sentence stay on one line.
-    assert "== What happens when a step is delivered twice or a worker crashes, and how are dead-lettered " \
-           "messages handled?\n" in out
+    assert (
+        "== What happens when a step is delivered twice or a worker crashes, and how are dead-lettered "
+        "messages handled?\n" in out
+    )
     assert out.count("-- report --") == 2
     assert any(line.startswith("- [1] ") and line.endswith("”") and len(line) > 80 for line in out.splitlines())
     assert "_Written by the offline extractive model._" in out
-    for step in ("make serve", "http://127.0.0.1:7071/api", "http://127.0.0.1:7071/api/docs",
-                 "-m shared.cli --help", "-m shared.cli jobs list"):
+    for step in (
+        "make serve",
+        "http://127.0.0.1:7071/api",
+        "http://127.0.0.1:7071/api/docs",
+        "-m shared.cli --help",
+        "-m shared.cli jobs list",
+    ):
         assert step in out
     assert "\x1b[" not in out  # no terminal escapes in a file
     assert (data_dir / "runtime.out").exists()

@@ -27,20 +27,60 @@ def history(app_env: dict[str, str], backends: Backends) -> Backends:
             status, error = "failed", JobError(reason="step_failed" if minutes == 7 else "policy_limit")
         elif minutes == 20:
             status = "cancelled"
-        b.jobs.create(Job(id=f"job-done-{minutes:02d}", tenant="acme", task="t", policy=Policy(), status=status,
-                          error=error, created_at=finished - timedelta(minutes=minutes), finished_at=finished))
-    b.jobs.create(Job(id="job-last-week", tenant="acme", task="t", policy=Policy(), status="failed",
-                      created_at=NOW - timedelta(days=9), finished_at=NOW - timedelta(days=8)))
+        b.jobs.create(
+            Job(
+                id=f"job-done-{minutes:02d}",
+                tenant="acme",
+                task="t",
+                policy=Policy(),
+                status=status,
+                error=error,
+                created_at=finished - timedelta(minutes=minutes),
+                finished_at=finished,
+            )
+        )
+    b.jobs.create(
+        Job(
+            id="job-last-week",
+            tenant="acme",
+            task="t",
+            policy=Policy(),
+            status="failed",
+            created_at=NOW - timedelta(days=9),
+            finished_at=NOW - timedelta(days=8),
+        )
+    )
 
     def progressed(minutes_ago: float) -> list[StepSummary]:
         return [StepSummary(step=1, kind="model", summary="s", at=NOW - timedelta(minutes=minutes_ago))]
 
-    b.jobs.create(Job(id="job-stuck", tenant="beta", task="t", policy=Policy(), status="running", step=1,
-                      created_at=NOW - timedelta(hours=2), progress=progressed(45)))
-    b.jobs.create(Job(id="job-busy", tenant="beta", task="t", policy=Policy(), status="running", step=1,
-                      created_at=NOW - timedelta(hours=2), progress=progressed(5)))
-    b.jobs.create(Job(id="job-never-started", tenant="gamma", task="t", policy=Policy(),
-                      created_at=NOW - timedelta(minutes=90)))
+    b.jobs.create(
+        Job(
+            id="job-stuck",
+            tenant="beta",
+            task="t",
+            policy=Policy(),
+            status="running",
+            step=1,
+            created_at=NOW - timedelta(hours=2),
+            progress=progressed(45),
+        )
+    )
+    b.jobs.create(
+        Job(
+            id="job-busy",
+            tenant="beta",
+            task="t",
+            policy=Policy(),
+            status="running",
+            step=1,
+            created_at=NOW - timedelta(hours=2),
+            progress=progressed(5),
+        )
+    )
+    b.jobs.create(
+        Job(id="job-never-started", tenant="gamma", task="t", policy=Policy(), created_at=NOW - timedelta(minutes=90))
+    )
 
     b.ledger.record("acme", "2025-03", "job-done-01", Usage(prompt_tokens=2_500_000, completion_tokens=500_000), step=1)
     b.ledger.record("acme", "2025-03", "job-done-02", Usage(prompt_tokens=1_400_000, completion_tokens=100_000), step=1)
@@ -64,10 +104,12 @@ def test_weekly_report_figures_match_the_seeded_history(history: Backends, caplo
     assert (report.queue.active, report.queue.dead_lettered) == (101, 0)
     assert report.tokens_used == 4_700_000 + 1_000
     assert [(t.tenant, t.total_tokens, t.percent_used) for t in report.top_tenants] == [
-        ("acme", 4_500_000, 90.0), ("beta", 200_000, 4.0), ("gamma", 1_000, 0.02)]
+        ("acme", 4_500_000, 90.0),
+        ("beta", 200_000, 4.0),
+        ("gamma", 1_000, 0.02),
+    ]
     assert [t.job_id for t in report.top_jobs[:2]] == ["job-done-01", "job-done-02"]
-    assert [(s.job_id, s.idle_minutes) for s in report.stale_jobs] == [("job-never-started", 90.0),
-                                                                        ("job-stuck", 45.0)]
+    assert [(s.job_id, s.idle_minutes) for s in report.stale_jobs] == [("job-never-started", 90.0), ("job-stuck", 45.0)]
     assert {a.event for a in report.alerts} == {"error_rate_high", "queue_backlog", "token_budget_high"}
 
     warnings = {getattr(r, "event", None): r for r in caplog.records if r.levelno == logging.WARNING}

@@ -24,19 +24,21 @@ from shared.settings import Settings
 from shared.tokens import count_message_tokens, count_tokens, encoding_name, estimate_tokens
 from tests.fixtures.scripted_openai import ScriptedOpenAI, completion, content_filter_error, error
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MESSAGES: list[dict[str, Any]] = [
     {"role": "system", "content": "You are a research agent."},
     {"role": "user", "content": "Compare our two DR procedures and cite the sources."},
 ]
-TOOLS: list[dict[str, Any]] = [{
-    "type": "function",
-    "function": {
-        "name": "search_knowledge",
-        "description": "Search the knowledge index.",
-        "parameters": {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]},
-    },
-}]
+TOOLS: list[dict[str, Any]] = [
+    {
+        "type": "function",
+        "function": {
+            "name": "search_knowledge",
+            "description": "Search the knowledge index.",
+            "parameters": {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]},
+        },
+    }
+]
 
 
 def settings(**values: Any) -> Settings:
@@ -54,8 +56,14 @@ def settings(**values: Any) -> Settings:
 
 
 def openai_model(server: ScriptedOpenAI, timeout: float = 5.0) -> OpenAIChatModel:
-    model = from_settings(settings(openai_base_url=server.base_url, openai_api_key="sk-test-key",
-                                   openai_model="gpt-test", model_timeout_seconds=timeout))
+    model = from_settings(
+        settings(
+            openai_base_url=server.base_url,
+            openai_api_key="sk-test-key",
+            openai_model="gpt-test",
+            model_timeout_seconds=timeout,
+        )
+    )
     assert model is not None
     return model
 
@@ -70,10 +78,16 @@ def closed_port() -> int:
 
 
 def test_tool_call_turn_is_parsed(scripted_openai: ScriptedOpenAI) -> None:
-    scripted_openai.script([completion(tool_calls=[
-        {"id": "call_a", "name": "search_knowledge", "arguments": {"query": "DR 手順"}},
-        {"id": "call_b", "name": "read_document", "arguments": '{"doc_id": "dr-1", "chunk_id": 2}'},
-    ])])
+    scripted_openai.script(
+        [
+            completion(
+                tool_calls=[
+                    {"id": "call_a", "name": "search_knowledge", "arguments": {"query": "DR 手順"}},
+                    {"id": "call_b", "name": "read_document", "arguments": '{"doc_id": "dr-1", "chunk_id": 2}'},
+                ]
+            )
+        ]
+    )
     model = openai_model(scripted_openai)
 
     turn = model.complete(MESSAGES, TOOLS)
@@ -93,8 +107,9 @@ def test_tool_call_turn_is_parsed(scripted_openai: ScriptedOpenAI) -> None:
 
 
 def test_content_turn_with_usage_and_cached_tokens(scripted_openai: ScriptedOpenAI) -> None:
-    scripted_openai.script([completion("The report.", prompt_tokens=1200, completion_tokens=80, cached_tokens=1024,
-                                       model="gpt-test-2024")])
+    scripted_openai.script(
+        [completion("The report.", prompt_tokens=1200, completion_tokens=80, cached_tokens=1024, model="gpt-test-2024")]
+    )
 
     turn = openai_model(scripted_openai).complete(MESSAGES, TOOLS)
 
@@ -131,10 +146,21 @@ def test_a_responder_drives_a_multi_turn_conversation(scripted_openai: ScriptedO
     model = openai_model(scripted_openai)
 
     first = model.complete(MESSAGES, TOOLS)
-    history: list[dict[str, Any]] = [*MESSAGES,
-               {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function", "function": {
-                   "name": "search_knowledge", "arguments": first.tool_calls[0].arguments}}]},
-               {"role": "tool", "tool_call_id": "c1", "content": '{"results": []}'}]
+    history: list[dict[str, Any]] = [
+        *MESSAGES,
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "c1",
+                    "type": "function",
+                    "function": {"name": "search_knowledge", "arguments": first.tool_calls[0].arguments},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": '{"results": []}'},
+    ]
     second = model.complete(history, TOOLS)
 
     assert first.tool_calls[0].id == "c1"
@@ -251,8 +277,9 @@ def test_unknown_model_is_rejected(scripted_openai: ScriptedOpenAI) -> None:
 
 
 def test_other_400_is_rejected_with_the_servers_reason(scripted_openai: ScriptedOpenAI) -> None:
-    scripted_openai.script([error(400, "This model's maximum context length is 8192 tokens.",
-                                  code="context_length_exceeded")])
+    scripted_openai.script(
+        [error(400, "This model's maximum context length is 8192 tokens.", code="context_length_exceeded")]
+    )
 
     with pytest.raises(PermanentModelError) as caught:
         openai_model(scripted_openai).complete(MESSAGES, TOOLS)
@@ -275,12 +302,17 @@ def test_spent_quota_is_permanent_although_429(scripted_openai: ScriptedOpenAI) 
 
 def test_azure_settings_use_the_deployment_path_and_api_key_header(scripted_openai: ScriptedOpenAI) -> None:
     scripted_openai.script([completion("from azure", cached_tokens=0)])
-    model = from_settings(settings(
-        azure_openai_endpoint=scripted_openai.endpoint, azure_openai_deployment="chat-dep",
-        azure_openai_api_key="azure-key", azure_openai_api_version="2024-10-21",
-        # Azure wins when both are configured.
-        openai_api_key="sk-unused", openai_model="gpt-unused",
-    ))
+    model = from_settings(
+        settings(
+            azure_openai_endpoint=scripted_openai.endpoint,
+            azure_openai_deployment="chat-dep",
+            azure_openai_api_key="azure-key",
+            azure_openai_api_version="2024-10-21",
+            # Azure wins when both are configured.
+            openai_api_key="sk-unused",
+            openai_model="gpt-unused",
+        )
+    )
     assert model is not None
 
     turn = model.complete(MESSAGES, TOOLS)
@@ -297,8 +329,9 @@ def test_azure_settings_use_the_deployment_path_and_api_key_header(scripted_open
 
 def test_azure_entra_id_token_is_sent_as_bearer(scripted_openai: ScriptedOpenAI) -> None:
     scripted_openai.script([completion("ok")])
-    model = OpenAIChatModel.for_azure(scripted_openai.endpoint, "chat-dep", api_version="2024-10-21",
-                                      token_provider=lambda: "entra-token")
+    model = OpenAIChatModel.for_azure(
+        scripted_openai.endpoint, "chat-dep", api_version="2024-10-21", token_provider=lambda: "entra-token"
+    )
 
     model.complete(MESSAGES, TOOLS)
 
@@ -311,8 +344,9 @@ def test_azure_entra_id_token_failure_is_an_auth_error(scripted_openai: Scripted
     def no_token() -> str:
         raise ClientAuthenticationError("DefaultAzureCredential failed to retrieve a token")
 
-    model = OpenAIChatModel.for_azure(scripted_openai.endpoint, "chat-dep", api_version="2024-10-21",
-                                      token_provider=no_token)
+    model = OpenAIChatModel.for_azure(
+        scripted_openai.endpoint, "chat-dep", api_version="2024-10-21", token_provider=no_token
+    )
 
     with pytest.raises(PermanentModelError) as caught:
         model.complete(MESSAGES, TOOLS)
@@ -323,8 +357,9 @@ def test_azure_entra_id_token_failure_is_an_auth_error(scripted_openai: Scripted
 
 
 def test_azure_without_key_builds_an_entra_id_client_without_calling_out() -> None:
-    model = from_settings(settings(azure_openai_endpoint="https://example-resource.openai.azure.com",
-                                   azure_openai_deployment="chat-dep"))
+    model = from_settings(
+        settings(azure_openai_endpoint="https://example-resource.openai.azure.com", azure_openai_deployment="chat-dep")
+    )
 
     assert model is not None and model.name == "azure-openai:chat-dep"
 
@@ -420,8 +455,13 @@ def test_tokens_are_counted_exactly_offline() -> None:
 
 def test_token_counts_never_touch_the_network(tmp_path: Path) -> None:
     # An empty tiktoken cache and a proxy that goes nowhere: any download attempt would fail or hang.
-    env = {**os.environ, "TIKTOKEN_CACHE_DIR": str(tmp_path), "HTTPS_PROXY": "http://127.0.0.1:9",
-           "HTTP_PROXY": "http://127.0.0.1:9", "PYTHONPATH": str(REPO)}
+    env = {
+        **os.environ,
+        "TIKTOKEN_CACHE_DIR": str(tmp_path),
+        "HTTPS_PROXY": "http://127.0.0.1:9",
+        "HTTP_PROXY": "http://127.0.0.1:9",
+        "PYTHONPATH": str(REPO),
+    }
     code = "from shared.tokens import count_tokens, encoding_name; print(encoding_name(), count_tokens('Hello world'))"
 
     done = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
@@ -459,8 +499,17 @@ def test_message_tokens_include_framing_and_grow_with_messages() -> None:
     counts = []
     messages: list[dict[str, Any]] = [
         *MESSAGES,
-        {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function", "function": {
-            "name": "search_knowledge", "arguments": '{"query": "DR 手順"}'}}]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "c1",
+                    "type": "function",
+                    "function": {"name": "search_knowledge", "arguments": '{"query": "DR 手順"}'},
+                }
+            ],
+        },
         {"role": "tool", "tool_call_id": "c1", "content": '{"results": [{"doc_id": "dr-1", "text": "RTO 4 時間"}]}'},
         {"role": "user", "content": [{"type": "text", "text": "もう一度まとめてください。"}]},
     ]

@@ -198,12 +198,20 @@ def found(sent: Sent) -> Reply:
             {
                 "@search.score": 2.5,
                 "@search.highlights": {"content": ["To <em>restore</em> the index, stop intake."]},
-                "key": "runbook--c0003", "doc_id": "runbook", "chunk_id": 3, "title": "Runbook", "url": None,
+                "key": "runbook--c0003",
+                "doc_id": "runbook",
+                "chunk_id": 3,
+                "title": "Runbook",
+                "url": None,
                 "content": "Backups run daily. To restore the index, stop intake.",
             },
             {
                 "@search.score": 1.5,
-                "key": "notes--c0000", "doc_id": "notes", "chunk_id": 0, "title": "Notes", "url": "https://x/notes",
+                "key": "notes--c0000",
+                "doc_id": "notes",
+                "chunk_id": 0,
+                "title": "Notes",
+                "url": "https://x/notes",
                 "content": "Nothing highlighted here. Restore drills run quarterly.",
             },
         ]
@@ -272,8 +280,18 @@ class KeyedService:
         after = re.search(r"key gt '((?:[^']|'')*)'", sent.body.get("filter") or "")
         start = after.group(1).replace("''", "'") if after else ""
         keys = [k for k in self.keys if k > start][: sent.body["top"]]
-        docs = [{"key": k, "doc_id": k.split("--c")[0], "chunk_id": int(k.split("--c")[1]), "title": "T",
-                 "url": None, "content": "x", "@search.score": 1.0} for k in keys]
+        docs = [
+            {
+                "key": k,
+                "doc_id": k.split("--c")[0],
+                "chunk_id": int(k.split("--c")[1]),
+                "title": "T",
+                "url": None,
+                "content": "x",
+                "@search.score": 1.0,
+            }
+            for k in keys
+        ]
         return 200, {"value": docs}
 
 
@@ -336,8 +354,15 @@ def test_upsert_sends_batches_of_upload_actions() -> None:
     actions = [a for b in batches for a in b.body["value"]]
     assert {a["@search.action"] for a in actions} == {"upload"}
     assert [a["key"] for a in actions] == [c.key for c in chunks("big", 1200)]
-    assert actions[0] == {"@search.action": "upload", "key": "big--c0000", "doc_id": "big", "chunk_id": 0,
-                          "title": "T", "url": None, "content": "passage 0"}
+    assert actions[0] == {
+        "@search.action": "upload",
+        "key": "big--c0000",
+        "doc_id": "big",
+        "chunk_id": 0,
+        "title": "T",
+        "url": None,
+        "content": "passage 0",
+    }
 
 
 def test_upsert_with_embeddings_sends_vectors() -> None:
@@ -391,7 +416,9 @@ def test_first_upsert_creates_a_missing_index() -> None:
     index, transport = make_index(respond)
     index.upsert(chunks("doc", 2))
     assert [s.operation for s in transport.sent] == [
-        "POST /docs/search.index", "PUT /indexes('knowledge')", "POST /docs/search.index"
+        "POST /docs/search.index",
+        "PUT /indexes('knowledge')",
+        "POST /docs/search.index",
     ]
 
 
@@ -408,7 +435,8 @@ def test_reset_recreates_the_index() -> None:
     index, transport = make_index()
     index.reset()
     assert [s.method + " " + s.path for s in transport.sent] == [
-        "DELETE /indexes('knowledge')", "PUT /indexes('knowledge')"
+        "DELETE /indexes('knowledge')",
+        "PUT /indexes('knowledge')",
     ]
 
 

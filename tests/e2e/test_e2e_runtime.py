@@ -19,8 +19,12 @@ QUESTIONS = ["How does the sweep handle dead-lettered messages?", "バックア�
 
 def ingest(client) -> None:  # type: ignore[no-untyped-def]
     for path in sorted(SAMPLES.glob("*.md")):
-        r = client.post("/api/documents", params={"filename": path.name}, content=path.read_bytes(),
-                        headers={"Content-Type": "text/markdown"})
+        r = client.post(
+            "/api/documents",
+            params={"filename": path.name},
+            content=path.read_bytes(),
+            headers={"Content-Type": "text/markdown"},
+        )
         assert r.status_code == 201, r.text
 
 
@@ -48,7 +52,7 @@ def test_submit_poll_report_every_citation_resolves(runtime) -> None:  # type: i
             for c in report["citations"]:
                 [chunk] = index.get_chunks(c["doc_id"], c["chunk_id"])
                 assert c["quote"] in chunk.content
-                assert chunk.content[c["start"]:c["end"]] == c["quote"]
+                assert chunk.content[c["start"] : c["end"]] == c["quote"]
                 line = next(li for li in report["markdown"].splitlines() if f"[{c['n']}]" in li)
                 assert c["quote"] in line  # the cited sentence is the quoted text
             if question.startswith("バック"):

@@ -24,14 +24,20 @@ from tests.fixtures.scripted_openai import ScriptedOpenAI
 pytestmark = pytest.mark.slow
 QUESTION = "How are dead-lettered messages handled?"
 # No timer may act behind the test's back: each maintenance task is run through the CLI.
-QUIET_TIMERS = {name: "0 0 0 1 1 *" for name in
-                ("BACKUP_SCHEDULE", "DLQ_SWEEP_SCHEDULE", "WEEKLY_CHECKS_SCHEDULE", "RETENTION_SCHEDULE")}
+QUIET_TIMERS = {
+    name: "0 0 0 1 1 *"
+    for name in ("BACKUP_SCHEDULE", "DLQ_SWEEP_SCHEDULE", "WEEKLY_CHECKS_SCHEDULE", "RETENTION_SCHEDULE")
+}
 
 
 def ingest(client: httpx.Client) -> None:
     for path in sorted(SAMPLES.glob("*.md")):
-        r = client.post("/api/documents", params={"filename": path.name}, content=path.read_bytes(),
-                        headers={"Content-Type": "text/markdown"})
+        r = client.post(
+            "/api/documents",
+            params={"filename": path.name},
+            content=path.read_bytes(),
+            headers={"Content-Type": "text/markdown"},
+        )
         assert r.status_code == 201, r.text
 
 
@@ -59,8 +65,13 @@ class World:
     # Waiting polls the runtime's HTTP API: cheap, and the assertions that follow use the CLI.
     def finished(self, job_id: str, timeout: float = 60) -> dict[str, Any]:
         with self.rt.client() as client:
-            return wait_for(lambda: (j := client.get(f"/api/jobs/{job_id}").json())["status"]
-                            in ("succeeded", "failed", "cancelled") and j, timeout)
+            return wait_for(
+                lambda: (
+                    (j := client.get(f"/api/jobs/{job_id}").json())["status"] in ("succeeded", "failed", "cancelled")
+                    and j
+                ),
+                timeout,
+            )
 
     def queue_settles(self, dead_lettered: int, timeout: float = 30) -> None:
         """Wait until nothing is active or scheduled and `dead_lettered` messages are dead-lettered."""
@@ -87,8 +98,14 @@ def healthy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 @pytest.fixture(scope="module")
 def broken_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     server = ScriptedOpenAI().start()  # models list answers (health is ok); every completion is a 500
-    env = {**QUIET_TIMERS, "OPENAI_BASE_URL": server.base_url, "OPENAI_API_KEY": "test", "OPENAI_MODEL": "scripted",
-           "QUEUE_MAX_DELIVERY_COUNT": "2", "STEP_MAX_RETRIES": "0"}
+    env = {
+        **QUIET_TIMERS,
+        "OPENAI_BASE_URL": server.base_url,
+        "OPENAI_API_KEY": "test",
+        "OPENAI_MODEL": "scripted",
+        "QUEUE_MAX_DELIVERY_COUNT": "2",
+        "STEP_MAX_RETRIES": "0",
+    }
     rt = RuntimeProcess(tmp_path_factory.mktemp("broken"), env).start()
     try:
         with rt.client() as client:
@@ -109,8 +126,9 @@ def test_health_checks_every_dependency(healthy: World) -> None:
     health = healthy.cli("health")
     assert health["status"] == "ok"
     deps = health["dependencies"]
-    assert {name: d["status"] for name, d in deps.items()} == dict.fromkeys(("queue", "storage", "index", "model"),
-                                                                              "up")
+    assert {name: d["status"] for name, d in deps.items()} == dict.fromkeys(
+        ("queue", "storage", "index", "model"), "up"
+    )
     assert deps["index"]["detail"]["chunks"] > 0
     assert "offline" in deps["model"]["detail"]
 
@@ -265,8 +283,9 @@ def test_logs_kql_for_application_insights(healthy: World) -> None:
     assert "ago(30m)" in one_job["errors"]
     # With Application Insights configured, `logs` prints KQL without being asked.
     azure = {"APPLICATIONINSIGHTS_CONNECTION_STRING": "InstrumentationKey=00000000-0000-0000-0000-000000000000"}
-    assert agentctl("logs", data_dir=healthy.rt.data_dir, env={**healthy.env, **azure})["source"] == \
-        "application-insights"
+    assert (
+        agentctl("logs", data_dir=healthy.rt.data_dir, env={**healthy.env, **azure})["source"] == "application-insights"
+    )
     assert healthy.cli("kql", "errors") == {"errors": kql.QUERIES["errors"]}
     assert healthy.fails("kql", "nope")[1]["kind"] == "not-found"
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 IKEY = "00000000-0000-0000-0000-000000000000"
 
 # Imports metrics before configuring, as function_app does (through shared.engine.steps): the instruments are
@@ -119,8 +119,9 @@ def _run(script: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if k.upper() not in {"HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"}}
     base = {k: v for k, v in base.items() if not k.startswith(("APPLICATIONINSIGHTS_", "OTEL_"))}
     base.update(PYTHONPATH=str(ROOT), NO_PROXY="127.0.0.1,localhost", LOG_LEVEL="INFO", **env)
-    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=base, capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=base, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     return done
 
@@ -129,19 +130,19 @@ def _data(envelopes: list[dict[str, Any]], base_type: str) -> list[dict[str, Any
     return [e["data"]["baseData"] for e in envelopes if e.get("data", {}).get("baseType") == base_type]
 
 
-def test_job_logs_and_token_metrics_reach_application_insights(
-    ingestion: ThreadingHTTPServer, tmp_path: Path
-) -> None:
+def test_job_logs_and_token_metrics_reach_application_insights(ingestion: ThreadingHTTPServer, tmp_path: Path) -> None:
     port = ingestion.server_address[1]
-    done = _run(EXPORTING_SCRIPT, {
-        "APPLICATIONINSIGHTS_CONNECTION_STRING":
-            f"InstrumentationKey={IKEY};IngestionEndpoint=http://127.0.0.1:{port}/;LiveEndpoint=http://127.0.0.1:{port}/",
-        # Both would call Microsoft endpoints on the internet, which this test has not.
-        "APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL": "true",
-        "APPLICATIONINSIGHTS_CONTROLPLANE_DISABLED": "true",
-        # The exporter's offline storage lives under the temp dir; it must stay unused.
-        "TMPDIR": str(tmp_path),
-    })
+    done = _run(
+        EXPORTING_SCRIPT,
+        {
+            "APPLICATIONINSIGHTS_CONNECTION_STRING": f"InstrumentationKey={IKEY};IngestionEndpoint=http://127.0.0.1:{port}/;LiveEndpoint=http://127.0.0.1:{port}/",
+            # Both would call Microsoft endpoints on the internet, which this test has not.
+            "APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL": "true",
+            "APPLICATIONINSIGHTS_CONTROLPLANE_DISABLED": "true",
+            # The exporter's offline storage lives under the temp dir; it must stay unused.
+            "TMPDIR": str(tmp_path),
+        },
+    )
     state = json.loads(done.stdout.strip().splitlines()[-1])
     assert state["agent_handlers"] == ["LoggingHandler"], "configured more than once"
     assert state["logger_providers"] == 1, "configured more than once"
@@ -160,7 +161,9 @@ def test_job_logs_and_token_metrics_reach_application_insights(
 
     tokens = [
         (d["properties"], metric["value"])
-        for d in _data(envelopes, "MetricData") for metric in d["metrics"] if metric["name"] == "agent.tokens"
+        for d in _data(envelopes, "MetricData")
+        for metric in d["metrics"]
+        if metric["name"] == "agent.tokens"
     ]
     assert ({"tenant": "acme", "kind": "prompt"}, 120) in tokens
     assert ({"tenant": "acme", "kind": "completion"}, 30) in tokens

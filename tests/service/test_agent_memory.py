@@ -12,7 +12,7 @@ from agents.prompts import user_prompt
 from shared.engine.backends import Backends
 from shared.engine.memory import SessionMemory
 from shared.services import jobs
-from tests.agent_scripts import SCRIPTED_ENV, Researcher, run_steps, task_of
+from tests.fixtures.agent_scripts import SCRIPTED_ENV, Researcher, run_steps, task_of
 from tests.fixtures.app import ingest_samples
 from tests.fixtures.scripted_openai import ScriptedOpenAI
 
@@ -39,8 +39,9 @@ def model_env(app_env: dict[str, str], scripted_openai: ScriptedOpenAI) -> dict[
 def clock(model_env: dict[str, str], backends: Backends) -> Clock:
     assert backends.memory.ttl == TTL  # the composition root reads MEMORY_TTL_SECONDS
     clock = Clock()
-    backends.memory = SessionMemory(backends.objects, ttl_seconds=TTL, max_items=backends.settings.memory_max_items,
-                                    clock=clock)
+    backends.memory = SessionMemory(
+        backends.objects, ttl_seconds=TTL, max_items=backends.settings.memory_max_items, clock=clock
+    )
     return clock
 
 

@@ -15,7 +15,8 @@ from shared.ports import ModelTurn, TransientModelError
 from shared.runtime.consumer import QueueConsumer
 from shared.runtime.functions import discover
 from shared.services import jobs
-from tests.fixtures.app import ingest_samples, run_at_once, wait_for
+from tests.fixtures.app import ingest_samples, wait_for
+from tests.fixtures.concurrency import raised, run_together
 
 QUESTION = "How are dead-lettered messages handled?"
 
@@ -46,7 +47,7 @@ def test_job_runs_to_a_verified_report(backends: Backends) -> None:
     assert report and report.citations and report.offline_model
     for c in report.citations:
         chunk = backends.index.get_chunks(c.doc_id, c.chunk_id)[0]
-        assert chunk.content[c.start:c.end] == c.quote
+        assert chunk.content[c.start : c.end] == c.quote
     assert [p.step for p in job.progress] == steps
 
 
@@ -55,7 +56,7 @@ def test_duplicate_concurrent_delivery_commits_once_and_enqueues_once(backends: 
     backends.model = OfflineModel(latency_ms=200)  # both deliveries are mid-step at the same time
     job = submit(backends)
     [first] = backends.queue.receive(1)  # type: ignore[attr-defined]
-    assert not run_at_once(lambda: handle_step(backends, first.body))
+    assert not raised(run_together(2, lambda _: handle_step(backends, first.body)))
     backends.queue.complete(first)  # type: ignore[attr-defined]
     assert backends.checkpoints.steps(job.id) == [1]
     waiting = backends.queue.receive(10)  # type: ignore[attr-defined]
@@ -134,8 +135,9 @@ def test_step_limit_stops_the_job_with_policy_limit(backends: Backends) -> None:
 def test_job_record_can_be_rebuilt_from_checkpoints(backends: Backends) -> None:
     ingest_samples(backends)
     job = consume(backends, submit(backends).id)
-    rebuilt = job.model_copy(update={"step": 0, "progress": [], "status": "queued", "usage": job.usage * 0
-                                     if False else type(job.usage)()})
+    rebuilt = job.model_copy(
+        update={"step": 0, "progress": [], "status": "queued", "usage": job.usage * 0 if False else type(job.usage)()}
+    )
     last = backends.checkpoints.get(job.id, job.step)
     assert apply_checkpoint(rebuilt, last, lambda n: backends.checkpoints.get(job.id, n))
     assert (rebuilt.status, rebuilt.step, rebuilt.usage) == (job.status, job.step, job.usage)

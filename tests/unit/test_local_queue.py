@@ -26,7 +26,7 @@ from shared.adapters.local.queue import MAX_DELIVERY_COUNT_EXCEEDED, LocalQueue,
 from shared.contracts import utcnow
 from shared.ports import QueueCounts, QueueMessage
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 QueueFactory = Callable[..., LocalQueue]
 

@@ -22,8 +22,11 @@ EXPECTED = {
 def _timers() -> dict[str, dict]:
     # app_functions() calls function_app.app.get_functions() once per process (it may only run once).
     _, indexed = app_functions()
-    return {f.get_function_name(): f.get_trigger().get_dict_repr() for f in indexed
-            if f.get_trigger().type == "timerTrigger"}
+    return {
+        f.get_function_name(): f.get_trigger().get_dict_repr()
+        for f in indexed
+        if f.get_trigger().type == "timerTrigger"
+    }
 
 
 def test_every_timer_reads_its_schedule_from_an_app_setting() -> None:

@@ -27,13 +27,19 @@ def total(series: list[tuple[dict[str, str], float]], **labels: str) -> float:
 
 
 def test_metrics_expose_requests_steps_jobs_and_tokens_after_a_job(runtime) -> None:  # type: ignore[no-untyped-def]
-    keys = {"dev-local-key": {"tenant": "dev", "role": "operator"},
-            SUBMITTER_KEY: {"tenant": "dev", "role": "submitter"}}
+    keys = {
+        "dev-local-key": {"tenant": "dev", "role": "operator"},
+        SUBMITTER_KEY: {"tenant": "dev", "role": "submitter"},
+    }
     rt = runtime({"API_KEYS": json.dumps(keys)})
     with rt.client() as client:
         for path in sorted(SAMPLES.glob("*.md")):
-            r = client.post("/api/documents", params={"filename": path.name}, content=path.read_bytes(),
-                            headers={"Content-Type": "text/markdown"})
+            r = client.post(
+                "/api/documents",
+                params={"filename": path.name},
+                content=path.read_bytes(),
+                headers={"Content-Type": "text/markdown"},
+            )
             assert r.status_code == 201, r.text
         job_id = client.post("/api/jobs", json={"task": "How are dead-lettered messages handled?"}).json()["id"]
         job = wait_for(lambda: (j := client.get(f"/api/jobs/{job_id}").json())["status"] == "succeeded" and j, 60)
@@ -66,8 +72,10 @@ def test_metrics_expose_requests_steps_jobs_and_tokens_after_a_job(runtime) -> N
 
 
 def test_metrics_need_an_operator_key(runtime) -> None:  # type: ignore[no-untyped-def]
-    keys = {"dev-local-key": {"tenant": "dev", "role": "operator"},
-            SUBMITTER_KEY: {"tenant": "dev", "role": "submitter"}}
+    keys = {
+        "dev-local-key": {"tenant": "dev", "role": "operator"},
+        SUBMITTER_KEY: {"tenant": "dev", "role": "submitter"},
+    }
     rt = runtime({"API_KEYS": json.dumps(keys)})
     with rt.client(key="") as anonymous, rt.client(SUBMITTER_KEY) as submitter:
         anonymous.headers.pop("X-API-Key")

@@ -51,8 +51,10 @@ def test_restore_puts_back_missing_state_but_never_overwrites_newer_state(seeded
     [job] = list(seeded.jobs.all())
     manifest = backup.run_backup(seeded)
     seeded.jobs.update(job.id, lambda j: setattr(j, "status", "cancelled") or True)  # newer than the backup
-    seeded.objects.delete(f"tenants/{job.tenant}/jobs/" + next(
-        k.rsplit("/", 1)[1] for k in seeded.objects.list(f"tenants/{job.tenant}/jobs/")))
+    seeded.objects.delete(
+        f"tenants/{job.tenant}/jobs/"
+        + next(k.rsplit("/", 1)[1] for k in seeded.objects.list(f"tenants/{job.tenant}/jobs/"))
+    )
     result = backup.restore(seeded, manifest.id)
     assert result.objects_restored == 1
     assert seeded.jobs.get(job.id).status == "cancelled"

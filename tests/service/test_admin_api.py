@@ -19,16 +19,29 @@ from shared.ports import PermanentModelError, TransientModelError
 from shared.services import jobs
 from tests.fixtures.app import ingest_samples, wait_for
 
-KEYS = {"key-op": {"tenant": "ops", "role": "operator"}, "key-a": {"tenant": "acme", "role": "submitter"},
-        "key-b": {"tenant": "globex", "role": "submitter"}}
+KEYS = {
+    "key-op": {"tenant": "ops", "role": "operator"},
+    "key-a": {"tenant": "acme", "role": "submitter"},
+    "key-b": {"tenant": "globex", "role": "submitter"},
+}
 OPERATOR = {"X-API-Key": "key-op"}
 
 ROUTES = [
-    ("GET", "/api/admin/queue"), ("GET", "/api/admin/dlq"), ("GET", "/api/admin/dlq/x:1"),
-    ("POST", "/api/admin/dlq/x:1/resubmit"), ("POST", "/api/admin/dlq/sweep"), ("DELETE", "/api/admin/dlq"),
-    ("POST", "/api/admin/backups"), ("GET", "/api/admin/backups"), ("POST", "/api/admin/restore"),
-    ("POST", "/api/admin/checks"), ("GET", "/api/admin/usage"), ("POST", "/api/admin/jobs/job-x/resubmit"),
-    ("POST", "/api/admin/jobs/job-x/rerun"), ("GET", "/api/admin/jobs"), ("POST", "/api/admin/retention"),
+    ("GET", "/api/admin/queue"),
+    ("GET", "/api/admin/dlq"),
+    ("GET", "/api/admin/dlq/x:1"),
+    ("POST", "/api/admin/dlq/x:1/resubmit"),
+    ("POST", "/api/admin/dlq/sweep"),
+    ("DELETE", "/api/admin/dlq"),
+    ("POST", "/api/admin/backups"),
+    ("GET", "/api/admin/backups"),
+    ("POST", "/api/admin/restore"),
+    ("POST", "/api/admin/checks"),
+    ("GET", "/api/admin/usage"),
+    ("POST", "/api/admin/jobs/job-x/resubmit"),
+    ("POST", "/api/admin/jobs/job-x/rerun"),
+    ("GET", "/api/admin/jobs"),
+    ("POST", "/api/admin/retention"),
 ]
 
 
@@ -102,12 +115,15 @@ def test_queue_jobs_and_usage_across_tenants(client: TestClient, backends: Backe
 
 def test_dead_letter_inspection_resubmission_sweep_and_purge(client: TestClient, backends: Backends) -> None:
     transient, permanent = submit(backends, "acme"), submit(backends, "globex")
-    t_id, p_id = dead_letter_first_steps(backends, {transient: TransientModelError("429"),
-                                                    permanent: PermanentModelError("bad state")})
+    t_id, p_id = dead_letter_first_steps(
+        backends, {transient: TransientModelError("429"), permanent: PermanentModelError("bad state")}
+    )
 
     listed = client.get("/api/admin/dlq", headers=OPERATOR).json()
     assert [(d["message_id"], d["cause"], d["tenant"]) for d in listed] == [
-        (t_id, "transient", "acme"), (p_id, "permanent", "globex")]
+        (t_id, "transient", "acme"),
+        (p_id, "permanent", "globex"),
+    ]
     shown = client.get(f"/api/admin/dlq/{p_id}", headers=OPERATOR).json()
     assert shown["failure"] == "PermanentModelError: bad state" and shown["step"] == 1
     problem(client.get("/api/admin/dlq/nope:1", headers=OPERATOR), 404)
@@ -115,8 +131,11 @@ def test_dead_letter_inspection_resubmission_sweep_and_purge(client: TestClient,
     resent = client.post(f"/api/admin/dlq/{p_id}/resubmit", headers=OPERATOR).json()
     assert resent["action"] == "resubmitted" and resent["new_message_id"].startswith(f"{permanent}:1:r")
     # Finding p_id locked t_id for a moment (the port receives in order); the sweep gets it once that runs out.
-    swept = wait_for(lambda: (r := client.post("/api/admin/dlq/sweep", headers=OPERATOR).json())["actions"] and r,
-                     timeout=10, interval=0.2)
+    swept = wait_for(
+        lambda: (r := client.post("/api/admin/dlq/sweep", headers=OPERATOR).json())["actions"] and r,
+        timeout=10,
+        interval=0.2,
+    )
     assert [(a["message_id"], a["action"]) for a in swept["actions"]] == [(t_id, "resubmitted")]
     assert backends.jobs.get(transient).resubmissions == 1
 
@@ -170,6 +189,5 @@ def test_checks_retention_and_job_resubmit_rerun(client: TestClient, backends: B
     assert rerun.status_code == 202
     new = rerun.json()
     assert new["tenant"] == "acme" and new["id"] != job_id and rerun.headers["location"] == f"/api/jobs/{new['id']}"
-    assert StepMessage(job_id=new["id"], step=1).message_id in {
-        m.message_id for m in backends.queue.receive(10)}  # type: ignore[attr-defined]
+    assert StepMessage(job_id=new["id"], step=1).message_id in {m.message_id for m in backends.queue.receive(10)}  # type: ignore[attr-defined]
     problem(client.post("/api/admin/jobs/job-nope/rerun", headers=OPERATOR), 404)

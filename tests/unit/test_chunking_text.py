@@ -91,7 +91,11 @@ def test_abbreviations_and_decimals_do_not_end_sentences() -> None:
 def test_japanese_sentences_split_on_full_stops() -> None:
     text = "毎日バックアップします。復元は手順に従います！確認しましたか？「はい。」と答えます。"
     assert sentences(text) == [
-        "毎日バックアップします。", "復元は手順に従います！", "確認しましたか？", "「はい。」", "と答えます。"
+        "毎日バックアップします。",
+        "復元は手順に従います！",
+        "確認しましたか？",
+        "「はい。」",
+        "と答えます。",
     ]
 
 
