@@ -45,8 +45,12 @@ bench: $(STAMP)
 	$(PY) bench/search.py
 	$(PY) bench/api.py
 
+# Style, types, and the import contract (imports only go down; see docs/architecture.md).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf .data .pytest_cache

@@ -8,6 +8,7 @@ Identity-based forms (`ServiceBusConnection__fullyQualifiedNamespace`,
 from __future__ import annotations
 
 import json
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -154,3 +155,12 @@ def resolve_binding_expression(value: str, settings: Settings | None = None) -> 
             if resolved is not None:
                 return str(resolved)
     raise KeyError(f"app setting {name} is not set; set it in local.settings.json or app settings")
+
+
+def load_local_settings(path: Path) -> None:
+    """Apply local.settings.json Values without overriding the real environment."""
+    if not path.exists():
+        return
+    values = json.loads(path.read_text(encoding="utf-8")).get("Values", {})
+    for name, value in values.items():
+        os.environ.setdefault(name, str(value))

@@ -7,6 +7,7 @@ module only renders them, plus FastAPI's request validation and the router's own
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -52,7 +53,7 @@ def _field(loc: tuple[Any, ...]) -> str:
     return ".".join(parts) or ".".join(str(p) for p in loc)
 
 
-def validation_error(errors: list[dict[str, Any]]) -> InvalidRequest:
+def validation_error(errors: Sequence[Any]) -> InvalidRequest:
     """An InvalidRequest listing pydantic's errors as {field, message}."""
     listed = [{"field": _field(tuple(e.get("loc", ()))), "message": e.get("msg", "")} for e in errors]
     return InvalidRequest("; ".join(f"{e['field']}: {e['message']}" for e in listed), errors=listed)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, UploadFile
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.concurrency import run_in_threadpool
 
@@ -46,7 +46,7 @@ async def add_documents(
         docs = [
             _parse_upload(f.filename or "upload.md", (await f.read()).decode("utf-8", errors="replace"))
             for f in form.getlist("file")
-            if hasattr(f, "read")
+            if isinstance(f, UploadFile)
         ]
     elif ctype in ("text/markdown", "text/plain"):
         if not filename:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import PlainTextResponse
@@ -24,7 +24,7 @@ class ReportView(BaseModel):
     language: str
     model: str
     offline_model: bool
-    removed_citations: list[dict] = Field(default_factory=list)
+    removed_citations: list[dict[str, Any]] = Field(default_factory=list)
     error: JobError | None = None
 
 

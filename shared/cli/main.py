@@ -80,7 +80,7 @@ def main(
 
     state.debug = debug
     if settings_file is not None:
-        from shared.runtime.host import load_local_settings
+        from shared.settings import load_local_settings
 
         load_local_settings(settings_file)
     if data_dir is not None:

@@ -6,10 +6,9 @@ step handler below the entry points.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
+from agents.research import TokenCounter
 from shared.engine.ledger import UsageLedger
 from shared.engine.memory import SessionMemory
 from shared.engine.repositories import CheckpointStore, JobStore, ReportStore
@@ -26,7 +25,7 @@ class Backends:
     queue: StepQueue
     index: KnowledgeIndex
     model: ChatModel
-    count_tokens: Callable[[list[dict[str, Any]]], int]
+    count_tokens: TokenCounter
 
     def __post_init__(self) -> None:
         self.jobs = JobStore(self.objects)

@@ -60,7 +60,8 @@ TASKS: dict[str, ScheduledTask] = {
 
 def occurrence(schedule: str, now: datetime) -> datetime:
     """The schedule occurrence a firing at `now` belongs to: the latest one at or before now (+ slack)."""
-    return croniter(schedule, now + OCCURRENCE_SLACK, second_at_beginning=True).get_prev(datetime)
+    when: datetime = croniter(schedule, now + OCCURRENCE_SLACK, second_at_beginning=True).get_prev(datetime)
+    return when
 
 
 def run_record_key(task: str, when: datetime) -> str:

@@ -16,17 +16,10 @@ import signal
 from pathlib import Path
 from typing import Any
 
+from shared.settings import load_local_settings
+
 ROOT = Path(__file__).resolve().parents[2]
 log = logging.getLogger("agent.runtime")
-
-
-def load_local_settings(path: Path) -> None:
-    """Apply local.settings.json Values without overriding the real environment."""
-    if not path.exists():
-        return
-    values = json.loads(path.read_text(encoding="utf-8")).get("Values", {})
-    for name, value in values.items():
-        os.environ.setdefault(name, str(value))
 
 
 def read_host_json(path: Path) -> dict[str, Any]:

@@ -22,7 +22,8 @@ PAST_DUE_AFTER = timedelta(seconds=5)
 def next_occurrence(schedule: str, after: datetime) -> datetime:
     if len(schedule.split()) != 6:
         raise ValueError(f"schedule {schedule!r} is not a six-field NCRONTAB expression (sec min hour day month dow)")
-    return croniter(schedule, after, second_at_beginning=True).get_next(datetime)
+    when: datetime = croniter(schedule, after, second_at_beginning=True).get_next(datetime)
+    return when
 
 
 class TimerScheduler:

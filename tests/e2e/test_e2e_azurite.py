@@ -6,9 +6,9 @@ import pytest
 
 from shared.adapters.azure.blob import AzureObjectStore
 from shared.engine.repositories import CheckpointStore
+from tests.e2e.test_e2e_runtime import finished, ingest
 from tests.fixtures.app import wait_for
 from tests.fixtures.azurite import empty_account
-from tests.e2e.test_e2e_runtime import finished, ingest
 
 pytestmark = pytest.mark.slow
 

@@ -58,8 +58,13 @@ def _quote(etag: str) -> str:
     return f'"{_unquote(etag)}"'
 
 
+def _error_code(exc: HttpResponseError) -> object:
+    """The storage error code the blob SDK sets on its errors (not declared on azure-core's type)."""
+    return getattr(exc, "error_code", None)
+
+
 def _is_container_missing(exc: ResourceNotFoundError) -> bool:
-    return exc.error_code == StorageErrorCode.CONTAINER_NOT_FOUND
+    return bool(_error_code(exc) == StorageErrorCode.CONTAINER_NOT_FOUND)
 
 
 @contextmanager
@@ -71,7 +76,7 @@ def _unavailable_on_transport_errors(what: str) -> Iterator[None]:
         raise DependencyUnavailable(f"blob storage unreachable ({what}): {exc}") from exc
     except HttpResponseError as exc:
         if exc.status_code is not None and exc.status_code >= 500:
-            raise DependencyUnavailable(f"blob storage failed ({what}): {exc.status_code} {exc.error_code}") from exc
+            raise DependencyUnavailable(f"blob storage failed ({what}): {exc.status_code} {_error_code(exc)}") from exc
         raise
 
 
@@ -79,7 +84,7 @@ def _precondition_error(exc: HttpResponseError) -> bool:
     # 409 BlobAlreadyExists (create-only) and 412 ConditionNotMet (If-Match / If-None-Match) mean
     # "someone else's version is there". Lease conflicts (409/412 Lease*) are not: re-reading would
     # not help, so they surface as they are.
-    code = str(exc.error_code or "")
+    code = str(_error_code(exc) or "")
     return exc.status_code in (409, 412) and not code.startswith("Lease")
 
 
@@ -224,7 +229,7 @@ class AzureObjectStore:
                 raise PreconditionFailed(f"{key} does not exist") from exc
             except HttpResponseError as exc:
                 if _precondition_error(exc):
-                    raise PreconditionFailed(f"{key}: {exc.error_code or exc.status_code}") from exc
+                    raise PreconditionFailed(f"{key}: {_error_code(exc) or exc.status_code}") from exc
                 raise
         return _unquote(result["etag"])
 
@@ -232,7 +237,7 @@ class AzureObjectStore:
         try:
             self._service.create_container(container)
         except ResourceExistsError as exc:
-            if exc.error_code == StorageErrorCode.CONTAINER_BEING_DELETED:
+            if _error_code(exc) == StorageErrorCode.CONTAINER_BEING_DELETED:
                 # Azure keeps a deleted container's name for ~30 s; the write can only succeed later.
                 raise DependencyUnavailable(f"container {container} is still being deleted; retry later") from exc
             # Created by a concurrent writer: fine.

@@ -38,7 +38,7 @@ from azure.search.documents.indexes.models import (
     VectorSearch,
     VectorSearchProfile,
 )
-from azure.search.documents.models import IndexingResult, VectorizedQuery
+from azure.search.documents.models import IndexingResult, VectorizedQuery, VectorQuery
 
 from shared.contracts import Chunk, SearchHit
 from shared.errors import DependencyUnavailable
@@ -119,7 +119,7 @@ class AzureKnowledgeIndex:
         *,
         embed: Embed | None = None,
         dimensions: int = 1536,
-        transport: HttpTransport | None = None,
+        transport: HttpTransport[Any, Any] | None = None,
         batch_size: int = UPSERT_BATCH,
         **client_options: Any,
     ) -> None:
@@ -240,7 +240,7 @@ class AzureKnowledgeIndex:
     def search(self, query: str, *, top: int = 5, doc_id: str | None = None) -> list[SearchHit]:
         if top < 1 or not tokenize(query):
             return []  # nothing searchable (blank, operators, stop words), as in the embedded index
-        vector_queries = None
+        vector_queries: list[VectorQuery] | None = None
         if self._embed is not None:
             vector = self._embed(query)
             neighbours = max(top, VECTOR_NEIGHBOURS)

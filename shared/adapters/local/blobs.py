@@ -118,7 +118,8 @@ class LocalObjectStore:
             conn.execute("PRAGMA journal_size_limit=67108864")
             local.conn = conn
             local.generation = _fork_generation
-        return local.conn
+        conn_: sqlite3.Connection = local.conn
+        return conn_
 
     def close(self) -> None:
         """Close this thread's connection (other threads' connections close when those threads end)."""

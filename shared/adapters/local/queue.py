@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from shared.contracts import MAX_DELIVERY_COUNT_EXCEEDED
 from shared.errors import DependencyUnavailable
@@ -113,7 +114,7 @@ def _utc(seconds: float | None) -> datetime | None:
     return None if seconds is None else datetime.fromtimestamp(seconds, UTC)
 
 
-def _message(row: tuple) -> QueueMessage:
+def _message(row: tuple[Any, ...]) -> QueueMessage:
     seq, message_id, body, enqueued_at, scheduled_at, delivery_count, lock_token, reason, description = row
     return QueueMessage(
         message_id=message_id,
@@ -388,7 +389,7 @@ class LocalQueue:
         self,
         message: QueueMessage,
         statement: str,
-        params: tuple = (),
+        params: tuple[Any, ...] = (),
         *,
         dead_lettered: bool | None,
         returning: str = "seq",
@@ -397,7 +398,7 @@ class LocalQueue:
         row = None
         if message.lock_token is not None:
             sql = statement + " WHERE seq = ? AND queue = ? AND lock_token = ? AND locked_until > ?"
-            where: tuple = (message.sequence_number, self.name, message.lock_token, time.time())
+            where: tuple[Any, ...] = (message.sequence_number, self.name, message.lock_token, time.time())
             if dead_lettered is not None:
                 sql += " AND dead_lettered = ?"
                 where += (dead_lettered,)
@@ -421,7 +422,7 @@ class LocalQueue:
                 "SELECT MIN(visible_at) FROM messages WHERE queue = ? AND dead_lettered = 0 AND visible_at > ?",
                 (self.name, time.time()),
             ).fetchone()
-        return due
+        return float(due) if due is not None else None
 
     def _prune_message_ids(self, conn: sqlite3.Connection, now: float) -> None:
         """Forget message ids older than the duplicate window, now and then, so the table stays small."""
