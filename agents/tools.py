@@ -1,4 +1,4 @@
-"""The agent's tools: their OpenAI function specs and how each runs against the ports."""
+"""The agent's tools: one registry of each tool's OpenAI function spec together with its handler."""
 
 from __future__ import annotations
 
@@ -13,65 +13,6 @@ from shared.ports import KnowledgeIndex
 MAX_READ_CHUNKS = 6  # read_document without chunk_id returns at most this many chunks
 MAX_NOTE_CHARS = 1000
 
-SPECS: dict[str, dict[str, Any]] = {
-    "search_knowledge": {
-        "description": "Search the knowledge index. Returns passages with doc_id, chunk_id, title and a snippet.",
-        "parameters": {
-            "type": "object",
-            "properties": {
-                "query": {"type": "string", "description": "What to look for, in the question's language."},
-                "top": {"type": "integer", "minimum": 1, "maximum": 10, "default": 5},
-            },
-            "required": ["query"],
-        },
-    },
-    "read_document": {
-        "description": "Read a document's chunk (or its first chunks) in full. Only text read here can be cited.",
-        "parameters": {
-            "type": "object",
-            "properties": {"doc_id": {"type": "string"}, "chunk_id": {"type": "integer"}},
-            "required": ["doc_id"],
-        },
-    },
-    "save_note": {
-        "description": "Save a short finding to the session's short-term memory for later jobs.",
-        "parameters": {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]},
-    },
-    "write_report": {
-        "description": (
-            "Submit the final report in Markdown. Mark each claim with [n]; each citation n must quote, "
-            "verbatim, text from a chunk you read with read_document."
-        ),
-        "parameters": {
-            "type": "object",
-            "properties": {
-                "markdown": {"type": "string"},
-                "citations": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "properties": {
-                            "n": {"type": "integer"},
-                            "doc_id": {"type": "string"},
-                            "chunk_id": {"type": "integer"},
-                            "quote": {"type": "string", "description": "Exact sentence copied from the chunk."},
-                        },
-                        "required": ["n", "doc_id", "chunk_id", "quote"],
-                    },
-                },
-            },
-            "required": ["markdown", "citations"],
-        },
-    },
-}
-
-FINAL_TOOL = "write_report"
-
-
-def tool_specs(allowed: list[str]) -> list[dict[str, Any]]:
-    """OpenAI tool definitions for the tools the policy allows, in a stable order."""
-    return [{"type": "function", "function": {"name": name, **SPECS[name]}} for name in SPECS if name in allowed]
-
 
 class ToolRefused(Exception):
     """The call cannot run; the message goes back to the model as the tool's answer."""
@@ -85,7 +26,8 @@ class Toolbox:
 
     def run(self, name: str, arguments: str, state: AgentState) -> str:
         """Run one tool call and return its answer (JSON text) for the model."""
-        if name not in SPECS:
+        tool = TOOLS.get(name)
+        if tool is None:
             raise ToolRefused(f"unknown tool {name!r}; available tools: {', '.join(self.allowed)}")
         if name not in self.allowed:
             raise ToolRefused(f"tool {name!r} is not allowed by this job's policy")
@@ -95,15 +37,11 @@ class Toolbox:
             raise ToolRefused(f"arguments are not valid JSON: {exc.msg}") from exc
         if not isinstance(args, dict):
             raise ToolRefused("arguments must be a JSON object")
-        if name == "search_knowledge":
-            return self._search(args)
-        if name == "read_document":
-            return self._read(args, state)
-        if name == "save_note":
-            return self._save_note(args, state)
-        raise ToolRefused(f"{name} is handled by the agent loop")
+        if tool.run is None:
+            raise ToolRefused(f"{name} is handled by the agent loop")
+        return tool.run(self, args, state)
 
-    def _search(self, args: dict[str, Any]) -> str:
+    def search(self, args: dict[str, Any], state: AgentState) -> str:
         query = str(args.get("query", "")).strip()
         if not query:
             raise ToolRefused("query must not be empty")
@@ -114,7 +52,7 @@ class Toolbox:
             ensure_ascii=False,
         )
 
-    def _read(self, args: dict[str, Any], state: AgentState) -> str:
+    def read(self, args: dict[str, Any], state: AgentState) -> str:
         doc_id = str(args.get("doc_id", ""))
         chunk_id = args.get("chunk_id")
         chunks = self.index.get_chunks(doc_id, int(chunk_id) if chunk_id is not None else None)
@@ -133,9 +71,101 @@ class Toolbox:
             ensure_ascii=False,
         )
 
-    def _save_note(self, args: dict[str, Any], state: AgentState) -> str:
+    def save_note(self, args: dict[str, Any], state: AgentState) -> str:
         text = str(args.get("text", "")).strip()[:MAX_NOTE_CHARS]
         if not text:
             raise ToolRefused("text must not be empty")
         state.notes.append(text)
         return json.dumps({"saved": True})
+
+
+@dataclass(frozen=True)
+class Tool:
+    """One tool: what the model is told (description, JSON-schema parameters) and how it runs.
+
+    `run` is None for the final tool, which the agent loop handles itself.
+    """
+
+    name: str
+    description: str
+    parameters: dict[str, Any]
+    run: Callable[[Toolbox, dict[str, Any], AgentState], str] | None
+
+    def spec(self) -> dict[str, Any]:
+        return {
+            "type": "function",
+            "function": {"name": self.name, "description": self.description, "parameters": self.parameters},
+        }
+
+
+FINAL_TOOL = "write_report"
+
+# The one registry: a tool's spec and its handler are kept together, in the order the model sees them.
+TOOLS: dict[str, Tool] = {
+    tool.name: tool
+    for tool in (
+        Tool(
+            "search_knowledge",
+            "Search the knowledge index. Returns passages with doc_id, chunk_id, title and a snippet.",
+            {
+                "type": "object",
+                "properties": {
+                    "query": {"type": "string", "description": "What to look for, in the question's language."},
+                    "top": {"type": "integer", "minimum": 1, "maximum": 10, "default": 5},
+                },
+                "required": ["query"],
+            },
+            Toolbox.search,
+        ),
+        Tool(
+            "read_document",
+            "Read a document's chunk (or its first chunks) in full. Only text read here can be cited.",
+            {
+                "type": "object",
+                "properties": {"doc_id": {"type": "string"}, "chunk_id": {"type": "integer"}},
+                "required": ["doc_id"],
+            },
+            Toolbox.read,
+        ),
+        Tool(
+            "save_note",
+            "Save a short finding to the session's short-term memory for later jobs.",
+            {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]},
+            Toolbox.save_note,
+        ),
+        Tool(
+            "write_report",
+            (
+                "Submit the final report in Markdown. Mark each claim with [n]; each citation n must quote, "
+                "verbatim, text from a chunk you read with read_document."
+            ),
+            {
+                "type": "object",
+                "properties": {
+                    "markdown": {"type": "string"},
+                    "citations": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                "n": {"type": "integer"},
+                                "doc_id": {"type": "string"},
+                                "chunk_id": {"type": "integer"},
+                                "quote": {"type": "string", "description": "Exact sentence copied from the chunk."},
+                            },
+                            "required": ["n", "doc_id", "chunk_id", "quote"],
+                        },
+                    },
+                },
+                "required": ["markdown", "citations"],
+            },
+            None,
+        ),
+    )
+}
+SPECS: dict[str, dict[str, Any]] = {name: tool.spec()["function"] for name, tool in TOOLS.items()}
+
+
+def tool_specs(allowed: list[str]) -> list[dict[str, Any]]:
+    """OpenAI tool definitions for the tools the policy allows, in a stable order."""
+    return [tool.spec() for name, tool in TOOLS.items() if name in allowed]

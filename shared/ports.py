@@ -34,22 +34,45 @@ class StoredObject:
 class ObjectStore(Protocol):
     """Blob semantics over keys "container/path". The first segment is the container."""
 
-    def get(self, key: str) -> StoredObject | None: ...
+    def get(self, key: str) -> StoredObject | None:
+        """The object with its ETag, or None when the key does not exist.
+
+        Raises DependencyUnavailable when the store cannot be reached.
+
+            found = objects.get("jobs/job-1.json")
+            job = Job.model_validate_json(found.data) if found else None
+        """
+        ...
 
     def put(self, key: str, data: bytes, *, if_match: str | None = None) -> str:
-        """Write and return the new ETag. With if_match, raise PreconditionFailed unless it matches."""
+        """Write unconditionally (or, with if_match, only over that ETag); return the new ETag.
+
+        Raises PreconditionFailed when if_match is given and the stored ETag differs (or the key is
+        gone), DependencyUnavailable when the store cannot be reached.
+        """
         ...
 
     def put_if_absent(self, key: str, data: bytes) -> str:
-        """Create-only write (If-None-Match: *). Raise PreconditionFailed if the key exists."""
+        """Create-only write (If-None-Match: *); return the new ETag.
+
+        Raises PreconditionFailed if the key exists: the first writer wins, which is how a step
+        commits its checkpoint exactly once. DependencyUnavailable when unreachable.
+        """
         ...
 
     def delete(self, key: str, *, if_match: str | None = None) -> bool:
-        """Delete; False if it did not exist. With if_match, PreconditionFailed on another ETag."""
+        """Delete the object; return False if it did not exist.
+
+        Raises PreconditionFailed when if_match is given and the stored ETag differs,
+        DependencyUnavailable when the store cannot be reached.
+        """
         ...
 
     def list(self, prefix: str) -> Iterator[str]:
-        """Keys starting with prefix, in lexicographic order."""
+        """Keys starting with prefix, in lexicographic order, fetched lazily page by page.
+
+        Raises DependencyUnavailable (while iterating) when the store cannot be reached.
+        """
         ...
 
     def ping(self) -> None:
@@ -91,20 +114,47 @@ class StepQueue(Protocol):
     """
 
     def send(self, body: bytes, *, message_id: str, scheduled_at: datetime | None = None) -> None:
-        """Enqueue; a message_id seen within the duplicate-detection window is dropped silently."""
+        """Enqueue a message, visible now or at scheduled_at.
+
+        A message_id seen within the duplicate-detection window is dropped silently (so a step
+        sent twice runs once). Raises DependencyUnavailable when the broker cannot be reached.
+        """
         ...
 
-    def counts(self) -> QueueCounts: ...
+    def counts(self) -> QueueCounts:
+        """Active, scheduled and dead-lettered message counts (the runbook's queue length).
 
-    def peek_dead_letters(self, max_count: int = 100) -> list[QueueMessage]: ...
+        Raises DependencyUnavailable when the broker cannot be reached.
+        """
+        ...
+
+    def peek_dead_letters(self, max_count: int = 100) -> list[QueueMessage]:
+        """Up to max_count dead-lettered messages, oldest first, without locking them.
+
+        The messages carry dead_letter_reason and dead_letter_description; they cannot be settled.
+        Raises DependencyUnavailable when the broker cannot be reached.
+        """
+        ...
 
     def receive_dead_letters(self, max_count: int = 100, lock_seconds: float = 60.0) -> list[QueueMessage]:
-        """Lock dead-lettered messages for settling; unsettled ones unlock after lock_seconds."""
+        """Lock up to max_count dead-lettered messages for settling, oldest first.
+
+        Messages not settled with complete_dead_letter unlock after lock_seconds and are received
+        again later. Returns [] when none is available; DependencyUnavailable when unreachable.
+        """
         ...
 
-    def complete_dead_letter(self, message: QueueMessage) -> None: ...
+    def complete_dead_letter(self, message: QueueMessage) -> None:
+        """Remove a dead-lettered message received with receive_dead_letters.
 
-    def ping(self) -> None: ...
+        Raises an adapter error when its lock was lost (another reader will see it again), and
+        DependencyUnavailable when the broker cannot be reached.
+        """
+        ...
+
+    def ping(self) -> None:
+        """Return when the queue answers; raise DependencyUnavailable otherwise."""
+        ...
 
 
 # --- the knowledge index (AI Search / embedded) -------------------------------------------------
@@ -112,31 +162,61 @@ class StepQueue(Protocol):
 
 @runtime_checkable
 class KnowledgeIndex(Protocol):
-    def upsert(self, chunks: list[Chunk]) -> int: ...
+    """The searchable chunks of the knowledge base (Azure AI Search, or SQLite FTS5 when embedded)."""
+
+    def upsert(self, chunks: list[Chunk]) -> int:
+        """Add or replace chunks by key ({doc_id}--c{chunk_id}); return how many were written.
+
+        Raises DependencyUnavailable when the index cannot be reached.
+        """
+        ...
 
     def delete_document(self, doc_id: str) -> int:
-        """Remove every chunk of doc_id; return how many."""
+        """Remove every chunk of doc_id; return how many (0 when there were none).
+
+        Raises DependencyUnavailable when the index cannot be reached.
+        """
         ...
 
-    def search(self, query: str, *, top: int = 5, doc_id: str | None = None) -> list[SearchHit]: ...
+    def search(self, query: str, *, top: int = 5, doc_id: str | None = None) -> list[SearchHit]:
+        """The best `top` chunks for a free-text query (English or Japanese), best first.
 
-    def get_chunks(self, doc_id: str, chunk_id: int | None = None) -> list[Chunk]: ...
+        doc_id narrows the search to one document. An empty result is [], never an error;
+        DependencyUnavailable when the index cannot be reached.
+
+            hits = index.search("how long are backups kept", top=3)
+        """
+        ...
+
+    def get_chunks(self, doc_id: str, chunk_id: int | None = None) -> list[Chunk]:
+        """A document's chunks in order (or the one chunk_id), [] when there is no such document.
+
+        Raises DependencyUnavailable when the index cannot be reached.
+        """
+        ...
 
     def export(self, *, after_key: str | None = None, size: int = 1000) -> list[Chunk]:
-        """Chunks ordered by key, strictly after after_key: paging that never needs $skip."""
+        """Up to size chunks ordered by key, strictly after after_key: paging that never needs $skip.
+
+        Raises DependencyUnavailable when the index cannot be reached.
+        """
         ...
 
-    def count(self) -> int: ...
+    def count(self) -> int:
+        """How many chunks the index holds; DependencyUnavailable when unreachable."""
+        ...
 
     def definition(self) -> dict[str, Any]:
-        """The index definition, for backups."""
+        """The index definition (fields, analyzers, vector profile), stored with backups."""
         ...
 
     def reset(self) -> None:
-        """Drop every chunk (restore rebuilds from a backup)."""
+        """Drop every chunk (restore rebuilds from a backup); DependencyUnavailable when unreachable."""
         ...
 
-    def ping(self) -> None: ...
+    def ping(self) -> None:
+        """Return when the index answers; raise DependencyUnavailable otherwise."""
+        ...
 
 
 # --- the chat model (OpenAI-compatible / offline) ----------------------------------------------
@@ -179,7 +259,15 @@ class ChatModel(Protocol):
     offline: bool
 
     def complete(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> ModelTurn:
-        """One model turn over OpenAI-format messages and tool specs."""
+        """One model turn over OpenAI-format messages and tool specs: text and/or tool calls, with usage.
+
+        Raises TransientModelError (429, 5xx, timeouts, unreachable; retry_after when the server
+        said) or PermanentModelError (content filter, auth, unknown model): never an SDK error.
+
+            turn = model.complete([{"role": "user", "content": "hi"}], tools=[])
+        """
         ...
 
-    def ping(self) -> None: ...
+    def ping(self) -> None:
+        """Return when the model endpoint answers; raise DependencyUnavailable otherwise."""
+        ...
