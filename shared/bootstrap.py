@@ -11,6 +11,8 @@ silent fallback to local disk.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from shared.engine.backends import Backends
 from shared.errors import ConfigurationError
@@ -115,3 +117,20 @@ def reset_backends() -> None:
         if _backends is not None:
             _backends.close()
         _backends = None
+
+
+@contextmanager
+def serving(b: Backends) -> Iterator[Backends]:
+    """Make b the process's backends, the ones function_app.py's triggers use, for the block.
+
+    For hosts that build their bundle themselves (test fixtures, benchmarks) rather than from
+    the process environment.
+    """
+    global _backends
+    with _lock:
+        previous, _backends = _backends, b
+    try:
+        yield b
+    finally:
+        with _lock:
+            _backends = previous

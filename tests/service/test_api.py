@@ -199,11 +199,10 @@ def test_openapi_document_and_docs_are_served(api: TestClient) -> None:
     assert api.get("/api/docs").status_code == 200
 
 
-def test_rate_limit_answers_429_with_retry_after(app_env: dict[str, str], api: TestClient) -> None:
+def test_rate_limit_answers_429_with_retry_after(backends: Backends, api: TestClient) -> None:
     from shared.api.security import limiter
-    from shared.settings import get_settings
 
-    get_settings().rate_limit_per_minute = 3
+    backends.settings.rate_limit_per_minute = 3
     limiter._buckets.clear()
     codes = [api.get("/api/jobs").status_code for _ in range(5)]
     assert codes[:3] == [200, 200, 200] and codes[3] == 429
