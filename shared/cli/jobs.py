@@ -9,7 +9,8 @@ from typing import Annotated, Any, cast, get_args
 
 import typer
 
-from shared.cli.output import CliError, JsonOpt, backends, emit, fields, table
+from shared.cli.context import backends
+from shared.cli.output import CliError, JsonOpt, emit, fields, table
 from shared.contracts import Job, JobStatus
 
 queue_app = typer.Typer(help="The step queue: active, scheduled and dead-lettered messages.", no_args_is_help=True)

@@ -17,10 +17,11 @@ from typing import Annotated, Any
 
 import typer
 
+from shared.cli.context import backends
 from shared.cli.jobs import dlq_app, jobs_app, queue_app
 from shared.cli.logs import kql_command, logs
 from shared.cli.maintenance import backup_app, checks_app, restore, retention_app, sweep
-from shared.cli.output import JsonOpt, backends, emit, report_error, state, table
+from shared.cli.output import JsonOpt, emit, report_error, state, table
 from shared.cli.usage import usage
 
 

@@ -10,7 +10,8 @@ from typing import Annotated, Any
 
 import typer
 
-from shared.cli.output import JsonOpt, backends, emit, fields, progress, table
+from shared.cli.context import backends
+from shared.cli.output import JsonOpt, emit, fields, progress, table
 
 backup_app = typer.Typer(help="Backups of job state, reports, ledgers and the knowledge index.", no_args_is_help=True)
 checks_app = typer.Typer(help="The weekly operations checks.", no_args_is_help=True)

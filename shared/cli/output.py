@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 from pydantic_core import to_jsonable_python
@@ -18,10 +18,6 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
-
-if TYPE_CHECKING:
-    from shared.engine.backends import Backends
-    from shared.settings import Settings
 
 console = Console()
 errors = Console(stderr=True)
@@ -51,15 +47,6 @@ class CliError(Exception):
     def __init__(self, problem: str, fix: str = "", *, kind: str = "error", exit_code: int = 1) -> None:
         super().__init__(problem)
         self.problem, self.fix, self.kind, self.exit_code = problem, fix, kind, exit_code
-
-
-def backends() -> Backends:
-    """The backends the settings describe, built once per CLI process."""
-    from shared.bootstrap import get_backends
-
-    b = get_backends()
-    configure_logging(b.settings)
-    return b
 
 
 def jsonable(value: Any) -> Any:
@@ -186,32 +173,3 @@ def fields(title: str) -> Callable[[Any], None]:
         table(title, ["field", "value"], rows)
 
     return render
-
-
-def configure_logging(settings: Settings) -> None:
-    """Warnings to stderr; on the embedded runtime also the JSON lines of its log, as an audit trail.
-
-    An operator's re-submission or purge then shows in `agentctl logs` beside the runtime's own
-    records. stdout stays reserved for the command's output (one JSON document under --json).
-    """
-    import logging
-
-    from shared.observability.logs import JobDimensions, JsonLines
-
-    root = logging.getLogger()
-    if getattr(root, "_agentctl", False):
-        return
-    root._agentctl = True  # type: ignore[attr-defined]
-    stderr = logging.StreamHandler()
-    stderr.setLevel(logging.WARNING)
-    stderr.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    root.addHandler(stderr)
-    root.setLevel(logging.INFO)
-    embedded = not (settings.storage_connection or settings.storage_blob_uri)
-    if embedded and not settings.appinsights_connection_string:
-        path = settings.runtime_log_path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        audit = logging.FileHandler(path, encoding="utf-8")
-        audit.setFormatter(JsonLines())
-        audit.addFilter(JobDimensions())
-        root.addHandler(audit)

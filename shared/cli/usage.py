@@ -6,7 +6,8 @@ from typing import Annotated, Any
 
 import typer
 
-from shared.cli.output import JsonOpt, backends, emit, table
+from shared.cli.context import backends
+from shared.cli.output import JsonOpt, emit, table
 from shared.engine.ledger import BUDGET_WARNING_RATIO
 
 

@@ -1,6 +1,6 @@
 """The Backends bundle: the ports one process works with, and the repositories built over them.
 
-Built by `shared.bootstrap` from settings; passed as a parameter to every service, timer and
+Built from settings by the composition root (bootstrap.py); passed as a parameter to every service, timer and
 step handler below the entry points.
 """
 
