@@ -21,6 +21,8 @@ import pytest
 import yaml
 from pycep import BicepParser
 
+from shared.engine import layout
+
 ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"
 BICEP = INFRA / "bicep"
@@ -462,19 +464,8 @@ def test_storage_is_private_versioned_and_soft_deleted(main: Template, modules: 
     containers = storage.doc["resources"]["blobContainers"]["config"]
     assert _unwrap(containers)["properties"]["publicAccess"] == "None"
     names = storage.value(containers["loop_type"]["detail"]["array_name"])
-    for required in (
-        "checkpoints",
-        "jobs",
-        "reports",
-        "backups",
-        "memory",
-        "ledgers",
-        "locks",
-        "idempotency",
-        "tenants",
-        "ops",
-        main.value("deploymentContainer"),
-    ):
+    # Every container the app writes (shared/engine/layout.py) exists before the app's first write.
+    for required in (*(c.name for c in layout.CONTAINERS), main.value("deploymentContainer")):
         assert required in names, f"container {required} is missing"
 
     lifecycle = storage.value(storage.resource("Microsoft.Storage/storageAccounts/managementPolicies")["properties"])

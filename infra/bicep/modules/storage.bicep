@@ -10,7 +10,7 @@ param deploymentContainer string
 param softDeleteRetentionDays int
 param versionRetentionDays int
 
-// The step engine's containers (checkpoints/{job_id}/{n:06d}.json, jobs/{job_id}.json, ...),
+// Every container of shared/engine/layout.py (checkpoints/{job_id}/{n:06d}.json, jobs/{job_id}.json, ...),
 // the maintenance timers' (backups, ops) and the deployment package's.
 var containers = [
   'checkpoints'
@@ -22,6 +22,7 @@ var containers = [
   'locks'
   'idempotency'
   'tenants'
+  'resubmissions'
   'ops'
   deploymentContainer
 ]
