@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from shared.observability import kql
-from tests.fixtures.app import SAMPLES, RuntimeProcess, wait_for
+from tests.fixtures.app import RuntimeProcess, ingest_over_http, wait_for
 from tests.fixtures.cli import agentctl, run_cli
 from tests.fixtures.scripted_openai import ScriptedOpenAI
 
@@ -31,14 +31,7 @@ QUIET_TIMERS = {
 
 
 def ingest(client: httpx.Client) -> None:
-    for path in sorted(SAMPLES.glob("*.md")):
-        r = client.post(
-            "/api/documents",
-            params={"filename": path.name},
-            content=path.read_bytes(),
-            headers={"Content-Type": "text/markdown"},
-        )
-        assert r.status_code == 201, r.text
+    ingest_over_http(client)
 
 
 def submit(client: httpx.Client, task: str = QUESTION) -> str:

@@ -11,21 +11,14 @@ from shared.adapters.local.blobs import LocalObjectStore
 from shared.adapters.local.search import LocalKnowledgeIndex
 from shared.contracts import Usage
 from shared.engine.repositories import CheckpointStore
-from tests.fixtures.app import SAMPLES, wait_for
+from tests.fixtures.app import ingest_over_http, wait_for
 
 pytestmark = pytest.mark.slow
 QUESTIONS = ["How does the sweep handle dead-lettered messages?", "バックアップの復元手順は？"]
 
 
 def ingest(client) -> None:  # type: ignore[no-untyped-def]
-    for path in sorted(SAMPLES.glob("*.md")):
-        r = client.post(
-            "/api/documents",
-            params={"filename": path.name},
-            content=path.read_bytes(),
-            headers={"Content-Type": "text/markdown"},
-        )
-        assert r.status_code == 201, r.text
+    ingest_over_http(client)
 
 
 def finished(client, job_id: str):  # type: ignore[no-untyped-def]

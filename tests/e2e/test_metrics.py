@@ -7,7 +7,7 @@ import json
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.fixtures.app import SAMPLES, wait_for
+from tests.fixtures.app import SAMPLES, ingest_over_http, wait_for
 
 pytestmark = pytest.mark.slow
 SUBMITTER_KEY = "submitter-key"
@@ -33,14 +33,7 @@ def test_metrics_expose_requests_steps_jobs_and_tokens_after_a_job(runtime) -> N
     }
     rt = runtime({"API_KEYS": json.dumps(keys)})
     with rt.client() as client:
-        for path in sorted(SAMPLES.glob("*.md")):
-            r = client.post(
-                "/api/documents",
-                params={"filename": path.name},
-                content=path.read_bytes(),
-                headers={"Content-Type": "text/markdown"},
-            )
-            assert r.status_code == 201, r.text
+        ingest_over_http(client)
         job_id = client.post("/api/jobs", json={"task": "How are dead-lettered messages handled?"}).json()["id"]
         job = wait_for(lambda: (j := client.get(f"/api/jobs/{job_id}").json())["status"] == "succeeded" and j, 60)
         assert client.get("/api/jobs/no-such-job").status_code == 404
