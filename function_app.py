@@ -8,9 +8,10 @@ import azure.functions as func
 
 from shared.api.app import create_api
 from shared.bootstrap import get_backends
-from shared.engine.steps import handle_step
 from shared.maintenance import run_scheduled
 from shared.observability.telemetry import configure_telemetry
+from shared.services.messages import handle_message
+from shared.services.schedules import fire_due
 from shared.settings import get_settings
 
 configure_telemetry()
@@ -23,8 +24,8 @@ app = func.AsgiFunctionApp(app=create_api(get_backends, get_settings()), http_au
 @app.function_name("agent_step")
 @app.service_bus_queue_trigger(arg_name="msg", queue_name="%AGENT_JOBS_QUEUE%", connection="ServiceBusConnection")
 def agent_step(msg: func.ServiceBusMessage) -> None:
-    """One agent step per message. Returning completes the message; raising abandons it."""
-    handle_step(get_backends(), msg.get_body(), msg.delivery_count or 1)
+    """One agent step (or one webhook delivery attempt) per message. Returning completes it; raising abandons it."""
+    handle_message(get_backends(), msg.get_body(), msg.delivery_count or 1)
 
 
 # Timers: schedules are app settings (six-field NCRONTAB). Each task holds a lease and runs once per
@@ -57,3 +58,10 @@ def weekly_checks(timer: func.TimerRequest) -> None:
 def retention(timer: func.TimerRequest) -> None:
     """Daily: delete old finished jobs' checkpoints, keeping the last one, the job record and the report."""
     run_scheduled(get_backends(), "retention", past_due=timer.past_due)
+
+
+@app.function_name("schedules")
+@app.timer_trigger(schedule="%SCHEDULES_SCHEDULE%", arg_name="timer", run_on_startup=False)
+def schedules(timer: func.TimerRequest) -> None:
+    """Every minute: submit one job per due occurrence of each tenant's schedules (missed ones run once)."""
+    fire_due(get_backends())

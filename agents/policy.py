@@ -44,4 +44,16 @@ def resolve(limits: Policy, overrides: PolicyOverrides | None) -> Policy:
         raise PolicyViolation("require_citations", "the tenant requires citations")
     if "min_citations" in wanted and limits.require_citations and wanted["min_citations"] < limits.min_citations:
         raise PolicyViolation("min_citations", f"must be at least the tenant's {limits.min_citations}")
+    if limits.approval != "none" and wanted.get("approval", limits.approval) != limits.approval:
+        raise PolicyViolation("approval", f"the tenant requires approval {_shown(limits.approval)}")
+    if wanted.get("approval_timeout_seconds", 0) > limits.approval_timeout_seconds:
+        raise PolicyViolation(
+            "approval_timeout_seconds", f"must be at most the tenant's {limits.approval_timeout_seconds}"
+        )
+    if overrides.approval is not None:
+        wanted["approval"] = overrides.approval  # the model itself, not its dump
     return limits.model_copy(update=wanted)
+
+
+def _shown(approval: object) -> str:
+    return approval if isinstance(approval, str) else f"for tools {', '.join(getattr(approval, 'tools', []))}"

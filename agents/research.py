@@ -15,7 +15,7 @@ from agents import citations
 from agents.prompts import leaked_instructions, system_prompt, user_prompt
 from agents.state import AgentState
 from agents.tools import FINAL_TOOL, Toolbox, ToolRefused, tool_specs
-from shared.contracts import JobError, Outcome, Policy, Report, Usage
+from shared.contracts import ApprovalRequest, JobError, Outcome, Policy, Report, Usage
 from shared.ports import ChatModel, KnowledgeIndex
 from shared.text import detect_language
 
@@ -38,6 +38,7 @@ class AgentContext:
     policy: Policy
     count_tokens: TokenCounter
     context_budget: int = 12_000
+    approval: ApprovalRequest | None = None  # a human's decision on this step's tool calls, if one was asked
 
 
 @dataclass
@@ -134,8 +135,19 @@ def _tool_step(state: AgentState, ctx: AgentContext) -> StepResult:
     calls = state.pending_tool_calls()
     done: list[str] = []
     report_call: dict[str, Any] | None = None
+    approval = ctx.approval
     for call in calls:
         name = call["function"]["name"]
+        decided = approval is not None and name in approval.pending
+        if decided and approval is not None and approval.decision != "approved":
+            # The human said no: the model is told so (the comment is data) and goes on without the call.
+            answer = json.dumps(
+                {"error": "a human reviewer rejected this call", "reviewer_comment": approval.comment or ""},
+                ensure_ascii=False,
+            )
+            state.messages.append({"role": "tool", "tool_call_id": call["id"], "content": answer})
+            done.append(f"{name} (rejected)")
+            continue
         if name == FINAL_TOOL and name in ctx.policy.allowed_tools:
             report_call = call
             continue
@@ -145,10 +157,23 @@ def _tool_step(state: AgentState, ctx: AgentContext) -> StepResult:
         except ToolRefused as refusal:
             answer = json.dumps({"error": str(refusal)}, ensure_ascii=False)
             done.append(f"{name} (refused)")
+        if decided and approval is not None and approval.comment:
+            answer = _with_comment(answer, approval.comment)
         state.messages.append({"role": "tool", "tool_call_id": call["id"], "content": answer})
     if report_call is None:
         return StepResult(state, "tools", "ran " + ", ".join(done))
     return _report(state, ctx, report_call)
+
+
+def _with_comment(answer: str, comment: str) -> str:
+    """The tool's answer with the approver's comment beside it, as a field: data, never instructions."""
+    try:
+        body = json.loads(answer)
+    except json.JSONDecodeError:
+        body = {"result": answer}
+    if not isinstance(body, dict):
+        body = {"result": body}
+    return json.dumps({"reviewer_comment": comment, **body}, ensure_ascii=False)
 
 
 def _report(state: AgentState, ctx: AgentContext, call: dict[str, Any]) -> StepResult:

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+JobStatus = Literal["queued", "running", "waiting_for_approval", "succeeded", "failed", "cancelled"]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 
 # Azure AI Search keys allow letters, digits, '_', '-' and '='; we keep doc ids to that
@@ -61,6 +61,34 @@ class Policy(BaseModel):
     min_citations: int = Field(1, ge=0, le=100)
     max_report_chars: int = Field(20_000, ge=200, le=200_000)
     language: Literal["auto", "en", "ja"] = Field("auto", description="Report language; auto follows the question.")
+    approval: Approval = Field(
+        "none",
+        description='When a human must approve: "none", "before_report" (the final report waits), or '
+        '{"tools": [...]} (calls of the named tools wait).',
+    )
+    approval_timeout_seconds: int = Field(
+        86_400, ge=1, le=30 * 86_400, description="A job waiting this long for approval fails with approval_timeout."
+    )
+
+
+class ToolApproval(BaseModel):
+    """Calls of these tools wait for a human before they run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tools: list[str] = Field(min_length=1, description="Tool names, e.g. read_document, write_report.")
+
+
+Approval = Literal["none", "before_report"] | ToolApproval
+
+
+def approval_needed(approval: Approval, tool_names: list[str]) -> list[str]:
+    """The tool calls among tool_names that this approval policy makes wait for a human."""
+    if approval == "none":
+        return []
+    if approval == "before_report":
+        return [n for n in tool_names if n == "write_report"]
+    return [n for n in tool_names if n in approval.tools]
 
 
 class PolicyOverrides(BaseModel):
@@ -75,6 +103,8 @@ class PolicyOverrides(BaseModel):
     min_citations: int | None = Field(None, ge=0, le=100)
     max_report_chars: int | None = Field(None, ge=200, le=200_000)
     language: Literal["auto", "en", "ja"] | None = None
+    approval: Approval | None = None
+    approval_timeout_seconds: int | None = Field(None, ge=1, le=30 * 86_400)
 
 
 class StepMessage(BaseModel):
@@ -84,6 +114,9 @@ class StepMessage(BaseModel):
     step: int = Field(ge=1)
     attempt: int = Field(0, ge=0, description="Reschedules of this step after transient model errors.")
     origin: str | None = Field(None, description="Message id of the re-submission this delivery descends from.")
+    purpose: Literal["step", "approval_deadline"] = Field(
+        "step", description="approval_deadline: end the job if the approval after step-1 is still pending."
+    )
 
     @property
     def message_id(self) -> str:
@@ -134,6 +167,19 @@ class StepSummary(BaseModel):
     at: datetime
 
 
+class ApprovalRequest(BaseModel):
+    """A human decision the job waits for (or waited for) after one of its steps."""
+
+    after_step: int = Field(description="The committed step whose tool calls wait; step after_step+1 runs them.")
+    pending: list[str] = Field(description="What waits: the tool calls' names (write_report: the final report).")
+    requested_at: datetime = Field(default_factory=utcnow)
+    deadline: datetime
+    decision: Literal["approved", "rejected", "timed_out"] | None = None
+    comment: str | None = Field(None, description="The approver's comment; the agent sees it as data.")
+    decided_by: str | None = None
+    decided_at: datetime | None = None
+
+
 class Job(BaseModel):
     """The job record: a projection of the job's checkpoints plus the request that created it."""
 
@@ -151,6 +197,9 @@ class Job(BaseModel):
     resubmissions: int = Field(0, description="Times an operator or the sweep re-submitted a dead-lettered step.")
     dead_letter: DeadLetterNote | None = Field(None, description="Last dead-lettering of this job's step, if any.")
     idempotency_key: str | None = None
+    callback_url: str | None = Field(None, description="Where signed webhooks for this job are delivered.")
+    schedule_id: str | None = Field(None, description="The schedule that submitted this job, if any.")
+    approvals: list[ApprovalRequest] = Field(default_factory=list, description="Approvals asked for, oldest first.")
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
     started_at: datetime | None = None
@@ -159,6 +208,12 @@ class Job(BaseModel):
     @property
     def finished(self) -> bool:
         return self.status in TERMINAL_STATUSES
+
+    @property
+    def pending_approval(self) -> ApprovalRequest | None:
+        """The approval the job waits for now, if any."""
+        last = self.approvals[-1] if self.approvals else None
+        return last if last is not None and last.decision is None and not self.finished else None
 
 
 class Outcome(BaseModel):

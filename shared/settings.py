@@ -27,6 +27,19 @@ class ApiKey(BaseModel):
     role: Literal["submitter", "operator"] = "submitter"
 
 
+class WebhookTenant(BaseModel):
+    """A tenant's webhook settings (WEBHOOK_TENANTS)."""
+
+    default_url: str | None = Field(None, description="Where jobs without a callback_url deliver.")
+    allowed_hosts: list[str] = Field(
+        default_factory=list, description="Host names (or *.suffix) callbacks may name; empty: no webhooks."
+    )
+    secrets: list[str] = Field(
+        default_factory=list,
+        description="Signing keys (whsec_<base64>), newest first; every one signs, so receivers can rotate.",
+    )
+
+
 def _alias(*names: str) -> Any:
     return Field(None, validation_alias=AliasChoices(*names))
 
@@ -103,11 +116,41 @@ class Settings(BaseSettings):
     stale_job_minutes: float = Field(30.0, validation_alias="STALE_JOB_MINUTES")
     checkpoint_retention_days: float = Field(30.0, validation_alias="CHECKPOINT_RETENTION_DAYS")
 
+    # --- progress events, webhooks, schedules ---------------------------------------------------
+    events_heartbeat_seconds: float = Field(15.0, validation_alias="EVENTS_HEARTBEAT_SECONDS")
+    events_poll_seconds: float = Field(
+        1.0, validation_alias="EVENTS_POLL_SECONDS", description="Re-read interval for changes made by other processes."
+    )
+    events_max_stream_seconds: float = Field(
+        600.0, validation_alias="EVENTS_MAX_STREAM_SECONDS", description="SSE streams end after this; clients resume."
+    )
+    webhook_tenants: dict[str, WebhookTenant] = Field(default_factory=dict, validation_alias="WEBHOOK_TENANTS")
+    webhook_allowed_networks: list[str] = Field(
+        default_factory=list,
+        validation_alias="WEBHOOK_ALLOWED_NETWORKS",
+        description='JSON list of CIDRs (["127.0.0.0/8"]) of private/loopback/link-local addresses webhooks may reach.',
+    )
+    webhook_max_attempts: int = Field(8, ge=1, validation_alias="WEBHOOK_MAX_ATTEMPTS")
+    webhook_retry_base_seconds: float = Field(5.0, validation_alias="WEBHOOK_RETRY_BASE_SECONDS")
+    webhook_max_backoff_seconds: float = Field(3600.0, validation_alias="WEBHOOK_MAX_BACKOFF_SECONDS")
+    webhook_timeout_seconds: float = Field(10.0, validation_alias="WEBHOOK_TIMEOUT_SECONDS")
+    schedules_schedule: str = Field("0 * * * * *", validation_alias="SCHEDULES_SCHEDULE")
+    schedule_min_interval_seconds: float = Field(
+        300.0, validation_alias="SCHEDULE_MIN_INTERVAL_SECONDS", description="Closest two occurrences of a schedule."
+    )
+
     # --- telemetry -----------------------------------------------------------------------------
     appinsights_connection_string: str | None = _alias("APPLICATIONINSIGHTS_CONNECTION_STRING")
     log_level: str = Field("INFO", validation_alias="LOG_LEVEL")
 
-    @field_validator("api_keys", "tenant_policies", "tenant_token_budgets", "policy_defaults", mode="before")
+    @field_validator(
+        "api_keys",
+        "tenant_policies",
+        "tenant_token_budgets",
+        "policy_defaults",
+        "webhook_tenants",
+        mode="before",
+    )
     @classmethod
     def _json_text(cls, value: Any) -> Any:
         if isinstance(value, str):

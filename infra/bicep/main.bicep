@@ -151,6 +151,8 @@ param backupSchedule string = '0 0 18 * * *'
 param dlqSweepSchedule string = '0 */15 * * * *'
 param weeklyChecksSchedule string = '0 0 0 * * 1'
 param retentionSchedule string = '0 30 18 * * *'
+@description('NCRONTAB (UTC) of the timer that submits the tenants\' scheduled jobs.')
+param schedulesSchedule string = '0 * * * * *'
 
 param tags object = {}
 
@@ -319,6 +321,7 @@ var baseAppSettings = {
   DLQ_SWEEP_SCHEDULE: dlqSweepSchedule
   WEEKLY_CHECKS_SCHEDULE: weeklyChecksSchedule
   RETENTION_SCHEDULE: retentionSchedule
+  SCHEDULES_SCHEDULE: schedulesSchedule
 }
 
 var concurrencySettings = (serviceBusMaxConcurrentCalls > 0) ? {

@@ -5,7 +5,15 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
-from shared.api import problems, routes_admin, routes_documents, routes_jobs, routes_metrics
+from shared.api import (
+    problems,
+    routes_admin,
+    routes_documents,
+    routes_events,
+    routes_jobs,
+    routes_metrics,
+    routes_schedules,
+)
 from shared.api.deps import BackendsDep, BackendsSource
 from shared.api.security import BodySizeLimit
 from shared.engine.backends import Backends
@@ -38,6 +46,8 @@ def create_api(backends: BackendsSource, settings: Settings | None = None) -> Fa
     api.state.backends = backends
     problems.install(api)
     api.include_router(routes_jobs.router)
+    api.include_router(routes_events.router)
+    api.include_router(routes_schedules.router)
     api.include_router(routes_documents.router)
     api.include_router(routes_metrics.router)
     api.include_router(routes_admin.router)

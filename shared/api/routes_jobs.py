@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from shared.api.deps import BackendsDep
 from shared.api.security import CallerDep
 from shared.contracts import Citation, Job, JobError, JobStatus
-from shared.services import jobs
+from shared.services import approvals, jobs
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 
@@ -63,6 +63,26 @@ def get_job(job_id: str, caller: CallerDep, b: BackendsDep) -> Job:
 @router.post("/{job_id}/cancel", status_code=202, response_model=Job, summary="Cancel at the next step boundary")
 def cancel_job(job_id: str, caller: CallerDep, b: BackendsDep) -> Job:
     return jobs.cancel(b, caller.tenant, job_id)
+
+
+@router.post(
+    "/{job_id}/approve",
+    response_model=Job,
+    summary="Approve what a waiting job waits for; it resumes with exactly one next step",
+    description="Idempotent: repeating the request (or sending it concurrently) resumes the job once. "
+    "409 when the job is not waiting (timed out, cancelled) or was rejected.",
+)
+def approve_job(job_id: str, caller: CallerDep, b: BackendsDep, body: approvals.Decision | None = None) -> Job:
+    return approvals.decide(b, caller.tenant, job_id, "approved", body.comment if body else None, caller.key_id)
+
+
+@router.post(
+    "/{job_id}/reject",
+    response_model=Job,
+    summary="Reject what a waiting job waits for; the agent is told (with the comment) and goes on without it",
+)
+def reject_job(job_id: str, caller: CallerDep, b: BackendsDep, body: approvals.Decision | None = None) -> Job:
+    return approvals.decide(b, caller.tenant, job_id, "rejected", body.comment if body else None, caller.key_id)
 
 
 @router.get(

@@ -12,11 +12,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from shared.contracts import Checkpoint, DeadLetterNote, Job, JobError, StepSummary, utcnow
+from shared.contracts import ApprovalRequest, Checkpoint, DeadLetterNote, Job, JobError, StepSummary, utcnow
 
 __all__ = [
     "apply_checkpoint",
+    "decide",
     "end",
+    "expire_approval",
+    "park",
     "note_dead_letter",
     "note_handled",
     "note_resubmissions",
@@ -70,11 +73,64 @@ def summary(cp: Checkpoint) -> StepSummary:
 
 
 def request_cancel(job: Job) -> bool:
-    """Ask the job to stop at its next step boundary."""
-    if job.cancel_requested or job.finished:
+    """Ask the job to stop at its next step boundary; a job parked for approval has none, so it ends now."""
+    if job.finished:
+        return False
+    if job.pending_approval is not None:
+        job.cancel_requested = True
+        return end(job, "cancelled", "cancelled", "cancelled by request while waiting for approval")
+    if job.cancel_requested:
         return False
     job.cancel_requested = True
     return True
+
+
+def park(job: Job, after_step: int, pending: list[str], deadline: datetime) -> bool:
+    """Stop the job after step after_step until a human decides on the pending tool calls.
+
+    Once per step: a redelivered step finds its request and parks nothing again.
+    """
+    if job.finished or any(a.after_step == after_step for a in job.approvals):
+        return False
+    job.approvals.append(ApprovalRequest(after_step=after_step, pending=pending, deadline=deadline))
+    job.status = "waiting_for_approval"
+    return True
+
+
+def decide(job: Job, decision: str, comment: str | None, by: str, at: datetime | None = None) -> bool:
+    """Record a human's approved/rejected on the pending approval; False when nothing was pending.
+
+    Only the first decision counts: a repeated or concurrent one finds nothing pending.
+    """
+    pending = job.pending_approval
+    if pending is None:
+        return False
+    if decision not in ("approved", "rejected"):
+        raise ValueError(f"a human decides approved or rejected, not {decision}")
+    pending.decision = "approved" if decision == "approved" else "rejected"
+    pending.comment = comment
+    pending.decided_by = by
+    pending.decided_at = at or utcnow()
+    job.status = "running"
+    return True
+
+
+def expire_approval(job: Job, after_step: int, at: datetime | None = None) -> bool:
+    """End the job when the approval after after_step is still pending at its deadline."""
+    pending = job.pending_approval
+    at = at or utcnow()
+    if pending is None or pending.after_step != after_step or at < pending.deadline:
+        return False
+    pending.decision = "timed_out"
+    pending.decided_at = at
+    waited = (at - pending.requested_at).total_seconds()
+    return end(
+        job,
+        "failed",
+        "approval_timeout",
+        f"no decision on {', '.join(pending.pending)} within {waited:.0f} s (policy.approval_timeout_seconds)",
+        at,
+    )
 
 
 def end(job: Job, status: str, reason: str, detail: str, at: datetime | None = None) -> bool:

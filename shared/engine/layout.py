@@ -40,6 +40,10 @@ MEMORY = Container(
     backed_up=False,
     why_not="short-term by design (MEMORY_TTL_SECONDS); a restore starts sessions afresh",
 )
+WEBHOOKS = Container(
+    "webhooks", "webhooks/{tenant}/{job_id}.{event}.json: webhook deliveries and their attempts", backed_up=True
+)
+SCHEDULES = Container("schedules", "schedules/{tenant}/{schedule_id}.json: recurring research jobs", backed_up=True)
 LOCKS = Container(
     "locks",
     "locks/{name}.json: leases of the maintenance tasks",
@@ -65,6 +69,8 @@ CONTAINERS: tuple[Container, ...] = (
     RESUBMISSIONS,
     IDEMPOTENCY,
     MEMORY,
+    WEBHOOKS,
+    SCHEDULES,
     LOCKS,
     OPS,
     BACKUPS,
@@ -114,3 +120,19 @@ def lease_key(name: str) -> str:
 
 def backup_prefix(backup_id: str = "") -> str:
     return f"{BACKUPS.name}/{backup_id}/" if backup_id else f"{BACKUPS.name}/"
+
+
+def webhook_key(tenant: str, delivery_id: str) -> str:
+    return f"{WEBHOOKS.name}/{tenant}/{delivery_id}.json"
+
+
+def webhook_prefix(tenant: str | None = None) -> str:
+    return f"{WEBHOOKS.name}/{tenant}/" if tenant else f"{WEBHOOKS.name}/"
+
+
+def schedule_key(tenant: str, schedule_id: str) -> str:
+    return f"{SCHEDULES.name}/{tenant}/{schedule_id}.json"
+
+
+def schedule_prefix(tenant: str | None = None) -> str:
+    return f"{SCHEDULES.name}/{tenant}/" if tenant else f"{SCHEDULES.name}/"

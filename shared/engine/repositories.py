@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from shared.contracts import Checkpoint, Job, Report
-from shared.engine import layout
+from shared.engine import layout, watch
 from shared.engine.job import stamped
 from shared.engine.layout import checkpoint_key
 from shared.engine.updates import update_json
@@ -86,7 +86,17 @@ class JobStore:
                 return None
             return stamped(job)
 
-        return update_json(self.objects, self._key(job_id), change, load=Job.model_validate_json, dump=_dump)
+        written = [False]
+
+        def tracked(job: Job | None) -> Job | None:
+            new = change(job)
+            written[0] = new is not None
+            return new
+
+        result = update_json(self.objects, self._key(job_id), tracked, load=Job.model_validate_json, dump=_dump)
+        if written[0]:
+            watch.notify(job_id)  # the commit path wakes this process's event streams
+        return result
 
     def list_for_tenant(self, tenant: str, *, after: str | None = None) -> Iterator[tuple[str, Job]]:
         """(cursor, job) pairs of the tenant's jobs, newest first, resuming after a cursor."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from pydantic import ValidationError
 
@@ -25,6 +25,7 @@ from agents import research
 from agents.policy import PolicyViolation
 from agents.state import AgentState
 from shared.contracts import (
+    ApprovalRequest,
     Checkpoint,
     DeadLetterNote,
     FailureCause,
@@ -33,9 +34,11 @@ from shared.contracts import (
     Outcome,
     StepMessage,
     Usage,
+    approval_needed,
     utcnow,
 )
 from shared.engine import job as lifecycle
+from shared.engine import outbox
 from shared.engine.backends import Backends
 from shared.engine.ledger import BUDGET_WARNING_RATIO, month_of
 from shared.errors import DependencyUnavailable
@@ -130,6 +133,9 @@ def _record_dead_letter(b: Backends, job_id: str, msg: StepMessage, delivery_cou
 
 
 def _handle(b: Backends, job: Job, msg: StepMessage) -> None:
+    if msg.purpose == "approval_deadline":
+        _approval_deadline(b, job, msg)
+        return
     committed = b.checkpoints.get(job.id, msg.step)
     if committed is not None:
         log.info("step %s already committed; redoing follow-up only", msg.step)
@@ -140,6 +146,9 @@ def _handle(b: Backends, job: Job, msg: StepMessage) -> None:
         raise StepOutOfOrder(f"checkpoint {msg.step - 1} of job {job.id} is missing")
     if previous is not None and previous.outcome is not None:
         settle(b, job, previous)
+        return
+    if previous is not None and _awaits_approval(job, previous):
+        settle(b, job, previous)  # parks the job (again); the step runs once a human decides
         return
     if job.finished:
         log.info("job already %s; step %s not run", job.status, msg.step)
@@ -220,6 +229,7 @@ def _execute(b: Backends, job: Job, msg: StepMessage, previous: Checkpoint | Non
         policy=job.policy,
         count_tokens=b.count_tokens,
         context_budget=b.settings.context_budget_tokens,
+        approval=_approval_after(job, msg.step - 1),
     )
     try:
         result = research.run_step(state, ctx)
@@ -272,10 +282,11 @@ def _reschedule(b: Backends, msg: StepMessage, exc: TransientModelError, *, coun
 
 def settle(b: Backends, job: Job, cp: Checkpoint) -> None:
     """Everything that follows a commit. Idempotent: a redelivery runs it again harmlessly."""
-    if cp.outcome is None:
+    parks = cp.outcome is None and _awaits_approval(job, cp)
+    if cp.outcome is None and not parks:
         nxt = StepMessage(job_id=cp.job_id, step=cp.step + 1)
         b.queue.send(nxt.model_dump_json().encode(), message_id=nxt.message_id)  # first: it is the hot path
-    else:
+    elif cp.outcome is not None:
         state = AgentState.model_validate(cp.state)
         if state.report is not None:
             b.reports.save(cp.job_id, state.report)
@@ -283,12 +294,15 @@ def settle(b: Backends, job: Job, cp: Checkpoint) -> None:
             findings = [c.quote for c in state.report.citations] + state.notes
             b.memory.remember(job.tenant, job.session_id, findings)
     updated = b.jobs.update(job.id, lambda j: lifecycle.apply_checkpoint(j, cp, lambda n: b.checkpoints.get(j.id, n)))
+    if parks:
+        _park(b, job, cp)
     # The ledger holds each job's running total (set, not added). A step that used no tokens leaves
     # it unchanged, unless it ends the job: the final step re-sets it, which also repairs a ledger
     # write lost to a crash after an earlier step's commit.
     if cp.usage.total_tokens or cp.outcome is not None:
         _record_usage(b, job, cp)
     if cp.outcome is not None and updated is not None:
+        job_finished(b, updated)
         log.info(
             "job %s %s after %s steps",
             job.id,
@@ -296,6 +310,74 @@ def settle(b: Backends, job: Job, cp: Checkpoint) -> None:
             cp.step,
             extra={"event": "job_finished", "reason": cp.outcome.error.reason if cp.outcome.error else None},
         )
+
+
+# --- human approval: a parked job holds no worker and no message ----------------------------------
+
+
+def _approval_after(job: Job, step: int) -> ApprovalRequest | None:
+    return next((a for a in job.approvals if a.after_step == step), None)
+
+
+def _pending_calls(cp: Checkpoint) -> list[str]:
+    state = AgentState.model_validate(cp.state)
+    return [c["function"]["name"] for c in state.pending_tool_calls()]
+
+
+def _awaits_approval(job: Job, cp: Checkpoint) -> bool:
+    """Whether step cp.step+1 must wait for a human: its tool calls need approval and none was decided."""
+    if job.policy.approval == "none" or cp.outcome is not None:
+        return False
+    asked = _approval_after(job, cp.step)
+    if asked is not None:
+        return asked.decision is None
+    return bool(approval_needed(job.policy.approval, _pending_calls(cp)))
+
+
+def _park(b: Backends, job: Job, cp: Checkpoint) -> None:
+    """Park the job after cp and schedule the message that ends it if nobody decides in time."""
+    pending = approval_needed(job.policy.approval, _pending_calls(cp))
+    deadline = utcnow() + timedelta(seconds=job.policy.approval_timeout_seconds)
+    parked = b.jobs.update(job.id, lambda j: lifecycle.park(j, cp.step, pending, deadline))
+    asked = _approval_after(parked, cp.step) if parked is not None else None
+    if asked is None or asked.decision is not None:
+        return
+    _send_deadline(b, job.id, cp.step, asked.deadline)
+    log.info(
+        "job %s waits for approval of %s after step %s",
+        job.id,
+        ", ".join(asked.pending),
+        cp.step,
+        extra={"event": "waiting_for_approval"},
+    )
+
+
+def _send_deadline(b: Backends, job_id: str, after_step: int, deadline: datetime) -> None:
+    msg = StepMessage(job_id=job_id, step=after_step + 1, purpose="approval_deadline")
+    # A fresh id per deadline: the broker's duplicate window may be shorter than the wait.
+    b.queue.send(
+        msg.model_dump_json().encode(),
+        message_id=f"{msg.message_id}:deadline:{int(deadline.timestamp())}",
+        scheduled_at=deadline,
+    )
+
+
+def _approval_deadline(b: Backends, job: Job, msg: StepMessage) -> None:
+    asked = _approval_after(job, msg.step - 1)
+    if asked is None or asked.decision is not None or job.finished:
+        return  # decided (or ended) meanwhile: nothing to do
+    if utcnow() < asked.deadline:  # early (clock skew between instances): look again at the deadline
+        _send_deadline(b, job.id, asked.after_step, asked.deadline)
+        return
+    ended = b.jobs.update(job.id, lambda j: lifecycle.expire_approval(j, asked.after_step))
+    if ended is not None and ended.finished:
+        log.warning("job %s timed out waiting for approval", job.id, extra={"event": "approval_timeout"})
+        job_finished(b, ended)
+
+
+def job_finished(b: Backends, job: Job) -> None:
+    """What follows any ending of a job: announce it on the webhook outbox."""
+    outbox.announce(b, job)
 
 
 def _record_usage(b: Backends, job: Job, cp: Checkpoint) -> None:

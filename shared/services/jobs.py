@@ -17,6 +17,7 @@ from shared.engine.backends import Backends
 from shared.engine.ledger import month_of
 from shared.errors import Conflict, NotFound, TooManyRequests
 from shared.ports import PreconditionFailed
+from shared.services import webhooks
 
 
 class JobRequest(BaseModel):
@@ -27,6 +28,12 @@ class JobRequest(BaseModel):
         None, pattern=r"^[A-Za-z0-9_\-.]{1,100}$", description="Jobs of one session share short-term memory."
     )
     policy: PolicyOverrides | None = Field(None, description="Narrows the tenant's policy for this job.")
+    callback_url: str | None = Field(
+        None,
+        max_length=2000,
+        description="Signed webhooks (job.report_ready, job.succeeded|failed|cancelled) go here; the host must be on "
+        "the tenant's allow-list. Without it, the tenant's default URL, if any.",
+    )
 
     @field_validator("task")
     @classmethod
@@ -77,8 +84,17 @@ def _enqueue_first_step(b: Backends, job: Job) -> None:
     b.queue.send(first.model_dump_json().encode(), message_id=first.message_id)
 
 
-def submit(b: Backends, tenant: str, request: JobRequest, idempotency_key: str | None = None) -> tuple[Job, bool]:
+def submit(
+    b: Backends,
+    tenant: str,
+    request: JobRequest,
+    idempotency_key: str | None = None,
+    *,
+    schedule_id: str | None = None,
+) -> tuple[Job, bool]:
     """Create and enqueue a job; (job, created). A replayed Idempotency-Key returns the first job."""
+    if request.callback_url:
+        webhooks.check_callback(b.settings, tenant, request.callback_url)
     limits = tenant_limits(b.settings.policy_defaults, b.settings.tenant_policies.get(tenant))
     policy = resolve(limits, request.policy)
     budget = b.settings.budget_for(tenant)
@@ -101,16 +117,25 @@ def submit(b: Backends, tenant: str, request: JobRequest, idempotency_key: str |
                 raise IdempotencyConflict("this Idempotency-Key was used with a different request body") from None
             job = b.jobs.get(earlier["job_id"])
             if job is None:  # the first attempt died between its two writes: finish its work
-                job = _create(b, earlier["job_id"], tenant, request, policy, idempotency_key)
+                job = _create(b, earlier["job_id"], tenant, request, policy, idempotency_key, schedule_id)
             elif job.status == "queued" and job.step == 0:
                 _enqueue_first_step(b, job)  # duplicate detection drops it if it was sent
             return job, False
-    return _create(b, job_id, tenant, request, policy, idempotency_key), True
+    return _create(b, job_id, tenant, request, policy, idempotency_key, schedule_id), True
 
 
-def _create(b: Backends, job_id: str, tenant: str, request: JobRequest, policy, key: str | None) -> Job:  # type: ignore[no-untyped-def]
+def _create(  # type: ignore[no-untyped-def]
+    b: Backends, job_id: str, tenant: str, request: JobRequest, policy, key: str | None, schedule_id: str | None
+) -> Job:
     job = Job(
-        id=job_id, tenant=tenant, task=request.task, session_id=request.session_id, policy=policy, idempotency_key=key
+        id=job_id,
+        tenant=tenant,
+        task=request.task,
+        session_id=request.session_id,
+        policy=policy,
+        idempotency_key=key,
+        callback_url=request.callback_url,
+        schedule_id=schedule_id,
     )
     b.jobs.create(job)
     _enqueue_first_step(b, job)

@@ -27,7 +27,13 @@ from tests.fixtures.scripted_openai import ScriptedOpenAI
 
 QUIET_TIMERS = {
     name: "0 0 0 1 1 *"
-    for name in ("BACKUP_SCHEDULE", "DLQ_SWEEP_SCHEDULE", "WEEKLY_CHECKS_SCHEDULE", "RETENTION_SCHEDULE")
+    for name in (
+        "BACKUP_SCHEDULE",
+        "DLQ_SWEEP_SCHEDULE",
+        "WEEKLY_CHECKS_SCHEDULE",
+        "RETENTION_SCHEDULE",
+        "SCHEDULES_SCHEDULE",
+    )
 }
 RUNBOOKS = [ROOT / "docs" / "runbook.md", ROOT / "docs" / "runbook.ja.md"]
 

@@ -315,6 +315,7 @@ def test_app_settings_are_the_ones_the_app_reads(main: Template) -> None:
         "DLQ_SWEEP_SCHEDULE",
         "WEEKLY_CHECKS_SCHEDULE",
         "RETENTION_SCHEDULE",
+        "SCHEDULES_SCHEDULE",
     ):
         assert name in settings, f"app setting {name} is missing"
     assert settings["APP_ENV"] == "production"
