@@ -43,18 +43,23 @@ def decide(
     only re-does its idempotent follow-up). A different decision after the first is a conflict.
     """
     job = jobs.get(b, tenant, job_id)
-    updated = b.jobs.update(job_id, lambda j: lifecycle.decide(j, decision, comment, by))
-    if updated is None:  # nothing was pending: a repeat, a late one, or a job that never waited
-        updated = b.jobs.get(job_id) or job
+    won = [False]
+
+    def transition(j: Job) -> bool:
+        won[0] = lifecycle.decide(j, decision, comment, by)
+        return won[0]
+
+    updated = b.jobs.update(job_id, transition) or job
+    if not won[0]:  # nothing was pending: a repeat, a late one, or a job that never waited
         last = updated.approvals[-1] if updated.approvals else None
         if last is None:
             raise NotWaiting(updated, "it is not waiting for approval")
-        if updated.finished:
-            raise NotWaiting(updated, f"it ended ({updated.error.reason if updated.error else updated.status})")
         if last.decision != decision:
+            if updated.finished:
+                raise NotWaiting(updated, f"it ended ({updated.error.reason if updated.error else updated.status})")
             raise NotWaiting(updated, f"the approval after step {last.after_step} was already {last.decision}")
     asked = updated.approvals[-1]
-    if updated.step == asked.after_step:  # the next step has not committed yet: (re-)send it
+    if updated.step == asked.after_step and not updated.finished:  # the next step has not committed yet: (re-)send it
         nxt = StepMessage(job_id=job_id, step=asked.after_step + 1)
         b.queue.send(nxt.model_dump_json().encode(), message_id=nxt.message_id)
     return updated
