@@ -1,4 +1,5 @@
-"""`make demo`: start the embedded runtime, ingest samples/, ask questions over REST, print cited reports.
+"""`make demo`: start the embedded runtime, ingest samples/, ask questions over REST, follow each job's
+progress events as they happen (Server-Sent Events), print cited reports.
 
 Everything goes through the public REST API, as a real caller would do it. The runtime's state and
 log stay in .data/demo/ (cleared at the next run) so a failure can be looked at after the demo exits.
@@ -22,6 +23,8 @@ from rich.markdown import Markdown
 from rich.markup import escape
 from rich.panel import Panel
 
+from shared.cli.output import CliError
+from shared.cli.watch import TERMINAL, describe, follow_sse
 from shared.settings import DEV_API_KEY, Settings, get_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -155,21 +158,11 @@ def run_job(client: httpx.Client, question: str) -> None:
     r.raise_for_status()
     job = r.json()
     console.print(f"submitted [cyan]{job['id']}[/] -> {r.headers['Location']}")
-    shown_steps = 0
-    deadline = time.monotonic() + JOB_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        job = client.get(f"/api/jobs/{job['id']}").json()
-        for p in job["progress"][shown_steps:]:
-            console.print(
-                f"  step {p['step']:>2} [dim]{p['kind']:<8}[/] {escape(p['summary'])} "
-                f"[dim]({p['duration_ms']:.0f} ms)[/]"
-            )
-        shown_steps = len(job["progress"])
-        if job["status"] in ("succeeded", "failed", "cancelled"):
-            break
-        time.sleep(0.05)
-    else:
-        raise DemoFailed(f"job {job['id']} did not finish within {JOB_TIMEOUT_SECONDS} s (status {job['status']})")
+    # Follow the job's progress events (Server-Sent Events; a dropped connection resumes after the last one).
+    for event in follow_sse(client, job["id"], timeout=JOB_TIMEOUT_SECONDS):
+        if event["type"] not in TERMINAL:
+            console.print(describe(event))
+    job = client.get(f"/api/jobs/{job['id']}").json()
     reason = f" ({escape(job['error']['reason'])})" if job.get("error") else ""
     console.print(f"status: [bold]{job['status']}[/]{reason}")
     if job["status"] != "succeeded":
@@ -224,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
             ingest(client)
             for question in QUESTIONS:
                 run_job(client, question)
-    except (DemoFailed, httpx.HTTPError) as exc:
+    except (DemoFailed, CliError, httpx.HTTPError) as exc:
         failure = str(exc)
     finally:
         proc.send_signal(signal.SIGTERM)

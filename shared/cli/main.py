@@ -23,6 +23,8 @@ from shared.cli.logs import kql_command, logs
 from shared.cli.maintenance import backup_app, checks_app, restore, retention_app, sweep
 from shared.cli.output import JsonOpt, emit, report_error, state, table
 from shared.cli.usage import usage
+from shared.cli.watch import jobs_watch
+from shared.cli.webhooks import webhooks_app
 
 
 class _Agentctl(typer.Typer):
@@ -111,7 +113,9 @@ def health(as_json: JsonOpt = False) -> None:
 
 app.add_typer(queue_app, name="queue")
 app.add_typer(dlq_app, name="dlq")
+jobs_app.command("watch")(jobs_watch)
 app.add_typer(jobs_app, name="jobs")
+app.add_typer(webhooks_app, name="webhooks")
 app.command()(usage)
 app.add_typer(backup_app, name="backup")
 app.command()(restore)
