@@ -14,7 +14,7 @@ STATUSES = ("pending", "delivered", "dead")
 
 @webhooks_app.command("list")
 def webhooks_list(
-    status: Annotated[str | None, typer.Option(help="Only deliveries in this status: pending, delivered, dead.")] = None,
+    status: Annotated[str | None, typer.Option(help="Only this status: pending, delivered, dead.")] = None,
     tenant: Annotated[str | None, typer.Option(help="Only this tenant's deliveries.")] = None,
     as_json: JsonOpt = False,
 ) -> None:

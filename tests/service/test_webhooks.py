@@ -126,7 +126,6 @@ def test_timeouts_and_retry_after_are_honoured_then_it_gives_up_with_the_reason(
 def test_rotated_keys_both_sign_so_a_receiver_with_either_verifies(
     hooks_env: dict[str, str], backends: Backends, api: TestClient, webhook_receiver: Callable[..., Receiver]
 ) -> None:
-    hooks_env["WEBHOOK_TENANTS"] = json.dumps({"dev": {"allowed_hosts": ["127.0.0.1"], "secrets": [NEW_SECRET, SECRET]}})
     backends.settings.webhook_tenants["dev"].secrets = [NEW_SECRET, SECRET]
     old_receiver = webhook_receiver(secrets=[SECRET])
     job_id = run_job(backends, api, old_receiver.url)
