@@ -137,7 +137,11 @@ def _create(  # type: ignore[no-untyped-def]
         callback_url=request.callback_url,
         schedule_id=schedule_id,
     )
-    b.jobs.create(job)
+    try:
+        b.jobs.create(job)
+    except PreconditionFailed:
+        # A concurrent submit with the same Idempotency-Key (two schedule firings) created it first.
+        job = b.jobs.get(job_id) or job
     _enqueue_first_step(b, job)
     return job
 

@@ -203,6 +203,13 @@ def _fire(b: Backends, schedule: Schedule, due: datetime) -> str | None:
                 due.isoformat(),
                 extra={"event": "schedule_fired", "tenant": schedule.tenant, "job_id": job.id},
             )
+        else:
+            log.info(
+                "schedule %s: %s was submitted already (another instance fired too)",
+                schedule.id,
+                due.isoformat(),
+                extra={"event": "schedule_already_fired", "tenant": schedule.tenant, "job_id": job.id},
+            )
     except ServiceError as exc:  # e.g. the budget is spent: the occurrence is skipped with its reason
         error = f"{due.isoformat()}: {exc}"
         log.warning(
