@@ -11,7 +11,9 @@ import pytest
 from tests.e2e.test_e2e_runtime import ingest
 
 pytestmark = pytest.mark.slow
-QUIET = {n: "0 0 0 1 1 *" for n in ("BACKUP_SCHEDULE", "DLQ_SWEEP_SCHEDULE", "WEEKLY_CHECKS_SCHEDULE", "RETENTION_SCHEDULE")}
+QUIET = {
+    n: "0 0 0 1 1 *" for n in ("BACKUP_SCHEDULE", "DLQ_SWEEP_SCHEDULE", "WEEKLY_CHECKS_SCHEDULE", "RETENTION_SCHEDULE")
+}
 
 
 def test_two_runtimes_firing_together_make_one_job_per_occurrence(runtime, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -34,9 +34,7 @@ def scheduled_jobs(b: Backends, schedule_id: str) -> list:  # type: ignore[type-
     return [j for j in b.jobs.all() if j.schedule_id == schedule_id]
 
 
-@pytest.mark.parametrize(
-    "cron", ["0 * * * *", "61 * * * * *", "every day", "* * * * * *", "*/10 * * * * *"]
-)
+@pytest.mark.parametrize("cron", ["0 * * * *", "61 * * * * *", "every day", "* * * * * *", "*/10 * * * * *"])
 def test_cron_must_be_six_field_ncrontab_and_not_too_frequent(keys: None, api: TestClient, cron: str) -> None:
     r = api.post("/api/schedules", json={"cron": cron, "task": "x"})
     assert r.status_code == 422, r.text
