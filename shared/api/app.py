@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
+from starlette.routing import Route
 
 from shared.api import (
     problems,
@@ -15,6 +18,7 @@ from shared.api import (
     routes_schedules,
 )
 from shared.api.deps import BackendsDep, BackendsSource
+from shared.api.mcp_server import MCP_PATH, McpEndpoint
 from shared.api.security import BodySizeLimit
 from shared.engine.backends import Backends
 from shared.observability import metrics
@@ -48,6 +52,8 @@ def create_api(backends: BackendsSource, settings: Settings | None = None) -> Fa
     api.include_router(routes_jobs.router)
     api.include_router(routes_events.router)
     api.include_router(routes_schedules.router)
+    # MCP (streamable HTTP) beside the REST routes: same app, same keys, same tenant scope.
+    api.router.routes.append(Route(MCP_PATH, McpEndpoint(), methods=["GET", "POST", "DELETE"], include_in_schema=False))
     api.include_router(routes_documents.router)
     api.include_router(routes_metrics.router)
     api.include_router(routes_admin.router)
@@ -57,6 +63,36 @@ def create_api(backends: BackendsSource, settings: Settings | None = None) -> Fa
         result = health.check(b)
         return JSONResponse(result, status_code=200 if result["status"] == "ok" else 503)
 
+    _document_mcp(api)
     api.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     api.add_middleware(metrics.RequestMetrics)  # outermost: a 413 is a request too
     return api
+
+
+MCP_DOC = """Model Context Protocol, streamable HTTP transport (JSON-RPC 2.0 over POST; stateless, JSON responses).
+Tools: submit_research, get_job, get_report, search_knowledge; resources: report://{job_id}. Authenticate
+with the same API key as REST; the key's tenant scopes every call. See docs/mcp.md."""
+
+
+def _document_mcp(api: FastAPI) -> None:
+    """Put /api/mcp (a raw ASGI route, outside FastAPI's routing) into the OpenAPI document."""
+    build = api.openapi
+
+    def openapi() -> dict[str, Any]:
+        if api.openapi_schema is None:
+            schema = build()
+            operation = {
+                "tags": ["mcp"],
+                "summary": "MCP server (streamable HTTP): tools and report resources",
+                "description": MCP_DOC,
+                "requestBody": {"content": {"application/json": {"schema": {"type": "object"}}}},
+                "responses": {
+                    "200": {"description": "JSON-RPC response", "content": {"application/json": {}}},
+                    "401": {"description": "No or invalid API key (problem details)"},
+                },
+            }
+            schema["paths"][MCP_PATH] = {"post": {**operation, "operationId": "mcp_post"}}
+            api.openapi_schema = schema
+        return api.openapi_schema
+
+    api.openapi = openapi  # type: ignore[method-assign]

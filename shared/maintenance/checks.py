@@ -208,7 +208,8 @@ def build_report(b: Backends, now: datetime) -> OpsReport:
         if job.finished:
             if job.finished_at is not None and start <= job.finished_at <= now:
                 finished.append(job)
-        elif now - _last_progress(job) > stale_after:
+        elif job.status != "waiting_for_approval" and now - _last_progress(job) > stale_after:
+            # A job parked for approval is idle by design (its deadline ends it); it is not stale.
             idle = (now - _last_progress(job)).total_seconds() / 60
             stale.append(
                 StaleJob(
