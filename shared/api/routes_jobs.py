@@ -73,7 +73,8 @@ def cancel_job(job_id: str, caller: CallerDep, b: BackendsDep) -> Job:
     "409 when the job is not waiting (timed out, cancelled) or was rejected.",
 )
 def approve_job(job_id: str, caller: CallerDep, b: BackendsDep, body: approvals.Decision | None = None) -> Job:
-    return approvals.decide(b, caller.tenant, job_id, "approved", body.comment if body else None, caller.key_id)
+    body = body or approvals.Decision()
+    return approvals.decide(b, caller.tenant, job_id, "approved", body.comment, caller.key_id, body.after_step)
 
 
 @router.post(
@@ -82,7 +83,8 @@ def approve_job(job_id: str, caller: CallerDep, b: BackendsDep, body: approvals.
     summary="Reject what a waiting job waits for; the agent is told (with the comment) and goes on without it",
 )
 def reject_job(job_id: str, caller: CallerDep, b: BackendsDep, body: approvals.Decision | None = None) -> Job:
-    return approvals.decide(b, caller.tenant, job_id, "rejected", body.comment if body else None, caller.key_id)
+    body = body or approvals.Decision()
+    return approvals.decide(b, caller.tenant, job_id, "rejected", body.comment, caller.key_id, body.after_step)
 
 
 @router.get(

@@ -219,6 +219,7 @@ def backoff(settings: Settings, attempt: int, retry_after: float | None) -> floa
 
 def _post(settings: Settings, delivery: Delivery, secrets: list[str]) -> tuple[int | None, str | None, float | None]:
     """(status code, error, retry-after) of one POST to the checked address."""
+    check_callback(settings, delivery.tenant, delivery.url)  # the allow-list may have changed since submit
     address = resolve_checked(settings, delivery.url)
     parts = urlsplit(delivery.url)
     host = parts.hostname or ""

@@ -85,7 +85,13 @@ def test_reject_tells_the_agent_as_data_and_the_loop_can_be_approved_next_time(
         second = wait_for(
             lambda: (j := backends.jobs.get(job_id)) is not None and len(j.approvals) == 2 and j.pending_approval and j
         )
-        assert api.post(f"/api/jobs/{job_id}/approve").status_code == 200
+        # A retried request for the first approval never decides the second (the loop bug of other frameworks).
+        stale = {"comment": comment, "after_step": first.step}
+        assert api.post(f"/api/jobs/{job_id}/reject", json=stale).status_code == 200  # same decision: a replay
+        assert api.post(f"/api/jobs/{job_id}/approve", json={"after_step": first.step}).status_code == 409
+        assert backends.jobs.get(job_id).pending_approval is not None  # type: ignore[union-attr]
+        later = second.approvals[-1].after_step
+        assert api.post(f"/api/jobs/{job_id}/approve", json={"after_step": later}).status_code == 200
         done = state_of(backends, job_id, "succeeded")
     cp = backends.checkpoints.get(job_id, first.step + 1)
     assert cp is not None
