@@ -1,5 +1,6 @@
 """A job's progress as a numbered list of events, derived from its record (itself a projection of the
-job's checkpoints): nothing is written for an event, so nothing can be lost or told twice.
+job's checkpoints) and its newest checkpoint: nothing is written for an event, so nothing can be lost
+or told twice.
 
 Event n of a job is always the same event: the record only grows at its end (steps are appended in
 order, approvals after the step they follow, the ending last), so the numbering is stable and a
@@ -13,8 +14,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from shared.contracts import Job
+from shared.contracts import Checkpoint, Job
 from shared.engine.backends import Backends
+from shared.engine.job import summary
 from shared.services import jobs
 
 __all__ = ["EventPage", "JobEvent", "derive", "page"]
@@ -43,10 +45,18 @@ class EventPage(BaseModel):
     ended: bool = Field(description="True when the terminal event is in this page or before it: nothing follows.")
 
 
-def derive(job: Job) -> list[JobEvent]:
-    """Every event of the job so far, numbered from 1."""
+def derive(job: Job, committed: Checkpoint | None = None) -> list[JobEvent]:
+    """Every event of the job so far, numbered from 1.
+
+    `committed` is checkpoint job.step+1 when it is committed but not yet folded into the record
+    (the projection follows the commit by a moment, or a crash delayed it): its step event comes
+    now, at the place the record will give it.
+    """
     out: list[tuple[str, datetime, dict[str, Any]]] = [("queued", job.created_at, {"task": job.task})]
-    for p in job.progress:
+    progress = list(job.progress)
+    if committed is not None and committed.step == job.step + 1 and not job.finished and not job.pending_approval:
+        progress.append(summary(committed))
+    for p in progress:
         if job.finished and job.finished_at is not None and p.at > job.finished_at:
             continue  # committed after the job was ended out of band: not part of its story
         out.append(("step", p.at, p.model_dump(mode="json")))
@@ -74,7 +84,9 @@ def derive(job: Job) -> list[JobEvent]:
 def page(b: Backends, tenant: str, job_id: str, after: int = 0, limit: int = 1000) -> EventPage:
     """The tenant's job's events after `after` (JobNotFound for another tenant's job)."""
     job = jobs.get(b, tenant, job_id)
-    every = derive(job)
+    # The next checkpoint, if committed, shows a step the record has not projected yet (another process's commit).
+    ahead = None if job.finished else b.checkpoints.get(job.id, job.step + 1)
+    every = derive(job, ahead)
     chosen = [e for e in every if e.id > after][:limit]
     last = chosen[-1].id if chosen else max(after, 0)
     return EventPage(
