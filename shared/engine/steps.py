@@ -352,14 +352,11 @@ def _park(b: Backends, job: Job, cp: Checkpoint) -> None:
     )
 
 
-def _send_deadline(b: Backends, job_id: str, after_step: int, deadline: datetime) -> None:
+def _send_deadline(b: Backends, job_id: str, after_step: int, deadline: datetime, *, again: bool = False) -> None:
     msg = StepMessage(job_id=job_id, step=after_step + 1, purpose="approval_deadline")
-    # A fresh id per deadline: the broker's duplicate window may be shorter than the wait.
-    b.queue.send(
-        msg.model_dump_json().encode(),
-        message_id=f"{msg.message_id}:deadline:{int(deadline.timestamp())}",
-        scheduled_at=deadline,
-    )
+    # One id per deadline, so a re-parked redelivery does not add a second; a deliberate resend needs its own.
+    message_id = f"{msg.message_id}:deadline:{int(deadline.timestamp())}" + (f":{time.time_ns()}" if again else "")
+    b.queue.send(msg.model_dump_json().encode(), message_id=message_id, scheduled_at=deadline)
 
 
 def _approval_deadline(b: Backends, job: Job, msg: StepMessage) -> None:
@@ -367,7 +364,7 @@ def _approval_deadline(b: Backends, job: Job, msg: StepMessage) -> None:
     if asked is None or asked.decision is not None or job.finished:
         return  # decided (or ended) meanwhile: nothing to do
     if utcnow() < asked.deadline:  # early (clock skew between instances): look again at the deadline
-        _send_deadline(b, job.id, asked.after_step, asked.deadline)
+        _send_deadline(b, job.id, asked.after_step, asked.deadline, again=True)
         return
     ended = b.jobs.update(job.id, lambda j: lifecycle.expire_approval(j, asked.after_step))
     if ended is not None and ended.finished:

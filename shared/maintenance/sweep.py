@@ -43,6 +43,7 @@ from shared.contracts import (
     utcnow,
 )
 from shared.engine import job as lifecycle
+from shared.engine import outbox
 from shared.engine.backends import Backends
 from shared.maintenance.lease import exclusive
 from shared.maintenance.resubmissions import (
@@ -206,6 +207,22 @@ def handle_dead_letter(b: Backends, message: QueueMessage, *, operator: bool = F
     operator=True re-submits whatever the cause; a finished job then raises JobNotResubmittable.
     """
     seen = DeadLetterAction(message_id=message.message_id, sequence_number=message.sequence_number, action="dropped")
+    if b'"webhook"' in message.body:
+        try:
+            webhook = outbox.WebhookMessage.model_validate_json(message.body)
+        except ValidationError:
+            webhook = None
+        if webhook is not None:
+            # A delivery attempt that could not even run (storage down): send it again under a new id; its
+            # delivery record decides whether the attempt is still due, so a repeat is harmless.
+            b.queue.send(message.body, message_id=f"{message.message_id}:s{time.time_ns()}")
+            b.queue.complete_dead_letter(message)
+            log.warning(
+                "dead-lettered webhook attempt %s sent again",
+                message.message_id,
+                extra={"event": "dead_letter_webhook_resent", "job_id": webhook.job_id},
+            )
+            return seen.model_copy(update={"job_id": webhook.job_id, "action": "resubmitted", "detail": "webhook"})
     try:
         msg = StepMessage.model_validate_json(message.body)
     except ValidationError:
@@ -247,6 +264,8 @@ def handle_dead_letter(b: Backends, message: QueueMessage, *, operator: bool = F
             again = StepMessage(job_id=job.id, step=msg.step, origin=entry.message_id)
             b.queue.send(again.model_dump_json().encode(), message_id=entry.message_id)
         updated = b.jobs.update(job.id, _project(entry, history)) or job
+        if updated.finished:
+            outbox.announce(b, updated)  # ended here, out of band: its webhooks go out as for any ending
         b.queue.complete_dead_letter(message)
         level = logging.WARNING if entry.action in ("failed", "cancelled") else logging.INFO
         log.log(

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from agents.policy import resolve, tenant_limits
 from shared.contracts import Job, JobStatus, PolicyOverrides, Report, StepMessage, utcnow
 from shared.engine import job as lifecycle
-from shared.engine import layout
+from shared.engine import layout, outbox
 from shared.engine.backends import Backends
 from shared.engine.ledger import month_of
 from shared.errors import Conflict, NotFound, TooManyRequests
@@ -185,7 +185,10 @@ def cancel(b: Backends, tenant: str, job_id: str) -> Job:
     job = get(b, tenant, job_id)
     if job.finished:
         raise JobAlreadyFinished(job)
-    return b.jobs.update(job_id, lifecycle.request_cancel) or job
+    updated = b.jobs.update(job_id, lifecycle.request_cancel) or job
+    if updated.finished:  # a job parked for approval ends at once
+        outbox.announce(b, updated)
+    return updated
 
 
 def report(b: Backends, tenant: str, job_id: str) -> tuple[Job, Report]:

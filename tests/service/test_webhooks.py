@@ -149,3 +149,20 @@ def test_callback_hosts_are_allow_listed_and_checked_after_dns(
     deliveries = settled(backends, job_id)
     assert all(d.status == "dead" and "loopback" in (d.dead_reason or "") for d in deliveries)
     assert receiver.requests == []
+
+
+def test_a_dead_lettered_delivery_attempt_is_sent_again_by_the_sweep_not_dropped(backends: Backends) -> None:
+    from shared.engine.outbox import WebhookMessage
+    from shared.maintenance.sweep import sweep_dead_letters
+
+    body = WebhookMessage(webhook="job-x.job.succeeded", job_id="job-x", event="job.succeeded").model_dump_json()
+    backends.queue.send(body.encode(), message_id="webhook:job-x.job.succeeded:a1")
+    for _ in range(backends.settings.queue_max_delivery_count):
+        [m] = backends.queue.receive(1)  # type: ignore[attr-defined]
+        backends.queue.abandon(m)  # type: ignore[attr-defined]
+    assert backends.queue.counts().dead_lettered == 1
+    sweep_dead_letters(backends)
+    counts = backends.queue.counts()
+    assert (counts.dead_lettered, counts.active) == (0, 1)
+    [again] = backends.queue.receive(1)  # type: ignore[attr-defined]
+    assert again.body == body.encode() and again.message_id != "webhook:job-x.job.succeeded:a1"
