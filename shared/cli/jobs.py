@@ -219,6 +219,8 @@ def jobs_show(job_id: str, as_json: JsonOpt = False) -> None:
             ["dead letter", j.get("dead_letter")],
             ["resubmissions", j.get("resubmissions")],
             ["cancel requested", j.get("cancel_requested")],
+            ["waiting for", (j.get("approvals") or [{}])[-1].get("pending") if j["status"] == "waiting_for_approval" else None],
+            ["callback", j.get("callback_url")],
             ["created", j["created_at"]],
             ["finished", j.get("finished_at")],
             ["checkpoints", data["checkpoints"]],
