@@ -208,6 +208,8 @@ def jobs_show(job_id: str, as_json: JsonOpt = False) -> None:
 
     def render(data: dict[str, Any]) -> None:
         j = data["job"]
+        parked = j["status"] == "waiting_for_approval" and j.get("approvals")
+        waiting = j["approvals"][-1]["pending"] if parked else None
         fields = [
             ["id", j["id"]],
             ["tenant", j["tenant"]],
@@ -219,7 +221,7 @@ def jobs_show(job_id: str, as_json: JsonOpt = False) -> None:
             ["dead letter", j.get("dead_letter")],
             ["resubmissions", j.get("resubmissions")],
             ["cancel requested", j.get("cancel_requested")],
-            ["waiting for", (j.get("approvals") or [{}])[-1].get("pending") if j["status"] == "waiting_for_approval" else None],
+            ["waiting for", waiting],
             ["callback", j.get("callback_url")],
             ["created", j["created_at"]],
             ["finished", j.get("finished_at")],
