@@ -44,6 +44,7 @@ bench: $(STAMP)
 	$(PY) bench/steps.py
 	$(PY) bench/search.py
 	$(PY) bench/api.py
+	$(PY) bench/events.py
 
 # Style, types, and the import contract (imports only go down; see docs/architecture.md).
 lint: $(STAMP)
