@@ -157,6 +157,14 @@ class Settings(BaseSettings):
             return json.loads(value) if value.strip() else {}
         return value
 
+    @field_validator("webhook_allowed_networks", mode="before")
+    @classmethod
+    def _json_list(cls, value: Any) -> Any:
+        # The environment source decodes JSON itself; settings given by name (local.settings.json, tests) may not.
+        if isinstance(value, str):
+            return json.loads(value) if value.strip() else []
+        return value
+
     @property
     def runtime_log_path(self) -> Path:
         """The embedded runtime's JSON-lines log, which `agentctl logs` reads."""

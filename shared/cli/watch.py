@@ -17,7 +17,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from shared.cli.output import CliError, JsonOpt, backends, console, emit
+from shared.cli.context import backends
+from shared.cli.output import CliError, JsonOpt, console, emit
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 RECONNECT_PAUSE_SECONDS = 0.5

@@ -6,7 +6,8 @@ from typing import Annotated, Any
 
 import typer
 
-from shared.cli.output import CliError, JsonOpt, backends, emit, fields, table
+from shared.cli.context import backends
+from shared.cli.output import CliError, JsonOpt, emit, fields, table
 
 webhooks_app = typer.Typer(help="Signed webhook deliveries: list, redeliver.", no_args_is_help=True)
 STATUSES = ("pending", "delivered", "dead")

@@ -23,6 +23,8 @@ var containers = [
   'idempotency'
   'tenants'
   'resubmissions'
+  'webhooks'
+  'schedules'
   'ops'
   deploymentContainer
 ]
