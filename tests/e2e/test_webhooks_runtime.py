@@ -36,6 +36,11 @@ def test_receiver_failing_three_times_gets_one_accepted_signed_delivery_per_even
     watched = run_cli("jobs", "watch", job_id, "--url", rt.url, data_dir=data_dir, json_output=False)
     assert watched.code == 0, watched.stderr
     assert "succeeded" in watched.stdout and "step  1" in watched.stdout and "report ready" in watched.stdout
+    # Without --url the same events come from the data directory (what an operator next to the runtime has).
+    direct = run_cli("jobs", "watch", job_id, data_dir=data_dir)
+    assert direct.code == 0, direct.stderr
+    assert [e["type"] for e in direct.data][0] == "queued" and direct.data[-1]["type"] == "succeeded"
+    assert [e["id"] for e in direct.data] == list(range(1, len(direct.data) + 1))
 
     wait_for(lambda: len(receiver.accepted) == 2, timeout=30)
     listed = run_cli("webhooks", "list", data_dir=data_dir, env=env)
