@@ -78,7 +78,7 @@ def derive(job: Job, committed: Checkpoint | None = None) -> list[JobEvent]:
             out.append(("report_ready", at, {"report": f"/api/jobs/{job.id}/report"}))
         error = job.error.model_dump() if job.error else None
         out.append((job.status, at, {"error": error, "step": job.step, "usage": job.usage.model_dump()}))
-    return [JobEvent(id=n, type=t, at=at, data=data) for n, (t, at, data) in enumerate(out, start=1)]  # type: ignore[arg-type]
+    return [JobEvent(id=n, type=t, at=at, data=data) for n, (t, at, data) in enumerate(out, start=1)]
 
 
 def page(b: Backends, tenant: str, job_id: str, after: int = 0, limit: int = 1000) -> EventPage:

@@ -211,10 +211,11 @@ def _retry_after(response: httpx.Response) -> float | None:
 def backoff(settings: Settings, attempt: int, retry_after: float | None) -> float:
     """Seconds before attempt+1: exponential with jitter (half to full), at least Retry-After, capped."""
     exponential = settings.webhook_retry_base_seconds * 2 ** (attempt - 1)
-    delay = min(exponential, settings.webhook_max_backoff_seconds) * random.uniform(0.5, 1.0)  # noqa: S311
+    cap = float(settings.webhook_max_backoff_seconds)
+    delay = min(float(exponential), cap) * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not secrecy
     if retry_after is not None:
         delay = max(delay, retry_after)
-    return min(delay, settings.webhook_max_backoff_seconds)
+    return min(delay, cap)
 
 
 def _post(settings: Settings, delivery: Delivery, secrets: list[str]) -> tuple[int | None, str | None, float | None]:
