@@ -22,6 +22,7 @@ from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ResourceNotFoundError, ToolError
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
+from mcp_types import Resource as MCPResource
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
@@ -35,6 +36,7 @@ from shared.services import jobs
 __all__ = ["MCP_PATH", "McpEndpoint", "build_server"]
 
 MCP_PATH = "/api/mcp"
+LISTED_REPORTS = 50  # resources/list shows the newest finished reports; any other is readable by its URI
 T = TypeVar("T")
 
 
@@ -67,9 +69,32 @@ async def _call(fn: Callable[..., T], *args: Any) -> T:
         raise ToolError(f"{error.title}: {error.detail} (fix: {error.fix})") from error
 
 
+class _ReportServer(MCPServer):
+    """Lists a resource per finished report of the caller's tenant (newest first) beside the static ones."""
+
+    async def list_resources(self) -> list[MCPResource]:
+        listed = await super().list_resources()
+        r = _who()
+        page = await anyio.to_thread.run_sync(
+            lambda: jobs.list_jobs(r.b, r.caller.tenant, status="succeeded", limit=LISTED_REPORTS, cursor=None)
+        )
+        return listed + [
+            MCPResource(
+                uri=f"report://{job.id}",
+                name=job.id,
+                title=job.task[:120],
+                description=f"Cited report of {job.id}, finished {job.finished_at:%Y-%m-%d %H:%M} UTC"
+                if job.finished_at
+                else f"Cited report of {job.id}",
+                mime_type="text/markdown",
+            )
+            for job in page.jobs
+        ]
+
+
 def build_server() -> MCPServer:
     """The MCP server and its tools; each call runs for the caller of the HTTP request that carries it."""
-    server = MCPServer(
+    server = _ReportServer(
         name="agent-framework",
         instructions=(
             "Submit research questions with submit_research, follow them with get_job, read the cited "

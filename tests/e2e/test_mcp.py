@@ -47,16 +47,20 @@ async def research(url: str) -> dict[str, Any]:
         report = structured(await mcp.call_tool("get_report", {"job_id": job["id"]}))
         resource = await mcp.read_resource(f"report://{job['id']}")
         templates = await mcp.list_resource_templates()
+        listed = await mcp.list_resources()
     async with client(url, "key-acme") as other:
         foreign = await other.call_tool("get_job", {"job_id": job["id"]})
         foreign_report = await other.call_tool("get_report", {"job_id": job["id"]})
+        foreign_listed = await other.list_resources()
     return {
         "job": job,
         "report": report,
         "resource": resource,
         "templates": templates,
+        "listed": listed,
         "foreign": foreign,
         "foreign_report": foreign_report,
+        "foreign_listed": foreign_listed,
     }
 
 
@@ -75,8 +79,10 @@ def test_mcp_client_submits_a_job_and_reads_its_cited_report(runtime) -> None:  
     [text] = out["resource"].contents
     assert text.text == same and text.mime_type == "text/markdown"
     assert any(t.uri_template == "report://{job_id}" for t in out["templates"].resource_templates)
+    assert f"report://{out['job']['id']}" in [str(r.uri) for r in out["listed"].resources]  # one per finished report
     assert out["foreign"].is_error and "no job" in str(out["foreign"].content)  # another tenant's job
     assert out["foreign_report"].is_error
+    assert not [r for r in out["foreign_listed"].resources if str(r.uri).startswith("report://")]
 
 
 def test_mcp_needs_the_same_api_keys_as_rest(runtime) -> None:  # type: ignore[no-untyped-def]
