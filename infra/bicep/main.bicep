@@ -322,6 +322,9 @@ var baseAppSettings = {
   WEEKLY_CHECKS_SCHEDULE: weeklyChecksSchedule
   RETENTION_SCHEDULE: retentionSchedule
   SCHEDULES_SCHEDULE: schedulesSchedule
+  // AsgiFunctionApp buffers responses: an SSE stream reaches the client only when it ends, so it must end
+  // well inside the front end's 230 s request timeout (docs/events.md). Clients resume with Last-Event-ID.
+  EVENTS_MAX_STREAM_SECONDS: '25'
 }
 
 var concurrencySettings = (serviceBusMaxConcurrentCalls > 0) ? {
