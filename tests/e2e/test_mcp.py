@@ -13,7 +13,7 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from tests.e2e.test_e2e_runtime import ingest
+from tests.fixtures.app import ingest_over_http
 
 pytestmark = pytest.mark.slow
 KEYS = '{"dev-local-key": {"tenant": "dev", "role": "operator"}, "key-acme": {"tenant": "acme"}}'
@@ -67,7 +67,7 @@ async def research(url: str) -> dict[str, Any]:
 def test_mcp_client_submits_a_job_and_reads_its_cited_report(runtime) -> None:  # type: ignore[no-untyped-def]
     rt = runtime({"API_KEYS": KEYS})
     with rt.client() as rest:
-        ingest(rest)
+        ingest_over_http(rest)
     out = asyncio.run(research(rt.url))
     report = out["report"]
     assert report["citations"] and "## Sources" in report["markdown"]

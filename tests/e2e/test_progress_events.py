@@ -12,7 +12,7 @@ import pytest
 
 from shared.adapters.local.blobs import LocalObjectStore
 from shared.engine.repositories import CheckpointStore
-from tests.e2e.test_e2e_runtime import ingest
+from tests.fixtures.app import ingest_over_http
 from tests.fixtures.sse import Sse, read_events
 
 pytestmark = pytest.mark.slow
@@ -31,7 +31,7 @@ def test_reconnect_with_last_event_id_gets_exactly_the_rest_also_after_kill_9(ru
     rt = runtime(env, data_dir)
     seen: list[Sse] = []
     with rt.client() as client:
-        ingest(client)
+        ingest_over_http(client)
         job_id = client.post("/api/jobs", json={"task": QUESTION}).json()["id"]
         with stream(client, job_id) as r:  # first connection: leave after event 2
             assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
@@ -64,7 +64,7 @@ def test_waiting_job_streams_heartbeats_and_ten_concurrent_approvals_resume_it_o
     rt = runtime({"EVENTS_HEARTBEAT_SECONDS": "0.2", "EVENTS_POLL_SECONDS": "5"})
     comments: list[str] = []
     with rt.client() as client:
-        ingest(client)
+        ingest_over_http(client)
         r = client.post("/api/jobs", json={"task": QUESTION, "policy": {"approval": "before_report"}})
         job_id = r.json()["id"]
         events: list[Sse] = []
@@ -102,7 +102,7 @@ def test_events_are_tenant_scoped_and_paged_as_json(runtime) -> None:  # type: i
     keys = '{"dev-local-key": {"tenant": "dev", "role": "operator"}, "key-acme": {"tenant": "acme"}}'
     rt = runtime({"API_KEYS": keys})
     with rt.client() as client:
-        ingest(client)
+        ingest_over_http(client)
         job_id = client.post("/api/jobs", json={"task": QUESTION}).json()["id"]
         page = client.get(f"/api/jobs/{job_id}/events", params={"after": 0, "wait": 30}).json()
         assert page["events"] and page["events"][0]["type"] == "queued"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_e2e_runtime import ingest
+from tests.fixtures.app import ingest_over_http
 
 pytestmark = pytest.mark.slow
 QUIET = {
@@ -21,7 +21,7 @@ def test_two_runtimes_firing_together_make_one_job_per_occurrence(runtime, tmp_p
     data_dir = tmp_path / "shared"
     first, second = runtime(env, data_dir), runtime(env, data_dir)
     with first.client() as client:
-        ingest(client)
+        ingest_over_http(client)
         r = client.post("/api/schedules", json={"cron": "*/2 * * * * *", "task": "Daily incident summary"})
         assert r.status_code == 201, r.text
         schedule_id = r.json()["id"]

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_e2e_runtime import ingest
-from tests.fixtures.app import wait_for
+from tests.fixtures.app import ingest_over_http, wait_for
 from tests.fixtures.cli import run_cli
 from tests.fixtures.webhook_receiver import SECRET, Receiver
 
@@ -30,7 +29,7 @@ def test_receiver_failing_three_times_gets_one_accepted_signed_delivery_per_even
     data_dir = tmp_path / "hooks"
     rt = runtime(env, data_dir)
     with rt.client() as client:
-        ingest(client)
+        ingest_over_http(client)
         r = client.post("/api/jobs", json={"task": "How are dead letters handled?", "callback_url": receiver.url})
         job_id = r.json()["id"]
     watched = run_cli("jobs", "watch", job_id, "--url", rt.url, data_dir=data_dir, json_output=False)
