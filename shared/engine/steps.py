@@ -38,6 +38,7 @@ from shared.contracts import (
 from shared.engine import job as lifecycle
 from shared.engine.backends import Backends
 from shared.engine.ledger import BUDGET_WARNING_RATIO, month_of
+from shared.engine.pricing import budget_exhausted
 from shared.errors import DependencyUnavailable
 from shared.observability import metrics
 from shared.observability.logs import job_context
@@ -243,10 +244,10 @@ def _boundary(b: Backends, job: Job, step: int, total: Usage) -> Outcome | None:
         return _failed(
             "policy_limit", f"used {total.total_tokens} of max_tokens={policy.max_tokens}; partial findings kept"
         )
-    budget = b.settings.budget_for(job.tenant)
     # A second-old figure is enough here: a budget stops jobs "at the next step", not mid-flight.
-    if b.ledger.total(job.tenant, month_of(), max_age=BUDGET_STALENESS_SECONDS).total_tokens >= budget:
-        return _failed("budget_exceeded", f"tenant {job.tenant} used its monthly budget of {budget} tokens")
+    spent = budget_exhausted(b, job.tenant, max_age=BUDGET_STALENESS_SECONDS)
+    if spent is not None:
+        return _failed("budget_exceeded", f"tenant {job.tenant} used {spent}")
     return None
 
 

@@ -14,7 +14,7 @@ from shared.contracts import Job, JobStatus, PolicyOverrides, Report, StepMessag
 from shared.engine import job as lifecycle
 from shared.engine import layout
 from shared.engine.backends import Backends
-from shared.engine.ledger import month_of
+from shared.engine.pricing import budget_exhausted
 from shared.errors import Conflict, NotFound, TooManyRequests
 from shared.ports import PreconditionFailed
 
@@ -64,7 +64,7 @@ class JobAlreadyFinished(Conflict):
 
 class BudgetExhausted(TooManyRequests):
     kind = "budget-exceeded"
-    fix = "raise the tenant's budget (TENANT_TOKEN_BUDGETS) or wait for next month"
+    fix = "raise the tenant's budget (TENANT_TOKEN_BUDGETS, TENANT_COST_BUDGETS) or wait for next month"
 
 
 def new_job_id() -> str:
@@ -81,11 +81,10 @@ def submit(b: Backends, tenant: str, request: JobRequest, idempotency_key: str |
     """Create and enqueue a job; (job, created). A replayed Idempotency-Key returns the first job."""
     limits = tenant_limits(b.settings.policy_defaults, b.settings.tenant_policies.get(tenant))
     policy = resolve(limits, request.policy)
-    budget = b.settings.budget_for(tenant)
-    if b.ledger.total(tenant, month_of()).total_tokens >= budget:
+    spent = budget_exhausted(b, tenant)
+    if spent is not None:
         raise BudgetExhausted(
-            f"tenant {tenant} has used its monthly budget of {budget} tokens; "
-            "new jobs are refused until next month or until the budget is raised"
+            f"tenant {tenant} has used {spent}; new jobs are refused until next month or until the budget is raised"
         )
     job_id = new_job_id()
     if idempotency_key:

@@ -316,3 +316,19 @@ def test_human_output_without_json(healthy: World) -> None:
     assert result.code == 0 and "succeeded" in result.stdout
     result = run_cli("health", data_dir=healthy.rt.data_dir, env=healthy.env, json_output=False)
     assert result.code == 0 and "health: ok" in result.stdout
+
+
+def test_usage_with_cost_shows_money_next_to_tokens(healthy: World) -> None:
+    prices = {"MODEL_PRICES": json.dumps({"offline-extractive": {"prompt": 2.0, "completion": 8.0}})}
+    env = {**healthy.env, **prices, "TENANT_COST_BUDGETS": json.dumps({"dev": 1000})}
+
+    data = agentctl("usage", "--cost", data_dir=healthy.rt.data_dir, env=env)
+
+    [dev] = [t for t in data["tenants"] if t["tenant"] == "dev"]
+    assert dev["cost"] == pytest.approx((dev["prompt_tokens"] * 2.0 + dev["completion_tokens"] * 8.0) / 1e6)
+    assert dev["cost_budget"] == 1000 and data["currency"] == "USD" and data["priced_model"] == "offline-extractive"
+    assert data["top_jobs"][0]["cost"] > 0
+    table = run_cli("usage", "--cost", data_dir=healthy.rt.data_dir, env=env, json_output=False)
+    assert table.code == 0 and "cost" in table.stdout and "USD at offline-extractive prices" in table.stdout
+    unpriced = run_cli("usage", "--cost", data_dir=healthy.rt.data_dir, env=healthy.env, json_output=False)
+    assert "no price for this model: set MODEL_PRICES" in unpriced.stdout
