@@ -39,9 +39,10 @@ def run_eval(
     on_progress: Any = None,
 ) -> EvalRun:
     """Submit every question, wait for each job, score it. client carries the base URL and the API key."""
+    deadline = time.monotonic() + timeout
     submitted: list[tuple[EvalQuestion, str | None, str | None]] = []
     for spec in questions:
-        r = client.post("/api/jobs", json={"task": spec.question})
+        r = _call(client, "POST", "/api/jobs", deadline, json={"task": spec.question})
         if r.status_code != 202:
             submitted.append((spec, None, f"submit answered {r.status_code}: {_problem(r)}"))
             continue
@@ -50,13 +51,12 @@ def run_eval(
 
     def chunk_text(doc_id: str, chunk_id: int) -> str | None:
         if (doc_id, chunk_id) not in chunks:
-            r = client.get(f"/api/documents/{doc_id}/chunks/{chunk_id}")
+            r = _call(client, "GET", f"/api/documents/{doc_id}/chunks/{chunk_id}", deadline)
             chunks[(doc_id, chunk_id)] = r.json()["content"] if r.status_code == 200 else None
         return chunks[(doc_id, chunk_id)]
 
     results: list[QuestionResult] = []
     models: set[str] = set()
-    deadline = time.monotonic() + timeout
     for done, (spec, job_id, error) in enumerate(submitted):
         if on_progress:
             on_progress(done, len(submitted), spec.question[:40])
@@ -67,7 +67,7 @@ def run_eval(
         if job is None:
             results.append(evaluation.score(spec, {"id": job_id, "status": "timed_out"}, None, chunk_text))
             continue
-        r = client.get(f"/api/jobs/{job_id}/report")
+        r = _call(client, "GET", f"/api/jobs/{job_id}/report", deadline)
         report = r.json() if r.status_code == 200 else None
         if report and report.get("model"):
             models.add(str(report["model"]))
@@ -82,9 +82,25 @@ def run_eval(
     )
 
 
+def _call(client: httpx.Client, method: str, url: str, deadline: float, **kwargs: Any) -> httpx.Response:
+    """One API call, waiting out a 429 of the API's per-key rate limit as its Retry-After asks, until deadline.
+
+    A 429 without Retry-After (a spent budget) is returned at once: waiting would not help.
+    """
+    while True:
+        r = client.request(method, url, **kwargs)
+        if r.status_code != 429 or "retry-after" not in r.headers or time.monotonic() > deadline:
+            return r
+        try:
+            wait = float(r.headers["retry-after"])
+        except ValueError:
+            wait = 1.0
+        time.sleep(min(max(wait, 0.1), max(0.0, deadline - time.monotonic()) + 0.1))
+
+
 def _wait(client: httpx.Client, job_id: str, deadline: float, poll_seconds: float) -> dict[str, Any] | None:
     while True:
-        r = client.get(f"/api/jobs/{job_id}")
+        r = _call(client, "GET", f"/api/jobs/{job_id}", deadline)
         if r.status_code == 200 and r.json()["status"] in FINISHED:
             return dict(r.json())
         if time.monotonic() > deadline:
