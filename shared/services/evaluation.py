@@ -269,10 +269,11 @@ def summarize(results: list[QuestionResult]) -> Summary:
     cited = [r for r in results if r.citations]
 
     def over_citations(field: str) -> float | None:
-        n = sum(r.citations for r in cited if getattr(r, field) is not None)
+        shares = [(float(share), r.citations) for r in cited if (share := getattr(r, field)) is not None]
+        n = sum(count for _, count in shares)
         if not n:
             return None
-        return round(sum(getattr(r, field) * r.citations for r in cited if getattr(r, field) is not None) / n, 4)
+        return round(sum(share * count for share, count in shares) / n, 4)
 
     costs = [r.cost for r in results if r.cost is not None]
     return Summary(

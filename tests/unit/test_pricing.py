@@ -8,7 +8,8 @@ import pytest
 
 from shared.contracts import Usage
 from shared.engine.pricing import cost_of
-from shared.settings import ModelPrice, Settings
+from shared.settings import ModelPrice
+from tests.fixtures.app import isolated_settings
 
 
 def test_each_kind_of_token_is_priced_at_its_rate() -> None:
@@ -27,12 +28,15 @@ def test_cached_tokens_cost_the_prompt_rate_when_no_cached_rate_is_set() -> None
     assert cost_of(Usage(), price) == 0.0
 
 
-def test_prices_and_money_budgets_come_from_app_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MODEL_PRICES", json.dumps({"gpt-4o-mini": {"prompt": 0.15, "completion": 0.6}}))
-    monkeypatch.setenv("PRICE_CURRENCY", "EUR")
-    monkeypatch.setenv("MONTHLY_COST_BUDGET", "50")
-    monkeypatch.setenv("TENANT_COST_BUDGETS", json.dumps({"acme": 500}))
-    settings = Settings()
+def test_prices_and_money_budgets_come_from_app_settings() -> None:
+    settings = isolated_settings(
+        {
+            "MODEL_PRICES": json.dumps({"gpt-4o-mini": {"prompt": 0.15, "completion": 0.6}}),
+            "PRICE_CURRENCY": "EUR",
+            "MONTHLY_COST_BUDGET": "50",
+            "TENANT_COST_BUDGETS": json.dumps({"acme": 500}),
+        }
+    )
 
     # By the model's full name, or by the deployment / model name after the provider prefix.
     assert settings.price_for("azure-openai:gpt-4o-mini") == ModelPrice(prompt=0.15, completion=0.6)

@@ -174,8 +174,8 @@ def _report(question: str, chunks: list[dict[str, Any]]) -> dict[str, Any]:
     kept = [s for s in scored if s[0] >= RELATIVE_CUTOFF * best_score]
     best = sorted(kept, key=lambda s: (-s[0], s[1]))[:REPORT_SENTENCES]
     best.sort(key=lambda s: s[1])
-    heading = "調査結果" if language == "ja" else "Findings"
-    lines = [f"## {heading}", ""]
+    title = "調査結果" if language == "ja" else "Findings"
+    lines = [f"## {title}", ""]
     cites: list[dict[str, Any]] = []
     seen: set[str] = set()
     for _, _, chunk, sentence in best:
