@@ -136,3 +136,15 @@ def test_question_files_are_validated_line_by_line() -> None:
         evaluation.parse_questions(['{"question": "a"}', '{"question": "b", "language": "fr"}'])
     with pytest.raises(InvalidRequest, match="no questions"):
         evaluation.parse_questions(["", "// nothing"])
+
+
+def test_cost_comes_from_the_job_view_and_is_summed_only_when_priced() -> None:
+    priced = {**JOB, "cost": {"amount": 0.25, "currency": "EUR", "model": "m"}}
+    spec = EvalQuestion(question="q")
+
+    results = [evaluation.score(spec, priced, None, chunks), evaluation.score(spec, priced, None, chunks)]
+
+    assert results[0].cost == 0.25 and results[0].currency == "EUR"
+    summary = evaluation.summarize(results)
+    assert summary.cost == 0.5 and summary.currency == "EUR" and summary.tokens == 240
+    assert evaluation.summarize([evaluation.score(spec, JOB, None, chunks)]).cost is None
