@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 
-.PHONY: setup demo test serve bench lint clean
+.PHONY: setup demo demo-deep test serve bench lint clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@echo "installing the Python environment (first run only)..."
@@ -50,6 +50,10 @@ setup: $(STAMP) $(NODE_STAMP) $(CHECKOV_STAMP) $(LLM_STAMP)
 
 demo: $(STAMP)
 	$(PY) -m scripts.demo
+
+# One deep-research job: sub-questions run as child jobs; prints the tree and the sectioned report.
+demo-deep: $(STAMP)
+	$(PY) -m scripts.demo --deep
 
 test: setup
 	$(PY) -m pytest

@@ -61,6 +61,14 @@ class Policy(BaseModel):
     min_citations: int = Field(1, ge=0, le=100)
     max_report_chars: int = Field(20_000, ge=200, le=200_000)
     language: Literal["auto", "en", "ja"] = Field("auto", description="Report language; auto follows the question.")
+    mode: Literal["standard", "deep"] = Field(
+        "standard",
+        description="deep: plan sub-questions, research each as a child job, then report a section per sub-question.",
+    )
+    max_subquestions: int = Field(5, ge=1, le=10, description="deep mode: child jobs at most.")
+    fail_on_child_failure: bool = Field(
+        False, description="deep mode: fail the job when any sub-question fails (else the failure is reported)."
+    )
 
 
 class PolicyOverrides(BaseModel):
@@ -75,6 +83,9 @@ class PolicyOverrides(BaseModel):
     min_citations: int | None = Field(None, ge=0, le=100)
     max_report_chars: int | None = Field(None, ge=200, le=200_000)
     language: Literal["auto", "en", "ja"] | None = None
+    mode: Literal["standard", "deep"] | None = None
+    max_subquestions: int | None = Field(None, ge=1, le=10)
+    fail_on_child_failure: bool | None = None
 
 
 class StepMessage(BaseModel):
@@ -151,6 +162,8 @@ class Job(BaseModel):
     resubmissions: int = Field(0, description="Times an operator or the sweep re-submitted a dead-lettered step.")
     dead_letter: DeadLetterNote | None = Field(None, description="Last dead-lettering of this job's step, if any.")
     idempotency_key: str | None = None
+    parent_id: str | None = Field(None, description="deep mode: the job this one answers a sub-question of.")
+    children: list[str] = Field(default_factory=list, description="deep mode: the sub-question jobs, in plan order.")
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
     started_at: datetime | None = None

@@ -35,6 +35,7 @@ from shared.contracts import (
     Usage,
     utcnow,
 )
+from shared.engine import fanout
 from shared.engine import job as lifecycle
 from shared.engine.backends import Backends
 from shared.engine.ledger import BUDGET_WARNING_RATIO, month_of
@@ -104,7 +105,8 @@ def failure_cause(exc: BaseException) -> FailureCause:
     turn a transient failure into a permanent one. Anything unrecognised is poison: it failed
     the same way on every delivery, and another try would burn tokens for nothing.
     """
-    if isinstance(exc, TransientModelError | DependencyUnavailable | StepOutOfOrder | TimeoutError | ConnectionError):
+    transient = (TransientModelError, DependencyUnavailable, StepOutOfOrder, fanout.ChildrenStillRunning)
+    if isinstance(exc, (*transient, TimeoutError, ConnectionError)):
         return "transient"
     if isinstance(exc, PolicyViolation):
         return "policy"
@@ -223,6 +225,9 @@ def _execute(b: Backends, job: Job, msg: StepMessage, previous: Checkpoint | Non
         context_budget=b.settings.context_budget_tokens,
     )
     try:
+        deep_step = fanout.step(b, job, state, previous)
+        if deep_step is not None:
+            return checkpoint(*deep_step)
         result = research.run_step(state, ctx)
     except TransientModelError as exc:
         _reschedule(b, msg, exc)
@@ -273,10 +278,10 @@ def _reschedule(b: Backends, msg: StepMessage, exc: TransientModelError, *, coun
 
 def settle(b: Backends, job: Job, cp: Checkpoint) -> None:
     """Everything that follows a commit. Idempotent: a redelivery runs it again harmlessly."""
-    if cp.outcome is None:
+    if cp.outcome is None and not fanout.parks(cp):
         nxt = StepMessage(job_id=cp.job_id, step=cp.step + 1)
         b.queue.send(nxt.model_dump_json().encode(), message_id=nxt.message_id)  # first: it is the hot path
-    else:
+    elif cp.outcome is not None:
         state = AgentState.model_validate(cp.state)
         if state.report is not None:
             b.reports.save(cp.job_id, state.report)
@@ -289,6 +294,10 @@ def settle(b: Backends, job: Job, cp: Checkpoint) -> None:
     # write lost to a crash after an earlier step's commit.
     if cp.usage.total_tokens or cp.outcome is not None:
         _record_usage(b, job, cp)
+    if fanout.parks(cp):
+        fanout.spawn(b, job, cp)  # after the projection: a child that ends finds the parent's plan step
+    elif cp.outcome is not None and job.parent_id:
+        fanout.resume_if_done(b, job.parent_id)
     if cp.outcome is not None and updated is not None:
         log.info(
             "job %s %s after %s steps",

@@ -155,7 +155,11 @@ def cancel(b: Backends, tenant: str, job_id: str) -> Job:
     job = get(b, tenant, job_id)
     if job.finished:
         raise JobAlreadyFinished(job)
-    return b.jobs.update(job_id, lifecycle.request_cancel) or job
+    updated = b.jobs.update(job_id, lifecycle.request_cancel) or job
+    # A deep job's tree stops together; children not yet created start cancelled (engine/fanout.spawn).
+    for child in updated.children:
+        b.jobs.update(child, lifecycle.request_cancel)
+    return updated
 
 
 def report(b: Backends, tenant: str, job_id: str) -> tuple[Job, Report]:

@@ -24,6 +24,8 @@ MIN_SENTENCE_CHARS = 12
 HEADING_WEIGHT = 0.75
 # A sentence scoring under this share of the best one is more likely padding than an answer.
 RELATIVE_CUTOFF = 0.3
+# The deep-research planning tool (agents/deep.py offers it by this name).
+PLAN_TOOL = "plan_subquestions"
 SENTENCE_ENDS = (".", "!", "?", "。", "！", "？")
 
 
@@ -44,7 +46,7 @@ class OfflineModel:
         question = _question(messages)
         results = _tool_results(messages)
         turn_no = sum(1 for m in messages if m.get("role") == "assistant")
-        calls = self._next_calls(question, results, available)
+        calls = self._next_calls(question, results, available, _sources(messages))
         usage = Usage(
             prompt_tokens=sum(len(str(m.get("content") or "")) for m in messages) // 4,
             completion_tokens=sum(len(c["arguments"]) for c in calls) // 4,
@@ -56,8 +58,14 @@ class OfflineModel:
         return ModelTurn(content=content, tool_calls=tool_calls, usage=usage, model=self.name)
 
     def _next_calls(
-        self, question: str, results: list[tuple[str, dict[str, Any]]], available: set[str]
+        self,
+        question: str,
+        results: list[tuple[str, dict[str, Any]]],
+        available: set[str],
+        sources: list[dict[str, Any]],
     ) -> list[dict[str, str]]:
+        if PLAN_TOOL in available:
+            return [_call(PLAN_TOOL, {"subquestions": _subquestions(question, sources)})]
         searched = [r for name, r in results if name == "search_knowledge" and "results" in r]
         read = [c for name, r in results if name == "read_document" for c in r.get("chunks", [])]
         if not searched and "search_knowledge" in available:
@@ -73,6 +81,28 @@ class OfflineModel:
         if "write_report" not in available:
             return []
         return [_call("write_report", _report(question, read))]
+
+
+def _sources(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The sources a planning prompt shows after the question (a JSON paragraph), if any."""
+    first_user = next((m for m in messages if m.get("role") == "user"), {"content": ""})
+    parts = str(first_user.get("content") or "").split("\n\n", 1)
+    try:
+        data = json.loads(parts[1]) if len(parts) == 2 else {}
+    except json.JSONDecodeError:
+        return []
+    sources = data.get("sources") if isinstance(data, dict) else None
+    return [s for s in sources if isinstance(s, dict)] if isinstance(sources, list) else []
+
+
+def _subquestions(question: str, sources: list[dict[str, Any]]) -> list[str]:
+    """One sub-question per document the index offers for the question: the question, aimed at that document."""
+    titles: list[str] = []
+    for source in sources:
+        title = str(source.get("title") or "").strip()
+        if title and title not in titles:
+            titles.append(title)
+    return [f"{question} ({title})" for title in titles] or [question]
 
 
 def _call(name: str, args: dict[str, Any]) -> dict[str, str]:
