@@ -42,6 +42,7 @@ from shared.contracts import (
     StepMessage,
     utcnow,
 )
+from shared.engine import fanout
 from shared.engine import job as lifecycle
 from shared.engine.backends import Backends
 from shared.maintenance.lease import exclusive
@@ -231,6 +232,8 @@ def handle_dead_letter(b: Backends, message: QueueMessage, *, operator: bool = F
         if job.finished:
             if operator:
                 raise JobNotResubmittable(f"job {job.id} already {job.status}; re-run it as a new job instead")
+            if job.parent_id:  # a crash may have come between ending it and resuming its parent
+                fanout.resume_if_done(b, job.parent_id)
             b.queue.complete_dead_letter(message)
             log.info(
                 "dead-lettered step %s: job already %s; completed",
@@ -247,6 +250,8 @@ def handle_dead_letter(b: Backends, message: QueueMessage, *, operator: bool = F
             again = StepMessage(job_id=job.id, step=msg.step, origin=entry.message_id)
             b.queue.send(again.model_dump_json().encode(), message_id=entry.message_id)
         updated = b.jobs.update(job.id, _project(entry, history)) or job
+        if updated.finished and updated.parent_id:
+            fanout.resume_if_done(b, updated.parent_id)  # a sub-question ended here, not in a settled step
         b.queue.complete_dead_letter(message)
         level = logging.WARNING if entry.action in ("failed", "cancelled") else logging.INFO
         log.log(

@@ -182,3 +182,35 @@ def test_the_offline_model_plans_one_sub_question_per_document_and_reports_each(
     sections = re.findall(r"^## (.+)$", report.markdown, flags=re.M)
     assert len(sections) == len(done.children) >= 2
     assert json.dumps(report.model_dump(mode="json"))  # serialisable as the API returns it
+
+
+def test_a_child_ended_by_the_dead_letter_sweep_still_resumes_the_parent(backends: Backends) -> None:
+    from shared.maintenance import sweep
+    from tests.service.test_maintenance import dead_letter
+
+    ingest_samples(backends)
+    parent, _ = jobs.submit(
+        backends, "dev", jobs.JobRequest(task="How do backups and the dead-letter sweep work?", policy=DEEP)
+    )
+    handle_step(backends, StepMessage(job_id=parent.id, step=1).model_dump_json().encode())
+    planned = backends.jobs.get(parent.id)
+    assert planned is not None
+    first, *others = planned.children
+    assert others
+    for child in others:  # every other sub-question runs to its end
+        while not backends.jobs.get(child).finished:  # type: ignore[union-attr]
+            step = backends.jobs.get(child).step + 1  # type: ignore[union-attr]
+            handle_step(backends, StepMessage(job_id=child, step=step).model_dump_json().encode())
+    # Delivered already (handled by hand above): the messages the engine enqueued meanwhile are spent.
+    while spent := backends.queue.receive(100):  # type: ignore[attr-defined]
+        for m in spent:
+            backends.queue.complete(m)  # type: ignore[attr-defined]
+    # The first one's step keeps failing for good: the sweep ends it, which no settled step does.
+    dead_letter(backends, first, 1, RuntimeError("the adapter crashed"))
+    assert sweep.sweep_dead_letters(backends).failed == 1
+
+    [done] = consume(backends, [parent.id], timeout=30)
+
+    assert backends.jobs.get(first).status == "failed"  # type: ignore[union-attr]
+    assert done.status == "succeeded" and [p.kind for p in done.progress] == [PLAN_KIND, COMPOSE_KIND]
+    assert "Not answered" in backends.reports.get(parent.id).markdown  # type: ignore[union-attr]
