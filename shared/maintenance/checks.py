@@ -147,6 +147,11 @@ def _last_progress(job: Job) -> datetime:
     return job.progress[-1].at if job.progress else job.created_at
 
 
+def _waiting_on_children(b: Backends, job: Job) -> bool:
+    """A parked deep job is not stale while a sub-question job is unfinished (those are checked themselves)."""
+    return any((child := b.jobs.get(c)) is not None and not child.finished for c in job.children)
+
+
 def _tokens(b: Backends, month: str) -> tuple[int, list[TenantTokens], list[JobTokens]]:
     tenants, jobs = [], []
     for tenant in b.ledger.tenants(month):
@@ -218,7 +223,7 @@ def build_report(b: Backends, now: datetime) -> OpsReport:
         if job.finished:
             if job.finished_at is not None and start <= job.finished_at <= now:
                 finished.append(job)
-        elif now - _last_progress(job) > stale_after:
+        elif now - _last_progress(job) > stale_after and not _waiting_on_children(b, job):
             idle = (now - _last_progress(job)).total_seconds() / 60
             stale.append(
                 StaleJob(

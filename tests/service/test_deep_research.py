@@ -214,3 +214,22 @@ def test_a_child_ended_by_the_dead_letter_sweep_still_resumes_the_parent(backend
     assert backends.jobs.get(first).status == "failed"  # type: ignore[union-attr]
     assert done.status == "succeeded" and [p.kind for p in done.progress] == [PLAN_KIND, COMPOSE_KIND]
     assert "Not answered" in backends.reports.get(parent.id).markdown  # type: ignore[union-attr]
+
+
+def test_a_parked_parent_is_not_stale_while_its_children_are_unfinished(backends: Backends) -> None:
+    from datetime import timedelta
+
+    from shared.contracts import utcnow
+    from shared.maintenance import checks
+
+    ingest_samples(backends)
+    parent, _ = jobs.submit(
+        backends, "dev", jobs.JobRequest(task="How do backups and the dead-letter sweep work?", policy=DEEP)
+    )
+    handle_step(backends, StepMessage(job_id=parent.id, step=1).model_dump_json().encode())
+    later = utcnow() + timedelta(minutes=backends.settings.stale_job_minutes + 5)
+
+    stale = {s.job_id for s in checks.build_report(backends, later).stale_jobs}
+
+    children = backends.jobs.get(parent.id).children  # type: ignore[union-attr]
+    assert parent.id not in stale and set(children) <= stale  # the queued children are what is stuck
