@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_e2e_runtime import ingest
+from tests.fixtures.app import ingest_over_http as ingest
 from tests.fixtures.cli import run_cli
 
 pytestmark = pytest.mark.slow

@@ -13,7 +13,8 @@ import json
 import pytest
 
 from shared.adapters.local.search import LocalKnowledgeIndex
-from tests.e2e.test_e2e_runtime import finished, ingest
+from tests.e2e.test_e2e_runtime import finished
+from tests.fixtures.app import ingest_over_http as ingest
 from tests.fixtures.app import wait_for
 from tests.fixtures.llama_server import MODEL_ALIAS, LlamaServer, UsageTap
 
