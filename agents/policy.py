@@ -33,7 +33,7 @@ def resolve(limits: Policy, overrides: PolicyOverrides | None) -> Policy:
     if overrides is None:
         return limits
     wanted = overrides.model_dump(exclude_none=True)
-    for field in ("max_steps", "max_tokens", "max_report_chars"):
+    for field in ("max_steps", "max_tokens", "max_report_chars", "max_subquestions"):
         if field in wanted and wanted[field] > getattr(limits, field):
             raise PolicyViolation(field, f"{wanted[field]} exceeds the tenant's limit of {getattr(limits, field)}")
     if "allowed_tools" in wanted:

@@ -23,6 +23,7 @@ class AgentState(BaseModel):
     repairs: int = 0
     nudges: int = 0
     report: Report | None = None
+    subquestions: list[str] = Field(default_factory=list, description="deep mode: the plan, one child job each.")
     removed_citations: list[dict[str, Any]] = Field(default_factory=list)
 
     def pending_tool_calls(self) -> list[dict[str, Any]]:

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 from rich.console import Console
@@ -29,6 +30,7 @@ from shared.settings import DEV_API_KEY, Settings, get_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = ROOT / ".data" / "demo"
+DEEP_QUESTION = "How do backups, the dead-letter sweep and the step engine keep work safe?"
 QUESTIONS = [
     "What happens when a step is delivered twice or a worker crashes, and how are dead-lettered messages handled?",
     "バックアップの復元手順と、検証が一致しない場合の扱いは？",
@@ -152,9 +154,9 @@ def show_report(markdown: str) -> None:
         console.print("-- end of report --")
 
 
-def run_job(client: httpx.Client, question: str) -> None:
-    heading(question)
-    r = client.post("/api/jobs", json={"task": question})
+def run_job(client: httpx.Client, question: str, policy: dict[str, Any] | None = None) -> None:
+    heading(question + (" (deep research)" if policy else ""))
+    r = client.post("/api/jobs", json={"task": question, **({"policy": policy} if policy else {})})
     r.raise_for_status()
     job = r.json()
     console.print(f"submitted [cyan]{job['id']}[/] -> {r.headers['Location']}")
@@ -165,11 +167,27 @@ def run_job(client: httpx.Client, question: str) -> None:
     job = client.get(f"/api/jobs/{job['id']}").json()
     reason = f" ({escape(job['error']['reason'])})" if job.get("error") else ""
     console.print(f"status: [bold]{job['status']}[/]{reason}")
+    if job.get("children"):
+        show_tree(client, job)
     if job["status"] != "succeeded":
         raise DemoFailed(f"job {job['id']} {job['status']}")
     report = client.get(f"/api/jobs/{job['id']}/report", headers={"Accept": "text/markdown"})
     report.raise_for_status()
     show_report(report.text)
+
+
+def show_tree(client: httpx.Client, job: dict[str, Any]) -> None:
+    """A deep job and the sub-question jobs it waited for."""
+    console.print(f"{escape(job['id'])} [bold]{job['status']}[/]")
+    for i, child_id in enumerate(job["children"]):
+        child = client.get(f"/api/jobs/{child_id}").json()
+        branch = "└─" if i == len(job["children"]) - 1 else "├─"
+        reason = f" ({escape(child['error']['reason'])})" if child.get("error") else ""
+        tokens = child["usage"]["prompt_tokens"] + child["usage"]["completion_tokens"]
+        console.print(
+            f"  {branch} {escape(child_id)} [bold]{child['status']}[/]{reason}, {child['step']} steps, "
+            f"{tokens} tokens: {escape(child['task'][:90])}"
+        )
 
 
 def next_steps() -> None:
@@ -195,6 +213,11 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="where the runtime keeps its state and log (default .data/demo, cleared at start)",
     )
+    parser.add_argument(
+        "--deep",
+        action="store_true",
+        help="run one deep-research job instead (sub-questions as child jobs) and print its tree",
+    )
     args = parser.parse_args(argv)
     data_dir: Path = args.data_dir or DEFAULT_DATA_DIR
     if args.data_dir is None:
@@ -215,8 +238,11 @@ def main(argv: list[str] | None = None) -> int:
             wait_healthy(client, proc, log_path)
             console.print("ingesting samples/ through POST /api/documents")
             ingest(client)
-            for question in QUESTIONS:
-                run_job(client, question)
+            if args.deep:
+                run_job(client, DEEP_QUESTION, {"mode": "deep", "max_subquestions": 3})
+            else:
+                for question in QUESTIONS:
+                    run_job(client, question)
     except (DemoFailed, CliError, httpx.HTTPError) as exc:
         failure = str(exc)
     finally:

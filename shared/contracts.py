@@ -69,6 +69,14 @@ class Policy(BaseModel):
     approval_timeout_seconds: int = Field(
         86_400, ge=1, le=30 * 86_400, description="A job waiting this long for approval fails with approval_timeout."
     )
+    mode: Literal["standard", "deep"] = Field(
+        "standard",
+        description="deep: plan sub-questions, research each as a child job, then report a section per sub-question.",
+    )
+    max_subquestions: int = Field(5, ge=1, le=10, description="deep mode: child jobs at most.")
+    fail_on_child_failure: bool = Field(
+        False, description="deep mode: fail the job when any sub-question fails (else the failure is reported)."
+    )
 
 
 class ToolApproval(BaseModel):
@@ -105,6 +113,9 @@ class PolicyOverrides(BaseModel):
     language: Literal["auto", "en", "ja"] | None = None
     approval: Approval | None = None
     approval_timeout_seconds: int | None = Field(None, ge=1, le=30 * 86_400)
+    mode: Literal["standard", "deep"] | None = None
+    max_subquestions: int | None = Field(None, ge=1, le=10)
+    fail_on_child_failure: bool | None = None
 
 
 class StepMessage(BaseModel):
@@ -200,6 +211,8 @@ class Job(BaseModel):
     callback_url: str | None = Field(None, description="Where signed webhooks for this job are delivered.")
     schedule_id: str | None = Field(None, description="The schedule that submitted this job, if any.")
     approvals: list[ApprovalRequest] = Field(default_factory=list, description="Approvals asked for, oldest first.")
+    parent_id: str | None = Field(None, description="deep mode: the job this one answers a sub-question of.")
+    children: list[str] = Field(default_factory=list, description="deep mode: the sub-question jobs, in plan order.")
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
     started_at: datetime | None = None

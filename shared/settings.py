@@ -40,6 +40,16 @@ class WebhookTenant(BaseModel):
     )
 
 
+class ModelPrice(BaseModel):
+    """What a model or deployment costs per 1M tokens, in PRICE_CURRENCY."""
+
+    prompt: float = Field(0.0, ge=0, description="Per 1M prompt tokens not served from the cache.")
+    cached_prompt: float | None = Field(
+        None, ge=0, description="Per 1M cached prompt tokens; the prompt price when unset."
+    )
+    completion: float = Field(0.0, ge=0, description="Per 1M completion tokens.")
+
+
 def _alias(*names: str) -> Any:
     return Field(None, validation_alias=AliasChoices(*names))
 
@@ -100,6 +110,19 @@ class Settings(BaseSettings):
     tenant_policies: dict[str, Policy] = Field(default_factory=dict, validation_alias="TENANT_POLICIES")
     monthly_token_budget: int = Field(5_000_000, validation_alias="MONTHLY_TOKEN_BUDGET")
     tenant_token_budgets: dict[str, int] = Field(default_factory=dict, validation_alias="TENANT_TOKEN_BUDGETS")
+
+    # --- prices and money budgets (docs/models.md "Cost") ----------------------------------------
+    model_prices: dict[str, ModelPrice] = Field(
+        default_factory=dict,
+        validation_alias="MODEL_PRICES",
+        description='JSON, per model or deployment: {"gpt-4o-mini": {"prompt": 0.15, "cached_prompt": 0.075, '
+        '"completion": 0.6}}; keys are the model\'s full name ("azure-openai:gpt-4o-mini") or the part after ":".',
+    )
+    price_currency: str = Field("USD", validation_alias="PRICE_CURRENCY")
+    monthly_cost_budget: float | None = Field(
+        None, ge=0, validation_alias="MONTHLY_COST_BUDGET", description="Money per tenant per month, if any."
+    )
+    tenant_cost_budgets: dict[str, float] = Field(default_factory=dict, validation_alias="TENANT_COST_BUDGETS")
     memory_ttl_seconds: float = Field(3600.0, validation_alias="MEMORY_TTL_SECONDS")
     memory_max_items: int = Field(20, validation_alias="MEMORY_MAX_ITEMS")
     max_concurrent_jobs: int = Field(16, validation_alias="MAX_CONCURRENT_JOBS")
@@ -149,6 +172,8 @@ class Settings(BaseSettings):
         "tenant_token_budgets",
         "policy_defaults",
         "webhook_tenants",
+        "model_prices",
+        "tenant_cost_budgets",
         mode="before",
     )
     @classmethod
@@ -172,6 +197,14 @@ class Settings(BaseSettings):
 
     def budget_for(self, tenant: str) -> int:
         return self.tenant_token_budgets.get(tenant, self.monthly_token_budget)
+
+    def cost_budget_for(self, tenant: str) -> float | None:
+        """The tenant's monthly budget in PRICE_CURRENCY, or None when only tokens are budgeted."""
+        return self.tenant_cost_budgets.get(tenant, self.monthly_cost_budget)
+
+    def price_for(self, model: str) -> ModelPrice | None:
+        """The price of a model by its full name ("azure-openai:gpt-4o-mini"), else by the part after ":"."""
+        return self.model_prices.get(model) or self.model_prices.get(model.split(":", 1)[-1])
 
 
 @lru_cache(maxsize=1)

@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures.scripted_openai",
     "tests.fixtures.app",
     "tests.fixtures.webhook_receiver",
+    "tests.fixtures.llama_server",
 ]

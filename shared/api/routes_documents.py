@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from shared.api.deps import BackendsDep
 from shared.api.problems import validation_error
 from shared.api.security import CallerDep, OperatorDep
-from shared.contracts import Document, SearchHit
+from shared.contracts import Chunk, Document, SearchHit
 from shared.errors import InvalidRequest, UnsupportedMediaType
 from shared.services import knowledge
 
@@ -81,3 +81,13 @@ def search(
     doc_id: str | None = None,
 ) -> list[SearchHit]:
     return b.index.search(q, top=top, doc_id=doc_id)
+
+
+@router.get(
+    "/documents/{doc_id}/chunks/{chunk_id}",
+    response_model=Chunk,
+    summary="One indexed chunk",
+    description="The exact text citations quote from (`quote == content[start:end]`), so a caller can check them.",
+)
+def get_chunk(doc_id: str, chunk_id: int, caller: CallerDep, b: BackendsDep) -> Chunk:
+    return knowledge.chunk(b, doc_id, chunk_id)

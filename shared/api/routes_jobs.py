@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 from shared.api.deps import BackendsDep
 from shared.api.security import CallerDep
 from shared.contracts import Citation, Job, JobError, JobStatus
+from shared.engine.pricing import Cost, price_usage
 from shared.services import approvals, jobs
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
@@ -26,6 +27,12 @@ class ReportView(BaseModel):
     offline_model: bool
     removed_citations: list[dict[str, Any]] = Field(default_factory=list)
     error: JobError | None = None
+
+
+class JobView(Job):
+    cost: Cost | None = Field(
+        None, description="This job's tokens at the deployed model's price (MODEL_PRICES); null when unpriced."
+    )
 
 
 @router.post("", status_code=202, response_model=Job, summary="Submit a research job")
@@ -55,9 +62,10 @@ def list_jobs(
     return jobs.list_jobs(b, caller.tenant, status=status, limit=limit, cursor=cursor)
 
 
-@router.get("/{job_id}", response_model=Job, summary="Status, progress per step, usage, error")
-def get_job(job_id: str, caller: CallerDep, b: BackendsDep) -> Job:
-    return jobs.get(b, caller.tenant, job_id)
+@router.get("/{job_id}", response_model=JobView, summary="Status, progress per step, usage and cost, error")
+def get_job(job_id: str, caller: CallerDep, b: BackendsDep) -> JobView:
+    job = jobs.get(b, caller.tenant, job_id)
+    return JobView(**job.model_dump(), cost=price_usage(b, job.usage))
 
 
 @router.post("/{job_id}/cancel", status_code=202, response_model=Job, summary="Cancel at the next step boundary")

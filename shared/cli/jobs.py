@@ -204,6 +204,19 @@ def jobs_show(job_id: str, as_json: JsonOpt = False) -> None:
         # What the runbook's "missing citations" case looks at: kept vs removed citations.
         "citations": len(report.citations) if report else None,
         "removed_citations": report.removed_citations if report else [],
+        # A deep job's tree: each sub-question's job, as the parent waits for and then reports them.
+        "children": [
+            {
+                "id": c.id,
+                "status": c.status,
+                "step": c.step,
+                "tokens": c.usage.total_tokens,
+                "reason": c.error.reason if c.error else None,
+                "task": c.task,
+            }
+            for c in (b.jobs.get(i) for i in job.children)
+            if c is not None
+        ],
     }
 
     def render(data: dict[str, Any]) -> None:
@@ -223,6 +236,7 @@ def jobs_show(job_id: str, as_json: JsonOpt = False) -> None:
             ["cancel requested", j.get("cancel_requested")],
             ["waiting for", waiting],
             ["callback", j.get("callback_url")],
+            ["parent", j.get("parent_id")],
             ["created", j["created_at"]],
             ["finished", j.get("finished_at")],
             ["checkpoints", data["checkpoints"]],
@@ -236,6 +250,15 @@ def jobs_show(job_id: str, as_json: JsonOpt = False) -> None:
             ["step", "kind", "tokens", "ms", "summary"],
             [[p["step"], p["kind"], p["tokens"], p["duration_ms"], p["summary"][:80]] for p in j["progress"]],
         )
+        if data["children"]:
+            table(
+                "sub-questions (deep mode)",
+                ["job", "status", "step", "tokens", "reason", "sub-question"],
+                [
+                    [c["id"], c["status"], c["step"], c["tokens"], c["reason"] or "", c["task"][:80]]
+                    for c in data["children"]
+                ],
+            )
 
     emit(shown, render, as_json=as_json)
 

@@ -18,6 +18,7 @@ from typing import Annotated, Any
 import typer
 
 from shared.cli.context import backends
+from shared.cli.evaluate import evaluate
 from shared.cli.jobs import dlq_app, jobs_app, queue_app
 from shared.cli.logs import kql_command, logs
 from shared.cli.maintenance import backup_app, checks_app, restore, retention_app, sweep
@@ -124,6 +125,7 @@ app.command()(sweep)
 app.add_typer(retention_app, name="retention")
 app.command()(logs)
 app.command("kql")(kql_command)
+app.command("eval")(evaluate)
 
 
 if __name__ == "__main__":

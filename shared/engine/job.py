@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from shared.contracts import ApprovalRequest, Checkpoint, DeadLetterNote, Job, JobError, StepSummary, utcnow
 
 __all__ = [
+    "adopt_children",
     "apply_checkpoint",
     "decide",
     "end",
@@ -70,6 +71,14 @@ def summary(cp: Checkpoint) -> StepSummary:
         duration_ms=round(cp.duration_ms, 3),
         at=cp.created_at,
     )
+
+
+def adopt_children(job: Job, children: list[str]) -> bool:
+    """Record a deep job's sub-question jobs (once planned, the list never changes)."""
+    if job.children == children or job.children:
+        return False
+    job.children = list(children)
+    return True
 
 
 def request_cancel(job: Job) -> bool:

@@ -37,10 +37,11 @@ from shared.contracts import (
     approval_needed,
     utcnow,
 )
+from shared.engine import fanout, outbox
 from shared.engine import job as lifecycle
-from shared.engine import outbox
 from shared.engine.backends import Backends
 from shared.engine.ledger import BUDGET_WARNING_RATIO, month_of
+from shared.engine.pricing import budget_exhausted
 from shared.errors import DependencyUnavailable
 from shared.observability import metrics
 from shared.observability.logs import job_context
@@ -106,7 +107,8 @@ def failure_cause(exc: BaseException) -> FailureCause:
     turn a transient failure into a permanent one. Anything unrecognised is poison: it failed
     the same way on every delivery, and another try would burn tokens for nothing.
     """
-    if isinstance(exc, TransientModelError | DependencyUnavailable | StepOutOfOrder | TimeoutError | ConnectionError):
+    transient = (TransientModelError, DependencyUnavailable, StepOutOfOrder, fanout.ChildrenStillRunning)
+    if isinstance(exc, (*transient, TimeoutError, ConnectionError)):
         return "transient"
     if isinstance(exc, PolicyViolation):
         return "policy"
@@ -232,6 +234,9 @@ def _execute(b: Backends, job: Job, msg: StepMessage, previous: Checkpoint | Non
         approval=_approval_after(job, msg.step - 1),
     )
     try:
+        deep_step = fanout.step(b, job, state, previous)
+        if deep_step is not None:
+            return checkpoint(*deep_step)
         result = research.run_step(state, ctx)
     except TransientModelError as exc:
         _reschedule(b, msg, exc)
@@ -253,10 +258,10 @@ def _boundary(b: Backends, job: Job, step: int, total: Usage) -> Outcome | None:
         return _failed(
             "policy_limit", f"used {total.total_tokens} of max_tokens={policy.max_tokens}; partial findings kept"
         )
-    budget = b.settings.budget_for(job.tenant)
     # A second-old figure is enough here: a budget stops jobs "at the next step", not mid-flight.
-    if b.ledger.total(job.tenant, month_of(), max_age=BUDGET_STALENESS_SECONDS).total_tokens >= budget:
-        return _failed("budget_exceeded", f"tenant {job.tenant} used its monthly budget of {budget} tokens")
+    spent = budget_exhausted(b, job.tenant, max_age=BUDGET_STALENESS_SECONDS)
+    if spent is not None:
+        return _failed("budget_exceeded", f"tenant {job.tenant} used {spent}")
     return None
 
 
@@ -283,7 +288,7 @@ def _reschedule(b: Backends, msg: StepMessage, exc: TransientModelError, *, coun
 def settle(b: Backends, job: Job, cp: Checkpoint) -> None:
     """Everything that follows a commit. Idempotent: a redelivery runs it again harmlessly."""
     parks = cp.outcome is None and _awaits_approval(job, cp)
-    if cp.outcome is None and not parks:
+    if cp.outcome is None and not parks and not fanout.parks(cp):
         nxt = StepMessage(job_id=cp.job_id, step=cp.step + 1)
         b.queue.send(nxt.model_dump_json().encode(), message_id=nxt.message_id)  # first: it is the hot path
     elif cp.outcome is not None:
@@ -301,6 +306,10 @@ def settle(b: Backends, job: Job, cp: Checkpoint) -> None:
     # write lost to a crash after an earlier step's commit.
     if cp.usage.total_tokens or cp.outcome is not None:
         _record_usage(b, job, cp)
+    if fanout.parks(cp):
+        fanout.spawn(b, job, cp)  # after the projection: a child that ends finds the parent's plan step
+    elif cp.outcome is not None and job.parent_id:
+        fanout.resume_if_done(b, job.parent_id)
     if cp.outcome is not None and updated is not None:
         job_finished(b, updated)
         log.info(

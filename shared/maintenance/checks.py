@@ -22,9 +22,10 @@ from datetime import datetime, timedelta
 
 from pydantic import BaseModel, Field
 
-from shared.contracts import Job, utcnow
+from shared.contracts import Job, Usage, utcnow
 from shared.engine.backends import Backends
 from shared.engine.ledger import BUDGET_WARNING_RATIO, month_of
+from shared.engine.pricing import price_usage
 from shared.maintenance.backup import list_backups
 from shared.maintenance.lease import exclusive
 
@@ -68,12 +69,14 @@ class TenantTokens(BaseModel):
     budget: int
     percent_used: float
     jobs: int
+    cost: float | None = Field(None, description="Price x tokens (MODEL_PRICES); None when the model has no price.")
 
 
 class JobTokens(BaseModel):
     job_id: str
     tenant: str
     total_tokens: int
+    cost: float | None = None
 
 
 class StaleJob(BaseModel):
@@ -95,6 +98,8 @@ class OpsReport(BaseModel):
     tokens_used: int = Field(description="Month-to-date tokens of every tenant.")
     top_tenants: list[TenantTokens] = Field(description="Top token consumers by tenant, month to date.")
     top_jobs: list[JobTokens] = Field(description="The jobs that used the most tokens this month.")
+    cost: float | None = Field(None, description="Month-to-date cost of every tenant, if the model has a price.")
+    currency: str | None = None
     stale_jobs: list[StaleJob]
     latest_backup: str | None = None
     alerts: list[Alert]
@@ -142,12 +147,19 @@ def _last_progress(job: Job) -> datetime:
     return job.progress[-1].at if job.progress else job.created_at
 
 
+def _waiting_on_children(b: Backends, job: Job) -> bool:
+    """A parked deep job is not stale while a sub-question job is unfinished (those are checked themselves)."""
+    return any((child := b.jobs.get(c)) is not None and not child.finished for c in job.children)
+
+
 def _tokens(b: Backends, month: str) -> tuple[int, list[TenantTokens], list[JobTokens]]:
     tenants, jobs = [], []
     for tenant in b.ledger.tenants(month):
         by_job = b.ledger.by_job(tenant, month)
         used = sum(u.total_tokens for u in by_job.values())
         budget = b.settings.budget_for(tenant)
+        costs = {j: c.amount if (c := price_usage(b, u)) else None for j, u in by_job.items()}
+        priced = [c for c in costs.values() if c is not None]
         tenants.append(
             TenantTokens(
                 tenant=tenant,
@@ -155,9 +167,12 @@ def _tokens(b: Backends, month: str) -> tuple[int, list[TenantTokens], list[JobT
                 budget=budget,
                 jobs=len(by_job),
                 percent_used=round(100.0 * used / budget, 2) if budget else 0.0,
+                cost=round(sum(priced), 6) if priced else None,
             )
         )
-        jobs += [JobTokens(job_id=j, tenant=tenant, total_tokens=u.total_tokens) for j, u in by_job.items()]
+        jobs += [
+            JobTokens(job_id=j, tenant=tenant, total_tokens=u.total_tokens, cost=costs[j]) for j, u in by_job.items()
+        ]
     tenants.sort(key=lambda t: (-t.total_tokens, t.tenant))
     jobs.sort(key=lambda j: (-j.total_tokens, j.job_id))
     return sum(t.total_tokens for t in tenants), tenants, jobs[:TOP]
@@ -208,8 +223,13 @@ def build_report(b: Backends, now: datetime) -> OpsReport:
         if job.finished:
             if job.finished_at is not None and start <= job.finished_at <= now:
                 finished.append(job)
-        elif job.status != "waiting_for_approval" and now - _last_progress(job) > stale_after:
-            # A job parked for approval is idle by design (its deadline ends it); it is not stale.
+        elif (
+            job.status != "waiting_for_approval"
+            and now - _last_progress(job) > stale_after
+            and not _waiting_on_children(b, job)
+        ):
+            # A job parked for approval is idle by design (its deadline ends it), and a deep job waits
+            # for its sub-question jobs: neither is stale.
             idle = (now - _last_progress(job)).total_seconds() / 60
             stale.append(
                 StaleJob(
@@ -226,6 +246,7 @@ def build_report(b: Backends, now: datetime) -> OpsReport:
     queue = QueueFigures(active=counts.active, scheduled=counts.scheduled, dead_lettered=counts.dead_lettered)
     month = month_of(now)
     used, tenants, top_jobs = _tokens(b, month)
+    price = price_usage(b, Usage())  # None when the deployed model has no price
     figures = _job_figures(finished)
     backups = list_backups(b)
     return OpsReport(
@@ -236,6 +257,8 @@ def build_report(b: Backends, now: datetime) -> OpsReport:
         jobs=figures,
         queue=queue,
         tokens_used=used,
+        cost=round(sum(t.cost for t in tenants if t.cost is not None), 6) if price else None,
+        currency=price.currency if price else None,
         top_tenants=tenants[:TOP],
         top_jobs=top_jobs,
         stale_jobs=stale,
@@ -246,6 +269,13 @@ def build_report(b: Backends, now: datetime) -> OpsReport:
 
 def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f} s"
+
+
+def _money(amount: float | None, currency: str | None, template: str = "{}") -> str:
+    """A cost as text ("0.1234 USD") in template; "" (or "-" in a table cell) when there is no price."""
+    if amount is None:
+        return "-" if template == "{}" else ""
+    return template.format(f"{amount:.4f} {currency or ''}".strip())
 
 
 def render_markdown(r: OpsReport) -> str:
@@ -274,15 +304,19 @@ def render_markdown(r: OpsReport) -> str:
         f"- scheduled: {q.scheduled}",
         f"- dead-lettered: {q.dead_lettered}",
         "",
-        f"## Tokens, {r.month} to date: {r.tokens_used}",
+        f"## Tokens, {r.month} to date: {r.tokens_used}" + _money(r.cost, r.currency, " ({})"),
         "",
-        "| tenant | tokens | budget | used | jobs |",
-        "|---|---:|---:|---:|---:|",
-        *[f"| {t.tenant} | {t.total_tokens} | {t.budget} | {t.percent_used:.1f}% | {t.jobs} |" for t in r.top_tenants],
+        "| tenant | tokens | cost | budget | used | jobs |",
+        "|---|---:|---:|---:|---:|---:|",
+        *[
+            f"| {t.tenant} | {t.total_tokens} | {_money(t.cost, r.currency)} | {t.budget} | {t.percent_used:.1f}% | "
+            f"{t.jobs} |"
+            for t in r.top_tenants
+        ],
         "",
         "Top jobs by tokens:",
         "",
-        *[f"- `{t.job_id}` ({t.tenant}): {t.total_tokens}" for t in r.top_jobs],
+        *[f"- `{t.job_id}` ({t.tenant}): {t.total_tokens}{_money(t.cost, r.currency, ', {}')}" for t in r.top_jobs],
         "",
         f"## Stale jobs: {len(r.stale_jobs)}",
         "",

@@ -42,8 +42,8 @@ from shared.contracts import (
     StepMessage,
     utcnow,
 )
+from shared.engine import fanout, outbox
 from shared.engine import job as lifecycle
-from shared.engine import outbox
 from shared.engine.backends import Backends
 from shared.maintenance.lease import exclusive
 from shared.maintenance.resubmissions import (
@@ -248,6 +248,8 @@ def handle_dead_letter(b: Backends, message: QueueMessage, *, operator: bool = F
         if job.finished:
             if operator:
                 raise JobNotResubmittable(f"job {job.id} already {job.status}; re-run it as a new job instead")
+            if job.parent_id:  # a crash may have come between ending it and resuming its parent
+                fanout.resume_if_done(b, job.parent_id)
             b.queue.complete_dead_letter(message)
             log.info(
                 "dead-lettered step %s: job already %s; completed",
@@ -266,6 +268,8 @@ def handle_dead_letter(b: Backends, message: QueueMessage, *, operator: bool = F
         updated = b.jobs.update(job.id, _project(entry, history)) or job
         if updated.finished:
             outbox.announce(b, updated)  # ended here, out of band: its webhooks go out as for any ending
+        if updated.finished and updated.parent_id:
+            fanout.resume_if_done(b, updated.parent_id)  # a sub-question ended here, not in a settled step
         b.queue.complete_dead_letter(message)
         level = logging.WARNING if entry.action in ("failed", "cancelled") else logging.INFO
         log.log(

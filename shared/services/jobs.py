@@ -14,7 +14,7 @@ from shared.contracts import Job, JobStatus, PolicyOverrides, Report, StepMessag
 from shared.engine import job as lifecycle
 from shared.engine import layout, outbox
 from shared.engine.backends import Backends
-from shared.engine.ledger import month_of
+from shared.engine.pricing import budget_exhausted
 from shared.errors import Conflict, NotFound, TooManyRequests
 from shared.ports import PreconditionFailed
 from shared.services import webhooks
@@ -71,7 +71,7 @@ class JobAlreadyFinished(Conflict):
 
 class BudgetExhausted(TooManyRequests):
     kind = "budget-exceeded"
-    fix = "raise the tenant's budget (TENANT_TOKEN_BUDGETS) or wait for next month"
+    fix = "raise the tenant's budget (TENANT_TOKEN_BUDGETS, TENANT_COST_BUDGETS) or wait for next month"
 
 
 def new_job_id() -> str:
@@ -97,11 +97,10 @@ def submit(
         webhooks.check_callback(b.settings, tenant, request.callback_url)
     limits = tenant_limits(b.settings.policy_defaults, b.settings.tenant_policies.get(tenant))
     policy = resolve(limits, request.policy)
-    budget = b.settings.budget_for(tenant)
-    if b.ledger.total(tenant, month_of()).total_tokens >= budget:
+    spent = budget_exhausted(b, tenant)
+    if spent is not None:
         raise BudgetExhausted(
-            f"tenant {tenant} has used its monthly budget of {budget} tokens; "
-            "new jobs are refused until next month or until the budget is raised"
+            f"tenant {tenant} has used {spent}; new jobs are refused until next month or until the budget is raised"
         )
     job_id = new_job_id()
     if idempotency_key:
@@ -188,6 +187,9 @@ def cancel(b: Backends, tenant: str, job_id: str) -> Job:
     updated = b.jobs.update(job_id, lifecycle.request_cancel) or job
     if updated.finished:  # a job parked for approval ends at once
         outbox.announce(b, updated)
+    # A deep job's tree stops together; children not yet created start cancelled (engine/fanout.spawn).
+    for child in updated.children:
+        b.jobs.update(child, lifecycle.request_cancel)
     return updated
 
 

@@ -154,3 +154,11 @@ def delete_document(b: Backends, doc_id: str) -> int:
     if not removed:
         raise DocumentNotFound(f"no document {doc_id}")
     return removed
+
+
+def chunk(b: Backends, doc_id: str, chunk_id: int) -> Chunk:
+    """One indexed chunk; DocumentNotFound if the index holds no such chunk."""
+    found = b.index.get_chunks(doc_id, chunk_id) if valid_doc_id(doc_id) else []
+    if not found:
+        raise DocumentNotFound(f"no chunk {chunk_id} of document {doc_id}")
+    return found[0]

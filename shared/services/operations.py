@@ -15,10 +15,11 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field, ValidationError
 
-from shared.contracts import Job, JobStatus, PolicyOverrides, StepMessage
+from shared.contracts import Job, JobStatus, PolicyOverrides, StepMessage, Usage
 from shared.engine import job as lifecycle
 from shared.engine.backends import Backends
 from shared.engine.ledger import BUDGET_WARNING_RATIO, month_of
+from shared.engine.pricing import price_usage
 from shared.errors import Conflict, InvalidRequest, NotFound
 from shared.maintenance.lease import exclusive
 from shared.maintenance.resubmissions import JobNotResubmittable, Resubmission, ResubmissionStore
@@ -274,12 +275,16 @@ class TenantUsage(BaseModel):
     percent_used: float
     warning: bool = Field(description="Over BUDGET_WARNING_RATIO (80%) of the budget: the runbook's token alert.")
     jobs: int
+    cost: float | None = Field(None, description="Price x tokens at the deployed model's MODEL_PRICES; None unpriced.")
+    cost_budget: float | None = Field(None, description="The tenant's monthly budget in money, if one is set.")
+    cost_percent_used: float | None = None
 
 
 class JobUsage(BaseModel):
     job_id: str
     tenant: str
     total_tokens: int
+    cost: float | None = None
 
 
 class UsageReport(BaseModel):
@@ -290,6 +295,9 @@ class UsageReport(BaseModel):
         default_factory=list,
         description="The month's largest jobs by tokens: the runbook's first step on a token alert.",
     )
+    total_cost: float | None = Field(None, description="Every tenant's cost; None when the model has no price.")
+    currency: str | None = None
+    priced_model: str | None = Field(None, description="The model whose prices were applied.")
 
 
 def usage(b: Backends, month: str | None = None, *, top: int = 5) -> UsageReport:
@@ -303,25 +311,48 @@ def usage(b: Backends, month: str | None = None, *, top: int = 5) -> UsageReport
     largest: list[JobUsage] = []
     for tenant in known:
         by_job = b.ledger.by_job(tenant, month)
-        largest += [JobUsage(job_id=job_id, tenant=tenant, total_tokens=u.total_tokens) for job_id, u in by_job.items()]
-        prompt = sum(u.prompt_tokens for u in by_job.values())
-        completion = sum(u.completion_tokens for u in by_job.values())
+        largest += [
+            JobUsage(job_id=job_id, tenant=tenant, total_tokens=u.total_tokens, cost=_amount(b, u))
+            for job_id, u in by_job.items()
+        ]
+        spent = Usage(
+            prompt_tokens=sum(u.prompt_tokens for u in by_job.values()),
+            completion_tokens=sum(u.completion_tokens for u in by_job.values()),
+            cached_tokens=sum(u.cached_tokens for u in by_job.values()),
+        )
         budget = b.settings.budget_for(tenant)
-        total = prompt + completion
+        total = spent.total_tokens
+        cost = _amount(b, spent)
+        cost_budget = b.settings.cost_budget_for(tenant)
         rows.append(
             TenantUsage(
                 tenant=tenant,
-                prompt_tokens=prompt,
-                completion_tokens=completion,
+                prompt_tokens=spent.prompt_tokens,
+                completion_tokens=spent.completion_tokens,
                 total_tokens=total,
                 budget=budget,
                 percent_used=round(100.0 * total / budget, 2) if budget else 0.0,
                 warning=bool(budget) and total > BUDGET_WARNING_RATIO * budget,
                 jobs=len(by_job),
+                cost=cost,
+                cost_budget=cost_budget,
+                cost_percent_used=round(100.0 * cost / cost_budget, 2) if cost is not None and cost_budget else None,
             )
         )
     rows.sort(key=lambda r: (-r.total_tokens, r.tenant))
     largest.sort(key=lambda j: (-j.total_tokens, j.job_id))
+    priced = price_usage(b, Usage())
     return UsageReport(
-        month=month, total_tokens=sum(r.total_tokens for r in rows), tenants=rows, top_jobs=largest[:top]
+        month=month,
+        total_tokens=sum(r.total_tokens for r in rows),
+        tenants=rows,
+        top_jobs=largest[:top],
+        total_cost=round(sum(r.cost or 0.0 for r in rows), 6) if priced else None,
+        currency=priced.currency if priced else None,
+        priced_model=priced.model if priced else None,
     )
+
+
+def _amount(b: Backends, usage: Usage) -> float | None:
+    cost = price_usage(b, usage)
+    return cost.amount if cost else None

@@ -3,7 +3,11 @@
 The adapter runs through the real openai SDK against the scripted OpenAI-compatible server on
 loopback, in both URL shapes it speaks: OpenAI's (`/v1/chat/completions`, also Ollama and vLLM)
 and Azure OpenAI's (`/openai/deployments/{deployment}/...`). There the server plays a minimal
-model: it calls the first offered tool until a tool has answered, then answers in text.
+model: it calls the first offered tool until a tool has answered, then answers in text. And it runs
+against a real llama.cpp server (tests/fixtures/llama_server.py: SmolLM2-135M-Instruct), whose
+model chooses for itself: with it, the specs hold what must hold for any model (the request with
+tools is accepted, a tool call it makes is well formed, usage is the server's), and its wire
+quirks and failure modes are real ones.
 
 The agent leans on: a turn that calls tools names offered tools, gives each call an id it can
 answer by, and passes arguments as JSON text; usage is counted per turn; failures come as
@@ -19,6 +23,7 @@ import json
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,12 +33,14 @@ from shared.adapters.azure.openai_model import OpenAIChatModel
 from shared.adapters.local.offline_model import OfflineModel
 from shared.errors import DependencyUnavailable
 from shared.ports import ChatModel, ModelTurn, PermanentModelError, TransientModelError
+from tests.fixtures.llama_server import MODEL_ALIAS, LlamaServer, UsageTap, start_llama_server
 from tests.fixtures.scripted_openai import (
     ScriptedOpenAI,
     ScriptedResponse,
     completion,
     content_filter_error,
     error,
+    models_list,
 )
 
 QUESTION = "How does the step engine keep jobs durable?"
@@ -86,12 +93,21 @@ class Subject:
     name: str
     offline: bool
     server: ScriptedOpenAI | None = None
+    # The offline model and the scripted stand-in follow a known script (search first); a real model chooses.
+    scripted: bool = True
 
 
-@pytest.fixture(params=["offline", *NETWORK])
+def llama_model(server: LlamaServer, *, model: str = MODEL_ALIAS, timeout: float = 60.0) -> OpenAIChatModel:
+    return OpenAIChatModel.for_openai(model, base_url=server.base_url, timeout=timeout)
+
+
+@pytest.fixture(params=["offline", *NETWORK, "llamacpp"])
 def subject(request: pytest.FixtureRequest) -> Subject:
     if request.param == "offline":
         return Subject(OfflineModel(), "offline-extractive", offline=True)
+    if request.param == "llamacpp":
+        llama: LlamaServer = request.getfixturevalue("llama_server")
+        return Subject(llama_model(llama), f"openai-compatible:{MODEL_ALIAS}", offline=False, scripted=False)
     server: ScriptedOpenAI = request.getfixturevalue("scripted_openai")
     server.respond_with(stand_in_model())
     model = remote_builders()[request.param](server.endpoint)
@@ -158,7 +174,10 @@ def test_a_turn_with_tools_calls_offered_tools_by_id_with_json_arguments(subject
     turn = subject.model.complete(conversation(), TOOLS)
 
     assert isinstance(turn, ModelTurn)
-    assert turn.tool_calls, "a first turn with tools and nothing read yet should call a tool"
+    if subject.scripted:
+        assert turn.tool_calls, "a first turn with tools and nothing read yet should call a tool"
+    else:  # a real model may answer in text instead; the request with tools was accepted either way
+        assert turn.tool_calls or (turn.content or "").strip()
     offered = {t["function"]["name"] for t in TOOLS}
     assert {c.name for c in turn.tool_calls} <= offered
     ids = [c.id for c in turn.tool_calls]
@@ -183,11 +202,16 @@ def test_non_ascii_arguments_survive_as_json_text(subject: Subject) -> None:
 
     turn = subject.model.complete(conversation(question), TOOLS)
 
+    if not subject.scripted:  # a real model's calls carry its own words: they must still be JSON text
+        assert all(isinstance(json.loads(c.arguments), dict) for c in turn.tool_calls)
+        return
     [search] = turn.tool_calls
     assert json.loads(search.arguments)["query"] == question
 
 
 def test_tool_answers_are_taken_by_call_id_and_the_next_turn_uses_new_ids(subject: Subject) -> None:
+    if not subject.scripted:
+        pytest.skip("a real model picks its own first turn; the next spec sends it a fixed one")
     first = subject.model.complete(conversation(), TOOLS)
     history = answered(conversation(), first, {"results": []})
 
@@ -199,6 +223,25 @@ def test_tool_answers_are_taken_by_call_id_and_the_next_turn_uses_new_ids(subjec
     if subject.server is not None:  # what went over the wire is the history, ids included
         sent = subject.server.chat_requests[-1].body["messages"]
         assert [m["tool_call_id"] for m in sent if m["role"] == "tool"] == [c.id for c in first.tool_calls]
+
+
+def test_a_history_with_a_tool_only_turn_is_accepted_and_sent_with_empty_content(subject: Subject) -> None:
+    # The agent records a turn that only called tools with content None; llama-cpp-python's server
+    # answers a null content with a 500, so the wire must carry "".
+    call = {"id": "call_fixed", "type": "function", "function": {"name": "search_knowledge", "arguments": "{}"}}
+    history = [
+        *conversation(),
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_fixed", "content": json.dumps({"results": []})},
+    ]
+
+    turn = subject.model.complete(history, TOOLS)
+
+    assert isinstance(turn, ModelTurn) and turn.usage.total_tokens > 0
+    assert history[2]["content"] is None  # the caller's conversation is left as it was
+    if subject.server is not None:
+        sent = subject.server.chat_requests[-1].body["messages"]
+        assert [m["content"] for m in sent if m["role"] == "assistant"] == [""]
 
 
 def test_a_turn_without_tools_is_an_answer_in_text(subject: Subject) -> None:
@@ -257,3 +300,91 @@ def test_content_filtering_is_permanent(
 
     assert caught.value.reason == "content_filter"
     assert len(server.chat_requests) == 1
+
+
+# --- failures of a real server ------------------------------------------------------------------------
+
+
+def test_a_timeout_is_transient(remote: tuple[OpenAIChatModel, ScriptedOpenAI]) -> None:
+    _, server = remote
+    model = OpenAIChatModel.for_openai("gpt-test", base_url=server.base_url, api_key="k", timeout=0.2)
+    server.script([completion("late", delay=1.0)])
+
+    with pytest.raises(TransientModelError):
+        model.complete(conversation(), TOOLS)
+
+
+def test_a_real_server_that_outlasts_the_timeout_is_transient(llama_server: LlamaServer) -> None:
+    # Generating even a few tokens takes far longer than 50 ms on CPU.
+    model = llama_model(llama_server, timeout=0.05)
+
+    with pytest.raises(TransientModelError):
+        model.complete(conversation(), TOOLS)
+
+
+def test_a_killed_server_is_transient(tmp_path: Path) -> None:
+    server = start_llama_server(tmp_path / "killed.log")
+    try:
+        model = llama_model(server)
+        model.ping()  # a pooled connection to the live server, then it dies
+        server.kill()
+
+        with pytest.raises(TransientModelError):
+            model.complete(conversation(), TOOLS)
+    finally:
+        server.stop()
+
+
+def test_a_wrong_model_name_is_permanent_on_a_real_server(llama_server: LlamaServer) -> None:
+    # llama.cpp serves one model and answers any name with it; the adapter checks the name it was given.
+    model = llama_model(llama_server, model="gpt-4o-typo")
+
+    with pytest.raises(PermanentModelError) as caught:
+        model.complete(conversation(), TOOLS)
+
+    assert caught.value.reason == "model_rejected"
+    assert MODEL_ALIAS in str(caught.value)  # the message names what the server does serve
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        # vLLM and Ollama: a 404 naming the model
+        pytest.param(lambda: error(404, "The model `gpt-4o-typo` does not exist.", code="model_not_found"), id="404"),
+        # a single-model server: answers with its own model, and its listing does not name ours
+        pytest.param(lambda: completion("hello", model="other-model"), id="answered-by-another"),
+    ],
+)
+def test_a_wrong_model_name_is_permanent(
+    scripted_openai: ScriptedOpenAI, reply: Callable[[], ScriptedResponse]
+) -> None:
+    scripted_openai.models_reply = models_list("other-model")
+    scripted_openai.script([reply()])
+    model = OpenAIChatModel.for_openai("gpt-4o-typo", base_url=scripted_openai.base_url, timeout=5.0)
+
+    with pytest.raises(PermanentModelError) as caught:
+        model.complete(conversation(), TOOLS)
+
+    assert caught.value.reason == "model_rejected"
+
+
+def test_a_dated_or_tagged_variant_of_the_name_is_the_same_model(scripted_openai: ScriptedOpenAI) -> None:
+    scripted_openai.script([completion("hi", model="gpt-4o-mini-2024-07-18"), completion("hi", model="x")])
+    scripted_openai.models_reply = models_list("gpt-4o-mini")
+    model = OpenAIChatModel.for_openai("gpt-4o-mini", base_url=scripted_openai.base_url, timeout=5.0)
+
+    assert model.complete(conversation(), []).model == "gpt-4o-mini-2024-07-18"
+    assert model.complete(conversation(), []).content == "hi"  # checked once: no listing asked for
+    assert [r.path.rsplit("/", 1)[-1] for r in scripted_openai.requests] == ["completions", "completions"]
+
+
+def test_usage_is_the_real_servers_own_count(llama_server: LlamaServer) -> None:
+    with UsageTap(llama_server.base_url.removesuffix("/v1")) as tap:
+        model = OpenAIChatModel.for_openai(MODEL_ALIAS, base_url=tap.base_url, timeout=60.0)
+
+        turn = model.complete(conversation(), TOOLS)
+
+    [reported] = tap.usages
+    assert turn.usage.prompt_tokens == reported["prompt_tokens"] > 0
+    assert turn.usage.completion_tokens == reported["completion_tokens"] > 0
+    assert turn.usage.cached_tokens == reported.get("prompt_tokens_details", {}).get("cached_tokens", 0)

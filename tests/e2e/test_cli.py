@@ -322,3 +322,36 @@ def test_human_output_without_json(healthy: World) -> None:
     assert result.code == 0 and "succeeded" in result.stdout
     result = run_cli("health", data_dir=healthy.rt.data_dir, env=healthy.env, json_output=False)
     assert result.code == 0 and "health: ok" in result.stdout
+
+
+def test_usage_with_cost_shows_money_next_to_tokens(healthy: World) -> None:
+    prices = {"MODEL_PRICES": json.dumps({"offline-extractive": {"prompt": 2.0, "completion": 8.0}})}
+    env = {**healthy.env, **prices, "TENANT_COST_BUDGETS": json.dumps({"dev": 1000})}
+
+    data = agentctl("usage", "--cost", data_dir=healthy.rt.data_dir, env=env)
+
+    [dev] = [t for t in data["tenants"] if t["tenant"] == "dev"]
+    assert dev["cost"] == pytest.approx((dev["prompt_tokens"] * 2.0 + dev["completion_tokens"] * 8.0) / 1e6)
+    assert dev["cost_budget"] == 1000 and data["currency"] == "USD" and data["priced_model"] == "offline-extractive"
+    assert data["top_jobs"][0]["cost"] > 0
+    table = run_cli("usage", "--cost", data_dir=healthy.rt.data_dir, env=env, json_output=False)
+    assert table.code == 0 and "cost" in table.stdout and "USD at offline-extractive prices" in table.stdout
+    unpriced = run_cli("usage", "--cost", data_dir=healthy.rt.data_dir, env=healthy.env, json_output=False)
+    assert "no price for this model: set MODEL_PRICES" in unpriced.stdout
+
+
+def test_jobs_show_prints_a_deep_jobs_tree(healthy: World) -> None:
+    with healthy.rt.client() as client:
+        r = client.post("/api/jobs", json={"task": "How do backups and alerts work?", "policy": {"mode": "deep"}})
+        parent = healthy.finished(r.json()["id"])
+    assert parent["status"] == "succeeded" and parent["children"]
+
+    shown = healthy.cli("jobs", "show", parent["id"])
+
+    assert [c["id"] for c in shown["children"]] == parent["children"]
+    assert all(c["status"] == "succeeded" and c["tokens"] > 0 for c in shown["children"])
+    child = healthy.cli("jobs", "show", parent["children"][0])
+    assert child["job"]["parent_id"] == parent["id"]
+    wide = {**healthy.env, "COLUMNS": "220"}  # job ids unfolded
+    text = run_cli("jobs", "show", parent["id"], data_dir=healthy.rt.data_dir, env=wide, json_output=False)
+    assert "sub-questions (deep mode)" in text.stdout and parent["children"][-1] in text.stdout

@@ -14,14 +14,18 @@ from tests.fixtures.app import ROOT
 pytestmark = pytest.mark.slow
 
 
-def test_piped_demo_says_which_model_prints_cited_reports_and_next_steps(tmp_path: Path) -> None:
-    env = {
+def clean_env() -> dict[str, str]:
+    return {
         k: v
         for k, v in os.environ.items()
         if not k.startswith(
             ("AZURE_", "OPENAI_", "SEARCH_", "ServiceBus", "AzureWebJobs", "APP_ENV", "OFFLINE_MODEL", "DATA_DIR")
         )
     }
+
+
+def test_piped_demo_says_which_model_prints_cited_reports_and_next_steps(tmp_path: Path) -> None:
+    env = clean_env()
     data_dir = tmp_path / "demo"
     done = subprocess.run(
         [sys.executable, "-m", "scripts.demo", "--data-dir", str(data_dir)],
@@ -54,3 +58,21 @@ def test_piped_demo_says_which_model_prints_cited_reports_and_next_steps(tmp_pat
         assert step in out
     assert "\x1b[" not in out  # no terminal escapes in a file
     assert (data_dir / "runtime.out").exists()
+
+
+def test_deep_demo_prints_the_tree_and_a_section_per_sub_question(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "scripts.demo", "--deep", "--data-dir", str(tmp_path / "deep")],
+        cwd=ROOT,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    out = done.stdout
+    assert done.returncode == 0, out + done.stderr
+    assert "(deep research)" in out and "step  1 plan" in out and "step  2 compose" in out
+    tree = [line for line in out.splitlines() if line.startswith(("  ├─ ", "  └─ "))]
+    assert len(tree) == 3 and all(" succeeded, " in line for line in tree)
+    report = out.split("-- report --")[1].split("-- end of report --")[0]
+    assert report.count("\n## ") + report.startswith("\n## ") >= 3

@@ -519,3 +519,26 @@ def test_message_tokens_include_framing_and_grow_with_messages() -> None:
 
     assert counts == sorted(counts) and len(set(counts)) == len(counts)
     assert count_message_tokens(conversation, tools=TOOLS) > counts[-1]
+
+
+# --- a model name the server does not serve ---------------------------------------------------------
+
+
+def test_a_server_answering_with_another_model_and_no_listing_is_believed(scripted_openai: ScriptedOpenAI) -> None:
+    # Some gateways have no models listing: the adapter cannot tell, so the answer stands.
+    scripted_openai.models_reply = error(404)
+    scripted_openai.script([completion("hi", model="served-model"), completion("again", model="served-model")])
+    model = openai_model(scripted_openai)
+
+    assert model.complete([{"role": "user", "content": "hi"}], []).model == "served-model"
+    assert model.complete([{"role": "user", "content": "hi"}], []).content == "again"
+    assert [r.method for r in scripted_openai.requests] == ["POST", "GET", "POST"]  # listed once, not per call
+
+
+def test_azure_deployments_are_never_checked_against_a_listing(scripted_openai: ScriptedOpenAI) -> None:
+    # Azure answers with the model's name (gpt-4o-mini-2024-07-18), never the deployment's: that is not a mismatch.
+    scripted_openai.script([completion("hi", model="gpt-4o-mini-2024-07-18")])
+    model = OpenAIChatModel.for_azure(scripted_openai.endpoint, "chat-dep", api_version="2024-10-21", api_key="k")
+
+    assert model.complete([{"role": "user", "content": "hi"}], []).content == "hi"
+    assert [r.method for r in scripted_openai.requests] == ["POST"]

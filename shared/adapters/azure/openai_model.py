@@ -51,12 +51,16 @@ class OpenAIChatModel:
         name: str | None = None,
         auth_hint: str = "check the API key",
         model_hint: str = "check the model name",
+        verify_model: bool = False,
     ) -> None:
         self._client = client
         self.model = model  # for Azure, the deployment name
         self.name = name or f"openai:{model}"
         self._auth_hint = auth_hint
         self._model_hint = model_hint
+        # A single-model server (llama.cpp) answers any model name with its own model instead of a 404;
+        # True until the first answer shows the configured name is really served.
+        self._verify_model = verify_model
 
     # --- builders ------------------------------------------------------------------------------
 
@@ -152,12 +156,13 @@ class OpenAIChatModel:
             name=f"openai-compatible:{model}" if base_url else f"openai:{model}",
             auth_hint="check OPENAI_API_KEY",
             model_hint=f"check OPENAI_MODEL ({model})" + (" and OPENAI_BASE_URL" if base_url else ""),
+            verify_model=bool(base_url),
         )
 
     # --- the port ------------------------------------------------------------------------------
 
     def complete(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> ModelTurn:
-        request: dict[str, Any] = {"model": self.model, "messages": messages}
+        request: dict[str, Any] = {"model": self.model, "messages": wire_messages(messages)}
         if tools:
             # An empty tools list is a 400 on OpenAI, so it is only sent when there are tools.
             request["tools"] = tools
@@ -175,6 +180,8 @@ class OpenAIChatModel:
             raise PermanentModelError(
                 f"{self.name}: could not get an Entra ID token; {self._auth_hint}", reason="model_auth"
             ) from exc
+        if self._verify_model:
+            self._check_model_served(response.model)
         return self._turn(response)
 
     def ping(self) -> None:
@@ -194,6 +201,35 @@ class OpenAIChatModel:
             raise DependencyUnavailable(f"{self.name}: models endpoint answered {exc.status_code}") from exc
         except (openai.APIConnectionError, ClientAuthenticationError) as exc:
             raise DependencyUnavailable(f"{self.name}: unreachable ({type(exc).__name__})") from exc
+
+    def _check_model_served(self, answered_by: str | None) -> None:
+        """Raise PermanentModelError if the server answered with another model than the one configured
+        and its models listing does not name ours: a typo in OPENAI_MODEL must fail the job, not
+        quietly run every job on whatever model the server has loaded."""
+        if not answered_by or _same_model(self.model, answered_by):
+            self._verify_model = False
+            return
+        try:
+            listing = self._client.models.list()
+        except openai.APIConnectionError as exc:
+            raise TransientModelError(f"{self.name}: could not connect ({exc.__cause__ or exc})") from exc
+        except openai.APIStatusError:
+            self._verify_model = False  # no listing to check against: the server's answer stands
+            return
+        served: set[str] = set()
+        for entry in listing.data:
+            served.add(entry.id)
+            aliases = getattr(entry, "aliases", None)  # llama.cpp lists the names it answers to
+            if isinstance(aliases, list):
+                served.update(str(a) for a in aliases)
+        if not served or any(_same_model(self.model, name) for name in served):
+            self._verify_model = False
+            return
+        raise PermanentModelError(
+            f"{self.name}: the server does not serve model {self.model!r} (it serves: "
+            f"{', '.join(sorted(served)[:5])}); {self._model_hint}",
+            reason="model_rejected",
+        )
 
     # --- responses and errors ------------------------------------------------------------------
 
@@ -242,6 +278,23 @@ class OpenAIChatModel:
                 f"{where}: model or deployment not found; {self._model_hint}", reason="model_rejected"
             )
         return PermanentModelError(f"{where}: {_server_message(exc)}", reason="model_rejected")
+
+
+def wire_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The conversation as servers accept it: an assistant turn that only called tools carries
+    content "" rather than null (OpenAI takes either; llama-cpp-python's server answers null with a 500)."""
+    out: list[dict[str, Any]] = []
+    for m in messages:
+        if m.get("role") == "assistant" and m.get("tool_calls") and m.get("content") is None:
+            m = {**m, "content": ""}
+        out.append(m)
+    return out
+
+
+def _same_model(configured: str, named: str) -> bool:
+    """Whether a server naming `named` serves `configured`: the same name, or a dated or tagged variant
+    of it (OpenAI answers gpt-4o-mini with gpt-4o-mini-2024-07-18, Ollama llama3.2 with llama3.2:latest)."""
+    return named == configured or named.startswith((f"{configured}-", f"{configured}:"))
 
 
 def _usage(response: ChatCompletion) -> Usage:
