@@ -162,6 +162,14 @@ class Settings(BaseSettings):
         300.0, validation_alias="SCHEDULE_MIN_INTERVAL_SECONDS", description="Closest two occurrences of a schedule."
     )
 
+    # --- operator console (/console) -----------------------------------------------------------
+    console_session_secret: str | None = Field(
+        None,
+        validation_alias="CONSOLE_SESSION_SECRET",
+        description="Signs console session cookies; the same on every instance. Required in production.",
+    )
+    console_session_minutes: int = Field(480, validation_alias="CONSOLE_SESSION_MINUTES")
+
     # --- telemetry -----------------------------------------------------------------------------
     appinsights_connection_string: str | None = _alias("APPLICATIONINSIGHTS_CONNECTION_STRING")
     log_level: str = Field("INFO", validation_alias="LOG_LEVEL")

@@ -9,7 +9,8 @@ Layout (one container per kind, as in Blob Storage):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime
 
 from shared.contracts import Checkpoint, Job, Report
 from shared.engine import layout, watch
@@ -108,6 +109,24 @@ class JobStore:
             job = self.get(marker.split("_", 1)[1])
             if job is not None:
                 yield marker, job
+
+    def markers(self, tenant: str | None = None, *, after: str | None = None) -> Iterator[tuple[str, str, datetime]]:
+        """(cursor, job_id, created_at) of one tenant's jobs, or every tenant's, newest first; no record is read.
+
+        Cursors from either listing compare alike (an inverted timestamp, then the id), so one
+        resumes the other. Every tenant's listing sorts all markers: it lists keys, never records.
+        """
+        if tenant is not None:
+            prefix = layout.tenant_jobs_prefix(tenant)
+            markers: Iterable[str] = (key[len(prefix) :] for key in self.objects.list(prefix))
+        else:
+            root = f"{layout.TENANTS.name}/"
+            markers = sorted(k.rsplit("/", 1)[1] for k in self.objects.list(root) if "/jobs/" in k[len(root) :])
+        for marker in markers:
+            if after is not None and marker <= after:
+                continue
+            inverted, _, job_id = marker.partition("_")
+            yield marker, job_id, datetime.fromtimestamp((_MAX_TS - int(inverted)) / 1000, UTC)
 
     def all(self) -> Iterator[Job]:
         prefix = f"{layout.JOBS.name}/"

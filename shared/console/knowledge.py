@@ -1,0 +1,75 @@
+"""Knowledge: the indexed documents with chunk counts, upload (drag and drop, with progress), and a
+search box that shows what the agent would retrieve, with scores."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+
+from shared.api.deps import BackendsDep
+from shared.console import pages, session
+from shared.console.pages import SessionDep
+from shared.engine.backends import Backends
+from shared.errors import InvalidRequest
+from shared.services import knowledge
+
+router = APIRouter()
+LIST_LIMIT = 20_000  # chunks read to list documents; past it the list says it is partial
+
+
+class IndexedDocumentRow(BaseModel):
+    id: str
+    title: str
+    chunks: int
+
+
+def documents(b: Backends) -> tuple[list[IndexedDocumentRow], bool]:
+    """Documents in the index with their chunk counts (by export, in key order); True when cut short."""
+    rows: dict[str, IndexedDocumentRow] = {}
+    after, read = None, 0
+    while read < LIST_LIMIT:
+        page = b.index.export(after_key=after, size=1000)
+        for c in page:
+            row = rows.setdefault(c.doc_id, IndexedDocumentRow(id=c.doc_id, title=c.title, chunks=0))
+            row.chunks += 1
+        read += len(page)
+        if len(page) < 1000:
+            return sorted(rows.values(), key=lambda r: r.id), False
+        after = page[-1].key
+    return sorted(rows.values(), key=lambda r: r.id), True
+
+
+@router.get("/knowledge")
+def knowledge_page(
+    request: Request, s: SessionDep, b: BackendsDep, q: Annotated[str, Query(max_length=1000)] = ""
+) -> Response:
+    docs, partial = documents(b)
+    hits = b.index.search(q.strip(), top=10) if q.strip() else None
+    return pages.render(
+        request, "knowledge.html", s, documents=docs, partial=partial, q=q, hits=hits, total=b.index.count()
+    )
+
+
+@router.post("/knowledge/upload")
+async def upload(request: Request, s: SessionDep, b: BackendsDep) -> Response:
+    """Multipart `file` fields plus `csrf`; JSON for the page's script, which shows the progress."""
+    pages.require_platform(pages.caller_of(s))
+    form = await request.form()
+    csrf = form.get("csrf")
+    session.check_csrf(s, csrf if isinstance(csrf, str) else None)
+    docs = []
+    for f in form.getlist("file"):
+        if isinstance(f, str):
+            continue
+        try:
+            docs.append(knowledge.parse_upload(f.filename or "upload.md", (await f.read()).decode("utf-8", "replace")))
+        except ValueError as exc:
+            raise InvalidRequest(str(exc)) from None
+    if not docs:
+        raise InvalidRequest("choose at least one Markdown or text file")
+    indexed = await run_in_threadpool(knowledge.index_documents, b, docs)
+    return JSONResponse({"indexed": [d.model_dump() for d in indexed]})
