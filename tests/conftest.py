@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures.app",
     "tests.fixtures.webhook_receiver",
     "tests.fixtures.llama_server",
+    "tests.fixtures.browser",
 ]
