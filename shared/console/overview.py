@@ -12,7 +12,7 @@ from shared.api.deps import BackendsDep
 from shared.console import pages
 from shared.console.pages import SessionDep
 from shared.engine.backends import Backends
-from shared.engine.ledger import BUDGET_WARNING_RATIO
+from shared.engine.ledger import BUDGET_WARNING_RATIO, month_of
 from shared.maintenance import backup
 from shared.maintenance.checks import OpsReport
 from shared.services import health, job_search, operations
@@ -39,8 +39,9 @@ def latest_weekly_report(b: Backends, tenant: str | None) -> OpsReport | None:
 
 
 def figures(b: Backends, tenant: str | None) -> dict[str, Any]:
-    usage = operations.usage(b, top=0)
-    tenants = [t for t in usage.tenants if tenant is None or t.tenant == tenant]
+    month = month_of()
+    visible = [tenant] if tenant is not None else sorted(operations.known_tenants(b, month))
+    tenants = [operations.tenant_usage(b, name, b.ledger.by_job(name, month)) for name in visible]
     backups = backup.list_backups(b)
     recent = job_search.find_jobs(b, tenant=tenant, limit=RECENT)
     return {
@@ -50,7 +51,7 @@ def figures(b: Backends, tenant: str | None) -> dict[str, Any]:
         "line": job_search.ERROR_RATE_LINE,
         "tokens": tenants,
         "warning_ratio": BUDGET_WARNING_RATIO,
-        "month": usage.month,
+        "month": month,
         "latest_backup": backups[0] if backups else None,
         "weekly": latest_weekly_report(b, tenant),
         "recent": recent.jobs,

@@ -6,6 +6,7 @@ the page reads the ledgers only, never the job records.
 
 from __future__ import annotations
 
+import heapq
 from collections import defaultdict
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -17,50 +18,54 @@ from shared.api.deps import BackendsDep
 from shared.console import pages
 from shared.console.pages import SessionDep
 from shared.engine.backends import Backends
-from shared.engine.ledger import BUDGET_WARNING_RATIO
+from shared.engine.ledger import BUDGET_WARNING_RATIO, month_of
 from shared.services import operations
 
 router = APIRouter()
 TOP = 10
 
 
-def submitted_day(job_id: str) -> str | None:
-    """The UTC day a job was submitted, from its id (`job-{ms hex}-{random}`)."""
+def submitted_day(job_id: str) -> int | None:
+    """The UTC day (days since 1970) a job was submitted, from its id (`job-{ms hex}-{random}`)."""
     parts = job_id.split("-")
     if len(parts) < 3:
         return None
     try:
-        return datetime.fromtimestamp(int(parts[1], 16) / 1000, UTC).strftime("%Y-%m-%d")
-    except (ValueError, OverflowError, OSError):
+        return int(parts[1], 16) // 86_400_000
+    except ValueError:
         return None
 
 
 def usage_figures(b: Backends, tenant: str | None, month: str | None) -> dict[str, Any]:
-    report = operations.usage(b, month, top=0)
-    tenants = [t for t in report.tenants if tenant is None or t.tenant == tenant]
-    per_day: dict[str, int] = defaultdict(int)
+    """Rows per tenant (the usage report's), tokens per submission day, the largest jobs: one ledger read each."""
+    month = month or month_of()
+    visible = [tenant] if tenant is not None else sorted(operations.known_tenants(b, month))
+    rows: list[operations.TenantUsage] = []
+    per_day: dict[int, int] = defaultdict(int)
     largest: list[tuple[int, str, str]] = []
-    for t in tenants:
-        for job_id, u in b.ledger.by_job(t.tenant, report.month).items():
+    for name in visible:
+        by_job = b.ledger.by_job(name, month)
+        rows.append(operations.tenant_usage(b, name, by_job))
+        for job_id, u in by_job.items():
             day = submitted_day(job_id)
-            if day:
+            if day is not None:
                 per_day[day] += u.total_tokens
-            largest.append((u.total_tokens, job_id, t.tenant))
-    largest.sort(key=lambda row: (-row[0], row[1]))
+            largest.append((-u.total_tokens, job_id, name))
+    rows.sort(key=lambda r: (-r.total_tokens, r.tenant))
     days = sorted(per_day)
     chart = {
-        "days": [int(datetime.strptime(d, "%Y-%m-%d").replace(tzinfo=UTC).timestamp()) for d in days],
+        "days": [d * 86_400 for d in days],
         "day_tokens": [per_day[d] for d in days],
-        "tenants": [t.tenant for t in tenants],
-        "tenant_tokens": [t.total_tokens for t in tenants],
-        "tenant_budgets": [t.budget for t in tenants],
-        "tenant_warnings": [round(t.budget * BUDGET_WARNING_RATIO) for t in tenants],
+        "tenants": [t.tenant for t in rows],
+        "tenant_tokens": [t.total_tokens for t in rows],
+        "tenant_budgets": [t.budget for t in rows],
+        "tenant_warnings": [round(t.budget * BUDGET_WARNING_RATIO) for t in rows],
     }
     return {
-        "month": report.month,
-        "tenants": tenants,
-        "per_day": [(d, per_day[d]) for d in days],
-        "largest": largest[:TOP],
+        "month": month,
+        "tenants": rows,
+        "per_day": [(datetime.fromtimestamp(d * 86_400, UTC).strftime("%Y-%m-%d"), per_day[d]) for d in days],
+        "largest": [(-n, job_id, name) for n, job_id, name in heapq.nsmallest(TOP, largest)],
         "chart": chart,
         "warning_ratio": BUDGET_WARNING_RATIO,
     }

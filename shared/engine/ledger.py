@@ -33,6 +33,7 @@ class UsageLedger:
         self.objects = objects
         # Month totals this instance last wrote or read, for callers that accept a second's staleness.
         self._recent: dict[tuple[str, str], tuple[float, Usage]] = {}
+        self._parsed: dict[tuple[str, str], tuple[str, dict[str, Usage]]] = {}
 
     @staticmethod
     def _key(tenant: str, month: str) -> str:
@@ -90,8 +91,18 @@ class UsageLedger:
         return total
 
     def by_job(self, tenant: str, month: str) -> dict[str, Usage]:
-        jobs, _ = self._read(tenant, month)
-        return {job_id: Usage.model_validate(entry) for job_id, entry in jobs.items()}
+        """Each job's usage in the tenant's month (a new dict; do not change the Usage values)."""
+        found = self.objects.get(self._key(tenant, month))
+        if found is None:
+            return {}
+        # A month's ledger holds every job of the month: parse it once per version (ETag), not per read.
+        cached = self._parsed.get((tenant, month))
+        if cached is not None and cached[0] == found.etag:
+            return dict(cached[1])
+        jobs = json.loads(found.data)["jobs"]
+        parsed = {job_id: Usage.model_validate(entry) for job_id, entry in jobs.items()}
+        self._parsed[(tenant, month)] = (found.etag, parsed)
+        return dict(parsed)
 
     def tenants(self, month: str) -> dict[str, Usage]:
         prefix = f"{layout.LEDGERS.name}/{month}/"

@@ -9,6 +9,7 @@ scan limit says so and hands back a cursor to go on from.
 
 from __future__ import annotations
 
+import threading
 from datetime import datetime, timedelta
 
 from pydantic import BaseModel, Field
@@ -75,6 +76,30 @@ def find_jobs(
     return JobSearch(jobs=found, examined=examined, reached=reached)
 
 
+# A finished job's status and error reason never change again (a re-run is a new job), so the
+# counts remember them by job id (ids are unique: time plus 64 random bits) and re-read only the
+# unfinished jobs of the window: a refreshing overview costs a listing, not a day of records.
+_FINISHED: dict[str, tuple[str, str | None]] = {}
+_FINISHED_MAX = 200_000
+_finished_lock = threading.Lock()
+
+
+def _outcome(b: Backends, job_id: str) -> tuple[str, str | None] | None:
+    known = _FINISHED.get(job_id)
+    if known is not None:
+        return known
+    job = b.jobs.get(job_id)
+    if job is None:
+        return None
+    outcome = (job.status, job.error.reason if job.error else None)
+    if job.finished:
+        with _finished_lock:
+            if len(_FINISHED) >= _FINISHED_MAX:
+                _FINISHED.clear()
+            _FINISHED[job_id] = outcome
+    return outcome
+
+
 class WindowCounts(BaseModel):
     window: str = Field(description="'1h' or '24h': jobs submitted in that window before now.")
     by_status: dict[str, int]
@@ -95,15 +120,15 @@ def window_counts(b: Backends, *, tenant: str | None, now: datetime | None = Non
     for _, job_id, created in b.jobs.markers(tenant):
         if created < windows["24h"]:
             break
-        job = b.jobs.get(job_id)
-        if job is None:
+        outcome = _outcome(b, job_id)
+        if outcome is None:
             continue
+        status, why = outcome
         for w, start in windows.items():
             if created >= start:
-                tallies[w][job.status] = tallies[w].get(job.status, 0) + 1
-                if job.status == "failed":
-                    why = job.error.reason if job.error else "unknown"
-                    reasons[w][why] = reasons[w].get(why, 0) + 1
+                tallies[w][status] = tallies[w].get(status, 0) + 1
+                if status == "failed":
+                    reasons[w][why or "unknown"] = reasons[w].get(why or "unknown", 0) + 1
     out = []
     for w in windows:
         finished = sum(tallies[w][s] for s in TERMINAL_STATUSES)

@@ -7,6 +7,7 @@ Dead-letter actions take the dead-letters lease, so they never race the sweep ov
 
 from __future__ import annotations
 
+import heapq
 import logging
 import re
 import secrets
@@ -17,6 +18,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from shared.contracts import Job, JobStatus, PolicyOverrides, StepMessage, Usage
 from shared.engine import job as lifecycle
+from shared.engine import layout
 from shared.engine.backends import Backends
 from shared.engine.ledger import BUDGET_WARNING_RATIO, month_of
 from shared.engine.pricing import price_usage
@@ -300,53 +302,62 @@ class UsageReport(BaseModel):
     priced_model: str | None = Field(None, description="The model whose prices were applied.")
 
 
+def known_tenants(b: Backends, month: str) -> set[str]:
+    """Tenants with a ledger in the month, an API key or a budget of their own (ledger keys only, no reads)."""
+    prefix = f"{layout.LEDGERS.name}/{month}/"
+    known = {key[len(prefix) : -len(".json")] for key in b.objects.list(prefix)}
+    return known | {k.tenant for k in b.settings.api_keys.values()} | set(b.settings.tenant_token_budgets)
+
+
+def tenant_usage(b: Backends, tenant: str, by_job: dict[str, Usage]) -> TenantUsage:
+    """One tenant's row of the usage report, from its ledger's jobs."""
+    spent = Usage(
+        prompt_tokens=sum(u.prompt_tokens for u in by_job.values()),
+        completion_tokens=sum(u.completion_tokens for u in by_job.values()),
+        cached_tokens=sum(u.cached_tokens for u in by_job.values()),
+    )
+    budget = b.settings.budget_for(tenant)
+    total = spent.total_tokens
+    cost = _amount(b, spent)
+    cost_budget = b.settings.cost_budget_for(tenant)
+    return TenantUsage(
+        tenant=tenant,
+        prompt_tokens=spent.prompt_tokens,
+        completion_tokens=spent.completion_tokens,
+        total_tokens=total,
+        budget=budget,
+        percent_used=round(100.0 * total / budget, 2) if budget else 0.0,
+        warning=bool(budget) and total > BUDGET_WARNING_RATIO * budget,
+        jobs=len(by_job),
+        cost=cost,
+        cost_budget=cost_budget,
+        cost_percent_used=round(100.0 * cost / cost_budget, 2) if cost is not None and cost_budget else None,
+    )
+
+
 def usage(b: Backends, month: str | None = None, *, top: int = 5) -> UsageReport:
     """Each tenant's tokens in the month (this month by default) against its budget; the `top` largest jobs."""
     month = month or month_of()
     if not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", month):
         raise InvalidRequest(f"month {month!r} is not YYYY-MM")
-    known = set(b.ledger.tenants(month)) | {k.tenant for k in b.settings.api_keys.values()}
-    known |= set(b.settings.tenant_token_budgets)
     rows = []
-    largest: list[JobUsage] = []
-    for tenant in known:
+    largest: list[tuple[int, str, str, Usage]] = []  # plain tuples: a month can hold many thousands of jobs
+    for tenant in known_tenants(b, month):
         by_job = b.ledger.by_job(tenant, month)
-        largest += [
-            JobUsage(job_id=job_id, tenant=tenant, total_tokens=u.total_tokens, cost=_amount(b, u))
-            for job_id, u in by_job.items()
-        ]
-        spent = Usage(
-            prompt_tokens=sum(u.prompt_tokens for u in by_job.values()),
-            completion_tokens=sum(u.completion_tokens for u in by_job.values()),
-            cached_tokens=sum(u.cached_tokens for u in by_job.values()),
-        )
-        budget = b.settings.budget_for(tenant)
-        total = spent.total_tokens
-        cost = _amount(b, spent)
-        cost_budget = b.settings.cost_budget_for(tenant)
-        rows.append(
-            TenantUsage(
-                tenant=tenant,
-                prompt_tokens=spent.prompt_tokens,
-                completion_tokens=spent.completion_tokens,
-                total_tokens=total,
-                budget=budget,
-                percent_used=round(100.0 * total / budget, 2) if budget else 0.0,
-                warning=bool(budget) and total > BUDGET_WARNING_RATIO * budget,
-                jobs=len(by_job),
-                cost=cost,
-                cost_budget=cost_budget,
-                cost_percent_used=round(100.0 * cost / cost_budget, 2) if cost is not None and cost_budget else None,
-            )
-        )
+        if top:
+            largest += [(-u.total_tokens, job_id, tenant, u) for job_id, u in by_job.items()]
+        rows.append(tenant_usage(b, tenant, by_job))
     rows.sort(key=lambda r: (-r.total_tokens, r.tenant))
-    largest.sort(key=lambda j: (-j.total_tokens, j.job_id))
+    top_jobs = [
+        JobUsage(job_id=job_id, tenant=tenant, total_tokens=-n, cost=_amount(b, u))
+        for n, job_id, tenant, u in heapq.nsmallest(top, largest, key=lambda row: row[:3])
+    ]
     priced = price_usage(b, Usage())
     return UsageReport(
         month=month,
         total_tokens=sum(r.total_tokens for r in rows),
         tenants=rows,
-        top_jobs=largest[:top],
+        top_jobs=top_jobs,
         total_cost=round(sum(r.cost or 0.0 for r in rows), 6) if priced else None,
         currency=priced.currency if priced else None,
         priced_model=priced.model if priced else None,
