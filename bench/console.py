@@ -105,8 +105,15 @@ def seed(data_dir: Path, jobs: int, spread: timedelta) -> str:
         Report(
             markdown="## Findings\n\n- Dead letters wait for the sweep [1].\n",
             citations=[
-                Citation(n=1, doc_id="dead-letter-queue", chunk_id=0, title="Handling the dead-letter queue",
-                         quote=quote, start=0, end=len(quote))
+                Citation(
+                    n=1,
+                    doc_id="dead-letter-queue",
+                    chunk_id=0,
+                    title="Handling the dead-letter queue",
+                    quote=quote,
+                    start=0,
+                    end=len(quote),
+                )
             ],
         ),
     )
@@ -147,8 +154,12 @@ def measure(data_dir: Path, job_id: str, requests: int) -> list[tuple[str, float
                     raise SystemExit("the runtime did not start; see runtime.out in the data directory")
                 time.sleep(0.1)
             for path in sorted((ROOT / "samples").glob("*.md")):
-                c.post("/api/documents", params={"filename": path.name}, content=path.read_bytes(),
-                       headers={"Content-Type": "text/markdown", "X-API-Key": DEV_API_KEY}).raise_for_status()
+                c.post(
+                    "/api/documents",
+                    params={"filename": path.name},
+                    content=path.read_bytes(),
+                    headers={"Content-Type": "text/markdown", "X-API-Key": DEV_API_KEY},
+                ).raise_for_status()
             form = c.get("/console/sign-in").text
             csrf = re.search(r'name="csrf" value="([^"]+)"', form).group(1)  # type: ignore[union-attr]
             c.post("/console/sign-in", data={"key": DEV_API_KEY, "csrf": csrf, "next": "/console/"})
@@ -194,7 +205,8 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as tmp:
             started = time.perf_counter()
             job_id = seed(Path(tmp), args.jobs, spreads[spread])
-            print(f"\n{args.jobs} jobs submitted over the last {spreads[spread]} (seeded in {time.perf_counter() - started:.1f} s)")
+            seeded = time.perf_counter() - started
+            print(f"\n{args.jobs} jobs submitted over the last {spreads[spread]} (seeded in {seeded:.1f} s)")
             rows = measure(Path(tmp), job_id, args.requests)
             anchor = rows[0][1]
             print(f"{'page':<34}{'p50 ms':>9}{'p95 ms':>9}{'x anchor':>10}   ({args.requests} requests each)")

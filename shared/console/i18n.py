@@ -35,7 +35,10 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "This key cannot sign in to the console: it needs an operator key.",
         "このキーではコンソールにサインインできません。オペレーターキーが必要です。",
     ),
-    "rate_limited": ("Too many attempts; wait a moment and try again.", "試行回数が多すぎます。少し待ってから再試行してください。"),
+    "rate_limited": (
+        "Too many attempts; wait a moment and try again.",
+        "試行回数が多すぎます。少し待ってから再試行してください。",
+    ),
     "signed_out": ("You are signed out.", "サインアウトしました。"),
     "session_expired": ("Please sign in.", "サインインしてください。"),
     "csrf_failed": (
@@ -103,7 +106,10 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "cancel": ("Cancel", "キャンセル"),
     "rerun": ("Re-run as a new job", "新しいジョブとして再実行"),
     "resubmit": ("Resubmit the next step", "次のステップを再投入"),
-    "cancel_requested": ("Cancel requested; honoured at the next step boundary.", "キャンセルを要求しました。次のステップ境界で反映されます。"),
+    "cancel_requested": (
+        "Cancel requested; honoured at the next step boundary.",
+        "キャンセルを要求しました。次のステップ境界で反映されます。",
+    ),
     "error": ("Error", "エラー"),
     "dead_letter_note": ("Dead-letter note", "デッドレター記録"),
     "passage": ("Quoted passage", "引用箇所"),
@@ -179,7 +185,10 @@ MESSAGES: dict[str, tuple[str, str]] = {
     ),
     "weekly_checks": ("Weekly checks", "週次チェック"),
     "run_checks": ("Run the weekly checks now", "今すぐ週次チェックを実行"),
-    "confirm_checks": ("Run the weekly operations checks now and write a report?", "週次の運用チェックを今すぐ実行してレポートを書き出しますか?"),
+    "confirm_checks": (
+        "Run the weekly operations checks now and write a report?",
+        "週次の運用チェックを今すぐ実行してレポートを書き出しますか?",
+    ),
     "retention": ("Retention", "保持期間"),
     "run_retention": ("Apply retention now", "今すぐ保持期間を適用"),
     "confirm_retention": (

@@ -39,9 +39,7 @@ def recent_runs(b: Backends) -> list[dict[str, Any]]:
 
 @router.get("/maintenance")
 def maintenance_page(request: Request, s: SessionDep, b: BackendsDep) -> Response:
-    schedules = {
-        name: resolve_binding_expression(f"%{task.setting}%", b.settings) for name, task in TASKS.items()
-    }
+    schedules = {name: resolve_binding_expression(f"%{task.setting}%", b.settings) for name, task in TASKS.items()}
     return pages.render(
         request,
         "maintenance.html",

@@ -121,7 +121,7 @@ def sign_in(request: Request, key: str) -> security.Caller:
         header = key.strip().encode("latin-1")
     except UnicodeEncodeError:
         header = b""
-    probe = Request({**request.scope, "headers": [(b"x-api-key", header)]} if header else {**request.scope, "headers": []})
+    probe = Request({**request.scope, "headers": [(b"x-api-key", header)] if header else []})
     caller = security.authenticate(probe)
     security.require_operator(caller)
     log.info(

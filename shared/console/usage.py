@@ -78,6 +78,4 @@ def usage_page(
     b: BackendsDep,
     month: Annotated[str | None, Query(pattern=r"^\d{4}-(0[1-9]|1[0-2])$")] = None,
 ) -> Response:
-    return pages.render(
-        request, "usage.html", s, **usage_figures(b, pages.tenant_scope(pages.caller_of(s)), month)
-    )
+    return pages.render(request, "usage.html", s, **usage_figures(b, pages.tenant_scope(pages.caller_of(s)), month))

@@ -83,7 +83,9 @@ def _ingest(client: httpx.Client, name: str, text: str) -> None:
 @pytest.fixture(scope="module")
 def rt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RuntimeProcess]:
     # A little model think time, so a job is still running when its page opens.
-    runtime = RuntimeProcess(tmp_path_factory.mktemp("console") / "data", {**SETTINGS, "OFFLINE_MODEL_LATENCY_MS": "250"})
+    runtime = RuntimeProcess(
+        tmp_path_factory.mktemp("console") / "data", {**SETTINGS, "OFFLINE_MODEL_LATENCY_MS": "250"}
+    )
     runtime.start()
     try:
         with runtime.client(ACME_OPERATOR) as c:
@@ -270,9 +272,7 @@ def test_every_page_is_readable_390_px_wide(browser: Browser, rt: RuntimeProcess
         context.close()
 
 
-def test_a_dead_lettered_step_is_resubmitted_from_the_console(
-    page: Page, tmp_path: Path, artifacts: Path
-) -> None:
+def test_a_dead_lettered_step_is_resubmitted_from_the_console(page: Page, tmp_path: Path, artifacts: Path) -> None:
     """The runbook's incident: the model answers 500, the step is dead-lettered; the endpoint is
     fixed (the app restarted on a working model) and the operator resubmits from the console."""
     data_dir = tmp_path / "dlq"
