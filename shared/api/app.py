@@ -16,11 +16,12 @@ from shared.api import (
     routes_jobs,
     routes_metrics,
     routes_schedules,
+    security,
 )
 from shared.api.deps import BackendsDep, BackendsSource
 from shared.api.mcp_server import MCP_PATH, McpEndpoint
 from shared.api.security import BodySizeLimit
-from shared.console import create_console
+from shared.console import KeyCheck, create_console
 from shared.engine.backends import Backends
 from shared.observability import metrics
 from shared.services import health
@@ -58,7 +59,7 @@ def create_api(backends: BackendsSource, settings: Settings | None = None) -> Fa
     api.include_router(routes_documents.router)
     api.include_router(routes_metrics.router)
     api.include_router(routes_admin.router)
-    api.mount("/console", create_console(backends))
+    api.mount("/console", create_console(backends, KeyCheck(security.authenticate, security.require_operator)))
 
     @api.get("/api/health", tags=["operations"], summary="Each dependency's state (anonymous)")
     def get_health(b: BackendsDep) -> JSONResponse:

@@ -11,9 +11,9 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.api.deps import BackendsSource
 from shared.console import auth, dead_letters, jobs, knowledge, maintenance, overview, pages, session, usage
-from shared.errors import ServiceError
+from shared.console.access import BackendsSource, KeyCheck
+from shared.errors import InvalidRequest, ServiceError
 
 log = logging.getLogger("agent.console")
 
@@ -55,10 +55,11 @@ class SecurityHeaders:
         await self.app(scope, receive, with_headers)
 
 
-def create_console(backends: BackendsSource) -> FastAPI:
-    """The console over the same backends (or source of them) as the API."""
+def create_console(backends: BackendsSource, key_check: KeyCheck) -> FastAPI:
+    """The console over the same backends (or source of them) as the API, signing in by its key check."""
     console = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
     console.state.backends = backends
+    console.state.key_check = key_check
     console.mount("/static", StaticFiles(directory=pages.HERE / "static"), name="static")
     for module in (auth, overview, jobs, dead_letters, knowledge, usage, maintenance):
         console.include_router(module.router)
@@ -73,9 +74,8 @@ def create_console(backends: BackendsSource) -> FastAPI:
 
     @console.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> Response:
-        from shared.api.problems import validation_error
-
-        return _error_page(request, validation_error(list(exc.errors())))
+        fields = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}" for e in exc.errors())
+        return _error_page(request, InvalidRequest(fields))
 
     @console.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:

@@ -12,8 +12,8 @@ from typing import Annotated
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import Response
 
-from shared.api.deps import BackendsDep
 from shared.console import pages, session
+from shared.console.access import BackendsDep
 from shared.console.pages import SessionDep
 from shared.engine.backends import Backends
 from shared.errors import NotFound
@@ -54,7 +54,7 @@ def confirm(
         raise NotFound(f"no action {action}")
     letter = _one(b, s, message_id) if action == "resubmit" else None
     if action != "resubmit":
-        pages.require_platform(pages.caller_of(s))
+        pages.require_platform(request, pages.caller_of(s))
     count = operations.queue_status(b).dead_lettered
     return pages.render(
         request, "dead_letter_confirm.html", s, action=action, letter=letter, message_id=message_id, count=count
@@ -77,7 +77,7 @@ def act(
         return pages.render(request, "dead_letter_done.html", s, action=action, actions=done)
     if action not in ACTIONS:
         raise NotFound(f"no action {action}")
-    pages.require_platform(pages.caller_of(s))
+    pages.require_platform(request, pages.caller_of(s))
     if action == "sweep":
         swept = sweep.sweep_dead_letters(b)
         return pages.render(request, "dead_letter_done.html", s, action=action, actions=swept.actions, swept=swept)

@@ -9,8 +9,8 @@ from typing import Annotated, Any, get_args
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import Response
 
-from shared.api.deps import BackendsDep
 from shared.console import pages, rendering, session
+from shared.console.access import BackendsDep
 from shared.console.pages import SessionDep
 from shared.contracts import Job, JobStatus
 from shared.engine.backends import Backends

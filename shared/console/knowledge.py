@@ -10,8 +10,8 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from shared.api.deps import BackendsDep
 from shared.console import pages, session
+from shared.console.access import BackendsDep
 from shared.console.pages import SessionDep
 from shared.engine.backends import Backends
 from shared.errors import InvalidRequest
@@ -57,7 +57,7 @@ def knowledge_page(
 @router.post("/knowledge/upload")
 async def upload(request: Request, s: SessionDep, b: BackendsDep) -> Response:
     """Multipart `file` fields plus `csrf`; JSON for the page's script, which shows the progress."""
-    pages.require_platform(pages.caller_of(s))
+    pages.require_platform(request, pages.caller_of(s))
     form = await request.form()
     csrf = form.get("csrf")
     session.check_csrf(s, csrf if isinstance(csrf, str) else None)

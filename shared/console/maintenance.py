@@ -12,8 +12,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import Response
 
-from shared.api.deps import BackendsDep
 from shared.console import pages, session
+from shared.console.access import BackendsDep
 from shared.console.overview import latest_weekly_report
 from shared.console.pages import SessionDep
 from shared.engine.backends import Backends
@@ -62,7 +62,7 @@ def confirm(
 ) -> Response:
     if action not in ACTIONS:
         raise NotFound(f"no action {action}")
-    pages.require_platform(pages.caller_of(s))
+    pages.require_platform(request, pages.caller_of(s))
     manifest = None
     if action == "restore":
         manifest = next((m for m in backup.list_backups(b) if m.id == backup_id), None)
@@ -91,7 +91,7 @@ def act(
     session.check_csrf(s, csrf)
     if action not in ACTIONS:
         raise NotFound(f"no action {action}")
-    pages.require_platform(pages.caller_of(s))
+    pages.require_platform(request, pages.caller_of(s))
     result: Any
     if action == "backup":
         result = backup.run_backup(b)

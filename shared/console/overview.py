@@ -8,8 +8,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from shared.api.deps import BackendsDep
 from shared.console import pages
+from shared.console.access import BackendsDep
 from shared.console.pages import SessionDep
 from shared.engine.backends import Backends
 from shared.engine.ledger import BUDGET_WARNING_RATIO, month_of

@@ -2,7 +2,8 @@
 
 A tenant operator sees its own tenant only; a caller whose role is `admin` sees every tenant.
 Platform-wide actions (backups, restore, sweep, purge, retention, checks) take the same gate
-as the admin API (`security.require_operator`), so they follow that module when roles change.
+as the admin API (its `require_operator`, handed over in `access.KeyCheck`), so they follow the
+API when roles change.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from shared.api import security
 from shared.console import i18n, session
+from shared.console.access import Operator, key_check
 from shared.contracts import Job
 from shared.errors import NotFound
 
@@ -44,22 +45,22 @@ def current(request: Request) -> session.Session:
 SessionDep = Annotated[session.Session, Depends(current)]
 
 
-def caller_of(s: session.Session) -> security.Caller:
+def caller_of(s: session.Session) -> Operator:
     assert s.caller is not None  # current() only returns signed-in sessions
     return s.caller
 
 
-def tenant_scope(caller: security.Caller) -> str | None:
+def tenant_scope(caller: Operator) -> str | None:
     """The one tenant this caller may see, or None for every tenant."""
     return None if caller.role == ALL_TENANTS_ROLE else caller.tenant
 
 
-def require_platform(caller: security.Caller) -> None:
+def require_platform(request: Request, caller: Operator) -> None:
     """Platform-wide actions: the same gate as /api/admin."""
-    security.require_operator(caller)
+    key_check(request).require_operator(caller)
 
 
-def visible_job(caller: security.Caller, job: Job | None, job_id: str) -> Job:
+def visible_job(caller: Operator, job: Job | None, job_id: str) -> Job:
     scope = tenant_scope(caller)
     if job is None or (scope is not None and job.tenant != scope):
         raise JobNotVisible(f"no job {job_id}")

@@ -26,6 +26,8 @@ _TAGS = {
 }  # fmt: skip
 _ATTRIBUTES = {"a": {"href", "class", "id"}, "sup": {"id"}, "th": {"align"}, "td": {"align"}}
 _MARKER = re.compile(r"\[(\d{1,3})\]")
+_OPENS_SKIPPED = re.compile(r"<(a|code|pre)[\s>]")
+_CLOSES_SKIPPED = re.compile(r"</(a|code|pre)>")
 
 
 def _sanitise(html: str) -> str:
@@ -51,17 +53,18 @@ def report_html(markdown: str, citations: list[Citation], passage_url: str) -> s
         href = escape(passage_url.format(n=n), quote=True)
         return f'<sup><a class="cite" href="{href}" aria-label="source {n}">[{n}]</a></sup>'
 
-    # Markers are replaced in text only (between tags), so an attribute can never be rewritten.
+    # Markers are replaced in text only (between tags, outside links and code), so no attribute or
+    # code sample is ever rewritten.
     parts = re.split(r"(<[^>]*>)", html)
-    inside_link = False
+    skipping = 0
     for i, part in enumerate(parts):
         if part.startswith("<"):
-            if re.match(r"<a[\s>]", part):
-                inside_link = True
-            elif part == "</a>":
-                inside_link = False
+            if _OPENS_SKIPPED.match(part):
+                skipping += 1
+            elif _CLOSES_SKIPPED.match(part):
+                skipping = max(0, skipping - 1)
             continue
-        if not inside_link:
+        if not skipping:
             parts[i] = _MARKER.sub(link, part)
     return _sanitise("".join(parts))
 

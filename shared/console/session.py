@@ -1,7 +1,7 @@
 """Console sessions: an operator key exchanged once for a signed, HttpOnly, SameSite=Strict cookie.
 
-The key itself is checked by the API's own `security.authenticate` (and `require_operator`), so
-whatever that module decides about keys and roles decides the console too; the cookie keeps
+The key itself is checked by the API's own `security.authenticate` and `require_operator` (handed
+over as `access.KeyCheck`), so whatever they decide about keys and roles decides the console too; the cookie keeps
 only who signed in (tenant, role, key fingerprint), a CSRF token and the sign-in time. Every
 state-changing form carries the session's CSRF token; a request without a valid one is refused.
 """
@@ -18,8 +18,7 @@ from fastapi import Request
 from fastapi.responses import Response
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
-from shared.api import security
-from shared.api.deps import backends
+from shared.console.access import Operator, backends, key_check
 from shared.errors import ConfigurationError, ServiceError
 from shared.settings import Settings
 
@@ -45,7 +44,7 @@ class CsrfRejected(ServiceError):
 @dataclass(frozen=True)
 class Session:
     csrf: str
-    caller: security.Caller | None = None
+    caller: Operator | None = None
 
     @property
     def signed_in(self) -> bool:
@@ -78,11 +77,11 @@ def read(request: Request) -> Session | None:
     who = data.get("u")
     caller = None
     if isinstance(who, dict):
-        caller = security.Caller(tenant=str(who["t"]), role=str(who["r"]), key_id=str(who["k"]))
+        caller = Operator(tenant=str(who["t"]), role=str(who["r"]), key_id=str(who["k"]))
     return Session(csrf=data["c"], caller=caller)
 
 
-def new_session(caller: security.Caller | None = None) -> Session:
+def new_session(caller: Operator | None = None) -> Session:
     return Session(csrf=secrets.token_urlsafe(24), caller=caller)
 
 
@@ -112,18 +111,18 @@ def check_csrf(session: Session | None, presented: str | None) -> None:
         raise CsrfRejected("the form's CSRF token does not match this session")
 
 
-def sign_in(request: Request, key: str) -> security.Caller:
-    """The caller this operator key stands for, through the API's own authentication.
+def sign_in(request: Request, key: str) -> Operator:
+    """Who this operator key stands for, by the API's own authentication.
 
-    Raises security's Unauthorized (bad key), TooManyRequests (rate limit) or Forbidden (not an operator).
+    Raises what that raises: Unauthorized (bad key), TooManyRequests (rate limit), Forbidden (not an operator).
     """
     try:
         header = key.strip().encode("latin-1")
     except UnicodeEncodeError:
         header = b""
-    probe = Request({**request.scope, "headers": [(b"x-api-key", header)] if header else []})
-    caller = security.authenticate(probe)
-    security.require_operator(caller)
+    check = key_check(request)
+    caller = check.authenticate(Request({**request.scope, "headers": [(b"x-api-key", header)] if header else []}))
+    check.require_operator(caller)
     log.info(
         "console sign-in: tenant %s, role %s (%s)",
         caller.tenant,
@@ -131,4 +130,4 @@ def sign_in(request: Request, key: str) -> security.Caller:
         caller.key_id,
         extra={"event": "console_sign_in", "tenant": caller.tenant},
     )
-    return caller
+    return Operator(tenant=caller.tenant, role=caller.role, key_id=caller.key_id)
