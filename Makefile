@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 
-.PHONY: setup demo demo-deep test serve bench lint clean
+.PHONY: setup demo demo-deep test serve bench lint clean console-assets
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@echo "installing the Python environment (first run only)..."
@@ -14,7 +14,8 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(VENV)/bin/pip install --quiet -r requirements-dev.txt
 	touch $@
 
-# Azurite (Blob Storage emulator) for the Azure storage contract and end-to-end tests.
+# Azurite (Blob Storage emulator) for the Azure storage contract and end-to-end tests; the console's
+# htmx and uPlot (vendored by `make console-assets`).
 $(NODE_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
@@ -46,7 +47,26 @@ $(LLM_STAMP):
 	       echo "llama.cpp test server not installed; its tests will skip"; }
 	touch $@
 
-setup: $(STAMP) $(NODE_STAMP) $(CHECKOV_STAMP) $(LLM_STAMP)
+# The console's browser tests drive Debian's Chromium through Playwright (`playwright install`
+# cannot download browsers here), with a Japanese font so the JA pages render in screenshots.
+CHROMIUM ?= /usr/bin/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+$(CHROMIUM):
+	@echo "installing Debian's chromium for the console's browser tests (first run only)..."
+	$(SUDO) apt-get install -y -qq chromium fonts-ipafont-gothic || \
+		($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium fonts-ipafont-gothic)
+
+# The console's htmx and uPlot, vendored from their npm packages (package.json pins them) into the
+# app's static folder: the console then needs no CDN and no Node at run time. A test checks the copies.
+CONSOLE_VENDOR := shared/console/static/vendor
+console-assets: $(NODE_STAMP)
+	cp node_modules/htmx.org/dist/htmx.min.js $(CONSOLE_VENDOR)/htmx.min.js
+	cp node_modules/htmx.org/LICENSE $(CONSOLE_VENDOR)/htmx.LICENSE
+	cp node_modules/uplot/dist/uPlot.iife.min.js node_modules/uplot/dist/uPlot.min.css $(CONSOLE_VENDOR)/
+	cp node_modules/uplot/LICENSE $(CONSOLE_VENDOR)/uPlot.LICENSE
+
+setup: $(STAMP) $(NODE_STAMP) $(CHECKOV_STAMP) $(LLM_STAMP) $(CHROMIUM)
 
 demo: $(STAMP)
 	$(PY) -m scripts.demo
@@ -66,6 +86,7 @@ bench: $(STAMP)
 	$(PY) bench/search.py
 	$(PY) bench/api.py
 	$(PY) bench/events.py
+	$(PY) bench/console.py
 
 # Style, types, and the import contract (imports only go down; see docs/architecture.md).
 lint: $(STAMP)
