@@ -8,7 +8,9 @@ state-changing form carries the session's CSRF token; a request without a valid 
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import json
 import logging
 import secrets
 from dataclasses import dataclass
@@ -20,7 +22,7 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from shared.console.access import Operator, backends, key_check
 from shared.errors import ConfigurationError, ServiceError
-from shared.settings import Settings
+from shared.settings import DEV_API_KEY, Settings
 
 log = logging.getLogger("agent.console")
 
@@ -51,15 +53,28 @@ class Session:
         return self.caller is not None
 
 
+def signing_secret(settings: Settings) -> str | bytes:
+    """CONSOLE_SESSION_SECRET; else a key derived from the configured API keys; else (development) per process.
+
+    Every instance of a deployment shares its API keys, so the derived key signs alike everywhere and
+    survives restarts and deployments; rotating the keys ends every console session. Only someone who
+    holds every key could derive it, and such a holder can sign in as anyone already.
+    """
+    if settings.console_session_secret:
+        return settings.console_session_secret
+    keys = {k: v.model_dump() for k, v in settings.api_keys.items()}
+    if set(keys) != {DEV_API_KEY}:
+        canonical = json.dumps(keys, sort_keys=True).encode()
+        return hmac.new(b"agent-console-session", canonical, hashlib.sha256).digest()
+    if settings.app_env == "production":
+        raise ConfigurationError(
+            "the console needs CONSOLE_SESSION_SECRET or API_KEYS of your own; set them in app settings"
+        )
+    return _process_secret
+
+
 def _serializer(settings: Settings) -> URLSafeTimedSerializer:
-    secret = settings.console_session_secret
-    if not secret:
-        if settings.app_env == "production":
-            raise ConfigurationError(
-                "CONSOLE_SESSION_SECRET is not set; set it in app settings (the same value on every instance)"
-            )
-        secret = _process_secret
-    return URLSafeTimedSerializer(secret, salt="agent-console-session")
+    return URLSafeTimedSerializer(signing_secret(settings), salt="agent-console-session")
 
 
 def read(request: Request) -> Session | None:

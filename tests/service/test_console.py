@@ -235,3 +235,17 @@ def test_every_page_renders_for_an_operator(client: TestClient, backends: Backen
         assert response.status_code == 200, (path, response.text[:500])
     assert client.get(f"/console/jobs/{job_id}/citations/9").status_code == 404
     assert client.get("/console/static/vendor/htmx.min.js").status_code == 200
+
+
+def test_sessions_are_signed_by_the_configured_secret_or_the_api_keys() -> None:
+    from shared.console.session import signing_secret
+    from shared.errors import ConfigurationError
+    from shared.settings import Settings
+
+    assert signing_secret(Settings(CONSOLE_SESSION_SECRET="s3cret")) == "s3cret"
+    derived = signing_secret(Settings(API_KEYS=json.dumps(KEYS)))
+    assert derived == signing_secret(Settings(API_KEYS=json.dumps(dict(reversed(KEYS.items())))))  # any instance
+    assert derived != signing_secret(Settings(API_KEYS=json.dumps({**KEYS, "new-key": {"tenant": "x"}})))
+    assert signing_secret(Settings()) == signing_secret(Settings())  # development: one per process
+    with pytest.raises(ConfigurationError):
+        signing_secret(Settings(APP_ENV="production"))
