@@ -90,7 +90,10 @@ def render(
             "session": s,
             "caller": s.caller,
             "csrf": s.csrf,
-            "here": request.url.path + (f"?{request.url.query}" if request.url.query else ""),
+            # Where the language switch returns to: this page, or the overview after a form's POST.
+            "here": (request.url.path + (f"?{request.url.query}" if request.url.query else ""))
+            if request.method == "GET"
+            else "/console/",
             "scope": tenant_scope(s.caller) if s.caller else None,
             **context,
         },

@@ -199,6 +199,20 @@ def test_back_up_and_restore_from_the_console(page: Page, rt: RuntimeProcess, ar
     assert watched.problems == []
 
 
+def test_a_document_uploaded_from_the_console_is_indexed(page: Page, rt: RuntimeProcess, tmp_path: Path) -> None:
+    watched = Watched(page)
+    note = tmp_path / "upload-note.md"
+    note.write_text("# Upload note\n\nThe night shift checks the backup log every morning.\n", encoding="utf-8")
+    sign_in(page, rt, ACME_OPERATOR)
+    page.goto(f"{rt.url}/console/knowledge")
+    page.set_input_files("#files", str(note))
+    page.locator("#upload-form").get_by_role("button", name="Upload").click()
+    expect(page.locator("#documents")).to_contain_text("upload-note", timeout=15_000)  # after the page reloads
+    page.goto(f"{rt.url}/console/knowledge?q=night+shift+backup+log")
+    expect(page.locator("#hits li").first).to_contain_text("upload-note")
+    assert watched.problems == []
+
+
 def test_every_page_is_one_click_from_the_overview(page: Page, rt: RuntimeProcess, artifacts: Path) -> None:
     """Runs after the jobs and the backup above, so the screenshots show a console in use."""
     watched = Watched(page)
@@ -211,6 +225,9 @@ def test_every_page_is_one_click_from_the_overview(page: Page, rt: RuntimeProces
         expect(page).to_have_url(re.compile(re.escape(path.split("?")[0]) + r"$"))
         if "?" in path:
             page.goto(f"{rt.url}{path}")
+        if name == "usage":  # the charts are drawn (uPlot, from the page's JSON)
+            expect(page.locator('.chart[data-chart="tenants"] canvas')).to_have_count(1)
+            expect(page.locator('.chart[data-chart="daily"] canvas')).to_have_count(1)
         page.screenshot(path=artifacts / f"{name}.png", full_page=True)
     assert watched.problems == []
 
