@@ -102,6 +102,7 @@ def _outcome(b: Backends, job_id: str) -> tuple[str, str | None] | None:
 
 class WindowCounts(BaseModel):
     window: str = Field(description="'1h' or '24h': jobs submitted in that window before now.")
+    since: datetime = Field(description="Where the window starts.")
     by_status: dict[str, int]
     finished: int
     failed: int
@@ -137,6 +138,7 @@ def window_counts(b: Backends, *, tenant: str | None, now: datetime | None = Non
         out.append(
             WindowCounts(
                 window=w,
+                since=windows[w],
                 by_status=tallies[w],
                 finished=finished,
                 failed=failed,
