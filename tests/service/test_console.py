@@ -249,3 +249,32 @@ def test_sessions_are_signed_by_the_configured_secret_or_the_api_keys() -> None:
     assert signing_secret(Settings()) == signing_secret(Settings())  # development: one per process
     with pytest.raises(ConfigurationError):
         signing_secret(Settings(APP_ENV="production"))
+
+
+def test_a_caller_whose_role_is_admin_sees_every_tenant(backends: Backends) -> None:
+    """The API has no admin role yet; a key check that says "admin" stands in for the one it will have."""
+    from fastapi import FastAPI
+
+    from shared.api.security import Caller, require_operator
+    from shared.console import KeyCheck, create_console
+    from shared.errors import Unauthorized
+
+    def authenticate(request):  # type: ignore[no-untyped-def]
+        if request.headers.get("x-api-key") != "platform-key":
+            raise Unauthorized("not valid")
+        return Caller(tenant="platform", role="admin", key_id="platform:plat…")
+
+    def admin_or_operator(caller):  # type: ignore[no-untyped-def]
+        return caller if caller.role == "admin" else require_operator(caller)
+
+    app = FastAPI()
+    app.mount("/console", create_console(backends, KeyCheck(authenticate, admin_or_operator)))
+    acme, _ = jobs.submit(backends, "acme", JobRequest(task="acme's question"))
+    globex, _ = jobs.submit(backends, "globex", JobRequest(task="globex's question"))
+    with TestClient(app, follow_redirects=False) as client:
+        sign_in(client, "platform-key")
+        page = client.get("/console/jobs").text
+        assert acme.id in page and globex.id in page and "all tenants" in page
+        only = client.get("/console/jobs?tenant=globex").text
+        assert globex.id in only and acme.id not in only
+        assert client.get(f"/console/jobs/{acme.id}").status_code == 200
