@@ -36,11 +36,11 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from shared.bootstrap import get_backends, reset_backends  # noqa: E402
+from shared.bootstrap import build_backends  # noqa: E402
 from shared.contracts import Citation, JobError, Policy, Report, StepSummary, Usage, utcnow  # noqa: E402
 from shared.contracts import Job as JobRecord  # noqa: E402
 from shared.engine import layout  # noqa: E402
-from shared.settings import DEV_API_KEY, reset_settings  # noqa: E402
+from shared.settings import DEV_API_KEY, Settings  # noqa: E402
 
 REASONS = ["citations_missing", "policy_limit", "model_quota", "retries_exhausted", "budget_exceeded"]
 KINDS = ["model", "tools"]
@@ -48,10 +48,7 @@ KINDS = ["model", "tools"]
 
 def seed(data_dir: Path, jobs: int, spread: timedelta) -> str:
     """Write `jobs` job records (tenant dev) with markers and the month's ledger; the id of one with a report."""
-    os.environ["DATA_DIR"] = str(data_dir)
-    reset_settings()
-    reset_backends()
-    b = get_backends()
+    b = build_backends(Settings(DATA_DIR=str(data_dir)))
     rng = random.Random(16)
     now = utcnow()
     month_start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
@@ -120,7 +117,6 @@ def seed(data_dir: Path, jobs: int, spread: timedelta) -> str:
         ),
     )
     b.close()
-    reset_backends()
     return shown.id
 
 
