@@ -84,7 +84,7 @@ def _ingest(client: httpx.Client, name: str, text: str) -> None:
 def rt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RuntimeProcess]:
     # A little model think time, so a job is still running when its page opens.
     runtime = RuntimeProcess(
-        tmp_path_factory.mktemp("console") / "data", {**SETTINGS, "OFFLINE_MODEL_LATENCY_MS": "250"}
+        tmp_path_factory.mktemp("console") / "data", {**SETTINGS, "OFFLINE_MODEL_LATENCY_MS": "500"}
     )
     runtime.start()
     try:
