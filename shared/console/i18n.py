@@ -70,6 +70,10 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "tokens": ("Tokens", "トークン"),
     "percent_used": ("Used", "使用率"),
     "latest_backup": ("Latest backup", "最新のバックアップ"),
+    "backup_line": (
+        "{chunks} chunks of {docs} documents, {objects} state objects",
+        "{docs} ドキュメントの {chunks} チャンク、状態オブジェクト {objects} 個",
+    ),
     "latest_report": ("Latest weekly checks", "最新の週次チェック"),
     "none_yet": ("none yet", "まだありません"),
     "refreshes": ("Refreshes every {s} s.", "{s} 秒ごとに更新します。"),
