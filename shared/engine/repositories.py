@@ -9,6 +9,7 @@ Layout (one container per kind, as in Blob Storage):
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 
@@ -75,6 +76,15 @@ class JobStore:
     def get(self, job_id: str) -> Job | None:
         found = self.objects.get(self._key(job_id))
         return Job.model_validate_json(found.data) if found else None
+
+    def outcome(self, job_id: str) -> tuple[str, str | None] | None:
+        """(status, error reason) of a job, read without validating the whole record (counts over many jobs)."""
+        found = self.objects.get(self._key(job_id))
+        if found is None:
+            return None
+        record = json.loads(found.data)
+        error = record.get("error")
+        return str(record["status"]), (str(error["reason"]) if isinstance(error, dict) else None)
 
     def update(self, job_id: str, transition: Callable[[Job], bool]) -> Job | None:
         """Apply a transition of shared.engine.job (False: nothing changed, nothing written).

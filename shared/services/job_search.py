@@ -88,11 +88,10 @@ def _outcome(b: Backends, job_id: str) -> tuple[str, str | None] | None:
     known = _FINISHED.get(job_id)
     if known is not None:
         return known
-    job = b.jobs.get(job_id)
-    if job is None:
+    outcome = b.jobs.outcome(job_id)
+    if outcome is None:
         return None
-    outcome = (job.status, job.error.reason if job.error else None)
-    if job.finished:
+    if outcome[0] in TERMINAL_STATUSES:
         with _finished_lock:
             if len(_FINISHED) >= _FINISHED_MAX:
                 _FINISHED.clear()
