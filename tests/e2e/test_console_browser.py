@@ -18,7 +18,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Dialog, Page, expect
 
-from tests.fixtures.app import SAMPLES, RuntimeProcess, wait_for
+from tests.fixtures.app import RuntimeProcess, ingest_over_http, wait_for
 from tests.fixtures.scripted_openai import ScriptedOpenAI, error
 
 pytestmark = pytest.mark.slow
@@ -89,8 +89,7 @@ def rt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RuntimeProcess]:
     runtime.start()
     try:
         with runtime.client(ACME_OPERATOR) as c:
-            for path in sorted(SAMPLES.glob("*.md")):
-                _ingest(c, path.name, path.read_text(encoding="utf-8"))
+            ingest_over_http(c)
             _ingest(c, "zebra.md", PLANTED)
         yield runtime
     finally:
@@ -306,8 +305,7 @@ def test_a_dead_lettered_step_is_resubmitted_from_the_console(page: Page, tmp_pa
     rt = RuntimeProcess(data_dir, {**SETTINGS, **retries, **broken}).start()
     try:
         with rt.client(ACME_OPERATOR) as c:
-            for path in sorted(SAMPLES.glob("*.md")):
-                _ingest(c, path.name, path.read_text(encoding="utf-8"))
+            ingest_over_http(c)
             job_id = c.post("/api/jobs", json={"task": "How are dead letters handled?"}).json()["id"]
             wait_for(lambda: c.get("/api/admin/queue").json()["dead_lettered"] == 1, 30)
         rt.stop()
