@@ -166,7 +166,7 @@ class Settings(BaseSettings):
     console_session_secret: str | None = Field(
         None,
         validation_alias="CONSOLE_SESSION_SECRET",
-        description="Signs console session cookies; the same on every instance. Required in production.",
+        description="Signs console session cookies (the same on every instance); unset, a key derived from API_KEYS.",
     )
     console_session_minutes: int = Field(480, validation_alias="CONSOLE_SESSION_MINUTES")
 
