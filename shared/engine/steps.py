@@ -40,7 +40,7 @@ from shared.contracts import (
 from shared.engine import job as lifecycle
 from shared.engine import outbox
 from shared.engine.backends import Backends
-from shared.engine.ledger import BUDGET_WARNING_RATIO, month_of
+from shared.engine.ledger import BUDGET_STALENESS_SECONDS, BUDGET_WARNING_RATIO, month_of
 from shared.errors import DependencyUnavailable
 from shared.observability import metrics
 from shared.observability.logs import job_context
@@ -48,7 +48,6 @@ from shared.ports import PermanentModelError, TransientModelError
 
 log = logging.getLogger("agent.steps")
 MAX_BACKOFF_SECONDS = 300.0
-BUDGET_STALENESS_SECONDS = 1.0
 
 
 class StepOutOfOrder(RuntimeError):
@@ -378,7 +377,9 @@ def job_finished(b: Backends, job: Job) -> None:
 
 
 def _record_usage(b: Backends, job: Job, cp: Checkpoint) -> None:
-    before, after = b.ledger.record(job.tenant, month_of(job.created_at), job.id, cp.total_usage, cp.step)
+    before, after = b.ledger.record(
+        job.tenant, month_of(job.created_at), job.id, cp.total_usage, cp.step, final=cp.outcome is not None
+    )
     budget = b.settings.budget_for(job.tenant)
     metrics.record_budget(job.tenant, after, budget)
     if before < BUDGET_WARNING_RATIO * budget <= after:

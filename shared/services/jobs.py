@@ -14,7 +14,7 @@ from shared.contracts import Job, JobStatus, PolicyOverrides, Report, StepMessag
 from shared.engine import job as lifecycle
 from shared.engine import layout, outbox
 from shared.engine.backends import Backends
-from shared.engine.ledger import month_of
+from shared.engine.ledger import BUDGET_STALENESS_SECONDS, month_of
 from shared.errors import Conflict, NotFound, TooManyRequests
 from shared.ports import PreconditionFailed
 from shared.services import webhooks
@@ -98,7 +98,8 @@ def submit(
     limits = tenant_limits(b.settings.policy_defaults, b.settings.tenant_policies.get(tenant))
     policy = resolve(limits, request.policy)
     budget = b.settings.budget_for(tenant)
-    if b.ledger.total(tenant, month_of()).total_tokens >= budget:
+    # The same second-fresh total the step's budget check reads: one small record, whatever the month's volume.
+    if b.ledger.total(tenant, month_of(), max_age=BUDGET_STALENESS_SECONDS).total_tokens >= budget:
         raise BudgetExhausted(
             f"tenant {tenant} has used its monthly budget of {budget} tokens; "
             "new jobs are refused until next month or until the budget is raised"

@@ -8,10 +8,10 @@ Why SQLite rather than one file per object:
   with SIGKILL mid-write leaves an uncommitted WAL tail that SQLite discards on next open.
 - Blob names may be both "a/b" and "a/b/c" (a file system cannot hold a file and a directory of the
   same name), need no escaping, and list(prefix) is an index range scan instead of a directory walk.
-- WAL with synchronous=NORMAL skips fsync on commit: durable across process crashes (kill -9),
-  which is what the embedded runtime needs; a power cut may lose the last commits, never tear one.
-  The WAL checkpoint (every ~4 MB written) still fsyncs, which sets the p99 of a write (~10 ms);
-  synchronous=OFF would remove that but can corrupt the file on an OS crash, a worse trade.
+- WAL with synchronous=FULL (the default) fsyncs the WAL on every commit, so a committed step
+  survives an OS crash or power cut. synchronous="NORMAL" (EMBEDDED_SYNCHRONOUS) skips that fsync:
+  still durable across process crashes (kill -9), but a power cut may lose the last commits (never
+  tear one). synchronous=OFF can corrupt the file on an OS crash and is not offered.
 Limit: SQLite caps one value at ~1 GB, far above anything the app stores (checkpoints, job records,
 reports, index backups).
 """
@@ -93,11 +93,14 @@ def _prefix_upper_bound(prefix: str) -> str | None:
 class LocalObjectStore:
     """ObjectStore over one SQLite database under root; safe to share across threads and processes."""
 
-    def __init__(self, root: Path, *, busy_timeout_seconds: float = 30.0) -> None:
+    def __init__(self, root: Path, *, busy_timeout_seconds: float = 30.0, synchronous: str = "FULL") -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.path = self.root / DB_FILE
         self._busy_timeout = busy_timeout_seconds
+        if synchronous not in ("FULL", "NORMAL"):
+            raise ValueError(f"synchronous must be FULL or NORMAL, not {synchronous!r}")
+        self._synchronous = synchronous
         self._local = threading.local()
         with _write_locks_guard:
             self._write_lock = _write_locks.setdefault(str(self.path.resolve()), threading.Lock())
@@ -113,7 +116,7 @@ class LocalObjectStore:
         local = self._local
         if getattr(local, "generation", None) != _fork_generation:
             conn = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None)
-            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(f"PRAGMA synchronous={self._synchronous}")
             # Large blobs grow the WAL; give the space back after each checkpoint.
             conn.execute("PRAGMA journal_size_limit=67108864")
             local.conn = conn
