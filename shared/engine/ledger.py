@@ -185,4 +185,10 @@ def _upgraded(record: dict[str, Any] | None) -> dict[str, Any]:
         return {"recent": {}, "legacy": {}, **record}
     legacy: dict[str, dict[str, Any]] = record.get("jobs", {})
     total = {f: sum(int(e.get(f, 0)) for e in legacy.values()) for f in _FIELDS}
-    return {"tenant": record.get("tenant"), "month": record.get("month"), "total": total, "recent": {}, "legacy": legacy}
+    return {
+        "tenant": record.get("tenant"),
+        "month": record.get("month"),
+        "total": total,
+        "recent": {},
+        "legacy": legacy,
+    }
