@@ -115,7 +115,11 @@ class UsageLedger:
             kept[job_id] = _entry(usage, step, at=now, **({"final": True} if final else {}))
             return {**record, "total": total, "recent": kept}
 
-        written = update_json(self.objects, self._total_key(tenant, month), change, load=json.loads, dump=_dump)
+        # A running job's change need not wait for its fsync: lost to an OS crash, the next record
+        # of the job applies its delta from the base the total still holds. The final one must.
+        written = update_json(
+            self.objects, self._total_key(tenant, month), change, load=json.loads, dump=_dump, durable=final
+        )
         if written is not None:
             self._remember(tenant, month, _usage(_upgraded(written)["total"]))
         if final:

@@ -75,10 +75,11 @@ class JobStore:
         found = self.objects.get(self._key(job_id))
         return Job.model_validate_json(found.data) if found else None
 
-    def update(self, job_id: str, transition: Callable[[Job], bool]) -> Job | None:
+    def update(self, job_id: str, transition: Callable[[Job], bool], *, durable: bool = True) -> Job | None:
         """Apply a transition of shared.engine.job (False: nothing changed, nothing written).
 
-        Returns the record as it now is, or None when there is no such job.
+        Returns the record as it now is, or None when there is no such job. durable=False only
+        for a projection a later write repairs (see ObjectStore.put).
         """
 
         def change(job: Job | None) -> Job | None:
@@ -93,7 +94,9 @@ class JobStore:
             written[0] = new is not None
             return new
 
-        result = update_json(self.objects, self._key(job_id), tracked, load=Job.model_validate_json, dump=_dump)
+        result = update_json(
+            self.objects, self._key(job_id), tracked, load=Job.model_validate_json, dump=_dump, durable=durable
+        )
         if written[0]:
             watch.notify(job_id)  # the commit path wakes this process's event streams
         return result

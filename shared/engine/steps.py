@@ -292,7 +292,13 @@ def settle(b: Backends, job: Job, cp: Checkpoint) -> None:
         if job.session_id and cp.outcome.status == "succeeded" and state.report is not None:
             findings = [c.quote for c in state.report.citations] + state.notes
             b.memory.remember(job.tenant, job.session_id, findings)
-    updated = b.jobs.update(job.id, lambda j: lifecycle.apply_checkpoint(j, cp, lambda n: b.checkpoints.get(j.id, n)))
+    # The projection of a step followed by a next message need not wait for its own fsync: that
+    # message is already durable, and its step folds in any checkpoint the record missed.
+    updated = b.jobs.update(
+        job.id,
+        lambda j: lifecycle.apply_checkpoint(j, cp, lambda n: b.checkpoints.get(j.id, n)),
+        durable=cp.outcome is not None or parks,
+    )
     if parks:
         _park(b, job, cp)
     # The ledger holds each job's running total (set, not added). A step that used no tokens leaves
