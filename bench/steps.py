@@ -353,10 +353,8 @@ class LongModel:
         return None
 
     def complete(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> Any:
-        from shared.ports import ToolCall
-
         from shared.contracts import Usage
-        from shared.ports import ModelTurn
+        from shared.ports import ModelTurn, ToolCall
 
         done = sum(1 for m in messages if m.get("role") == "assistant")
         if done >= self.turns:
