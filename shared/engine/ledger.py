@@ -2,15 +2,15 @@
 
 Records (both in the ledgers container):
   ledgers/{YYYY-MM}/{tenant}.json                 the month total, plus the jobs it applied lately
-  ledgers/jobs/{YYYY-MM}/{tenant}/{job_id}.json   a finished job's usage: {usage..., "step": n}
+  ledgers/jobs/{YYYY-MM}/{tenant}/{job_id}.json   a job's usage as of a step: {usage..., "step": n}
 
 A job's figure is *set* (not added) from its checkpoints, monotonic by step, so a redelivered
 step can neither count twice nor move the figure back. The month total changes by the job's
 delta, once per committed usage change (one write): for each unfinished job, and each job that
 finished in the last RECENT_SECONDS, the total record keeps the step and usage it applied. That
 makes applying a step idempotent (a replay finds its step applied) and gives the delta's base.
-When a job finishes, its own record is written after the total; once the total forgets a
-finished job, that record is its base (a late replay of its final step applies nothing).
+The job's own record is written after the total; once the total forgets a job, that record is
+its base (a late replay of its final step applies nothing).
 
 So the cost of a step or a submit does not grow with the month's volume: the total record holds
 the jobs in flight and those that finished within the hour, never the month's history.
@@ -88,9 +88,11 @@ class UsageLedger:
         """Set the job's usage as of step; return the tenant's month total before and after.
 
         Monotonic by step: a redelivered older step (a stranded message, a duplicate) never
-        moves the job's entry or the month total back to an earlier figure. One write while the
-        job runs (final=False); when it ends, the job's own record follows the total (a replay
-        after a crash between the two finds the total applied and writes the job's record).
+        moves the job's entry or the month total back to an earlier figure. The job's own record
+        follows the total (a replay after a crash between the two finds the total applied and
+        writes the job's record). While the job runs (final=False) neither waits for its own
+        fsync: lost to an OS crash, the next record of the job applies its delta from the base
+        the total still holds; the final record must be durable.
         """
         now = time.time()
         totals: list[int] = []
@@ -122,17 +124,18 @@ class UsageLedger:
         )
         if written is not None:
             self._remember(tenant, month, _usage(_upgraded(written)["total"]))
-        if final:
-            self._set_job(tenant, month, job_id, usage, step)
+        self._set_job(tenant, month, job_id, usage, step, durable=final)
         return totals[0], totals[1]
 
-    def _set_job(self, tenant: str, month: str, job_id: str, usage: Usage, step: int) -> None:
+    def _set_job(self, tenant: str, month: str, job_id: str, usage: Usage, step: int, *, durable: bool) -> None:
         def change(entry: dict[str, Any] | None) -> dict[str, Any] | None:
             if entry is not None and int(entry.get("step", 0)) >= step:
                 return None
             return _entry(usage, step)
 
-        update_json(self.objects, self._job_key(tenant, month, job_id), change, load=json.loads, dump=_dump)
+        update_json(
+            self.objects, self._job_key(tenant, month, job_id), change, load=json.loads, dump=_dump, durable=durable
+        )
 
     def total(self, tenant: str, month: str, *, max_age: float = 0.0) -> Usage:
         """The tenant's month total; with max_age, a figure this instance saw that recently will do."""
