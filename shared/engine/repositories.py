@@ -180,8 +180,10 @@ class JobStore:
         return f"{layout.tenant_jobs_prefix(job.tenant)}{inverted:013d}_{job.id}"
 
     def create(self, job: Job) -> None:
+        # The listing marker first, without its own fsync: the record's fsync'd create right after
+        # carries it to disk (WAL order), and a marker whose record never came is skipped by listings.
+        self.objects.put(self._tenant_marker(job), b"", durable=False)
         self.objects.put_if_absent(self._key(job.id), job.model_dump_json().encode())
-        self.objects.put(self._tenant_marker(job), b"")
 
     def get(self, job_id: str) -> Job | None:
         found = self.objects.get(self._key(job_id))
