@@ -54,11 +54,14 @@ class CheckpointStore:
 
     def commit(self, checkpoint: Checkpoint) -> bool:
         """Create checkpoint n; False when another delivery committed it first (its result wins)."""
-        stored = checkpoint.model_dump(mode="json")
+        # The state is already JSON-ready (a dict): dump the rest, and the state whole or as its change.
+        stored = checkpoint.model_dump(mode="json", exclude={"state"})
         base = self._recall(checkpoint.job_id, checkpoint.step - 1)
         if base is not None and checkpoint.outcome is None and checkpoint.step % self.snapshot_every:
             stored["state"] = {}
             stored["state_delta"] = {"base": checkpoint.step - 1, "changes": state_changes(base, checkpoint.state)}
+        else:
+            stored["state"] = checkpoint.state
         try:
             self.objects.put_if_absent(
                 checkpoint_key(checkpoint.job_id, checkpoint.step), json.dumps(stored, separators=(",", ":")).encode()
