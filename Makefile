@@ -81,12 +81,14 @@ test: setup
 serve: $(STAMP)
 	$(PY) -m shared.runtime
 
+# Each script prints its figures beside the same run's anchors; report.py rewrites the README's table.
 bench: $(STAMP)
 	$(PY) bench/steps.py
 	$(PY) bench/search.py
 	$(PY) bench/api.py
 	$(PY) bench/events.py
 	$(PY) bench/console.py
+	$(PY) bench/report.py --readme
 
 # Style, types, and the import contract (imports only go down; see docs/architecture.md).
 lint: $(STAMP)

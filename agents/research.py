@@ -26,7 +26,10 @@ ELIDED = json.dumps(
 
 
 class TokenCounter(Protocol):
-    """Prompt tokens of chat messages plus the tool specs sent with them (shared.tokens.count_message_tokens)."""
+    """Prompt tokens of chat messages plus the tool specs sent with them (shared.tokens.count_message_tokens).
+
+    Counts add up: count(a + b) == count(a) + count(b) - count([]) (the reply priming counts once).
+    """
 
     def __call__(self, messages: list[dict[str, Any]], *, tools: list[dict[str, Any]] | None = None) -> int: ...
 
@@ -73,8 +76,17 @@ def _model_step(state: AgentState, ctx: AgentContext) -> StepResult:
     specs = tool_specs(ctx.policy.allowed_tools)
     # The tool specs travel with every call, so they come out of the budget too.
     fixed = ctx.count_tokens([system], tools=specs)
-    messages = [system, *fit_to_budget(state.messages, ctx.context_budget - fixed, ctx.count_tokens)]
-    needed = ctx.count_tokens(messages, tools=specs)
+    empty = ctx.count_tokens([])
+    # Messages never change once appended: count each once, and keep its count beside it in the state.
+    known = state.message_tokens if len(state.message_tokens) <= len(state.messages) else []
+    costs = known + [ctx.count_tokens([m]) - empty for m in state.messages[len(known) :]]
+    kept, conversation = fit_to_budget_counted(
+        state.messages, ctx.context_budget - fixed, ctx.count_tokens, costs=costs
+    )
+    messages = [system, *kept]
+    # Counts add up message by message: the prompt is the fixed part plus the conversation, less the
+    # reply priming both of them include.
+    needed = fixed + conversation - empty
     if needed > ctx.context_budget:
         # Only the newest turn's tool output and the conversation's skeleton are left; sending more than the
         # budget would break the promise the operator configured, so the job stops before spending anything.
@@ -89,6 +101,7 @@ def _model_step(state: AgentState, ctx: AgentContext) -> StepResult:
             state, "model", "prompt over the context budget", outcome=Outcome(status="failed", error=error)
         )
     turn = ctx.model.complete(messages, specs)
+    state.message_tokens = costs  # only once the turn happened: a failed call leaves the state as it was
     message: dict[str, Any] = {"role": "assistant", "content": turn.content}
     if turn.tool_calls:
         message["tool_calls"] = [
@@ -114,17 +127,34 @@ def fit_to_budget(messages: list[dict[str, Any]], budget: int, count: TokenCount
     the chunks stay in state.sources and can be read again. The answers to the latest
     assistant turn are never elided: they are what the model must act on now.
     """
-    if count(messages) <= budget:
-        return messages
+    return fit_to_budget_counted(messages, budget, count)[0]
+
+
+def fit_to_budget_counted(
+    messages: list[dict[str, Any]], budget: int, count: TokenCounter, *, costs: list[int] | None = None
+) -> tuple[list[dict[str, Any]], int]:
+    """fit_to_budget, and the tokens of what it kept (framing included).
+
+    Each message is counted once, and an elision adjusts the total by the difference, so the
+    cost is linear in the conversation's length however many outputs are elided (a recount
+    after every elision made long jobs quadratic). This relies on counts adding up message by
+    message, as shared.tokens.count_message_tokens does.
+    """
+    empty = count([])
+    costs = [count([m]) - empty for m in messages]
+    total = empty + sum(costs)
+    if total <= budget:
+        return messages, total
     trimmed = [dict(m) for m in messages]
     last_turn = max((i for i, m in enumerate(trimmed) if m.get("role") == "assistant"), default=len(trimmed))
-    for m in trimmed[:last_turn]:
+    for i, m in enumerate(trimmed[:last_turn]):
         if m.get("role") != "tool" or m.get("content") == ELIDED:
             continue
         m["content"] = ELIDED
-        if count(trimmed) <= budget:
+        total += (count([m]) - empty) - costs[i]
+        if total <= budget:
             break
-    return trimmed
+    return trimmed, total
 
 
 # --- tool steps --------------------------------------------------------------------------------

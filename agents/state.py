@@ -15,6 +15,10 @@ class AgentState(BaseModel):
     messages: list[dict[str, Any]] = Field(
         default_factory=list, description="OpenAI-format turns after the system prompt."
     )
+    message_tokens: list[int] = Field(
+        default_factory=list,
+        description="Prompt tokens of messages[i], counted once when first sent (a prefix of messages).",
+    )
     sources: dict[str, Chunk] = Field(
         default_factory=dict, description="chunk key -> chunk read in this job: the only text a citation may quote"
     )

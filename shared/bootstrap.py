@@ -36,7 +36,7 @@ def build_objects(settings: Settings) -> ObjectStore:
     _require(settings, "Blob Storage", "AzureWebJobsStorage__blobServiceUri or AzureWebJobsStorage")
     from shared.adapters.local.blobs import LocalObjectStore
 
-    return LocalObjectStore(settings.data_dir / "blobs")
+    return LocalObjectStore(settings.data_dir / "blobs", synchronous=settings.embedded_synchronous)
 
 
 def build_queue(settings: Settings) -> StepQueue:
@@ -53,6 +53,7 @@ def build_queue(settings: Settings) -> StepQueue:
         lock_seconds=settings.queue_lock_seconds,
         max_delivery_count=settings.queue_max_delivery_count,
         duplicate_window_seconds=settings.queue_duplicate_window_seconds,
+        synchronous=settings.embedded_synchronous,
     )
 
 

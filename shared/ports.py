@@ -44,11 +44,14 @@ class ObjectStore(Protocol):
         """
         ...
 
-    def put(self, key: str, data: bytes, *, if_match: str | None = None) -> str:
+    def put(self, key: str, data: bytes, *, if_match: str | None = None, durable: bool = True) -> str:
         """Write unconditionally (or, with if_match, only over that ETag); return the new ETag.
 
         Raises PreconditionFailed when if_match is given and the stored ETag differs (or the key is
-        gone), DependencyUnavailable when the store cannot be reached.
+        gone), DependencyUnavailable when the store cannot be reached. durable=False lets a store
+        acknowledge before the write is on disk: an OS crash may then lose it (never tear it), so it
+        is only for records a later write repairs. Stores whose every write is durable (Blob
+        Storage) ignore it.
         """
         ...
 

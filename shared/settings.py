@@ -69,6 +69,12 @@ class Settings(BaseSettings):
     queue_duplicate_window_seconds: float = Field(600.0, validation_alias="QUEUE_DUPLICATE_WINDOW_SECONDS")
 
     # --- storage -------------------------------------------------------------------------------
+    embedded_synchronous: Literal["FULL", "NORMAL"] = Field(
+        "FULL",
+        validation_alias="EMBEDDED_SYNCHRONOUS",
+        description="SQLite synchronous mode of the embedded object store and queue: FULL fsyncs every commit "
+        "(a committed step survives an OS crash); NORMAL survives only a process crash.",
+    )
     storage_connection: str | None = _alias("AzureWebJobsStorage", "STORAGE_CONNECTION")
     storage_blob_uri: str | None = _alias("AzureWebJobsStorage__blobServiceUri")
 

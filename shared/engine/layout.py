@@ -29,7 +29,11 @@ CHECKPOINTS = Container(
 JOBS = Container("jobs", "jobs/{job_id}.json: the job record, a projection of its checkpoints", backed_up=True)
 TENANTS = Container("tenants", "tenants/{tenant}/jobs/{newest-first key}: a tenant's job listing", backed_up=True)
 REPORTS = Container("reports", "reports/{job_id}.json: the delivered (or kept-for-inspection) report", backed_up=True)
-LEDGERS = Container("ledgers", "ledgers/{YYYY-MM}/{tenant}.json: token usage per job and month", backed_up=True)
+LEDGERS = Container(
+    "ledgers",
+    "ledgers/{YYYY-MM}/{tenant}.json: a tenant's month total; ledgers/jobs/{YYYY-MM}/{tenant}/{job_id}.json: per job",
+    backed_up=True,
+)
 RESUBMISSIONS = Container("resubmissions", "resubmissions/{job_id}.json: dead-letter decisions per job", backed_up=True)
 IDEMPOTENCY = Container(
     "idempotency", "idempotency/{tenant}/{sha256(key)}.json: Idempotency-Key to job", backed_up=True
@@ -100,6 +104,14 @@ def report_key(job_id: str) -> str:
 
 def ledger_key(month: str, tenant: str) -> str:
     return f"{LEDGERS.name}/{month}/{tenant}.json"
+
+
+def ledger_job_key(month: str, tenant: str, job_id: str) -> str:
+    return f"{ledger_jobs_prefix(month, tenant)}{job_id}.json"
+
+
+def ledger_jobs_prefix(month: str, tenant: str) -> str:
+    return f"{LEDGERS.name}/jobs/{month}/{tenant}/"
 
 
 def resubmissions_key(job_id: str) -> str:

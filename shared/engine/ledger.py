@@ -1,7 +1,19 @@
-"""Token ledgers: per tenant and month, each job's usage *set* (not added) from its checkpoints.
+"""Token ledgers: per tenant and month, one record per job plus a month total kept incrementally.
 
-Setting a job's figure is idempotent and monotonic by step, so a redelivered step can neither
-count twice nor move the figure back, and the month's total is the sum over jobs.
+Records (both in the ledgers container):
+  ledgers/{YYYY-MM}/{tenant}.json                 the month total, plus the jobs it applied lately
+  ledgers/jobs/{YYYY-MM}/{tenant}/{job_id}.json   a job's usage as of a step: {usage..., "step": n}
+
+A job's figure is *set* (not added) from its checkpoints, monotonic by step, so a redelivered
+step can neither count twice nor move the figure back. The month total changes by the job's
+delta, once per committed usage change (one write): for each unfinished job, and each job that
+finished in the last RECENT_SECONDS, the total record keeps the step and usage it applied. That
+makes applying a step idempotent (a replay finds its step applied) and gives the delta's base.
+The job's own record is written after the total; once the total forgets a job, that record is
+its base (a late replay of its final step applies nothing).
+
+So the cost of a step or a submit does not grow with the month's volume: the total record holds
+the jobs in flight and those that finished within the hour, never the month's history.
 """
 
 from __future__ import annotations
@@ -18,59 +30,112 @@ from shared.ports import ObjectStore
 
 # The share of a tenant's monthly budget past which the runbook's token alert fires.
 BUDGET_WARNING_RATIO = 0.8
+# Budget checks (each step, each submit) accept a month total this old: a budget stops jobs "at
+# the next step", not mid-flight, and a second's lag is far below one step's spend.
+BUDGET_STALENESS_SECONDS = 1.0
+# How long the total remembers what it applied for a finished job: well past the broker's
+# redelivery of a final step (lock duration x max deliveries), so a replay finds its own entry.
+RECENT_SECONDS = 3600.0
+# An unfinished job the total has not heard from in this long is forgotten too (a job stuck that
+# long has been ended by the sweep); its next record, if any, takes its base from its own record.
+IDLE_SECONDS = 7 * 86400.0
+
+_FIELDS = ("prompt_tokens", "completion_tokens", "cached_tokens")
 
 
-def _dump(ledger: dict[str, Any]) -> bytes:
-    return json.dumps(ledger).encode()
+def _dump(record: dict[str, Any]) -> bytes:
+    return json.dumps(record, separators=(",", ":")).encode()
 
 
 def month_of(when: datetime | None = None) -> str:
     return (when or utcnow()).strftime("%Y-%m")
 
 
+def _usage(entry: dict[str, Any]) -> Usage:
+    return Usage(**{f: int(entry.get(f, 0)) for f in _FIELDS})
+
+
+def _entry(usage: Usage, step: int, **extra: Any) -> dict[str, Any]:
+    return {**{f: getattr(usage, f) for f in _FIELDS}, "step": step, **extra}
+
+
+def _tokens(entry: dict[str, Any]) -> int:
+    return int(entry.get("prompt_tokens", 0)) + int(entry.get("completion_tokens", 0))
+
+
 class UsageLedger:
-    def __init__(self, objects: ObjectStore) -> None:
+    def __init__(self, objects: ObjectStore, *, recent_seconds: float = RECENT_SECONDS) -> None:
         self.objects = objects
+        self.recent_seconds = recent_seconds
         # Month totals this instance last wrote or read, for callers that accept a second's staleness.
         self._recent: dict[tuple[str, str], tuple[float, Usage]] = {}
-        self._parsed: dict[tuple[str, str], tuple[str, dict[str, Usage]]] = {}
 
     @staticmethod
-    def _key(tenant: str, month: str) -> str:
+    def _total_key(tenant: str, month: str) -> str:
         return layout.ledger_key(month, tenant)
 
-    def _read(self, tenant: str, month: str) -> tuple[dict[str, dict[str, int]], str | None]:
-        found = self.objects.get(self._key(tenant, month))
-        if found is None:
-            return {}, None
-        return json.loads(found.data)["jobs"], found.etag
+    @staticmethod
+    def _job_key(tenant: str, month: str, job_id: str) -> str:
+        return layout.ledger_job_key(month, tenant, job_id)
 
-    def record(self, tenant: str, month: str, job_id: str, usage: Usage, step: int) -> tuple[int, int]:
+    def _read_job(self, tenant: str, month: str, job_id: str) -> dict[str, Any] | None:
+        found = self.objects.get(self._job_key(tenant, month, job_id))
+        return json.loads(found.data) if found is not None else None
+
+    def record(
+        self, tenant: str, month: str, job_id: str, usage: Usage, step: int, *, final: bool = True
+    ) -> tuple[int, int]:
         """Set the job's usage as of step; return the tenant's month total before and after.
 
         Monotonic by step: a redelivered older step (a stranded message, a duplicate) never
-        moves the job's entry back to an earlier total.
+        moves the job's entry or the month total back to an earlier figure. The job's own record
+        follows the total (a replay after a crash between the two finds the total applied and
+        writes the job's record). While the job runs (final=False) neither waits for its own
+        fsync: lost to an OS crash, the next record of the job applies its delta from the base
+        the total still holds; the final record must be durable.
         """
-        entry = {**usage.model_dump(), "step": step}
+        now = time.time()
         totals: list[int] = []
 
-        def change(ledger: dict[str, Any] | None) -> dict[str, Any] | None:
-            jobs: dict[str, dict[str, int]] = dict(ledger["jobs"]) if ledger else {}
-            before = sum(j["prompt_tokens"] + j["completion_tokens"] for j in jobs.values())
-            old = jobs.get(job_id)
+        def change(record: dict[str, Any] | None) -> dict[str, Any] | None:
+            record = _upgraded(record)
+            total = dict(record["total"])
+            before = _tokens(total)
             totals[:] = [before, before]
-            if old is not None and old.get("step", 0) >= step:
+            recent: dict[str, dict[str, Any]] = record["recent"]
+            applied = recent.get(job_id)
+            if applied is None:
+                # Not applied lately: its base is what its own record (written after the total) says.
+                applied = self._read_job(tenant, month, job_id) or record["legacy"].get(job_id)
+            if applied is not None and int(applied.get("step", 0)) >= step:
                 return None
-            jobs[job_id] = entry
-            if old is not None:
-                before -= old["prompt_tokens"] + old["completion_tokens"]
-            totals[1] = before + usage.total_tokens
-            return {"tenant": tenant, "month": month, "jobs": jobs}
+            base = applied or {}
+            for f in _FIELDS:
+                total[f] = int(total.get(f, 0)) + getattr(usage, f) - int(base.get(f, 0))
+            totals[1] = _tokens(total)
+            kept = {j: e for j, e in recent.items() if j != job_id and _kept(e, now, self.recent_seconds)}
+            kept[job_id] = _entry(usage, step, at=now, **({"final": True} if final else {}))
+            return {**record, "total": total, "recent": kept}
 
-        written = update_json(self.objects, self._key(tenant, month), change, load=json.loads, dump=_dump)
+        # A running job's change need not wait for its fsync: lost to an OS crash, the next record
+        # of the job applies its delta from the base the total still holds. The final one must.
+        written = update_json(
+            self.objects, self._total_key(tenant, month), change, load=json.loads, dump=_dump, durable=final
+        )
         if written is not None:
-            self._remember(tenant, month, written["jobs"])
+            self._remember(tenant, month, _usage(_upgraded(written)["total"]))
+        self._set_job(tenant, month, job_id, usage, step, durable=final)
         return totals[0], totals[1]
+
+    def _set_job(self, tenant: str, month: str, job_id: str, usage: Usage, step: int, *, durable: bool) -> None:
+        def change(entry: dict[str, Any] | None) -> dict[str, Any] | None:
+            if entry is not None and int(entry.get("step", 0)) >= step:
+                return None
+            return _entry(usage, step)
+
+        update_json(
+            self.objects, self._job_key(tenant, month, job_id), change, load=json.loads, dump=_dump, durable=durable
+        )
 
     def total(self, tenant: str, month: str, *, max_age: float = 0.0) -> Usage:
         """The tenant's month total; with max_age, a figure this instance saw that recently will do."""
@@ -78,31 +143,28 @@ class UsageLedger:
             seen = self._recent.get((tenant, month))
             if seen is not None and time.monotonic() - seen[0] <= max_age:
                 return seen[1]
-        jobs, _ = self._read(tenant, month)
-        return self._remember(tenant, month, jobs)
+        found = self.objects.get(self._total_key(tenant, month))
+        record = _upgraded(json.loads(found.data) if found is not None else None)
+        return self._remember(tenant, month, _usage(record["total"]))
 
-    def _remember(self, tenant: str, month: str, jobs: dict[str, dict[str, int]]) -> Usage:
-        total = Usage(
-            prompt_tokens=sum(e["prompt_tokens"] for e in jobs.values()),
-            completion_tokens=sum(e["completion_tokens"] for e in jobs.values()),
-            cached_tokens=sum(e.get("cached_tokens", 0) for e in jobs.values()),
-        )
+    def _remember(self, tenant: str, month: str, total: Usage) -> Usage:
         self._recent[(tenant, month)] = (time.monotonic(), total)
         return total
 
     def by_job(self, tenant: str, month: str) -> dict[str, Usage]:
-        """Each job's usage in the tenant's month (a new dict; do not change the Usage values)."""
-        found = self.objects.get(self._key(tenant, month))
-        if found is None:
-            return {}
-        # A month's ledger holds every job of the month: parse it once per version (ETag), not per read.
-        cached = self._parsed.get((tenant, month))
-        if cached is not None and cached[0] == found.etag:
-            return dict(cached[1])
-        jobs = json.loads(found.data)["jobs"]
-        parsed = {job_id: Usage.model_validate(entry) for job_id, entry in jobs.items()}
-        self._parsed[(tenant, month)] = (found.etag, parsed)
-        return dict(parsed)
+        """Every job's usage in the month (reads one record per job: for reports, not the hot path)."""
+        found = self.objects.get(self._total_key(tenant, month))
+        record = _upgraded(json.loads(found.data) if found is not None else None)
+        entries: dict[str, dict[str, Any]] = dict(record["legacy"])
+        prefix = layout.ledger_jobs_prefix(month, tenant)
+        for key in self.objects.list(prefix):
+            stored = self.objects.get(key)
+            if stored is not None:
+                entries[key[len(prefix) : -len(".json")]] = json.loads(stored.data)
+        for job_id, entry in record["recent"].items():  # running jobs live only here
+            if int(entry.get("step", 0)) >= int(entries.get(job_id, {}).get("step", 0)):
+                entries[job_id] = entry
+        return {job_id: _usage(entry) for job_id, entry in entries.items()}
 
     def tenants(self, month: str) -> dict[str, Usage]:
         prefix = f"{layout.LEDGERS.name}/{month}/"
@@ -110,3 +172,30 @@ class UsageLedger:
             key[len(prefix) : -len(".json")]: self.total(key[len(prefix) : -len(".json")], month)
             for key in self.objects.list(prefix)
         }
+
+
+def _kept(entry: dict[str, Any], now: float, recent_seconds: float) -> bool:
+    """Whether the total still remembers a job: finished within recent_seconds, or unfinished and not idle."""
+    age = now - float(entry.get("at", 0))
+    return age < (recent_seconds if entry.get("final") else IDLE_SECONDS)
+
+
+def _upgraded(record: dict[str, Any] | None) -> dict[str, Any]:
+    """The month-total record, from nothing or from the earlier one-record-per-month format.
+
+    That format kept every job's usage in one "jobs" map; it is read as the total plus a frozen
+    "legacy" map (each job's base when it records again), never rewritten job by job.
+    """
+    if record is None:
+        return {"total": {f: 0 for f in _FIELDS}, "recent": {}, "legacy": {}}
+    if "total" in record:
+        return {"recent": {}, "legacy": {}, **record}
+    legacy: dict[str, dict[str, Any]] = record.get("jobs", {})
+    total = {f: sum(int(e.get(f, 0)) for e in legacy.values()) for f in _FIELDS}
+    return {
+        "tenant": record.get("tenant"),
+        "month": record.get("month"),
+        "total": total,
+        "recent": {},
+        "legacy": legacy,
+    }

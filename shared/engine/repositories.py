@@ -1,7 +1,8 @@
 """Repositories over the ObjectStore port: checkpoints, job records, reports.
 
 Layout (one container per kind, as in Blob Storage):
-  checkpoints/{job_id}/{n:06d}.json   immutable, create-only: the commit point of step n
+  checkpoints/{job_id}/{n:06d}.json   immutable, create-only: the commit point of step n; its state
+                                      in full (a snapshot) or as the change from step n-1 (a delta)
   jobs/{job_id}.json                  the job record, a projection, updated with If-Match
   tenants/{tenant}/jobs/{newest-first key}   empty markers: a tenant's jobs, newest first
   reports/{job_id}.json               the accepted (or kept-for-inspection) report
@@ -10,8 +11,11 @@ Layout (one container per kind, as in Blob Storage):
 from __future__ import annotations
 
 import json
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 from shared.contracts import Checkpoint, Job, Report
 from shared.engine import layout, watch
@@ -27,23 +31,79 @@ def _dump(job: Job) -> bytes:
     return job.model_dump_json().encode()
 
 
+# A full snapshot at least every this many steps bounds how many deltas a read applies.
+SNAPSHOT_EVERY = 25
+# States of recent checkpoints kept in memory: the base of the next step's delta (jobs in flight).
+_STATES_KEPT = 64
+
+
 class CheckpointStore:
-    def __init__(self, objects: ObjectStore) -> None:
+    """Checkpoints, each storing the agent state in full or as its change from the step before.
+
+    Agent state only grows by appending (messages, sources read), so storing every state in full
+    costs O(steps^2) per job. A checkpoint whose previous state is at hand stores only what
+    changed (appended list items, added map entries, replaced fields); every SNAPSHOT_EVERY
+    steps, and for a job's last step, it stores the state in full. get() rebuilds the exact state
+    either way, so resuming from any step is unchanged; retention keeps a job's last snapshot.
+    """
+
+    def __init__(self, objects: ObjectStore, *, snapshot_every: int = SNAPSHOT_EVERY) -> None:
         self.objects = objects
+        self.snapshot_every = snapshot_every
+        self._states: OrderedDict[tuple[str, int], dict[str, Any]] = OrderedDict()
+        self._lock = threading.Lock()
 
     def commit(self, checkpoint: Checkpoint) -> bool:
         """Create checkpoint n; False when another delivery committed it first (its result wins)."""
+        # The state is already JSON-ready (a dict): dump the rest, and the state whole or as its change.
+        stored = checkpoint.model_dump(mode="json", exclude={"state"})
+        base = self._recall(checkpoint.job_id, checkpoint.step - 1)
+        if base is not None and checkpoint.outcome is None and checkpoint.step % self.snapshot_every:
+            stored["state"] = {}
+            stored["state_delta"] = {"base": checkpoint.step - 1, "changes": state_changes(base, checkpoint.state)}
+        else:
+            stored["state"] = checkpoint.state
         try:
             self.objects.put_if_absent(
-                checkpoint_key(checkpoint.job_id, checkpoint.step), checkpoint.model_dump_json().encode()
+                checkpoint_key(checkpoint.job_id, checkpoint.step), json.dumps(stored, separators=(",", ":")).encode()
             )
-            return True
         except PreconditionFailed:
             return False
+        self._remember(checkpoint.job_id, checkpoint.step, checkpoint.state)
+        return True
 
     def get(self, job_id: str, step: int) -> Checkpoint | None:
         found = self.objects.get(checkpoint_key(job_id, step))
-        return Checkpoint.model_validate_json(found.data) if found else None
+        if found is None:
+            return None
+        stored = json.loads(found.data)
+        delta = stored.pop("state_delta", None)
+        if delta is not None:
+            base = self._recall(job_id, delta["base"])
+            if base is None:
+                previous = self.get(job_id, delta["base"])
+                if previous is None:
+                    raise LookupError(
+                        f"checkpoint {step} of job {job_id} needs checkpoint {delta['base']}, which is gone"
+                    )
+                base = previous.state
+            stored["state"] = apply_state_changes(base, delta["changes"])
+        checkpoint = Checkpoint.model_validate(stored)
+        self._remember(job_id, step, checkpoint.state)
+        return checkpoint
+
+    def is_snapshot(self, job_id: str, step: int) -> bool:
+        """Whether checkpoint `step` holds its state in full (False also when it does not exist)."""
+        found = self.objects.get(checkpoint_key(job_id, step))
+        return found is not None and b'"state_delta"' not in found.data
+
+    def prunable(self, job_id: str) -> list[int]:
+        """Steps retention may delete: all before the last snapshot, which with its deltas stays readable."""
+        steps = self.steps(job_id)
+        for n in reversed(steps):
+            if self.is_snapshot(job_id, n):
+                return [m for m in steps if m < n]
+        return []
 
     def steps(self, job_id: str) -> list[int]:
         keys = self.objects.list(f"{layout.CHECKPOINTS.name}/{job_id}/")
@@ -53,7 +113,61 @@ class CheckpointStore:
         return [cp for n in self.steps(job_id) if (cp := self.get(job_id, n)) is not None]
 
     def delete(self, job_id: str, step: int) -> bool:
+        with self._lock:
+            self._states.pop((job_id, step), None)
         return self.objects.delete(checkpoint_key(job_id, step))
+
+    def _recall(self, job_id: str, step: int) -> dict[str, Any] | None:
+        with self._lock:
+            return self._states.get((job_id, step))
+
+    def _remember(self, job_id: str, step: int, state: dict[str, Any]) -> None:
+        with self._lock:
+            self._states[(job_id, step)] = state
+            self._states.move_to_end((job_id, step))
+            while len(self._states) > _STATES_KEPT:
+                self._states.popitem(last=False)
+
+
+def state_changes(base: dict[str, Any], state: dict[str, Any]) -> dict[str, list[Any]]:
+    """What turns base into state, field by field: ["extend", items], ["update", entries], ["set", value]."""
+    changes: dict[str, list[Any]] = {}
+    for name, value in state.items():
+        if name not in base:
+            changes[name] = ["set", value]
+            continue
+        old = base[name]
+        if isinstance(value, list) and isinstance(old, list) and value[: len(old)] == old:
+            if len(value) > len(old):
+                changes[name] = ["extend", value[len(old) :]]
+        elif (
+            isinstance(value, dict)
+            and isinstance(old, dict)
+            and all(k in value and value[k] == v for k, v in old.items())
+        ):
+            if len(value) > len(old):
+                changes[name] = ["update", {k: v for k, v in value.items() if k not in old}]
+        elif value != old:
+            changes[name] = ["set", value]
+    for name in base:
+        if name not in state:
+            changes[name] = ["drop", None]
+    return changes
+
+
+def apply_state_changes(base: dict[str, Any], changes: dict[str, list[Any]]) -> dict[str, Any]:
+    """base with changes applied, as a new dict (base itself is left as it was)."""
+    state = dict(base)
+    for name, (how, value) in changes.items():
+        if how == "extend":
+            state[name] = [*state[name], *value]
+        elif how == "update":
+            state[name] = {**state[name], **value}
+        elif how == "drop":
+            state.pop(name, None)
+        else:
+            state[name] = value
+    return state
 
 
 class JobStore:
@@ -70,8 +184,10 @@ class JobStore:
         return f"{layout.tenant_jobs_prefix(job.tenant)}{inverted:013d}_{job.id}"
 
     def create(self, job: Job) -> None:
+        # The listing marker first, without its own fsync: the record's fsync'd create right after
+        # carries it to disk (WAL order), and a marker whose record never came is skipped by listings.
+        self.objects.put(self._tenant_marker(job), b"", durable=False)
         self.objects.put_if_absent(self._key(job.id), job.model_dump_json().encode())
-        self.objects.put(self._tenant_marker(job), b"")
 
     def get(self, job_id: str) -> Job | None:
         found = self.objects.get(self._key(job_id))
@@ -86,10 +202,11 @@ class JobStore:
         error = record.get("error")
         return str(record["status"]), (str(error["reason"]) if isinstance(error, dict) else None)
 
-    def update(self, job_id: str, transition: Callable[[Job], bool]) -> Job | None:
+    def update(self, job_id: str, transition: Callable[[Job], bool], *, durable: bool = True) -> Job | None:
         """Apply a transition of shared.engine.job (False: nothing changed, nothing written).
 
-        Returns the record as it now is, or None when there is no such job.
+        Returns the record as it now is, or None when there is no such job. durable=False only
+        for a projection a later write repairs (see ObjectStore.put).
         """
 
         def change(job: Job | None) -> Job | None:
@@ -104,7 +221,9 @@ class JobStore:
             written[0] = new is not None
             return new
 
-        result = update_json(self.objects, self._key(job_id), tracked, load=Job.model_validate_json, dump=_dump)
+        result = update_json(
+            self.objects, self._key(job_id), tracked, load=Job.model_validate_json, dump=_dump, durable=durable
+        )
         if written[0]:
             watch.notify(job_id)  # the commit path wakes this process's event streams
         return result

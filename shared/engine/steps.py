@@ -40,7 +40,7 @@ from shared.contracts import (
 from shared.engine import fanout, outbox
 from shared.engine import job as lifecycle
 from shared.engine.backends import Backends
-from shared.engine.ledger import BUDGET_WARNING_RATIO, month_of
+from shared.engine.ledger import BUDGET_STALENESS_SECONDS, BUDGET_WARNING_RATIO, month_of
 from shared.engine.pricing import budget_exhausted
 from shared.errors import DependencyUnavailable
 from shared.observability import metrics
@@ -49,7 +49,6 @@ from shared.ports import PermanentModelError, TransientModelError
 
 log = logging.getLogger("agent.steps")
 MAX_BACKOFF_SECONDS = 300.0
-BUDGET_STALENESS_SECONDS = 1.0
 
 
 class StepOutOfOrder(RuntimeError):
@@ -298,7 +297,13 @@ def settle(b: Backends, job: Job, cp: Checkpoint) -> None:
         if job.session_id and cp.outcome.status == "succeeded" and state.report is not None:
             findings = [c.quote for c in state.report.citations] + state.notes
             b.memory.remember(job.tenant, job.session_id, findings)
-    updated = b.jobs.update(job.id, lambda j: lifecycle.apply_checkpoint(j, cp, lambda n: b.checkpoints.get(j.id, n)))
+    # The projection of a step followed by a next message need not wait for its own fsync: that
+    # message is already durable, and its step folds in any checkpoint the record missed.
+    updated = b.jobs.update(
+        job.id,
+        lambda j: lifecycle.apply_checkpoint(j, cp, lambda n: b.checkpoints.get(j.id, n)),
+        durable=cp.outcome is not None or parks,
+    )
     if parks:
         _park(b, job, cp)
     # The ledger holds each job's running total (set, not added). A step that used no tokens leaves
@@ -387,7 +392,9 @@ def job_finished(b: Backends, job: Job) -> None:
 
 
 def _record_usage(b: Backends, job: Job, cp: Checkpoint) -> None:
-    before, after = b.ledger.record(job.tenant, month_of(job.created_at), job.id, cp.total_usage, cp.step)
+    before, after = b.ledger.record(
+        job.tenant, month_of(job.created_at), job.id, cp.total_usage, cp.step, final=cp.outcome is not None
+    )
     budget = b.settings.budget_for(job.tenant)
     metrics.record_budget(job.tenant, after, budget)
     if before < BUDGET_WARNING_RATIO * budget <= after:

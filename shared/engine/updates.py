@@ -24,12 +24,14 @@ def update_json(
     *,
     load: Callable[[bytes], T],
     dump: Callable[[T], bytes],
+    durable: bool = True,
 ) -> T | None:
     """Apply `change` to the record at `key` until the write wins; return the record as it now is.
 
     `change(current)` receives the parsed record (None when absent) and returns the new value, or
     None to leave the record as it is (nothing is written, and the current value is returned).
-    It may run more than once, so it must compute from its argument only.
+    It may run more than once, so it must compute from its argument only. durable=False: see
+    ObjectStore.put (only for records a later write repairs).
     """
     while True:
         found = objects.get(key)
@@ -42,7 +44,7 @@ def update_json(
             if found is None:
                 objects.put_if_absent(key, data)
             else:
-                objects.put(key, data, if_match=found.etag)
+                objects.put(key, data, if_match=found.etag, durable=durable)
             return new
         except PreconditionFailed:
             continue

@@ -45,7 +45,7 @@ class RetentionResult(BaseModel):
 
 
 def apply_retention(b: Backends, now: datetime | None = None) -> RetentionResult:
-    """Delete old finished jobs' checkpoints except the last (under the retention lease)."""
+    """Delete old finished jobs' checkpoints before their last full snapshot (under the retention lease)."""
     started = time.perf_counter()
     now = now or utcnow()
     result = RetentionResult(cutoff=now - timedelta(days=b.settings.checkpoint_retention_days))
@@ -54,10 +54,10 @@ def apply_retention(b: Backends, now: datetime | None = None) -> RetentionResult
             result.jobs_examined += 1
             if not job.finished or job.finished_at is None or job.finished_at >= result.cutoff:
                 continue
-            steps = b.checkpoints.steps(job.id)
-            if len(steps) <= 1:
+            steps = b.checkpoints.prunable(job.id)  # all before the last full snapshot
+            if not steps:
                 continue
-            for n in steps[:-1]:
+            for n in steps:
                 if b.checkpoints.delete(job.id, n):
                     result.checkpoints_deleted += 1
             result.jobs_pruned += 1

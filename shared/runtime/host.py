@@ -42,6 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=int(os.environ.get("FUNCTIONS_HTTPWORKER_PORT", "7071")))
     parser.add_argument("--data-dir", help="state directory (default DATA_DIR or .data)")
     parser.add_argument("--no-timers", action="store_true", help="do not run timer triggers")
+    parser.add_argument(
+        "--no-consumers",
+        action="store_true",
+        help="do not consume the queue (serve the API only; another runtime on the same DATA_DIR runs the steps)",
+    )
     args = parser.parse_args(argv)
 
     load_local_settings(ROOT / "local.settings.json")
@@ -67,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     host = read_host_json(ROOT / "host.json")
     backends = get_backends()
     consumers = []
-    for fn in found.queues:
+    for fn in [] if args.no_consumers else found.queues:
         if not isinstance(backends.queue, LocalQueue):
             raise SystemExit(
                 f"{fn.name}: the embedded runtime consumes the embedded queue only; with a Service Bus "

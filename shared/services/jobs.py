@@ -14,6 +14,7 @@ from shared.contracts import Job, JobStatus, PolicyOverrides, Report, StepMessag
 from shared.engine import job as lifecycle
 from shared.engine import layout, outbox
 from shared.engine.backends import Backends
+from shared.engine.ledger import BUDGET_STALENESS_SECONDS
 from shared.engine.pricing import budget_exhausted
 from shared.errors import Conflict, NotFound, TooManyRequests
 from shared.ports import PreconditionFailed
@@ -97,7 +98,8 @@ def submit(
         webhooks.check_callback(b.settings, tenant, request.callback_url)
     limits = tenant_limits(b.settings.policy_defaults, b.settings.tenant_policies.get(tenant))
     policy = resolve(limits, request.policy)
-    spent = budget_exhausted(b, tenant)
+    # The same second-fresh total the step's budget check reads: one small record, whatever the month's volume.
+    spent = budget_exhausted(b, tenant, max_age=BUDGET_STALENESS_SECONDS)
     if spent is not None:
         raise BudgetExhausted(
             f"tenant {tenant} has used {spent}; new jobs are refused until next month or until the budget is raised"

@@ -386,3 +386,32 @@ def test_local_index_survives_vacuum(tmp_path: Path) -> None:
     assert index.search("バックアップの復元手順は？")[0].doc_id == "backup-ja"
     assert {h.doc_id for h in index.search("tidal energy")} == {"tides"}
     index.close()
+
+
+def test_local_ranking_is_fts5s_bm25_and_follows_writes_from_another_connection(tmp_path: Path) -> None:
+    """The in-memory ranking mirror returns FTS5's bm25() order and scores, and never serves a stale index."""
+    from shared.adapters.local.search import CONTENT_WEIGHT, TITLE_WEIGHT, match_expression
+
+    path = tmp_path / "search.sqlite3"
+    index, writer = LocalKnowledgeIndex(path), LocalKnowledgeIndex(path)
+    index.upsert(library_chunks() + numbered_chunks("tides", 12))
+    for query in ("How do I restore the knowledge index from a backup?", "バックアップの復元手順は？", "tidal energy"):
+        fts5 = (
+            index._db()
+            .execute(
+                f"SELECT c.doc_id, c.chunk_id, bm25(chunks_terms, {TITLE_WEIGHT}, {CONTENT_WEIGHT}) AS r "
+                "FROM chunks_terms JOIN chunks c ON c.id = chunks_terms.rowid "
+                "WHERE chunks_terms MATCH ? ORDER BY r, c.id",
+                (match_expression(query),),
+            )
+            .fetchall()
+        )
+        hits = index.search(query, top=len(fts5))
+        assert [(h.doc_id, h.chunk_id) for h in hits] == [(d, c) for d, c, _ in fts5]
+        assert [h.score for h in hits] == pytest.approx([-r for _, _, r in fts5])
+    writer.delete_document("tides")  # another object, as another process would: the mirror must notice
+    assert index.search("tidal energy") == []
+    writer.upsert(numbered_chunks("tides-again", 2))
+    assert {h.doc_id for h in index.search("tidal energy")} == {"tides-again"}
+    index.close()
+    writer.close()

@@ -107,6 +107,16 @@ def test_put_with_if_match(store: ObjectStore) -> None:
     assert (stored.data, stored.etag) == (b'{"status": "running"}', second)
 
 
+def test_a_write_without_its_own_fsync_keeps_every_other_guarantee(store: ObjectStore) -> None:
+    etag = store.put("jobs/lazy.json", b"v1", durable=False)
+    assert store.get("jobs/lazy.json").data == b"v1"  # type: ignore[union-attr]
+    newer = store.put("jobs/lazy.json", b"v2", if_match=etag, durable=False)
+    with pytest.raises(PreconditionFailed):
+        store.put("jobs/lazy.json", b"v3", if_match=etag, durable=False)
+    store.put("jobs/other.json", b"durable")  # a durable write after it, on the same store, still works
+    assert store.get("jobs/lazy.json").etag == newer  # type: ignore[union-attr]
+
+
 def test_if_match_on_a_missing_object_fails(store: ObjectStore) -> None:
     store.put("jobs/j_other.json", b"{}")  # the container exists, the blob does not
     with pytest.raises(PreconditionFailed):

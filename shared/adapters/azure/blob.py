@@ -140,7 +140,8 @@ class AzureObjectStore:
         with _unavailable_on_transport_errors(f"exists {key}"):
             return bool(self._service.get_blob_client(container, name).exists())
 
-    def put(self, key: str, data: bytes, *, if_match: str | None = None) -> str:
+    def put(self, key: str, data: bytes, *, if_match: str | None = None, durable: bool = True) -> str:
+        # Every Blob Storage write is durable once acknowledged: durable=False changes nothing here.
         container, name = split_key(key)
         blob = self._service.get_blob_client(container, name)
         if if_match is None:

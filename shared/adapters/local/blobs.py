@@ -8,10 +8,12 @@ Why SQLite rather than one file per object:
   with SIGKILL mid-write leaves an uncommitted WAL tail that SQLite discards on next open.
 - Blob names may be both "a/b" and "a/b/c" (a file system cannot hold a file and a directory of the
   same name), need no escaping, and list(prefix) is an index range scan instead of a directory walk.
-- WAL with synchronous=NORMAL skips fsync on commit: durable across process crashes (kill -9),
-  which is what the embedded runtime needs; a power cut may lose the last commits, never tear one.
-  The WAL checkpoint (every ~4 MB written) still fsyncs, which sets the p99 of a write (~10 ms);
-  synchronous=OFF would remove that but can corrupt the file on an OS crash, a worse trade.
+- WAL with synchronous=FULL (the default) fsyncs the WAL on every commit, so a committed step
+  survives an OS crash or power cut. synchronous="NORMAL" (EMBEDDED_SYNCHRONOUS) skips that fsync:
+  still durable across process crashes (kill -9), but a power cut may lose the last commits (never
+  tear one). synchronous=OFF can corrupt the file on an OS crash and is not offered. A write with
+  durable=False (a projection a later write repairs) commits without its own fsync: WAL frames
+  reach the disk in order, so the next fsync'd commit carries it too.
 Limit: SQLite caps one value at ~1 GB, far above anything the app stores (checkpoints, job records,
 reports, index backups).
 """
@@ -93,11 +95,14 @@ def _prefix_upper_bound(prefix: str) -> str | None:
 class LocalObjectStore:
     """ObjectStore over one SQLite database under root; safe to share across threads and processes."""
 
-    def __init__(self, root: Path, *, busy_timeout_seconds: float = 30.0) -> None:
+    def __init__(self, root: Path, *, busy_timeout_seconds: float = 30.0, synchronous: str = "FULL") -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.path = self.root / DB_FILE
         self._busy_timeout = busy_timeout_seconds
+        if synchronous not in ("FULL", "NORMAL"):
+            raise ValueError(f"synchronous must be FULL or NORMAL, not {synchronous!r}")
+        self._synchronous = synchronous
         self._local = threading.local()
         with _write_locks_guard:
             self._write_lock = _write_locks.setdefault(str(self.path.resolve()), threading.Lock())
@@ -113,7 +118,7 @@ class LocalObjectStore:
         local = self._local
         if getattr(local, "generation", None) != _fork_generation:
             conn = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None)
-            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(f"PRAGMA synchronous={self._synchronous}")
             # Large blobs grow the WAL; give the space back after each checkpoint.
             conn.execute("PRAGMA journal_size_limit=67108864")
             local.conn = conn
@@ -128,10 +133,18 @@ class LocalObjectStore:
             conn.close()
         self._local.__dict__.clear()
 
-    def _write(self, sql: str, params: tuple[object, ...]) -> int:
+    def _write(self, durable: bool, sql: str, params: tuple[object, ...]) -> int:
         with self._write_lock:
             try:
-                return self._conn().execute(sql, params).rowcount
+                conn = self._conn()
+                if durable or self._synchronous == "NORMAL":
+                    return conn.execute(sql, params).rowcount
+                # WAL frames reach the disk in order: the next fsync'd commit carries this one too.
+                conn.execute("PRAGMA synchronous=NORMAL")
+                try:
+                    return conn.execute(sql, params).rowcount
+                finally:
+                    conn.execute(f"PRAGMA synchronous={self._synchronous}")
             except sqlite3.OperationalError as exc:
                 # "database is locked" after the busy timeout: another process holds the write lock
                 # far too long. The write did not happen, so the caller may retry.
@@ -149,11 +162,12 @@ class LocalObjectStore:
         """Cheaper than get: reads the index only, not the data."""
         return self._conn().execute("SELECT 1 FROM objects WHERE key = ?", (key,)).fetchone() is not None
 
-    def put(self, key: str, data: bytes, *, if_match: str | None = None) -> str:
+    def put(self, key: str, data: bytes, *, if_match: str | None = None, durable: bool = True) -> str:
         validate_key(key)
         etag = _new_etag()
         if if_match is None:
             self._write(
+                durable,
                 "INSERT INTO objects (key, data, etag, modified) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (key) DO UPDATE SET data = excluded.data, etag = excluded.etag, "
                 "modified = excluded.modified",
@@ -161,6 +175,7 @@ class LocalObjectStore:
             )
             return etag
         changed = self._write(
+            durable,
             "UPDATE objects SET data = ?, etag = ?, modified = ? WHERE key = ? AND etag = ?",
             (bytes(data), etag, time.time(), key, if_match),
         )
@@ -172,6 +187,7 @@ class LocalObjectStore:
         validate_key(key)
         etag = _new_etag()
         created = self._write(
+            True,
             "INSERT INTO objects (key, data, etag, modified) VALUES (?, ?, ?, ?) ON CONFLICT (key) DO NOTHING",
             (key, bytes(data), etag, time.time()),
         )
@@ -181,8 +197,8 @@ class LocalObjectStore:
 
     def delete(self, key: str, *, if_match: str | None = None) -> bool:
         if if_match is None:
-            return self._write("DELETE FROM objects WHERE key = ?", (key,)) > 0
-        if self._write("DELETE FROM objects WHERE key = ? AND etag = ?", (key, if_match)) > 0:
+            return self._write(True, "DELETE FROM objects WHERE key = ?", (key,)) > 0
+        if self._write(True, "DELETE FROM objects WHERE key = ? AND etag = ?", (key, if_match)) > 0:
             return True
         # Nothing deleted: either the key is gone (False, as without if_match) or it has another ETag.
         if self.exists(key):

@@ -6,8 +6,12 @@ count then the dead-letter sub-queue with reason "MaxDeliveryCountExceeded", sch
 enqueue, message-id duplicate detection within a window, and abandon = visible again at once.
 
 Storage: one SQLite file may hold several named queues (rows carry the queue name); each
-LocalQueue object works one of them. WAL with synchronous=NORMAL survives kill -9 of any
-process (only an OS crash or power loss can drop the last commits); like any WAL database it
+LocalQueue object works one of them. WAL with synchronous=FULL (the default) fsyncs every commit,
+so a sent message survives an OS crash; synchronous="NORMAL" survives kill -9 of any process
+(only an OS crash or power loss can drop the last commits). Only a send (and a dead-letter) must
+survive an OS crash; claims, lock renewals and completions commit without their own fsync: WAL
+frames reach the disk in order, so the next fsync'd commit covers them, and losing one to an OS
+crash only means a redelivery, which every handler takes (at-least-once). Like any WAL database it
 needs a local disk, not a network share. Several threads and several processes on one machine
 may share a file: claims run in short BEGIN IMMEDIATE transactions, and a lock is a token plus
 an expiry time, so a consumer that dies simply lets its lock run out and the message is
@@ -28,7 +32,7 @@ import time
 import uuid
 import weakref
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -140,7 +144,10 @@ class LocalQueue:
         lock_seconds: float = 60.0,
         max_delivery_count: int = 10,
         duplicate_window_seconds: float = 600.0,
+        synchronous: str = "FULL",
     ) -> None:
+        if synchronous not in ("FULL", "NORMAL"):
+            raise ValueError(f"synchronous must be FULL or NORMAL, not {synchronous!r}")
         if max_delivery_count < 1:
             raise ValueError("max_delivery_count must be at least 1")
         self.path = Path(path)
@@ -148,6 +155,7 @@ class LocalQueue:
         self.lock_seconds = lock_seconds
         self.max_delivery_count = max_delivery_count
         self.duplicate_window_seconds = duplicate_window_seconds
+        self._synchronous = synchronous
         self._wakeup = _shared_wakeup(self.path, name)
         self._last_prune = 0.0
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -158,7 +166,7 @@ class LocalQueue:
             )
             self._conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
             self._conn.execute("PRAGMA journal_mode = WAL")
-            self._conn.execute("PRAGMA synchronous = NORMAL")
+            self._conn.execute(f"PRAGMA synchronous = {synchronous}")
             with self._wakeup, self._transaction() as conn:
                 # Not executescript: it commits on its own, and the schema should appear all at once.
                 for statement in _SCHEMA:
@@ -266,7 +274,7 @@ class LocalQueue:
                     return []  # closed while waiting: the runtime is shutting down
 
     def complete(self, message: QueueMessage) -> None:
-        self._settle(message, "DELETE FROM messages", dead_lettered=False)
+        self._settle(message, "DELETE FROM messages", dead_lettered=False, fsync=False)
 
     def abandon(self, message: QueueMessage) -> None:
         """Unlock for immediate redelivery (no backoff); past max delivery count, dead-letter instead."""
@@ -303,7 +311,7 @@ class LocalQueue:
         """Extend the lock by lock_seconds from now; return the new expiry."""
         until = time.time() + self.lock_seconds
         renew = "UPDATE messages SET locked_until = ?, visible_at = ?"
-        self._settle(message, renew, (until, until), dead_lettered=None)
+        self._settle(message, renew, (until, until), dead_lettered=None, fsync=False)
         return datetime.fromtimestamp(until, UTC)
 
     def purge_dead_letters(self) -> int:
@@ -339,6 +347,19 @@ class LocalQueue:
             raise DependencyUnavailable(f"embedded queue {self.path} ({self.name}): {exc}") from exc
 
     @contextmanager
+    def _without_fsync(self) -> Iterator[None]:
+        """Commit the statements inside without an fsync of their own (see the module docstring)."""
+        if self._synchronous == "NORMAL":
+            yield
+            return
+        conn = self._connection()
+        conn.execute("PRAGMA synchronous = NORMAL")
+        try:
+            yield
+        finally:
+            conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+
+    @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         with self._unavailable_on_sqlite_errors():
             conn = self._connection()
@@ -355,7 +376,7 @@ class LocalQueue:
         """Lock up to max_count visible messages of one sub-queue in one transaction."""
         claimed: list[QueueMessage] = []
         locked_until = now + lock_seconds
-        with self._transaction() as conn:
+        with self._unavailable_on_sqlite_errors(), self._without_fsync(), self._transaction() as conn:
             while len(claimed) < max_count:
                 rows = conn.execute(
                     "SELECT seq, delivery_count FROM messages INDEXED BY messages_ready "
@@ -393,6 +414,7 @@ class LocalQueue:
         *,
         dead_lettered: bool | None,
         returning: str = "seq",
+        fsync: bool = True,
     ) -> object:
         """Run statement on the message if its lock is still ours, else raise MessageLockLost."""
         row = None
@@ -403,7 +425,8 @@ class LocalQueue:
                 sql += " AND dead_lettered = ?"
                 where += (dead_lettered,)
             with self._wakeup, self._unavailable_on_sqlite_errors():
-                row = self._connection().execute(f"{sql} RETURNING {returning}", params + where).fetchone()
+                with self._without_fsync() if not fsync else nullcontext():
+                    row = self._connection().execute(f"{sql} RETURNING {returning}", params + where).fetchone()
         if row is None:
             raise MessageLockLost(
                 f"lock on message {message.message_id!r} (sequence {message.sequence_number}) in queue "
