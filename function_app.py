@@ -24,7 +24,8 @@ app = func.AsgiFunctionApp(app=create_api(get_backends, get_settings()), http_au
 @app.function_name("agent_step")
 @app.service_bus_queue_trigger(arg_name="msg", queue_name="%AGENT_JOBS_QUEUE%", connection="ServiceBusConnection")
 def agent_step(msg: func.ServiceBusMessage) -> None:
-    """One agent step (or one webhook delivery attempt) per message. Returning completes it; raising abandons it."""
+    """One agent step, one batch of an ingestion job or one webhook delivery attempt per message. Returning
+    completes it; raising abandons it."""
     handle_message(get_backends(), msg.get_body(), msg.delivery_count or 1)
 
 

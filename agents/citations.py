@@ -72,6 +72,9 @@ def verify(markdown: str, proposed: list[dict[str, Any]], sources: dict[str, Chu
             quote=source.content[start:end],
             start=start,
             end=end,
+            version=source.version,
+            page=source.page,
+            section=source.section,
         )
     for n in sorted(set(int(m) for m in _MARKER.findall(markdown)) - set(by_n)):
         failed.append({"n": n, "why": f"[{n}] appears in the text but has no citation entry"})

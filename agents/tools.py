@@ -48,7 +48,14 @@ class Toolbox:
         top = max(1, min(int(args.get("top") or 5), 10))
         hits = self.index.search(query, top=top)
         return json.dumps(
-            {"results": [h.model_dump(include={"doc_id", "chunk_id", "title", "snippet"}) for h in hits]},
+            {
+                "results": [
+                    h.model_dump(
+                        include={"doc_id", "chunk_id", "title", "section", "page", "snippet"}, exclude_none=True
+                    )
+                    for h in hits
+                ]
+            },
             ensure_ascii=False,
         )
 
@@ -65,7 +72,10 @@ class Toolbox:
         return json.dumps(
             {
                 "chunks": [
-                    {"doc_id": c.doc_id, "chunk_id": c.chunk_id, "title": c.title, "content": c.content} for c in chunks
+                    c.model_dump(
+                        include={"doc_id", "chunk_id", "title", "section", "page", "content"}, exclude_none=True
+                    )
+                    for c in chunks
                 ]
             },
             ensure_ascii=False,

@@ -278,6 +278,9 @@ class Chunk(BaseModel):
     title: str
     url: str | None = None
     content: str
+    section: str | None = Field(None, description="The heading the passage sits under, if any.")
+    page: int | None = Field(None, description="The page (1-based) the passage starts on, for PDFs.")
+    version: str | None = Field(None, description="Content hash of the document version the passage is from.")
 
     @property
     def key(self) -> str:
@@ -291,6 +294,9 @@ class SearchHit(BaseModel):
     url: str | None = None
     score: float
     snippet: str
+    section: str | None = None
+    page: int | None = None
+    version: str | None = None
 
 
 class Citation(BaseModel):
@@ -302,6 +308,9 @@ class Citation(BaseModel):
     quote: str = Field(description="Exact text of the chunk at start..end.")
     start: int
     end: int
+    version: str | None = Field(None, description="Content hash of the document version quoted.")
+    page: int | None = Field(None, description="Page the quoted passage starts on (PDFs).")
+    section: str | None = Field(None, description="Heading the quoted passage sits under.")
 
 
 class Report(BaseModel):

@@ -181,6 +181,15 @@ class KnowledgeIndex(Protocol):
         """
         ...
 
+    def replace_document(self, doc_id: str, chunks: list[Chunk]) -> int:
+        """Make chunks the whole of doc_id (a new version), leaving none of the old behind; return len(chunks).
+
+        The embedded index swaps them in one transaction, so a search sees the old version or the
+        new, never a mix. Idempotent: replacing with the same chunks again changes nothing.
+        Raises DependencyUnavailable when the index cannot be reached.
+        """
+        ...
+
     def search(self, query: str, *, top: int = 5, doc_id: str | None = None) -> list[SearchHit]:
         """The best `top` chunks for a free-text query (English or Japanese), best first.
 

@@ -83,6 +83,22 @@ class Settings(BaseSettings):
     search_api_key: str | None = _alias("SEARCH_API_KEY", "AZURE_SEARCH_API_KEY")
     search_index_name: str = Field("knowledge", validation_alias="SEARCH_INDEX_NAME")
     chunk_chars: int = Field(800, validation_alias="CHUNK_CHARS")
+    chunk_overlap_chars: int = Field(
+        100,
+        validation_alias="CHUNK_OVERLAP_CHARS",
+        description="Whole sentences of the previous chunk (up to this many characters) repeated at a chunk's start.",
+    )
+    ingest_sync_max_files: int = Field(
+        20,
+        validation_alias="INGEST_SYNC_MAX_FILES",
+        description="Uploads with more files than this become an ingestion job (202 and a status URL).",
+    )
+    ingest_sync_max_bytes: int = Field(
+        2_000_000, validation_alias="INGEST_SYNC_MAX_BYTES", description="Uploads larger than this become a job."
+    )
+    ingest_batch_files: int = Field(
+        50, validation_alias="INGEST_BATCH_FILES", description="Files per queue message of an ingestion job."
+    )
     embedding_dimensions: int = Field(
         1536, validation_alias="EMBEDDING_DIMENSIONS", description="Size of the search index's vector field."
     )

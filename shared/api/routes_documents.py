@@ -1,10 +1,11 @@
-"""/api/documents and /api/search: feed the knowledge index and check what it retrieves."""
+"""/api/documents, /api/ingestions and /api/search: feed the knowledge index and check what it retrieves."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, UploadFile
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.concurrency import run_in_threadpool
 
@@ -12,11 +13,13 @@ from shared.api.deps import BackendsDep
 from shared.api.problems import validation_error
 from shared.api.security import CallerDep, OperatorDep
 from shared.contracts import Chunk, Document, SearchHit
-from shared.errors import InvalidRequest, UnsupportedMediaType
-from shared.services import knowledge
+from shared.engine.backends import Backends
+from shared.errors import InvalidRequest
+from shared.services import extraction, ingestion, knowledge
 
 router = APIRouter(prefix="/api", tags=["knowledge"])
 _documents = TypeAdapter(Document | list[Document])
+ScopeQuery = Annotated[str | None, Query(max_length=100, pattern=r"^[A-Za-z0-9_\-]+$")]
 
 
 class IndexResult(BaseModel):
@@ -27,13 +30,23 @@ class IndexResult(BaseModel):
     "/documents",
     status_code=201,
     response_model=IndexResult,
-    summary="Chunk and index documents",
-    description="JSON: one document or a list of `{id, title, url?, content}`. Or a Markdown/text upload: "
-    "multipart `file` field(s), or a `text/markdown` / `text/plain` body with `?filename=`.",
+    responses={202: {"model": ingestion.IngestionJob, "description": "A large upload, queued as an ingestion job"}},
+    summary="Ingest documents: PDF, HTML, Word, Markdown, text or JSON",
+    description="JSON: one document or a list of `{id, title, url?, content}`. Files: multipart `file` field(s), "
+    "or a raw body with `?filename=` (its type is read from the bytes: PDF, DOCX, HTML, Markdown, text). "
+    "Each document is `added`, `updated` (its chunks swapped for the new version's), `unchanged`, or `refused` "
+    "with the reason. An upload of more than INGEST_SYNC_MAX_FILES files or INGEST_SYNC_MAX_BYTES bytes becomes "
+    "an ingestion job: 202 with a Location to poll.",
 )
 async def add_documents(
-    request: Request, caller: OperatorDep, b: BackendsDep, filename: Annotated[str | None, Query(max_length=200)] = None
-) -> IndexResult:
+    request: Request,
+    caller: OperatorDep,
+    b: BackendsDep,
+    filename: Annotated[str | None, Query(max_length=300)] = None,
+    doc_id: Annotated[str | None, Query(max_length=100, description="The document id (default: from the name)")] = None,
+    scope: ScopeQuery = None,
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+) -> IndexResult | JSONResponse:
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "application/json":
         try:
@@ -41,30 +54,63 @@ async def add_documents(
         except ValidationError as exc:
             raise validation_error(list(exc.errors())) from None
         docs = parsed if isinstance(parsed, list) else [parsed]
-    elif ctype == "multipart/form-data":
+        if not docs:
+            raise InvalidRequest("no documents in the request")
+        # Chunking and indexing are CPU and disk work: off the event loop, so other requests keep flowing.
+        return IndexResult(indexed=await run_in_threadpool(knowledge.index_documents, b, docs))
+    if ctype == "multipart/form-data":
         form = await request.form()
-        docs = [
-            _parse_upload(f.filename or "upload.md", (await f.read()).decode("utf-8", errors="replace"))
-            for f in form.getlist("file")
-            if isinstance(f, UploadFile)
-        ]
-    elif ctype in ("text/markdown", "text/plain"):
-        if not filename:
-            raise InvalidRequest("a text upload needs ?filename= (its stem becomes the document id)")
-        docs = [_parse_upload(filename, (await request.body()).decode("utf-8", errors="replace"))]
+        files = [(f.filename or "upload", await f.read()) for f in form.getlist("file") if hasattr(f, "read")]
     else:
-        raise UnsupportedMediaType("send application/json, multipart/form-data, text/markdown or text/plain")
-    if not docs:
+        declared = extraction.DECLARED_KINDS.get(ctype)
+        if not filename and declared is None:
+            raise InvalidRequest("a file upload needs ?filename= (with the document's full name, e.g. guide.pdf)")
+        files = [(filename or f"upload.{declared}", await request.body())]
+    if not files:
         raise InvalidRequest("no documents in the request")
-    # Chunking and indexing are CPU and disk work: off the event loop, so other requests keep flowing.
-    return IndexResult(indexed=await run_in_threadpool(knowledge.index_documents, b, docs))
+    if doc_id is not None and len(files) != 1:
+        raise InvalidRequest("?doc_id= names one document; send one file with it")
+    settings = b.settings
+    if len(files) > settings.ingest_sync_max_files or sum(len(d) for _, d in files) > settings.ingest_sync_max_bytes:
+        job = await run_in_threadpool(
+            lambda: ingestion.submit_ingestion(b, files, scope=scope, idempotency_key=idempotency_key)
+        )
+        return JSONResponse(
+            job.model_dump(mode="json"), status_code=202, headers={"Location": f"/api/ingestions/{job.id}"}
+        )
+    declared_type = ctype if ctype != "multipart/form-data" else None
+    return IndexResult(indexed=await run_in_threadpool(_ingest_now, b, files, doc_id, scope, declared_type))
 
 
-def _parse_upload(filename: str, text: str) -> Document:
-    try:
-        return knowledge.parse_upload(filename, text)
-    except ValueError as exc:  # e.g. an empty file: the caller's mistake, named
-        raise InvalidRequest(str(exc)) from None
+def _ingest_now(
+    b: Backends, files: list[tuple[str, bytes]], doc_id: str | None, scope: str | None, declared: str | None
+) -> list[knowledge.IndexedDocument]:
+    """Read, then index: when every file is refused, the first refusal is the answer (415 or 422)."""
+    if doc_id is not None or declared is not None:
+        name, data = files[0]
+        source = knowledge.read_upload(name, data, doc_id=doc_id, scope=scope, declared=declared)
+        return knowledge.index_documents(b, [source])
+    sources, errors = knowledge.read_files(files, scope=scope)
+    if not sources:
+        raise errors[0][1]
+    return knowledge.index_documents(b, sources) + [knowledge.refused(name, error) for name, error in errors]
+
+
+@router.get("/ingestions/{ingestion_id}", response_model=ingestion.IngestionJob, summary="An ingestion job's progress")
+def get_ingestion(ingestion_id: str, caller: OperatorDep, b: BackendsDep) -> ingestion.IngestionJob:
+    return ingestion.get_ingestion(b, ingestion_id)
+
+
+@router.get("/documents", response_model=list[knowledge.DocumentRecord], summary="Documents in the knowledge base")
+def list_documents(
+    caller: OperatorDep, b: BackendsDep, scope: ScopeQuery = None, limit: Annotated[int, Query(ge=1, le=5000)] = 1000
+) -> list[knowledge.DocumentRecord]:
+    return knowledge.list_documents(b, scope=scope, limit=limit)
+
+
+@router.get("/documents/{doc_id}", response_model=knowledge.DocumentRecord, summary="One document's current version")
+def get_document(doc_id: str, caller: OperatorDep, b: BackendsDep) -> knowledge.DocumentRecord:
+    return knowledge.get_document(b, doc_id)
 
 
 @router.delete("/documents/{doc_id}", summary="Remove a document from the index")

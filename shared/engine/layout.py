@@ -48,6 +48,17 @@ WEBHOOKS = Container(
     "webhooks", "webhooks/{tenant}/{job_id}.{event}.json: webhook deliveries and their attempts", backed_up=True
 )
 SCHEDULES = Container("schedules", "schedules/{tenant}/{schedule_id}.json: recurring research jobs", backed_up=True)
+DOCUMENTS = Container(
+    "documents",
+    "documents/{doc_id}.json: a knowledge document's current version, source and chunk count",
+    backed_up=True,
+)
+INGESTIONS = Container(
+    "ingestions",
+    "ingestions/{id}.json and ingestions/{id}/batches/{n:06d}.json: ingestion jobs, their files and progress",
+    backed_up=False,
+    why_not="transient work: a finished ingestion's result is the index and the document records, both backed up",
+)
 LOCKS = Container(
     "locks",
     "locks/{name}.json: leases of the maintenance tasks",
@@ -75,6 +86,8 @@ CONTAINERS: tuple[Container, ...] = (
     MEMORY,
     WEBHOOKS,
     SCHEDULES,
+    DOCUMENTS,
+    INGESTIONS,
     LOCKS,
     OPS,
     BACKUPS,
@@ -148,3 +161,13 @@ def schedule_key(tenant: str, schedule_id: str) -> str:
 
 def schedule_prefix(tenant: str | None = None) -> str:
     return f"{SCHEDULES.name}/{tenant}/" if tenant else f"{SCHEDULES.name}/"
+def document_key(doc_id: str) -> str:
+    return f"{DOCUMENTS.name}/{doc_id}.json"
+
+
+def ingestion_key(ingestion_id: str) -> str:
+    return f"{INGESTIONS.name}/{ingestion_id}.json"
+
+
+def ingestion_batch_key(ingestion_id: str, batch: int) -> str:
+    return f"{INGESTIONS.name}/{ingestion_id}/batches/{batch:06d}.json"

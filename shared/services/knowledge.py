@@ -1,7 +1,12 @@
-"""The knowledge service: uploads into documents, documents into chunks, chunks into the index.
+"""The knowledge service: files into documents, documents into versions, versions into the index.
 
-Citations quote chunk text verbatim and are verified against it, so a chunk is always an exact
-substring of its document's content: chunking chooses boundaries, it never rewrites text.
+A document's id is chosen by the caller or derived from its full name and scope, so `t.html`
+and `t.pdf` are two documents while two uploads of `guide.pdf` into one scope are two versions
+of one. A version is the hash of what would be indexed: re-ingesting it does nothing; a new one
+replaces the chunks through `KnowledgeIndex.replace_document` (one transaction in the embedded
+index). The document record (`documents/{doc_id}.json`) is written after the index, so a crash
+between the two is healed by the next ingest of the same file, which finds the record stale
+and swaps the same chunks in again.
 """
 
 from __future__ import annotations
@@ -9,149 +14,272 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import PureWindowsPath
+from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
-from shared.contracts import Chunk, Document, valid_doc_id
+from shared.contracts import Chunk, Document, utcnow, valid_doc_id
 from shared.engine.backends import Backends
-from shared.errors import NotFound
-from shared.text import split_sentences
+from shared.engine.layout import DOCUMENTS, document_key
+from shared.engine.updates import update_json
+from shared.errors import InvalidRequest, NotFound, ServiceError
+from shared.services.chunking import chunk_document
+from shared.services.extraction import Section, extract, markdown_sections
 
-_HEADING_RE = re.compile(r"#{1,6}\s")
-_FENCE_RE = re.compile(r"^[ \t]{0,3}(?:```|~~~)", re.MULTILINE)
-_TITLE_RE = re.compile(r"^[ \t]{0,3}#[ \t]+(.+?)[ \t#]*$", re.MULTILINE)
+__all__ = [
+    "DocumentNotFound",
+    "DocumentRecord",
+    "IndexedDocument",
+    "SourceDocument",
+    "chunk_document",
+    "delete_document",
+    "document_id",
+    "get_document",
+    "index_documents",
+    "ingest",
+    "list_documents",
+    "parse_upload",
+    "read_files",
+    "read_upload",
+    "version_of",
+]
+
 _NOT_DOC_ID_RE = re.compile(r"[^A-Za-z0-9_\-=]+")
-
-
-def _pieces(content: str, start: int, end: int, max_chars: int) -> list[tuple[int, int]]:
-    """Cut one over-long sentence into spans of at most max_chars, at a space when there is one late enough."""
-    pieces: list[tuple[int, int]] = []
-    while end - start > max_chars:
-        cut = start + max_chars
-        space = content.rfind(" ", start + max_chars // 2, cut)
-        if space > start:
-            cut = space
-            while content[cut - 1].isspace():  # a chunk never ends in whitespace
-                cut -= 1
-        pieces.append((start, cut))
-        start = cut
-        while start < end and content[start].isspace():
-            start += 1
-    if end > start:
-        pieces.append((start, end))
-    return pieces
-
-
-def _fenced_ranges(content: str) -> list[tuple[int, int]]:
-    """Character ranges of fenced code blocks, where '# ' starts a shell comment, not a heading."""
-    ranges: list[tuple[int, int]] = []
-    opened: int | None = None
-    for match in _FENCE_RE.finditer(content):
-        if opened is None:
-            opened = match.start()
-        else:
-            ranges.append((opened, match.end()))
-            opened = None
-    if opened is not None:
-        ranges.append((opened, len(content)))
-    return ranges
-
-
-def _is_heading(content: str, start: int, fenced: list[tuple[int, int]]) -> bool:
-    return bool(_HEADING_RE.match(content, start)) and not any(a <= start < b for a, b in fenced)
-
-
-def chunk_document(doc: Document, max_chars: int = 800) -> list[Chunk]:
-    """Sentence-aware chunks of at most max_chars; when a chunk must end, it ends before a heading if it can."""
-    if max_chars < 1:
-        raise ValueError("max_chars must be positive")
-    content = doc.content
-    fenced = _fenced_ranges(content)
-    # Each piece carries how good a chunk boundary before it is: 2 before a heading (but not
-    # between a heading and its subheading), 1 at a paragraph break, 0 between sentences.
-    pieces: list[tuple[int, int, int]] = []
-    prev_end, prev_heading = 0, False
-    for start, end in split_sentences(content):
-        heading = _is_heading(content, start, fenced)
-        if heading and not prev_heading:
-            preference = 2
-        else:
-            preference = 1 if content.count("\n", prev_end, start) >= 2 else 0
-        for n, (piece_start, piece_end) in enumerate(_pieces(content, start, end, max_chars)):
-            pieces.append((piece_start, piece_end, preference if n == 0 else 0))
-        prev_end, prev_heading = end, heading
-
-    spans: list[tuple[int, int]] = []
-    current: list[tuple[int, int, int]] = []
-    for piece in pieces:
-        if current and piece[1] - current[0][0] > max_chars:
-            # Back up to the best boundary that still leaves a chunk worth reading (a quarter full).
-            cut, best = len(current), 0
-            for i in range(1, len(current)):
-                kept = current[i - 1][1] - current[0][0]
-                if kept >= max_chars // 4 and current[i][2] >= max(best, 1):
-                    best, cut = current[i][2], i  # the best kind of boundary, the latest of that kind
-            spans.append((current[0][0], current[cut - 1][1]))
-            current = current[cut:]
-            if current and piece[1] - current[0][0] > max_chars:
-                spans.append((current[0][0], current[-1][1]))
-                current = []
-        current.append(piece)
-    if current:
-        spans.append((current[0][0], current[-1][1]))
-    return [
-        Chunk(doc_id=doc.id, chunk_id=n, title=doc.title, url=doc.url, content=content[start:end])
-        for n, (start, end) in enumerate(spans)
-    ]
-
-
-def _doc_id_from_stem(stem: str) -> str:
-    """The stem in the DOC_ID alphabet; a short hash keeps non-ASCII names ("運用手順書") distinct."""
-    folded = unicodedata.normalize("NFKC", stem)
-    ascii_id = _NOT_DOC_ID_RE.sub("-", folded).strip("-")
-    dropped_non_ascii = any(ord(ch) > 127 for ch in folded)
-    if not ascii_id or dropped_non_ascii:
-        digest = hashlib.sha1(stem.encode("utf-8")).hexdigest()[:8]
-        ascii_id = f"{ascii_id[:90]}-{digest}" if ascii_id else f"doc-{digest}"
-    return ascii_id[:100]
-
-
-def parse_upload(filename: str, text: str) -> Document:
-    """A Markdown or text upload as a Document: id from the file name, title from the first '# ' heading."""
-    stem = PureWindowsPath(filename).stem.strip() or "document"  # handles both '/' and '\\' paths
-    content = text.lstrip("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
-    if not content.strip():
-        raise ValueError(f"upload {filename!r} has no text to index")
-    heading = _TITLE_RE.search(content)
-    title = heading.group(1).strip() if heading else stem
-    return Document(id=_doc_id_from_stem(stem), title=title[:500], content=content)
-
-
-class IndexedDocument(BaseModel):
-    id: str
-    chunks: int
+IngestStatus = Literal["added", "updated", "unchanged", "refused"]
 
 
 class DocumentNotFound(NotFound):
-    fix = "check the document id (GET /api/search shows what is indexed)"
+    fix = "check the document id (`agentctl docs list`, GET /api/documents)"
 
 
-def index_documents(b: Backends, documents: list[Document]) -> list[IndexedDocument]:
-    """Chunk and index each document, replacing any earlier version of it."""
+@dataclass(frozen=True)
+class SourceDocument:
+    """A document ready to chunk: its text, where its headings and pages begin, and where it came from."""
+
+    document: Document
+    sections: tuple[Section, ...] = field(default_factory=tuple)
+    kind: str = "json"
+    name: str | None = None
+    scope: str | None = None
+    size: int = 0
+
+
+class DocumentRecord(BaseModel):
+    """What the knowledge base holds of one document: its current version and how it got there."""
+
+    id: str
+    title: str
+    name: str | None = Field(None, description="The file name (or path) it was ingested from.")
+    scope: str | None = None
+    kind: str = Field("json", description="pdf, html, docx, markdown, text or json.")
+    url: str | None = None
+    version: str = Field(description="Content hash of the indexed version.")
+    chunks: int
+    bytes: int = 0
+    pages: int | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    previous_versions: list[str] = Field(
+        default_factory=list, description="Earlier versions, newest last (at most 20)."
+    )
+
+
+class IndexedDocument(BaseModel):
+    """What ingesting one document did."""
+
+    id: str
+    chunks: int
+    status: IngestStatus = "added"
+    version: str | None = None
+    name: str | None = None
+    reason: str | None = Field(None, description="Why it was refused.")
+
+
+def document_id(name: str, scope: str | None = None) -> str:
+    """A stable, collision-free id from a file's full name (and scope): readable part + hash of the exact name.
+
+    'guide.pdf' -> 'guide-pdf-1a2b3c4d'. The hash covers scope and the name as given, so names
+    that fold to the same readable part ('t.html', 't-html') stay distinct.
+    """
+    path = name.replace("\\", "/").strip().strip("/")
+    folded = unicodedata.normalize("NFKC", path)
+    readable = _NOT_DOC_ID_RE.sub("-", folded).strip("-")[:80] or "doc"
+    digest = hashlib.sha256(f"{scope or ''}\x00{path}".encode()).hexdigest()[:10]
+    return f"{readable}-{digest}"
+
+
+def version_of(doc: Document) -> str:
+    """The content hash of what gets indexed (title, url, text): equal hashes mean an unchanged document."""
+    h = hashlib.sha256()
+    for part in (doc.title, doc.url or "", doc.content):
+        h.update(part.encode("utf-8"))
+        h.update(b"\x00")
+    return h.hexdigest()[:16]
+
+
+def read_upload(
+    name: str,
+    data: bytes,
+    *,
+    doc_id: str | None = None,
+    scope: str | None = None,
+    url: str | None = None,
+    title: str | None = None,
+    declared: str | None = None,
+) -> SourceDocument:
+    """An uploaded file as a SourceDocument; UnsupportedDocument (415) or NoTextFound (422) when it has no text."""
+    if doc_id is not None and not valid_doc_id(doc_id):
+        raise InvalidRequest(f"doc_id {doc_id!r} must be 1-100 letters, digits, '_', '-' or '='")
+    extracted = extract(name, data, declared=declared)
+    stem = PureWindowsPath(name).stem.strip() or "document"
+    document = Document(
+        id=doc_id or document_id(name, scope),
+        title=(title or extracted.title or stem)[:500],
+        url=url,
+        content=extracted.content,
+    )
+    return SourceDocument(document, extracted.sections, extracted.kind, name, scope, len(data))
+
+
+def parse_upload(filename: str, text: str | bytes) -> Document:
+    """A file as a Document (id from its full name, title from the file): read_upload without the structure."""
+    data = text.encode("utf-8") if isinstance(text, str) else text
+    return read_upload(filename, data).document
+
+
+def _source(doc: Document | SourceDocument) -> SourceDocument:
+    if isinstance(doc, SourceDocument):
+        return doc
+    return SourceDocument(doc, tuple(markdown_sections(doc.content)), "json", None, None, len(doc.content))
+
+
+def ingest_one(b: Backends, source: SourceDocument) -> IndexedDocument:
+    """Index one document version, unless it is the version already indexed. Idempotent: safe to redo."""
+    doc = source.document
+    version = version_of(doc)
+    record = get_record(b, doc.id)
+    if record is not None and record.version == version:
+        head = b.index.get_chunks(doc.id, 0)
+        if head and head[0].version == version:
+            return IndexedDocument(
+                id=doc.id, chunks=record.chunks, status="unchanged", version=version, name=source.name
+            )
+    chunks = chunk_document(
+        doc,
+        b.settings.chunk_chars,
+        overlap_chars=b.settings.chunk_overlap_chars,
+        sections=source.sections,
+        version=version,
+    )
+    b.index.replace_document(doc.id, chunks)
+    pages = max((s.page for s in source.sections if s.page is not None), default=None)
+
+    def change(current: DocumentRecord | None) -> DocumentRecord:
+        history = list(current.previous_versions) if current else []
+        if current is not None and current.version != version:
+            history = (history + [current.version])[-20:]
+        return DocumentRecord(
+            id=doc.id,
+            title=doc.title,
+            name=source.name or (current.name if current else None),
+            scope=source.scope if source.scope is not None else (current.scope if current else None),
+            kind=source.kind,
+            url=doc.url,
+            version=version,
+            chunks=len(chunks),
+            bytes=source.size,
+            pages=pages,
+            created_at=current.created_at if current else utcnow(),
+            previous_versions=history,
+        )
+
+    update_json(
+        b.objects,
+        document_key(doc.id),
+        change,
+        load=DocumentRecord.model_validate_json,
+        dump=lambda r: r.model_dump_json().encode(),
+    )
+    status: IngestStatus = "updated" if record is not None else "added"
+    return IndexedDocument(id=doc.id, chunks=len(chunks), status=status, version=version, name=source.name)
+
+
+def index_documents(b: Backends, documents: Iterable[Document | SourceDocument]) -> list[IndexedDocument]:
+    """Ingest each document: added, updated (its chunks swapped for the new version's) or unchanged."""
+    return [ingest_one(b, _source(doc)) for doc in documents]
+
+
+def refused(name: str, error: ServiceError) -> IndexedDocument:
+    """The outcome of a file that could not be read, with the reason."""
+    return IndexedDocument(id="", chunks=0, status="refused", name=name, reason=str(error))
+
+
+def read_files(
+    files: Iterable[tuple[str, bytes]], *, scope: str | None = None
+) -> tuple[list[SourceDocument], list[tuple[str, ServiceError]]]:
+    """Read files (name, bytes) into documents; the ones that cannot be read come back with their error."""
+    sources: list[SourceDocument] = []
+    errors: list[tuple[str, ServiceError]] = []
+    for name, data in files:
+        try:
+            sources.append(read_upload(name, data, scope=scope))
+        except ServiceError as exc:
+            errors.append((name, exc))
+    return sources, errors
+
+
+def ingest(b: Backends, files: Iterable[tuple[str, bytes]], *, scope: str | None = None) -> list[IndexedDocument]:
+    """Read and ingest files (name, bytes); a file that cannot be read is refused with its reason, the rest go on."""
     out = []
-    for doc in documents:
-        chunks = chunk_document(doc, b.settings.chunk_chars)
-        b.index.delete_document(doc.id)  # a re-upload may have fewer chunks than before
-        b.index.upsert(chunks)
-        out.append(IndexedDocument(id=doc.id, chunks=len(chunks)))
+    for name, data in files:
+        try:
+            source = read_upload(name, data, scope=scope)
+        except ServiceError as exc:
+            out.append(refused(name, exc))
+            continue
+        out.append(ingest_one(b, source))
+    return out
+
+
+def get_record(b: Backends, doc_id: str) -> DocumentRecord | None:
+    found = b.objects.get(document_key(doc_id)) if valid_doc_id(doc_id) else None
+    return DocumentRecord.model_validate_json(found.data) if found is not None else None
+
+
+def get_document(b: Backends, doc_id: str) -> DocumentRecord:
+    """The document's record; DocumentNotFound when it was never ingested (or was deleted)."""
+    record = get_record(b, doc_id)
+    if record is None:
+        raise DocumentNotFound(f"no document {doc_id}")
+    return record
+
+
+def list_documents(b: Backends, *, scope: str | None = None, limit: int = 1000) -> list[DocumentRecord]:
+    """Document records in id order (scope narrows them), at most limit."""
+    out: list[DocumentRecord] = []
+    for key in b.objects.list(f"{DOCUMENTS.name}/"):
+        found = b.objects.get(key)
+        if found is None:
+            continue  # deleted between list and get
+        record = DocumentRecord.model_validate_json(found.data)
+        if scope is None or record.scope == scope:
+            out.append(record)
+            if len(out) >= limit:
+                break
     return out
 
 
 def delete_document(b: Backends, doc_id: str) -> int:
-    """Remove a document's chunks; DocumentNotFound when there were none."""
-    removed = b.index.delete_document(doc_id) if valid_doc_id(doc_id) else 0
-    if not removed:
+    """Remove a document's chunks and its record; DocumentNotFound when there was neither."""
+    if not valid_doc_id(doc_id):
+        raise DocumentNotFound(f"no document {doc_id}")
+    removed = b.index.delete_document(doc_id)
+    had_record = b.objects.delete(document_key(doc_id))
+    if not removed and not had_record:
         raise DocumentNotFound(f"no document {doc_id}")
     return removed
 

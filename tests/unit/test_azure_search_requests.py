@@ -134,7 +134,8 @@ def test_index_definition_without_embeddings_is_text_only() -> None:
     assert put.method == "PUT" and put.path == "/indexes('knowledge')"
     assert put.headers["api-key"] == "test-admin-key"
     fields = {f["name"]: f for f in put.body["fields"]}
-    assert list(fields) == ["key", "doc_id", "chunk_id", "title", "url", "content"]
+    assert list(fields) == ["key", "doc_id", "chunk_id", "title", "url", "content", "section", "page", "version"]
+    assert fields["version"]["filterable"] and not fields["section"]["searchable"]
     assert fields["key"]["key"] is True and fields["key"]["type"] == "Edm.String"
     assert fields["key"]["filterable"] and fields["key"]["sortable"]  # export pages by key
     assert fields["doc_id"]["filterable"] and fields["doc_id"]["facetable"]
@@ -227,7 +228,17 @@ def test_search_sends_text_filter_top_and_highlights() -> None:
     assert sent.body["filter"] == "doc_id eq 'runbook'"
     assert sent.body["top"] == 2
     assert sent.body["highlight"] == "content"
-    assert set(sent.body["select"].split(",")) == {"key", "doc_id", "chunk_id", "title", "url", "content"}
+    assert set(sent.body["select"].split(",")) == {
+        "key",
+        "doc_id",
+        "chunk_id",
+        "title",
+        "url",
+        "content",
+        "section",
+        "page",
+        "version",
+    }
     assert "vectorQueries" not in sent.body and "skip" not in sent.body
     assert [(h.doc_id, h.chunk_id, h.score) for h in hits] == [("runbook", 3, 2.5), ("notes", 0, 1.5)]
     assert hits[0].snippet == "To restore the index, stop intake."  # highlight tags removed
@@ -362,6 +373,9 @@ def test_upsert_sends_batches_of_upload_actions() -> None:
         "title": "T",
         "url": None,
         "content": "passage 0",
+        "section": None,
+        "page": None,
+        "version": None,
     }
 
 

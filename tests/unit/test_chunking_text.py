@@ -246,16 +246,16 @@ def test_japanese_document_chunks_on_sentence_ends() -> None:
 # --- parse_upload ---------------------------------------------------------------------------------
 
 
-def test_upload_title_from_first_heading_and_id_from_stem() -> None:
+def test_upload_title_from_first_heading_and_id_from_full_name() -> None:
     doc = parse_upload("docs/Backup and Restore (v2).md", "intro\n\n# Backup & Restore\n\n## Steps\ntext")
-    assert doc.id == "Backup-and-Restore-v2"
+    assert doc.id.startswith("docs-Backup-and-Restore-v2-md-") and valid_doc_id(doc.id)
     assert doc.title == "Backup & Restore"
     assert doc.content.startswith("intro")
 
 
 def test_upload_without_heading_is_titled_by_its_stem() -> None:
-    doc = parse_upload("C:\\uploads\\notes.txt", "## only a subheading\nbody")
-    assert doc.id == "notes" and doc.title == "notes"
+    doc = parse_upload("notes.txt", "## only a subheading\nbody")
+    assert doc.id.startswith("notes-txt-") and doc.title == "notes"
 
 
 def test_upload_normalizes_line_endings_and_bom() -> None:

@@ -52,7 +52,7 @@ VECTOR_FIELD = "content_vector"
 VECTOR_PROFILE = "content-vector-profile"
 HNSW_CONFIGURATION = "content-hnsw"
 SEMANTIC_CONFIGURATION = "default"
-CHUNK_FIELDS = ["key", "doc_id", "chunk_id", "title", "url", "content"]
+CHUNK_FIELDS = ["key", "doc_id", "chunk_id", "title", "url", "content", "section", "page", "version"]
 MAX_PAGE = 1000  # the service's largest page without continuation (whose next page uses $skip)
 UPSERT_BATCH = 500  # the service takes at most 1000 actions (and 16 MB) per request
 VECTOR_NEIGHBOURS = 50  # k of the vector leg of a hybrid query; fusion works better with k >> top
@@ -100,6 +100,9 @@ def _chunk(document: dict[str, Any]) -> Chunk:
         title=document["title"],
         url=document.get("url"),
         content=document["content"],
+        section=document.get("section"),
+        page=document.get("page"),
+        version=document.get("version"),
     )
 
 
@@ -172,6 +175,10 @@ class AzureKnowledgeIndex:
             SearchableField(name="title", analyzer_name=ANALYZER),
             SimpleField(name="url", type=SearchFieldDataType.STRING),
             SearchableField(name="content", analyzer_name=ANALYZER),
+            # Added after the first release: ensure_index() adds them to a deployed index (fields may be added).
+            SimpleField(name="section", type=SearchFieldDataType.STRING),
+            SimpleField(name="page", type=SearchFieldDataType.INT32),
+            SimpleField(name="version", type=SearchFieldDataType.STRING, filterable=True),
         ]
         if self._embed is None:
             return SearchIndex(name=self.index_name, fields=fields)
@@ -236,6 +243,23 @@ class AzureKnowledgeIndex:
             batch.add_delete_actions([{"key": key} for key in keys[start : start + self._batch_size]])
             self._index(batch, f"delete document {doc_id}")
         return len(keys)
+
+    def replace_document(self, doc_id: str, chunks: list[Chunk]) -> int:
+        """Upload the new version's chunks over the old keys, then delete the old version's surplus keys.
+
+        Azure AI Search has no multi-document transaction: while the upload runs a reader may see
+        some chunks of each version (each chunk whole, and never a chunk twice); once it returns
+        only the new version is left.
+        """
+        new_keys = {chunk.key for chunk in chunks}
+        old_keys = [c["key"] for c in self._pages(f"doc_id eq {odata_string(doc_id)}", "key", select=["key"])]
+        self.upsert(chunks)
+        stale = [key for key in old_keys if key not in new_keys]
+        for start in range(0, len(stale), self._batch_size):
+            batch = IndexDocumentsBatch()
+            batch.add_delete_actions([{"key": key} for key in stale[start : start + self._batch_size]])
+            self._index(batch, f"replace document {doc_id}")
+        return len(chunks)
 
     def search(self, query: str, *, top: int = 5, doc_id: str | None = None) -> list[SearchHit]:
         if top < 1 or not tokenize(query):
@@ -306,6 +330,9 @@ class AzureKnowledgeIndex:
             "title": chunk.title,
             "url": chunk.url,
             "content": chunk.content,
+            "section": chunk.section,
+            "page": chunk.page,
+            "version": chunk.version,
         }
         if self._embed is not None:
             vector = self._embed(chunk.content)
@@ -390,4 +417,7 @@ class AzureKnowledgeIndex:
             url=result.get("url"),
             score=float(result.get("@search.score") or 0.0),
             snippet=snippet,
+            section=result.get("section"),
+            page=result.get("page"),
+            version=result.get("version"),
         )

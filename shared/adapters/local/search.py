@@ -24,7 +24,7 @@ from shared.contracts import Chunk, SearchHit
 from shared.errors import DependencyUnavailable
 from shared.text import best_snippet, tokenize
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 TITLE_WEIGHT = 2.0
 CONTENT_WEIGHT = 1.0
 
@@ -38,7 +38,10 @@ _SCHEMA = (
     chunk_id INTEGER NOT NULL,
     title TEXT NOT NULL,
     url TEXT,
-    content TEXT NOT NULL
+    content TEXT NOT NULL,
+    section TEXT,
+    page INTEGER,
+    version TEXT
     )""",
     "CREATE INDEX IF NOT EXISTS chunks_by_doc ON chunks (doc_id, chunk_id)",
     # rowid of chunks_terms = rowid of chunks; its columns hold tokenize() output joined by spaces.
@@ -50,12 +53,23 @@ _SCHEMA = (
     "INSERT OR IGNORE INTO generation (id, value) VALUES (0, 0)",
     f"PRAGMA user_version = {SCHEMA_VERSION}",
 )
+# Columns added after schema 1: an index file written before them gains them on open (NULL = unknown).
+_ADDED_COLUMNS = (("section", "TEXT"), ("page", "INTEGER"), ("version", "TEXT"))
 
-_CHUNK_COLUMNS = "doc_id, chunk_id, title, url, content"
+_CHUNK_COLUMNS = "doc_id, chunk_id, title, url, content, section, page, version"
 
 
 def _row_to_chunk(row: tuple[Any, ...]) -> Chunk:
-    return Chunk(doc_id=row[0], chunk_id=row[1], title=row[2], url=row[3], content=row[4])
+    return Chunk(
+        doc_id=row[0],
+        chunk_id=row[1],
+        title=row[2],
+        url=row[3],
+        content=row[4],
+        section=row[5],
+        page=row[6],
+        version=row[7],
+    )
 
 
 def match_expression(query: str) -> str | None:
@@ -87,6 +101,11 @@ class LocalKnowledgeIndex:
         self._mirror: RankingMirror | None = None
         self._mirror_lock = threading.Lock()
         with self._write() as db:
+            existing = {row[1] for row in db.execute("PRAGMA table_info(chunks)")}
+            if existing:
+                for name, kind in _ADDED_COLUMNS:
+                    if name not in existing:
+                        db.execute(f"ALTER TABLE chunks ADD COLUMN {name} {kind}")
             for statement in _SCHEMA:
                 db.execute(statement)
 
@@ -138,25 +157,52 @@ class LocalKnowledgeIndex:
 
     def upsert(self, chunks: list[Chunk]) -> int:
         with self._write() as db:
-            for chunk in chunks:
-                row = db.execute(
-                    """INSERT INTO chunks (key, doc_id, chunk_id, title, url, content) VALUES (?, ?, ?, ?, ?, ?)
-                       ON CONFLICT (key) DO UPDATE SET doc_id = excluded.doc_id, chunk_id = excluded.chunk_id,
-                           title = excluded.title, url = excluded.url, content = excluded.content
-                       RETURNING rowid""",
-                    (chunk.key, chunk.doc_id, chunk.chunk_id, chunk.title, chunk.url, chunk.content),
-                ).fetchone()
-                db.execute("DELETE FROM chunks_terms WHERE rowid = ?", (row[0],))
-                db.execute(
-                    "INSERT INTO chunks_terms (rowid, title, content) VALUES (?, ?, ?)",
-                    (row[0], " ".join(tokenize(chunk.title)), " ".join(tokenize(chunk.content))),
-                )
+            self._upsert(db, chunks)
         return len(chunks)
+
+    @staticmethod
+    def _upsert(db: sqlite3.Connection, chunks: list[Chunk]) -> None:
+        for chunk in chunks:
+            row = db.execute(
+                """INSERT INTO chunks (key, doc_id, chunk_id, title, url, content, section, page, version)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                   ON CONFLICT (key) DO UPDATE SET doc_id = excluded.doc_id, chunk_id = excluded.chunk_id,
+                       title = excluded.title, url = excluded.url, content = excluded.content,
+                       section = excluded.section, page = excluded.page, version = excluded.version
+                   RETURNING rowid""",
+                (
+                    chunk.key,
+                    chunk.doc_id,
+                    chunk.chunk_id,
+                    chunk.title,
+                    chunk.url,
+                    chunk.content,
+                    chunk.section,
+                    chunk.page,
+                    chunk.version,
+                ),
+            ).fetchone()
+            db.execute("DELETE FROM chunks_terms WHERE rowid = ?", (row[0],))
+            db.execute(
+                "INSERT INTO chunks_terms (rowid, title, content) VALUES (?, ?, ?)",
+                (row[0], " ".join(tokenize(chunk.title)), " ".join(tokenize(chunk.content))),
+            )
+
+    @staticmethod
+    def _delete(db: sqlite3.Connection, doc_id: str) -> int:
+        db.execute("DELETE FROM chunks_terms WHERE rowid IN (SELECT rowid FROM chunks WHERE doc_id = ?)", (doc_id,))
+        return int(db.execute("DELETE FROM chunks WHERE doc_id = ?", (doc_id,)).rowcount)
 
     def delete_document(self, doc_id: str) -> int:
         with self._write() as db:
-            db.execute("DELETE FROM chunks_terms WHERE rowid IN (SELECT rowid FROM chunks WHERE doc_id = ?)", (doc_id,))
-            return db.execute("DELETE FROM chunks WHERE doc_id = ?", (doc_id,)).rowcount
+            return self._delete(db, doc_id)
+
+    def replace_document(self, doc_id: str, chunks: list[Chunk]) -> int:
+        """Swap every chunk of doc_id for chunks in one transaction: readers see the old version or the new."""
+        with self._write() as db:
+            self._delete(db, doc_id)
+            self._upsert(db, chunks)
+        return len(chunks)
 
     def search(self, query: str, *, top: int = 5, doc_id: str | None = None) -> list[SearchHit]:
         terms = list(dict.fromkeys(tokenize(query)))
@@ -174,7 +220,17 @@ class LocalKnowledgeIndex:
             )
         }
         return [
-            SearchHit(doc_id=r[0], chunk_id=r[1], title=r[2], url=r[3], score=score, snippet=best_snippet(r[4], query))
+            SearchHit(
+                doc_id=r[0],
+                chunk_id=r[1],
+                title=r[2],
+                url=r[3],
+                score=score,
+                snippet=best_snippet(r[4], query),
+                section=r[5],
+                page=r[6],
+                version=r[7],
+            )
             for rowid, score in ranked
             if (r := found.get(rowid)) is not None
         ]
@@ -232,6 +288,9 @@ class LocalKnowledgeIndex:
                 {"name": "title", "type": "text", "searchable": True, "weight": TITLE_WEIGHT},
                 {"name": "url", "type": "text"},
                 {"name": "content", "type": "text", "searchable": True, "weight": CONTENT_WEIGHT},
+                {"name": "section", "type": "text"},
+                {"name": "page", "type": "integer"},
+                {"name": "version", "type": "text"},
             ],
             "analyzer": "shared.text.tokenize (NFKC lowercase words, CJK character bigrams)",
             "tokenizer": "fts5 unicode61 remove_diacritics 0 over pre-tokenized text",
