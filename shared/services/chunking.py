@@ -138,7 +138,8 @@ def chunk_document(
     locate = _Locator(sections if sections is not None else markdown_sections(content))
     chunks: list[Chunk] = []
     for n, (lo, hi) in enumerate(spans):
-        start, end = pieces[lo][0], pieces[hi - 1][1]
+        origin = start = pieces[lo][0]
+        end = pieces[hi - 1][1]
         heading_at = locate.heading(start)
         back = lo
         # Overlap: whole sentences just before the chunk, same section, not a heading, within the allowance.
@@ -148,7 +149,7 @@ def chunk_document(
             and pieces[back][2] < 2
             and not headings[back - 1]
             and end - pieces[back - 1][0] <= max_chars
-            and start - pieces[back - 1][0] <= overlap_chars
+            and origin - pieces[back - 1][0] <= overlap_chars
             and locate.heading(pieces[back - 1][0]) == heading_at
         ):
             back -= 1

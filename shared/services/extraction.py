@@ -70,6 +70,10 @@ class UnsupportedDocument(UnsupportedMediaType):
     kind = "unsupported-document"
     fix = f"upload {ACCEPTED_TYPES}"
 
+    def __init__(self, detail: str) -> None:
+        # The answer always names what is accepted: the API's problem details carry the detail, not the fix.
+        super().__init__(detail if ACCEPTED_TYPES in detail else f"{detail}; the knowledge base reads {ACCEPTED_TYPES}")
+
 
 class NoTextFound(InvalidRequest):
     """The file is a supported format but has no text to index (a scan, an empty page)."""
@@ -119,7 +123,7 @@ def detect_kind(name: str, data: bytes) -> FileKind:
         raise UnsupportedDocument(f"{name!r} is a ZIP archive but not a Word document (.docx)")
     for magic, what in _BINARY_MAGIC:
         if head.startswith(magic):
-            raise UnsupportedDocument(f"{name!r} is {what}; the knowledge base reads {ACCEPTED_TYPES}")
+            raise UnsupportedDocument(f"{name!r} is {what}")
     if b"\x00" in data[:8192] and not head.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise UnsupportedDocument(
             f"{name!r} is binary data of no known type; the knowledge base reads {ACCEPTED_TYPES}"
@@ -150,7 +154,7 @@ def decode_text(name: str, data: bytes) -> str:
 
     best = from_bytes(data).best()
     if best is None:
-        raise UnsupportedDocument(f"{name!r} is not text in any encoding we can detect; upload {ACCEPTED_TYPES}")
+        raise UnsupportedDocument(f"{name!r} is not text in any encoding we can detect")
     return str(best)
 
 
@@ -221,7 +225,7 @@ def _html(name: str, data: bytes) -> Extracted:
     from trafilatura.metadata import extract_metadata
 
     html = decode_text(name, data)
-    text = trafilatura.extract(html, output_format="markdown", include_comments=False, favor_recall=True)
+    text = trafilatura.extract(html, output_format="markdown", include_comments=False, favor_precision=True)
     metadata = extract_metadata(html)
     title = metadata.title.strip() if metadata is not None and metadata.title else None
     return Extracted("html", *_with_markdown_sections(_normalize(text or ""), title))

@@ -202,6 +202,32 @@ def test_delete_document_removes_only_that_document(backend: Backend) -> None:
     assert index.delete_document("never-indexed") == 0
 
 
+def test_replace_document_leaves_only_the_new_version(backend: Backend) -> None:
+    index = backend.index
+    old = [c.model_copy(update={"version": "v1"}) for c in numbered_chunks("tides", 6)]
+    backend.write(old + numbered_chunks("winds", 2))
+    new = [
+        Chunk(doc_id="tides", chunk_id=n, title="Tides v2", content=f"Kelp forest {n}.", version="v2", page=n + 1)
+        for n in range(3)
+    ]
+    assert index.replace_document("tides", new) == 3
+    backend.eventually(lambda: _assert_equal(index.get_chunks("tides"), new))
+    assert index.count() == 5
+    assert index.replace_document("tides", new) == 3  # idempotent
+    backend.eventually(lambda: _assert_equal(index.get_chunks("tides"), new))
+    (hit,) = index.search("kelp forest 2", top=1)
+    assert (hit.version, hit.page) == ("v2", 3)
+
+
+def test_section_page_and_version_round_trip(backend: Backend) -> None:
+    chunk = Chunk(
+        doc_id="guide", chunk_id=0, title="G", content="Restore first.", section="Restore", page=4, version="ab"
+    )
+    backend.write([chunk])
+    assert backend.index.get_chunks("guide") == [chunk]
+    assert backend.index.export() == [chunk]
+
+
 def test_an_english_question_finds_the_english_passage(backend: Backend) -> None:
     backend.write(library_chunks())
     hits = backend.index.search("How do I restore the knowledge index from a backup?")
@@ -415,3 +441,45 @@ def test_local_ranking_is_fts5s_bm25_and_follows_writes_from_another_connection(
     assert {h.doc_id for h in index.search("tidal energy")} == {"tides-again"}
     index.close()
     writer.close()
+def test_local_replace_is_atomic_for_readers(tmp_path: Path) -> None:
+    """A reader during replace_document sees the old version or the new, never a mix or a gap."""
+    index = LocalKnowledgeIndex(tmp_path / "search.sqlite3")
+    versions = {
+        v: [Chunk(doc_id="doc", chunk_id=n, title="T", content=f"Passage {n} tidal.", version=v) for n in range(count)]
+        for v, count in (("a", 7), ("b", 4))
+    }
+    index.replace_document("doc", versions["a"])
+    stop = threading.Event()
+    seen: list[tuple[set[str | None], int]] = []
+
+    def read() -> None:
+        while not stop.is_set():
+            chunks = index.get_chunks("doc")
+            seen.append(({c.version for c in chunks}, len(chunks)))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    for n in range(60):
+        index.replace_document("doc", versions["b" if n % 2 == 0 else "a"])
+    stop.set()
+    reader.join()
+    assert len(seen) > 10
+    assert all(found in (({"a"}, 7), ({"b"}, 4)) for found in seen), {str(f) for f in seen}
+    index.close()
+
+
+def test_an_index_from_before_versions_gains_the_new_columns(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "search.sqlite3"
+    db = sqlite3.connect(path)
+    db.execute(
+        "CREATE TABLE chunks (id INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE, doc_id TEXT NOT NULL, "
+        "chunk_id INTEGER NOT NULL, title TEXT NOT NULL, url TEXT, content TEXT NOT NULL)"
+    )
+    db.execute("INSERT INTO chunks (key, doc_id, chunk_id, title, content) VALUES ('old--c0000', 'old', 0, 'T', 'x')")
+    db.commit()
+    db.close()
+    index = LocalKnowledgeIndex(path)
+    assert index.get_chunks("old") == [Chunk(doc_id="old", chunk_id=0, title="T", content="x")]
+    index.close()
