@@ -96,6 +96,11 @@ class Settings(BaseSettings):
     ingest_sync_max_bytes: int = Field(
         2_000_000, validation_alias="INGEST_SYNC_MAX_BYTES", description="Uploads larger than this become a job."
     )
+    ingest_max_files: int = Field(
+        10_000,
+        validation_alias="INGEST_MAX_FILES",
+        description="Files one upload may carry (MAX_BODY_BYTES still applies).",
+    )
     ingest_batch_files: int = Field(
         50, validation_alias="INGEST_BATCH_FILES", description="Files per queue message of an ingestion job."
     )

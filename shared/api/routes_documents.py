@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers, UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
 
 from shared.api.deps import BackendsDep
 from shared.api.problems import validation_error
@@ -59,8 +63,8 @@ async def add_documents(
         # Chunking and indexing are CPU and disk work: off the event loop, so other requests keep flowing.
         return IndexResult(indexed=await run_in_threadpool(knowledge.index_documents, b, docs))
     if ctype == "multipart/form-data":
-        form = await request.form()
-        files = [(f.filename or "upload", await f.read()) for f in form.getlist("file") if hasattr(f, "read")]
+        # Parsing thousands of parts is CPU work: in a worker thread, so the event loop keeps answering.
+        files = await run_in_threadpool(_files_of, request.headers, await request.body(), b.settings.ingest_max_files)
     else:
         declared = extraction.DECLARED_KINDS.get(ctype)
         if not filename and declared is None:
@@ -94,6 +98,25 @@ def _ingest_now(
     if not sources:
         raise errors[0][1]
     return knowledge.index_documents(b, sources) + [knowledge.refused(name, error) for name, error in errors]
+
+
+def _files_of(headers: Headers, body: bytes, max_files: int) -> list[tuple[str, bytes]]:
+    """The `file` parts of a multipart body as (file name, bytes), parsed on this (worker) thread's own loop."""
+
+    async def stream() -> AsyncIterator[bytes]:
+        yield body
+
+    async def parse() -> list[tuple[str, bytes]]:
+        try:
+            form = await MultiPartParser(headers, stream(), max_files=max_files).parse()
+        except MultiPartException as exc:
+            raise InvalidRequest(f"the multipart body cannot be read: {exc.message}") from None
+        try:
+            return [(f.filename or "upload", await f.read()) for f in form.getlist("file") if isinstance(f, UploadFile)]
+        finally:
+            await form.close()
+
+    return asyncio.run(parse())
 
 
 @router.get("/ingestions/{ingestion_id}", response_model=ingestion.IngestionJob, summary="An ingestion job's progress")

@@ -1,14 +1,20 @@
 """Ingestion jobs: large uploads ingested in batches through the step queue, durably and without duplicates.
 
 Submitting writes each batch of files as a blob (`ingestions/{id}/batches/{n:06d}.json`), then
-the job record, then one queue message per batch (claim-check: the message carries only
+the job record, then the first batch's message (claim-check: the message carries only
 `{ingestion_id, batch}`, message id `ingest:{id}:{n}`, so the broker drops a double send).
+Batches run one after another, like a job's steps: batch n+1 is enqueued once batch n is
+counted, so one ingestion holds one consumer at a time and agent steps keep flowing beside it
+(extraction and chunking are CPU work; more threads of it only slow the API down).
+
 A batch handler ingests its files with `knowledge.ingest_one`, which swaps each document's
 chunks in atomically and skips a version already indexed; so a redelivered batch (after a
 kill -9, a lost lock, an abandon) redoes its work without duplicating a chunk. The batch is
-then marked done on the job record with an If-Match write that adds its counts once, and its
-blob is deleted. The last delivery the broker allows writes the failure on the record before
-the message is dead-lettered, so nothing disappears without a trail.
+then marked done on the job record with an If-Match write that adds its counts once, the next
+batch is enqueued and the batch's blob deleted; a delivery that finds its batch already done
+only makes sure the next one is enqueued. The last delivery the broker allows writes the
+failure on the record and enqueues the next batch before the message is dead-lettered, so
+nothing disappears without a trail and one bad batch does not stop the rest.
 
 Redoing part of a batch reports the documents that the lost delivery had already indexed as
 `unchanged`: the chunk counts are exact, the added/unchanged split of a crashed batch is not.
@@ -190,11 +196,13 @@ def submit_ingestion(
 
 
 def _enqueue(b: Backends, job: IngestionJob) -> None:
-    done = set(job.batches_done)
+    """Send the first batch that is neither done nor dead-lettered (if any); the broker drops a repeat."""
+    settled = set(job.batches_done) | {f.batch for f in job.failures}
     for n in range(job.batches):
-        if n not in done:
+        if n not in settled:
             message = IngestionMessage(ingestion_id=job.id, batch=n)
             b.queue.send(message.model_dump_json().encode(), message_id=message.message_id)
+            return
 
 
 def handle_batch(b: Backends, body: bytes, delivery_count: int = 1) -> None:
@@ -210,12 +218,15 @@ def handle_batch(b: Backends, body: bytes, delivery_count: int = 1) -> None:
         return
     job = IngestionJob.model_validate_json(found.data)
     if message.batch in job.batches_done:
-        return  # a duplicate delivery of a batch already counted
+        _enqueue(b, job)  # counted before a crash: only make sure the next batch is on its way
+        return
     try:
         _run_batch(b, job, message.batch)
     except Exception as exc:
         if delivery_count >= b.settings.queue_max_delivery_count:
-            _record_failure(b, job.id, message.batch, delivery_count, exc)
+            failed = _record_failure(b, job.id, message.batch, delivery_count, exc)
+            if failed is not None:
+                _enqueue(b, failed)
         raise
 
 
@@ -229,7 +240,9 @@ def _run_batch(b: Backends, job: IngestionJob, batch: int) -> None:
     if job.status == "queued":
         _update(b, job.id, _started)
     outcomes = knowledge.ingest(b, ((f.name, base64.b64decode(f.data)) for f in contents.files), scope=contents.scope)
-    _update(b, job.id, _counted(batch, outcomes))
+    counted = _update(b, job.id, _counted(batch, outcomes))
+    if counted is not None:
+        _enqueue(b, counted)
     b.objects.delete(ingestion_batch_key(job.id, batch))
 
 
@@ -276,7 +289,9 @@ def _counted(batch: int, outcomes: list[knowledge.IndexedDocument]) -> Any:
     return change
 
 
-def _record_failure(b: Backends, ingestion_id: str, batch: int, delivery_count: int, exc: Exception) -> None:
+def _record_failure(
+    b: Backends, ingestion_id: str, batch: int, delivery_count: int, exc: Exception
+) -> IngestionJob | None:
     description = f"{type(exc).__name__}: {exc}"[:1000]
 
     def change(job: IngestionJob | None) -> IngestionJob | None:
@@ -287,7 +302,7 @@ def _record_failure(b: Backends, ingestion_id: str, batch: int, delivery_count: 
         updated.updated_at = utcnow()
         return _finish_if_complete(updated)
 
-    _update(b, ingestion_id, change)
+    updated = _update(b, ingestion_id, change)
     log.error(
         "ingestion %s batch %d dead-lettered after %d deliveries: %s",
         ingestion_id,
@@ -296,3 +311,4 @@ def _record_failure(b: Backends, ingestion_id: str, batch: int, delivery_count: 
         description,
         extra={"event": "ingestion_batch_dead_lettered", "ingestion_id": ingestion_id},
     )
+    return updated
