@@ -19,6 +19,7 @@ import typer
 
 from shared.cli.context import backends
 from shared.cli.evaluate import evaluate
+from shared.cli.docs import docs_app
 from shared.cli.jobs import dlq_app, jobs_app, queue_app
 from shared.cli.logs import kql_command, logs
 from shared.cli.maintenance import backup_app, checks_app, restore, retention_app, sweep
@@ -78,7 +79,7 @@ def main(
     ] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks instead of one-line errors.")] = False,
 ) -> None:
-    """Operate agent-framework: health, queue and dead letters, jobs, usage, backups, checks, logs."""
+    """Operate agent-framework: health, queue and dead letters, jobs, documents, usage, backups, checks, logs."""
     from shared.bootstrap import reset_backends
     from shared.settings import reset_settings
 
@@ -117,6 +118,7 @@ app.add_typer(dlq_app, name="dlq")
 jobs_app.command("watch")(jobs_watch)
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(webhooks_app, name="webhooks")
+app.add_typer(docs_app, name="docs")
 app.command()(usage)
 app.add_typer(backup_app, name="backup")
 app.command()(restore)
