@@ -12,6 +12,7 @@ from shared.api.deps import BackendsDep
 from shared.api.security import CallerDep
 from shared.contracts import Citation, Job, JobError, JobStatus
 from shared.engine.pricing import Cost, price_usage
+from shared.engine.provenance import Provenance
 from shared.services import approvals, jobs
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
@@ -93,6 +94,15 @@ def approve_job(job_id: str, caller: CallerDep, b: BackendsDep, body: approvals.
 def reject_job(job_id: str, caller: CallerDep, b: BackendsDep, body: approvals.Decision | None = None) -> Job:
     body = body or approvals.Decision()
     return approvals.decide(b, caller.tenant, job_id, "rejected", body.comment, caller.key_id, body.after_step)
+
+
+@router.get(
+    "/{job_id}/provenance",
+    response_model=Provenance,
+    summary="What produced the report: model, prompt version, policy, document versions read, checks, costs",
+)
+def get_provenance(job_id: str, caller: CallerDep, b: BackendsDep) -> Provenance:
+    return jobs.job_provenance(b, caller.tenant, job_id)
 
 
 @router.get(

@@ -263,6 +263,55 @@ def jobs_show(job_id: str, as_json: JsonOpt = False) -> None:
     emit(shown, render, as_json=as_json)
 
 
+@jobs_app.command("provenance")
+def jobs_provenance(job_id: str, as_json: JsonOpt = False) -> None:
+    """What produced a finished job's report: model, prompt version, policy, documents read, citation checks, costs."""
+    from shared.services import jobs
+
+    record = jobs.provenance_of(backends(), _job(job_id)).model_dump(mode="json")
+
+    def render(data: dict[str, Any]) -> None:
+        usage = data["usage"]
+        table(
+            f"provenance of {data['job_id']}",
+            ["field", "value"],
+            [
+                ["status", data["status"]],
+                ["model", data["model"]],
+                ["deployment", data["deployment"]],
+                ["prompt version", data["prompt_version"]],
+                ["language", data["language"]],
+                ["policy", data["policy"]],
+                ["tokens", f"{usage['prompt_tokens']} prompt + {usage['completion_tokens']} completion"],
+                ["chunks read", data["chunks_read"]],
+                ["run ms", data["timings"]["run_ms"]],
+            ],
+        )
+        table(
+            "documents read",
+            ["doc_id", "versions", "chunks"],
+            [[d["doc_id"], ", ".join(str(v) for v in d["versions"]), d["chunks"]] for d in data["documents"]],
+        )
+        table(
+            "citations",
+            ["n", "doc_id", "chunk", "version", "page", "section", "outcome", "why"],
+            [
+                [c["n"], c["doc_id"], c["chunk_id"], c["version"], c["page"], c["section"], c["outcome"], c["why"]]
+                for c in data["citations"]
+            ],
+        )
+        table(
+            "steps",
+            ["step", "kind", "prompt", "completion", "ms"],
+            [
+                [s["step"], s["kind"], s["prompt_tokens"], s["completion_tokens"], s["duration_ms"]]
+                for s in data["steps"]
+            ],
+        )
+
+    emit(record, render, as_json=as_json)
+
+
 @jobs_app.command("cancel")
 def jobs_cancel(job_id: str, as_json: JsonOpt = False) -> None:
     """Ask a job to stop; it ends as cancelled at its next step boundary."""

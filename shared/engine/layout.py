@@ -48,6 +48,11 @@ WEBHOOKS = Container(
     "webhooks", "webhooks/{tenant}/{job_id}.{event}.json: webhook deliveries and their attempts", backed_up=True
 )
 SCHEDULES = Container("schedules", "schedules/{tenant}/{schedule_id}.json: recurring research jobs", backed_up=True)
+PROVENANCE = Container(
+    "provenance",
+    "provenance/{job_id}.json: what produced a finished job's report (model, prompt, documents, checks, costs)",
+    backed_up=True,
+)
 DOCUMENTS = Container(
     "documents",
     "documents/{doc_id}.json: a knowledge document's current version, source and chunk count",
@@ -86,6 +91,7 @@ CONTAINERS: tuple[Container, ...] = (
     MEMORY,
     WEBHOOKS,
     SCHEDULES,
+    PROVENANCE,
     DOCUMENTS,
     INGESTIONS,
     LOCKS,
@@ -171,3 +177,7 @@ def ingestion_key(ingestion_id: str) -> str:
 
 def ingestion_batch_key(ingestion_id: str, batch: int) -> str:
     return f"{INGESTIONS.name}/{ingestion_id}/batches/{batch:06d}.json"
+
+
+def provenance_key(job_id: str) -> str:
+    return f"{PROVENANCE.name}/{job_id}.json"

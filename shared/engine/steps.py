@@ -37,7 +37,7 @@ from shared.contracts import (
     approval_needed,
     utcnow,
 )
-from shared.engine import fanout, outbox
+from shared.engine import fanout, outbox, provenance
 from shared.engine import job as lifecycle
 from shared.engine.backends import Backends
 from shared.engine.ledger import BUDGET_STALENESS_SECONDS, BUDGET_WARNING_RATIO, month_of
@@ -306,6 +306,10 @@ def settle(b: Backends, job: Job, cp: Checkpoint) -> None:
     )
     if parks:
         _park(b, job, cp)
+    if cp.outcome is not None and updated is not None:
+        # After the projection, so the record's timings are final; a redelivery writes the same record.
+        record = provenance.build(updated, cp, b.checkpoints.all(job.id), b.model, b.settings)
+        provenance.save(b.objects, record)
     # The ledger holds each job's running total (set, not added). A step that used no tokens leaves
     # it unchanged, unless it ends the job: the final step re-sets it, which also repairs a ledger
     # write lost to a crash after an earlier step's commit.

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from agents.policy import resolve, tenant_limits
 from shared.contracts import Job, JobStatus, PolicyOverrides, Report, StepMessage, utcnow
 from shared.engine import job as lifecycle
-from shared.engine import layout, outbox
+from shared.engine import layout, outbox, provenance
 from shared.engine.backends import Backends
 from shared.engine.ledger import BUDGET_STALENESS_SECONDS
 from shared.engine.pricing import budget_exhausted
@@ -206,3 +206,22 @@ def report(b: Backends, tenant: str, job_id: str) -> tuple[Job, Report]:
             + (f" ({job.error.reason}: {job.error.detail})" if job.error else "")
         )
     return job, found
+
+
+class ProvenanceMissing(NotFound):
+    fix = "provenance is recorded for jobs that finish from this release on; older jobs have none"
+
+
+def provenance_of(b: Backends, job: Job) -> provenance.Provenance:
+    """The job's provenance: JobNotFinished while it runs, ProvenanceMissing for jobs finished before it existed."""
+    if not job.finished:
+        raise JobNotFinished(job)
+    found = provenance.load(b.objects, job.id)
+    if found is None:
+        raise ProvenanceMissing(f"job {job.id} {job.status} without a provenance record")
+    return found
+
+
+def job_provenance(b: Backends, tenant: str, job_id: str) -> provenance.Provenance:
+    """The caller's job's provenance (another tenant's job does not exist for this caller)."""
+    return provenance_of(b, get(b, tenant, job_id))
