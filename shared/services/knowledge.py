@@ -66,6 +66,7 @@ class SourceDocument:
     name: str | None = None
     scope: str | None = None
     size: int = 0
+    source_hash: str | None = None
 
 
 class DocumentRecord(BaseModel):
@@ -80,6 +81,9 @@ class DocumentRecord(BaseModel):
     version: str = Field(description="Content hash of the indexed version.")
     chunks: int
     bytes: int = 0
+    source_hash: str | None = Field(
+        None, description="sha256 of the file's bytes (16 hex): lets a re-ingest skip extraction."
+    )
     pages: int | None = None
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
@@ -142,7 +146,11 @@ def read_upload(
         url=url,
         content=extracted.content,
     )
-    return SourceDocument(document, extracted.sections, extracted.kind, name, scope, len(data))
+    return SourceDocument(document, extracted.sections, extracted.kind, name, scope, len(data), bytes_hash(data))
+
+
+def bytes_hash(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
 
 
 def parse_upload(filename: str, text: str | bytes) -> Document:
@@ -192,6 +200,7 @@ def ingest_one(b: Backends, source: SourceDocument) -> IndexedDocument:
             version=version,
             chunks=len(chunks),
             bytes=source.size,
+            source_hash=source.source_hash,
             pages=pages,
             created_at=current.created_at if current else utcnow(),
             previous_versions=history,
@@ -236,6 +245,10 @@ def ingest(b: Backends, files: Iterable[tuple[str, bytes]], *, scope: str | None
     """Read and ingest files (name, bytes); a file that cannot be read is refused with its reason, the rest go on."""
     out = []
     for name, data in files:
+        same = _unchanged_file(b, name, data, scope)
+        if same is not None:
+            out.append(same)
+            continue
         try:
             source = read_upload(name, data, scope=scope)
         except ServiceError as exc:
@@ -243,6 +256,18 @@ def ingest(b: Backends, files: Iterable[tuple[str, bytes]], *, scope: str | None
             continue
         out.append(ingest_one(b, source))
     return out
+
+
+def _unchanged_file(b: Backends, name: str, data: bytes, scope: str | None) -> IndexedDocument | None:
+    """The file's outcome when these very bytes are what its document holds now: no extraction needed."""
+    doc_id = document_id(name, scope)
+    record = get_record(b, doc_id)
+    if record is None or record.source_hash != bytes_hash(data):
+        return None
+    head = b.index.get_chunks(doc_id, 0)
+    if not head or head[0].version != record.version:
+        return None  # the index lost or never got this version: ingest it again
+    return IndexedDocument(id=doc_id, chunks=record.chunks, status="unchanged", version=record.version, name=name)
 
 
 def get_record(b: Backends, doc_id: str) -> DocumentRecord | None:
