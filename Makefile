@@ -88,6 +88,9 @@ bench: $(STAMP)
 	$(PY) bench/api.py
 	$(PY) bench/events.py
 	$(PY) bench/console.py
+	$(PY) bench/retrieval.py
+	$(PY) bench/extraction.py
+	$(PY) bench/ingest.py
 	$(PY) bench/report.py --readme
 
 # Style, types, and the import contract (imports only go down; see docs/architecture.md).

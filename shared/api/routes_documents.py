@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
@@ -103,7 +103,7 @@ def _ingest_now(
 def _files_of(headers: Headers, body: bytes, max_files: int) -> list[tuple[str, bytes]]:
     """The `file` parts of a multipart body as (file name, bytes), parsed on this (worker) thread's own loop."""
 
-    async def stream() -> AsyncIterator[bytes]:
+    async def stream() -> AsyncGenerator[bytes, None]:
         yield body
 
     async def parse() -> list[tuple[str, bytes]]:

@@ -52,7 +52,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("agent.ingestion")
-MESSAGE_KIND = "ingest"
+MESSAGE_KIND: Literal["ingest"] = "ingest"
 MAX_REFUSALS_KEPT = 200
 
 IngestionStatus = Literal["queued", "running", "succeeded", "failed"]
