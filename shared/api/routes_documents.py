@@ -124,6 +124,16 @@ def get_ingestion(ingestion_id: str, caller: OperatorDep, b: BackendsDep) -> ing
     return ingestion.get_ingestion(b, ingestion_id)
 
 
+@router.post(
+    "/ingestions/{ingestion_id}/retry",
+    status_code=202,
+    response_model=ingestion.IngestionJob,
+    summary="Send an ingestion's dead-lettered batches again",
+)
+def retry_ingestion(ingestion_id: str, caller: OperatorDep, b: BackendsDep) -> ingestion.IngestionJob:
+    return ingestion.retry_failed(b, ingestion_id)
+
+
 @router.get("/documents", response_model=list[knowledge.DocumentRecord], summary="Documents in the knowledge base")
 def list_documents(
     caller: OperatorDep, b: BackendsDep, scope: ScopeQuery = None, limit: Annotated[int, Query(ge=1, le=5000)] = 1000

@@ -167,9 +167,14 @@ def delete(doc_id: str, as_json: JsonOpt = False) -> None:
 
 
 @docs_app.command("ingestion")
-def show_ingestion(ingestion_id: str, as_json: JsonOpt = False) -> None:
-    """An ingestion job's progress (from `docs ingest --queue` or a large upload's 202)."""
+def show_ingestion(
+    ingestion_id: str,
+    retry: Annotated[bool, typer.Option("--retry", help="Send its dead-lettered batches again.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """An ingestion job's progress (from `docs ingest --queue` or a large upload's 202); --retry its failed batches."""
     from shared.services import ingestion
 
-    job = ingestion.get_ingestion(backends(), ingestion_id)
+    b = backends()
+    job = ingestion.retry_failed(b, ingestion_id) if retry else ingestion.get_ingestion(b, ingestion_id)
     emit(job.model_dump(mode="json"), fields(f"ingestion {ingestion_id}"), as_json=as_json)

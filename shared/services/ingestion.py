@@ -37,7 +37,7 @@ from shared.contracts import utcnow
 from shared.engine.backends import Backends
 from shared.engine.layout import ingestion_batch_key, ingestion_key
 from shared.engine.updates import update_json
-from shared.errors import InvalidRequest, NotFound
+from shared.errors import Conflict, InvalidRequest, NotFound
 from shared.ports import PreconditionFailed
 from shared.services import knowledge
 
@@ -48,6 +48,7 @@ __all__ = [
     "get_ingestion",
     "handle_batch",
     "is_ingestion_message",
+    "retry_failed",
     "submit_ingestion",
 ]
 
@@ -68,10 +69,12 @@ class IngestionMessage(BaseModel):
     kind: Literal["ingest"] = MESSAGE_KIND
     ingestion_id: str
     batch: int = Field(ge=0)
+    round: int = Field(0, ge=0, description="0, or the retry that sent it: a retry needs fresh message ids.")
 
     @property
     def message_id(self) -> str:
-        return f"{MESSAGE_KIND}:{self.ingestion_id}:{self.batch}"
+        base = f"{MESSAGE_KIND}:{self.ingestion_id}:{self.batch}"
+        return f"{base}:r{self.round}" if self.round else base
 
 
 class Refusal(BaseModel):
@@ -103,6 +106,7 @@ class IngestionJob(BaseModel):
     chunks: int = 0
     refusals: list[Refusal] = Field(default_factory=list, description=f"The first {MAX_REFUSALS_KEPT} refusals.")
     failures: list[BatchFailure] = Field(default_factory=list, description="Batches dead-lettered, with the error.")
+    retries: int = Field(0, description="Times an operator retried the dead-lettered batches.")
     idempotency_key: str | None = None
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
@@ -200,9 +204,38 @@ def _enqueue(b: Backends, job: IngestionJob) -> None:
     settled = set(job.batches_done) | {f.batch for f in job.failures}
     for n in range(job.batches):
         if n not in settled:
-            message = IngestionMessage(ingestion_id=job.id, batch=n)
+            message = IngestionMessage(ingestion_id=job.id, batch=n, round=job.retries)
             b.queue.send(message.model_dump_json().encode(), message_id=message.message_id)
             return
+
+
+class NothingToRetry(Conflict):
+    kind = "nothing-to-retry"
+    fix = "only a finished ingestion with dead-lettered batches can be retried (see its failures)"
+
+
+def retry_failed(b: Backends, ingestion_id: str) -> IngestionJob:
+    """Send the dead-lettered batches of a finished ingestion again (their files are kept until they succeed)."""
+    job = get_ingestion(b, ingestion_id)
+    if not job.finished or not job.failures:
+        raise NothingToRetry(f"ingestion {ingestion_id} is {job.status} with {len(job.failures)} failed batch(es)")
+
+    def change(current: IngestionJob | None) -> IngestionJob | None:
+        if current is None or not current.finished or not current.failures:
+            return None
+        return current.model_copy(
+            update={
+                "failures": [],
+                "retries": current.retries + 1,
+                "status": "running",
+                "finished_at": None,
+                "updated_at": utcnow(),
+            }
+        )
+
+    retried = _update(b, ingestion_id, change) or job
+    _enqueue(b, retried)
+    return retried
 
 
 def handle_batch(b: Backends, body: bytes, delivery_count: int = 1) -> None:

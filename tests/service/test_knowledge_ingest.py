@@ -195,3 +195,16 @@ def test_ingestion_batches_are_idempotent_and_failures_are_recorded(backends: Ba
     assert failed.status == "failed" and failed.failures[0].batch == 1
     assert "missing" in failed.failures[0].description
     assert json.loads(message)["kind"] == "ingest"
+
+    # The operator puts the batch back and retries: a fresh message id, so duplicate detection lets it through.
+    with pytest.raises(ingestion.NothingToRetry):
+        ingestion.retry_failed(backends, job.id)
+    replacement = ingestion.submit_ingestion(backends, files[1:2], batch_files=1)
+    moved = backends.objects.get(f"ingestions/{replacement.id}/batches/000000.json")
+    assert moved is not None
+    backends.objects.put(f"ingestions/{broken.id}/batches/000001.json", moved.data)
+    retried = ingestion.retry_failed(backends, broken.id)
+    assert retried.status == "running" and retried.retries == 1
+    drain(backends)
+    healed = ingestion.get_ingestion(backends, broken.id)
+    assert healed.status == "succeeded" and sorted(healed.batches_done) == [0, 1] and not healed.failures
