@@ -69,13 +69,11 @@ def make_files(n: int) -> list[tuple[str, bytes]]:
 
 
 def fresh_backends(root: Path, name: str):  # type: ignore[no-untyped-def]
-    from shared.bootstrap import get_backends, reset_backends
-    from shared.settings import reset_settings
+    from shared.bootstrap import build_backends
+    from shared.settings import Settings
 
     os.environ["DATA_DIR"] = str(root / name)
-    reset_settings()
-    reset_backends()
-    return get_backends()
+    return build_backends(Settings())
 
 
 def main() -> int:

@@ -136,7 +136,7 @@ def is_ingestion_message(body: bytes) -> bool:
     if b'"ingestion_id"' not in body:
         return False
     try:
-        return json.loads(body).get("kind") == MESSAGE_KIND
+        return bool(json.loads(body).get("kind") == MESSAGE_KIND)
     except (ValueError, AttributeError):
         return False
 

@@ -25,6 +25,9 @@ var containers = [
   'resubmissions'
   'webhooks'
   'schedules'
+  'provenance'
+  'documents'
+  'ingestions'
   'ops'
   deploymentContainer
 ]
