@@ -85,7 +85,7 @@ def main() -> int:
             del os.environ[name]
     from shared.services import ingestion, knowledge
     from shared.services.extraction import extract
-    from shared.services.queue_messages import handle_message
+    from shared.services.messages import handle_message
 
     t = time.perf_counter()
     files = make_files(args.files)

@@ -167,6 +167,8 @@ def schedule_key(tenant: str, schedule_id: str) -> str:
 
 def schedule_prefix(tenant: str | None = None) -> str:
     return f"{SCHEDULES.name}/{tenant}/" if tenant else f"{SCHEDULES.name}/"
+
+
 def document_key(doc_id: str) -> str:
     return f"{DOCUMENTS.name}/{doc_id}.json"
 

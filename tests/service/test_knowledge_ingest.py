@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from agents.citations import verify
 from shared.engine.backends import Backends
 from shared.services import ingestion, knowledge
-from shared.services.queue_messages import handle_message
+from shared.services.messages import handle_message
 from tests.fixtures.documents import PNG_1PX, docx, html_page, pdf, scanned_pdf
 
 PAGES = [
