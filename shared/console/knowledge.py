@@ -54,6 +54,14 @@ def knowledge_page(
     )
 
 
+def _ingest(b: Backends, files: list[tuple[str, bytes]]) -> list[knowledge.IndexedDocument]:
+    """Read (type from the bytes), then index; when every file is refused, the first refusal is the answer."""
+    sources, errors = knowledge.read_files(files)
+    if not sources:
+        raise errors[0][1]
+    return knowledge.index_documents(b, sources) + [knowledge.refused(name, error) for name, error in errors]
+
+
 @router.post("/knowledge/upload")
 async def upload(request: Request, s: SessionDep, b: BackendsDep) -> Response:
     """Multipart `file` fields plus `csrf`; JSON for the page's script, which shows the progress."""
@@ -61,15 +69,8 @@ async def upload(request: Request, s: SessionDep, b: BackendsDep) -> Response:
     form = await request.form()
     csrf = form.get("csrf")
     session.check_csrf(s, csrf if isinstance(csrf, str) else None)
-    docs = []
-    for f in form.getlist("file"):
-        if isinstance(f, str):
-            continue
-        try:
-            docs.append(knowledge.parse_upload(f.filename or "upload.md", (await f.read()).decode("utf-8", "replace")))
-        except ValueError as exc:
-            raise InvalidRequest(str(exc)) from None
-    if not docs:
-        raise InvalidRequest("choose at least one Markdown or text file")
-    indexed = await run_in_threadpool(knowledge.index_documents, b, docs)
+    files = [(f.filename or "upload", await f.read()) for f in form.getlist("file") if not isinstance(f, str)]
+    if not files:
+        raise InvalidRequest("choose at least one file: PDF, HTML, Word, Markdown or text")
+    indexed = await run_in_threadpool(_ingest, b, files)
     return JSONResponse({"indexed": [d.model_dump() for d in indexed]})
