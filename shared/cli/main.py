@@ -18,8 +18,8 @@ from typing import Annotated, Any
 import typer
 
 from shared.cli.context import backends
-from shared.cli.evaluate import evaluate
 from shared.cli.docs import docs_app
+from shared.cli.evaluate import evaluate
 from shared.cli.jobs import dlq_app, jobs_app, queue_app
 from shared.cli.logs import kql_command, logs
 from shared.cli.maintenance import backup_app, checks_app, restore, retention_app, sweep
