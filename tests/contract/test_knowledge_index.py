@@ -441,6 +441,8 @@ def test_local_ranking_is_fts5s_bm25_and_follows_writes_from_another_connection(
     assert {h.doc_id for h in index.search("tidal energy")} == {"tides-again"}
     index.close()
     writer.close()
+
+
 def test_local_replace_is_atomic_for_readers(tmp_path: Path) -> None:
     """A reader during replace_document sees the old version or the new, never a mix or a gap."""
     index = LocalKnowledgeIndex(tmp_path / "search.sqlite3")
