@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from collections.abc import Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import httpx
 import httpx2
@@ -64,11 +66,21 @@ async def research(url: str) -> dict[str, Any]:
     }
 
 
+T = TypeVar("T")
+
+
+def run_in_own_loop(coroutine: Coroutine[Any, Any, T]) -> T:
+    """asyncio.run on a thread of its own: a sync Playwright test earlier in the session leaves an event
+    loop on the main thread, where asyncio.run refuses to start."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
 def test_mcp_client_submits_a_job_and_reads_its_cited_report(runtime) -> None:  # type: ignore[no-untyped-def]
     rt = runtime({"API_KEYS": KEYS})
     with rt.client() as rest:
         ingest_over_http(rest)
-    out = asyncio.run(research(rt.url))
+    out = run_in_own_loop(research(rt.url))
     report = out["report"]
     assert report["citations"] and "## Sources" in report["markdown"]
     for c in report["citations"]:
