@@ -98,10 +98,8 @@ def handle_step(b: Backends, body: bytes, delivery_count: int = 1) -> None:
         raise RejectMessage(UNKNOWN_JOB, f"step {msg.step} of job {msg.job_id}, which does not exist")
     with job_context(job_id=job.id, step=msg.step, tenant=job.tenant):
         last_delivery = delivery_count >= b.settings.queue_max_delivery_count
-        if last_delivery and not job.finished:
-            _note_last_delivery(b, job.id, msg, delivery_count)
         try:
-            _handle(b, job, msg)
+            _handle(b, job, msg, delivery_count if last_delivery else None)
         except RejectMessage:
             raise
         except Exception as exc:
@@ -157,7 +155,7 @@ def _record_dead_letter(b: Backends, job_id: str, msg: StepMessage, delivery_cou
     )
 
 
-def _handle(b: Backends, job: Job, msg: StepMessage) -> None:
+def _handle(b: Backends, job: Job, msg: StepMessage, last_delivery: int | None = None) -> None:
     if msg.purpose == "approval_deadline":
         _approval_deadline(b, job, msg)
         return
@@ -185,6 +183,8 @@ def _handle(b: Backends, job: Job, msg: StepMessage) -> None:
     if job.finished:
         log.info("job already %s; step %s not run", job.status, msg.step)
         return
+    if last_delivery is not None:
+        _note_last_delivery(b, job.id, msg, last_delivery)
     sem = _limit.get(b.settings.max_concurrent_jobs)
     if not sem.acquire(timeout=0.5):
         # The instance is full: hand the step back for a moment rather than pile up work in memory.

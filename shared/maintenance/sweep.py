@@ -16,7 +16,11 @@ reason retries_exhausted. Permanent causes fail the job with reason step_failed 
 dead_lettered, for a deliberate dead-lettering), the exception in the detail. A job whose
 cancel was requested is cancelled instead. A message whose job no longer exists or has
 finished, whose step was committed meanwhile (stale) or sent again since (superseded) is
-completed with a log line and changes nothing.
+completed with a log line and changes nothing; so is a message the step engine rejected as
+never runnable (reasons MalformedMessage, UnknownJob, StepNotNext: a stray step is judged again
+here from the checkpoints, since in Azure the broker dead-letters it as MaxDeliveryCountExceeded).
+A message the sweep cannot handle (an unreadable job record) is released unlocked and reported as
+an error by every run until an operator deals with it.
 
 Crash safety. Per message: decide (recorded once in the job's re-submission log), act (send,
 deduplicated by the deterministic message id), update the job record (set, not add), and
@@ -237,15 +241,15 @@ def handle_dead_letter(b: Backends, message: QueueMessage, *, operator: bool = F
     if job is None:
         return _drop(b, message, seen, UNKNOWN_JOB, f"the job no longer exists ({msg.job_id})")
     with job_context(job_id=job.id, step=msg.step, tenant=job.tenant):
+        if message.dead_letter_reason in REJECTION_REASONS and not operator:
+            # Rejected by the step engine as never runnable for this job: reported, purged, the job untouched.
+            return _drop(b, message, seen, str(message.dead_letter_reason), message.dead_letter_description or "")
         if job.finished:
             if operator:
                 raise JobNotResubmittable(f"job {job.id} already {job.status}; re-run it as a new job instead")
             if job.parent_id:  # a crash may have come between ending it and resuming its parent
                 fanout.resume_if_done(b, job.parent_id)
             return _drop(b, message, seen, "job_finished", f"the job already {job.status}")
-        if message.dead_letter_reason in REJECTION_REASONS and not operator:
-            # Rejected by the step engine as never runnable for this job: reported, purged, the job untouched.
-            return _drop(b, message, seen, str(message.dead_letter_reason), message.dead_letter_description or "")
         committed = b.checkpoints.steps(job.id)
         last = max([job.step, *committed])
         if msg.step > last + 1 and not operator:
@@ -309,6 +313,7 @@ def sweep_dead_letters(b: Backends) -> SweepResult:
         while len(seen) < MAX_PER_RUN:
             batch = b.queue.receive_dead_letters(BATCH, lock_seconds=b.settings.queue_lock_seconds)
             fresh = [m for m in batch if m.sequence_number not in seen]
+            _release([m for m in batch if m.sequence_number in seen], b)  # left for the next run, unlocked
             if not fresh:
                 break
             for message in fresh:
@@ -324,6 +329,15 @@ def sweep_dead_letters(b: Backends) -> SweepResult:
     return result
 
 
+def _release(messages: list[QueueMessage], b: Backends) -> None:
+    """Unlock dead letters this run will not handle, so a sweep run a moment later sees them."""
+    for message in messages:
+        try:
+            b.queue.abandon_dead_letter(message)
+        except Exception:  # noqa: BLE001 - then its lock expires on its own
+            log.warning("could not release dead letter %s; it unlocks when its lock expires", message.message_id)
+
+
 def _handle_safely(b: Backends, message: QueueMessage) -> DeadLetterAction:
     try:
         return handle_dead_letter(b, message)
@@ -333,10 +347,7 @@ def _handle_safely(b: Backends, message: QueueMessage) -> DeadLetterAction:
             message.message_id,
             extra={"event": "dead_letter_error"},
         )
-        try:
-            b.queue.abandon_dead_letter(message)  # unlocked now, so a sweep run a moment later sees it
-        except Exception:  # noqa: BLE001 - then its lock expires on its own
-            log.warning("could not release dead letter %s; it unlocks when its lock expires", message.message_id)
+        _release([message], b)
         return DeadLetterAction(
             message_id=message.message_id,
             sequence_number=message.sequence_number,
