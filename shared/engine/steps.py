@@ -49,6 +49,9 @@ from shared.ports import PermanentModelError, RejectMessage, TransientModelError
 
 log = logging.getLogger("agent.steps")
 MAX_BACKOFF_SECONDS = 300.0
+# A step waiting out a dependency outage retries at least this often, so it resumes within seconds
+# of the dependency coming back (an outage costs no tokens; a long backoff would only add delay).
+OUTAGE_MAX_BACKOFF_SECONDS = 4.0
 
 # Dead-letter reasons of messages that can never run (RejectMessage); the sweep reports and purges them.
 MALFORMED_MESSAGE = "MalformedMessage"
@@ -93,13 +96,20 @@ def handle_step(b: Backends, body: bytes, delivery_count: int = 1) -> None:
     except ValidationError as exc:
         # Retrying cannot fix a malformed message, and there is no job to fail.
         raise RejectMessage(MALFORMED_MESSAGE, f"not a step message: {exc.errors()[0]['msg']}") from None
-    job = b.jobs.get(msg.job_id)
+    try:
+        job = b.jobs.get(msg.job_id)
+    except DependencyUnavailable as exc:
+        _wait_out(b, msg, exc)
+        return
     if job is None:
         raise RejectMessage(UNKNOWN_JOB, f"step {msg.step} of job {msg.job_id}, which does not exist")
     with job_context(job_id=job.id, step=msg.step, tenant=job.tenant):
         last_delivery = delivery_count >= b.settings.queue_max_delivery_count
         try:
-            _handle(b, job, msg, delivery_count if last_delivery else None)
+            try:
+                _handle(b, job, msg, delivery_count if last_delivery else None)
+            except DependencyUnavailable as exc:
+                _wait_out(b, msg, exc)
         except RejectMessage:
             raise
         except Exception as exc:
@@ -107,6 +117,18 @@ def handle_step(b: Backends, body: bytes, delivery_count: int = 1) -> None:
             if last_delivery:
                 _record_dead_letter(b, job.id, msg, delivery_count, exc)
             raise
+
+
+def _wait_out(b: Backends, msg: StepMessage, exc: DependencyUnavailable) -> None:
+    """Storage (or the queue) is down: try the step again later rather than burn its deliveries now.
+
+    An immediate redelivery would meet the same outage, and ten of them in a second dead-letter a
+    step that nothing is wrong with. The reschedule backs off like a transient model error; when
+    the queue itself is down the send fails too, and the step comes back when its lock expires.
+    """
+    attempt = msg.attempt + 1
+    delay = min(b.settings.step_retry_base_seconds * 2 ** (attempt - 1), OUTAGE_MAX_BACKOFF_SECONDS)
+    _reschedule(b, msg, TransientModelError(f"dependency unavailable: {exc}", retry_after=delay))
 
 
 def _note_last_delivery(b: Backends, job_id: str, msg: StepMessage, delivery_count: int) -> None:
