@@ -204,7 +204,7 @@ def kills_and_duplicates(w: World, rng: random.Random) -> None:
         w.figures.kills += 1
         killed_at = time.monotonic()
         in_flight = w.unfinished()
-        if kill == 2:
+        if kill == 0:  # plenty of jobs are mid-way at the first kill
             corrupt_two_jobs(w, rng, in_flight)
             in_flight = {i: s for i, s in in_flight.items() if i not in w.unreadable and i not in w.corrupt_checkpoints}
         w.rt.start()
@@ -241,6 +241,7 @@ def inject_duplicates(w: World, rng: random.Random, ids: list[str]) -> None:
 def corrupt_two_jobs(w: World, rng: random.Random, in_flight: dict[str, int]) -> None:
     """While the runtime is down: one job's last checkpoint and another job's record become unreadable."""
     candidates = sorted(i for i, step in in_flight.items() if step >= 1)
+    assert len(candidates) >= 2, f"too few jobs mid-way at the kill to corrupt two: {in_flight}"
     for job_id in rng.sample(candidates, len(candidates)):
         last = max(w.checkpoints.steps(job_id))
         cp = w.checkpoints.get(job_id, last)
@@ -248,7 +249,7 @@ def corrupt_two_jobs(w: World, rng: random.Random, in_flight: dict[str, int]) ->
             corrupt(w.objects, layout.checkpoint_key(job_id, last))
             w.corrupt_checkpoints.add(job_id)
             break
-    record = next(i for i in sorted(in_flight) if i not in w.corrupt_checkpoints)
+    record = next(i for i in candidates if i not in w.corrupt_checkpoints)
     corrupt(w.objects, layout.job_key(record))
     w.unreadable.add(record)
 
