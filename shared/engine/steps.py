@@ -188,8 +188,7 @@ def _handle(b: Backends, job: Job, msg: StepMessage, last_delivery: int | None =
         return
     previous = b.checkpoints.get(job.id, msg.step - 1) if msg.step > 1 else None
     if msg.step > 1 and previous is None:
-        committed = b.checkpoints.steps(job.id)
-        last = max(committed) if committed else 0
+        last = max(b.checkpoints.steps(job.id), default=0)
         if msg.step > last + 1:
             # Not this job's next step (a stray or forged message): never the job's failure.
             raise RejectMessage(
