@@ -310,6 +310,7 @@ def full_disk(w: World, how: str) -> None:
     w.submit(40, "disk-full")
     time.sleep(0.3)
     filler = w.data_dir / "filler.bin"
+    probes: list[str] = []
     assert w.rt.proc is not None
     pid = w.rt.proc.pid
     if how == "tmpfs":
@@ -323,8 +324,7 @@ def full_disk(w: World, how: str) -> None:
     w.figures.outages.append(f"disk full ({how}) 5s")
     try:
         if how == "tmpfs":
-            with pytest.raises(DependencyUnavailable):  # the disk is full for SQLite, not only for files
-                w.objects.put("ops/disk-probe.bin", os.urandom(1 << 20))
+            probes = use_up_sqlite_slack(w)
         down = 0
         for _ in range(10):
             took, body = w.health()
@@ -337,9 +337,23 @@ def full_disk(w: World, how: str) -> None:
     finally:
         if how == "tmpfs":
             filler.unlink()
+            for key in probes:
+                w.objects.delete(key)
         else:
             resource.prlimit(pid, resource.RLIMIT_FSIZE, (soft, hard))
     recover(w, "disk_full")
+
+
+def use_up_sqlite_slack(w: World) -> list[str]:
+    """Write 1 MB blobs until SQLite says the disk is full: its WAL and free pages hold no more room."""
+    written: list[str] = []
+    for n in range(400):
+        try:
+            w.objects.put(f"ops/disk-probe-{n}.bin", os.urandom(1 << 20))
+        except DependencyUnavailable:
+            return written
+        written.append(f"ops/disk-probe-{n}.bin")
+    raise AssertionError("the disk never filled up for SQLite")
 
 
 def fill(path: Path) -> None:
