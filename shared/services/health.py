@@ -24,7 +24,7 @@ from shared.engine.backends import Backends
 __all__ = ["CHECK_DEADLINE_SECONDS", "WorkerPoolState", "check", "register_worker_pool", "unregister_worker_pool"]
 
 # Under the 1 s an operator's probe (or a load balancer's) allows for an answer.
-CHECK_DEADLINE_SECONDS = 0.7
+CHECK_DEADLINE_SECONDS = 0.6
 
 
 @dataclass(frozen=True)
