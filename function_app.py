@@ -66,3 +66,10 @@ def retention(timer: func.TimerRequest) -> None:
 def schedules(timer: func.TimerRequest) -> None:
     """Every minute: submit one job per due occurrence of each tenant's schedules (missed ones run once)."""
     fire_due(get_backends())
+
+
+@app.function_name("stuck_jobs")
+@app.timer_trigger(schedule="%STUCK_JOBS_SCHEDULE%", arg_name="timer", run_on_startup=False)
+def stuck_jobs(timer: func.TimerRequest) -> None:
+    """Every 5 minutes: re-send the lost next step of stuck jobs (or fail them past STUCK_MAX_REPAIRS)."""
+    run_scheduled(get_backends(), "stuck_jobs", past_due=timer.past_due)

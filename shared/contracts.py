@@ -207,6 +207,7 @@ class Job(BaseModel):
     cancel_requested: bool = False
     resubmissions: int = Field(0, description="Times an operator or the sweep re-submitted a dead-lettered step.")
     dead_letter: DeadLetterNote | None = Field(None, description="Last dead-lettering of this job's step, if any.")
+    repairs: int = Field(0, description="Times the stuck-job detector re-sent a next step that was lost.")
     idempotency_key: str | None = None
     callback_url: str | None = Field(None, description="Where signed webhooks for this job are delivered.")
     schedule_id: str | None = Field(None, description="The schedule that submitted this job, if any.")

@@ -12,6 +12,7 @@ from typing import Any
 __all__ = [
     "Conflict",
     "ConfigurationError",
+    "CorruptRecord",
     "DependencyUnavailable",
     "Forbidden",
     "InvalidRequest",
@@ -126,6 +127,24 @@ class DependencyUnavailable(ServiceError):
     title = "Service unavailable"
     fix = "check `agentctl health`; for the embedded runtime check --data-dir / DATA_DIR points at its data directory"
     exit_code = 4
+    # A dependency that is down now may be back in a moment: say when to try again (RFC 9110 Retry-After).
+    retry_after_seconds = 2
+
+    def __init__(self, detail: str, *, headers: dict[str, str] | None = None, **extra: Any) -> None:
+        super().__init__(detail, headers={"Retry-After": str(self.retry_after_seconds), **(headers or {})}, **extra)
+
+
+class CorruptRecord(ServiceError):
+    """A stored record exists but cannot be read (torn, truncated or hand-edited)."""
+
+    kind = "corrupt-record"
+    status = 500
+    title = "Stored record unreadable"
+    fix = (
+        "restore the record from a backup (`agentctl backup list`, `agentctl restore <id>`), or cancel the job "
+        "and re-run its task (`agentctl jobs rerun <id>`)"
+    )
+    exit_code = 6
 
 
 class ConfigurationError(ServiceError, RuntimeError):

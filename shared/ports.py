@@ -20,6 +20,24 @@ class PreconditionFailed(Exception):
     """A create-only write found the object, or an If-Match write found another ETag (HTTP 412/409)."""
 
 
+class RejectMessage(Exception):
+    """Raised by a queue-triggered handler: this message can never be processed; dead-letter it with a reason.
+
+    Not a failure of any job (a malformed body, a job that does not exist, a step that is not
+    its job's next one). The embedded consumer dead-letters it at once with `reason` and
+    `description`. The Azure Functions Service Bus trigger cannot dead-letter from a plain
+    binding: there the exception abandons the message, the broker dead-letters it after
+    MaxDeliveryCount (each delivery is rejected again cheaply, without running a step), and the
+    sweep recomputes the same reason from the message body. Either way it ends in the
+    dead-letter queue, where the sweep reports and purges it.
+    """
+
+    def __init__(self, reason: str, description: str) -> None:
+        super().__init__(f"{reason}: {description}")
+        self.reason = reason
+        self.description = description
+
+
 # --- object storage (Blob Storage / embedded) --------------------------------------------------
 
 
@@ -152,6 +170,22 @@ class StepQueue(Protocol):
 
         Raises an adapter error when its lock was lost (another reader will see it again), and
         DependencyUnavailable when the broker cannot be reached.
+        """
+        ...
+
+    def abandon_dead_letter(self, message: QueueMessage) -> None:
+        """Release a received dead letter unsettled, so the next receive (the next sweep) sees it at once.
+
+        Raises an adapter error when its lock was lost, DependencyUnavailable when the broker cannot be reached.
+        """
+        ...
+
+    def peek_live(self, max_count: int = 1000) -> list[QueueMessage]:
+        """Up to max_count messages not dead-lettered (waiting, scheduled or being processed); locks nothing.
+
+        The stuck-job detector reads their message ids ("{job_id}:{step}[:...]") to tell a job whose
+        next step is on its way from one whose next step was lost. DependencyUnavailable when the
+        broker cannot be reached.
         """
         ...
 

@@ -161,6 +161,11 @@ class Settings(BaseSettings):
     dlq_sweep_schedule: str = Field("0 */15 * * * *", validation_alias="DLQ_SWEEP_SCHEDULE")
     weekly_checks_schedule: str = Field("0 0 0 * * 1", validation_alias="WEEKLY_CHECKS_SCHEDULE")
     retention_schedule: str = Field("0 30 18 * * *", validation_alias="RETENTION_SCHEDULE")
+    stuck_jobs_schedule: str = Field("0 */5 * * * *", validation_alias="STUCK_JOBS_SCHEDULE")
+    # A job is stuck when nothing moved for a step's expected time plus the queue's lock duration
+    # and no message for its next step is waiting, scheduled or running.
+    stuck_step_seconds: float = Field(300.0, gt=0, validation_alias="STUCK_STEP_SECONDS")
+    stuck_max_repairs: int = Field(3, ge=0, validation_alias="STUCK_MAX_REPAIRS")
     backups_to_keep: int = Field(7, validation_alias="BACKUPS_TO_KEEP")
     dlq_max_resubmissions: int = Field(3, validation_alias="DLQ_MAX_RESUBMISSIONS")
     stale_job_minutes: float = Field(30.0, validation_alias="STALE_JOB_MINUTES")

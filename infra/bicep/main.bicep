@@ -153,6 +153,7 @@ param weeklyChecksSchedule string = '0 0 0 * * 1'
 param retentionSchedule string = '0 30 18 * * *'
 @description('NCRONTAB (UTC) of the timer that submits the tenants\' scheduled jobs.')
 param schedulesSchedule string = '0 * * * * *'
+param stuckJobsSchedule string = '0 */5 * * * *'
 
 param tags object = {}
 
@@ -325,6 +326,7 @@ var baseAppSettings = {
   // AsgiFunctionApp buffers responses: an SSE stream reaches the client only when it ends, so it must end
   // well inside the front end's 230 s request timeout (docs/events.md). Clients resume with Last-Event-ID.
   EVENTS_MAX_STREAM_SECONDS: '25'
+  STUCK_JOBS_SCHEDULE: stuckJobsSchedule
 }
 
 var concurrencySettings = (serviceBusMaxConcurrentCalls > 0) ? {

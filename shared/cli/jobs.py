@@ -337,3 +337,35 @@ def jobs_resubmit(job_id: str, as_json: JsonOpt = False) -> None:
 
     result = operations.resubmit_job(backends(), _job(job_id).id)
     emit(result, fields(f"job {job_id} re-submitted"), as_json=as_json)
+
+
+@jobs_app.command("stuck")
+def jobs_stuck(
+    repair: Annotated[
+        bool,
+        typer.Option(
+            "--repair",
+            help="Also act as the stuck_jobs timer does: re-send each stuck job's next step (or fail the job "
+            "past STUCK_MAX_REPAIRS).",
+        ),
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Unfinished jobs that are not on their way: no message for their next step, dead-lettered, or unreadable."""
+    from shared.maintenance import stuck
+
+    report = stuck.find_and_repair(backends(), repair=repair)
+
+    def render(data: dict[str, Any]) -> None:
+        counts = ", ".join(f"{k} {v}" for k, v in report.counts().items())
+        table(
+            f"stuck jobs: {counts}" + ("" if data["complete_view"] else " (queue too long to see every message)"),
+            ["job", "tenant", "status", "next step", "idle s", "state", "reason"],
+            [
+                [j["job_id"], j.get("tenant"), j.get("status"), j.get("next_step"), j.get("idle_seconds"), j["state"]]
+                + [(j.get("reason") or "")[:90]]
+                for j in data["jobs"]
+            ],
+        )
+
+    emit(report, render, as_json=as_json)

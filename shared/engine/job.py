@@ -23,6 +23,7 @@ __all__ = [
     "park",
     "note_dead_letter",
     "note_handled",
+    "note_repairs",
     "note_resubmissions",
     "request_cancel",
     "stamped",
@@ -42,6 +43,9 @@ def apply_checkpoint(job: Job, cp: Checkpoint, load: Callable[[int], Checkpoint 
         if missed is not None:
             job.progress.append(summary(missed))
     job.progress.append(summary(cp))
+    if job.dead_letter is not None and job.dead_letter.handled is None and job.dead_letter.step <= cp.step:
+        # The step committed after all (its last delivery was noted in advance): nothing was dead-lettered.
+        job.dead_letter = None
     job.step = cp.step
     job.usage = cp.total_usage
     job.started_at = job.started_at or cp.created_at - timedelta(milliseconds=cp.duration_ms)
@@ -176,4 +180,12 @@ def note_resubmissions(job: Job, count: int) -> bool:
     if job.resubmissions == count:
         return False
     job.resubmissions = count
+    return True
+
+
+def note_repairs(job: Job, count: int) -> bool:
+    """Set the stuck-job repair count from the job's re-submission log (a projection, never incremented)."""
+    if job.repairs == count:
+        return False
+    job.repairs = count
     return True

@@ -11,19 +11,24 @@ Layout (one container per kind, as in Blob Storage):
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
 
 from shared.contracts import Checkpoint, Job, Report
 from shared.engine import layout, watch
 from shared.engine.job import stamped
 from shared.engine.layout import checkpoint_key
 from shared.engine.updates import update_json
+from shared.errors import CorruptRecord
 from shared.ports import ObjectStore, PreconditionFailed
 
+log = logging.getLogger("agent.storage")
 _MAX_TS = 10**13  # milliseconds; inverted so lexicographic listing is newest first
 
 
@@ -35,6 +40,18 @@ def _dump(job: Job) -> bytes:
 SNAPSHOT_EVERY = 25
 # States of recent checkpoints kept in memory: the base of the next step's delta (jobs in flight).
 _STATES_KEPT = 64
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse(model: type[M], key: str, data: bytes) -> M:
+    """The stored record at key, or CorruptRecord naming it (never a bare validation error)."""
+    try:
+        return model.model_validate_json(data)
+    except ValidationError as exc:
+        raise CorruptRecord(
+            f"{key} is unreadable ({exc.error_count()} error(s), first: {exc.errors()[0]['msg']})", key=key
+        ) from None
 
 
 class CheckpointStore:
@@ -73,10 +90,14 @@ class CheckpointStore:
         return True
 
     def get(self, job_id: str, step: int) -> Checkpoint | None:
-        found = self.objects.get(checkpoint_key(job_id, step))
+        key = checkpoint_key(job_id, step)
+        found = self.objects.get(key)
         if found is None:
             return None
-        stored = json.loads(found.data)
+        try:
+            stored = json.loads(found.data)
+        except ValueError as exc:
+            raise CorruptRecord(f"{key} is unreadable (not JSON: {exc})", key=key) from None
         delta = stored.pop("state_delta", None)
         if delta is not None:
             base = self._recall(job_id, delta["base"])
@@ -88,7 +109,10 @@ class CheckpointStore:
                     )
                 base = previous.state
             stored["state"] = apply_state_changes(base, delta["changes"])
-        checkpoint = Checkpoint.model_validate(stored)
+        try:
+            checkpoint = Checkpoint.model_validate(stored)
+        except ValidationError as exc:
+            raise CorruptRecord(f"{key} is unreadable (first error: {exc.errors()[0]['msg']})", key=key) from None
         self._remember(job_id, step, checkpoint.state)
         return checkpoint
 
@@ -189,9 +213,13 @@ class JobStore:
         self.objects.put(self._tenant_marker(job), b"", durable=False)
         self.objects.put_if_absent(self._key(job.id), job.model_dump_json().encode())
 
+    def forget_tenant_marker(self, job: Job) -> None:
+        """Remove the job from its tenant's listing (a submission rolled back before it ran)."""
+        self.objects.delete(self._tenant_marker(job))
+
     def get(self, job_id: str) -> Job | None:
         found = self.objects.get(self._key(job_id))
-        return Job.model_validate_json(found.data) if found else None
+        return parse(Job, self._key(job_id), found.data) if found else None
 
     def outcome(self, job_id: str) -> tuple[str, str | None] | None:
         """(status, error reason) of a job, read without validating the whole record (counts over many jobs)."""
@@ -221,8 +249,9 @@ class JobStore:
             written[0] = new is not None
             return new
 
+        key = self._key(job_id)
         result = update_json(
-            self.objects, self._key(job_id), tracked, load=Job.model_validate_json, dump=_dump, durable=durable
+            self.objects, key, tracked, load=lambda data: parse(Job, key, data), dump=_dump, durable=durable
         )
         if written[0]:
             watch.notify(job_id)  # the commit path wakes this process's event streams
@@ -235,7 +264,7 @@ class JobStore:
             marker = key[len(prefix) :]
             if after is not None and marker <= after:
                 continue
-            job = self.get(marker.split("_", 1)[1])
+            job = self._readable(marker.split("_", 1)[1])
             if job is not None:
                 yield marker, job
 
@@ -260,9 +289,27 @@ class JobStore:
     def all(self) -> Iterator[Job]:
         prefix = f"{layout.JOBS.name}/"
         for key in self.objects.list(prefix):
-            job = self.get(key[len(prefix) : -len(".json")])
+            job = self._readable(key[len(prefix) : -len(".json")])
             if job is not None:
                 yield job
+
+    def _readable(self, job_id: str) -> Job | None:
+        """For listings: an unreadable record is logged and skipped, so one bad record hides no others."""
+        try:
+            return self.get(job_id)
+        except CorruptRecord as exc:
+            log.error("%s; skipped in listings", exc, extra={"event": "corrupt_record", "job_id": job_id})
+            return None
+
+    def unreadable(self) -> Iterator[tuple[str, str]]:
+        """(job_id, problem) of every job record that cannot be read."""
+        prefix = f"{layout.JOBS.name}/"
+        for key in self.objects.list(prefix):
+            job_id = key[len(prefix) : -len(".json")]
+            try:
+                self.get(job_id)
+            except CorruptRecord as exc:
+                yield job_id, str(exc)
 
 
 class ReportStore:
@@ -275,4 +322,4 @@ class ReportStore:
 
     def get(self, job_id: str) -> Report | None:
         found = self.objects.get(layout.report_key(job_id))
-        return Report.model_validate_json(found.data) if found else None
+        return parse(Report, layout.report_key(job_id), found.data) if found else None

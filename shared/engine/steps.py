@@ -45,10 +45,19 @@ from shared.engine.pricing import budget_exhausted
 from shared.errors import DependencyUnavailable
 from shared.observability import metrics
 from shared.observability.logs import job_context
-from shared.ports import PermanentModelError, TransientModelError
+from shared.ports import PermanentModelError, RejectMessage, TransientModelError
 
 log = logging.getLogger("agent.steps")
 MAX_BACKOFF_SECONDS = 300.0
+# A step waiting out a dependency outage retries at least this often, so it resumes within seconds
+# of the dependency coming back (an outage costs no tokens; a long backoff would only add delay).
+OUTAGE_MAX_BACKOFF_SECONDS = 4.0
+
+# Dead-letter reasons of messages that can never run (RejectMessage); the sweep reports and purges them.
+MALFORMED_MESSAGE = "MalformedMessage"
+UNKNOWN_JOB = "UnknownJob"
+STEP_NOT_NEXT = "StepNotNext"
+REJECTION_REASONS = frozenset({MALFORMED_MESSAGE, UNKNOWN_JOB, STEP_NOT_NEXT})
 
 
 class StepOutOfOrder(RuntimeError):
@@ -76,27 +85,62 @@ _limit = _ConcurrencyLimit()
 def handle_step(b: Backends, body: bytes, delivery_count: int = 1) -> None:
     """Run the step a queue message names. Returns normally when the message may be completed.
 
-    On the last delivery the broker allows, a failure is written on the job record before
-    the exception propagates, so the job shows why its step is about to be dead-lettered.
+    A message that can never run (malformed, for a job that does not exist, or for a step that is
+    not its job's next one) raises RejectMessage: it is dead-lettered with that reason and no job
+    changes. On the last delivery the broker allows, the job is told before the step runs (a crash
+    now dead-letters it) and a failure is written on the record before the exception propagates,
+    so the job always shows why its step is in the dead-letter queue.
     """
     try:
         msg = StepMessage.model_validate_json(body)
     except ValidationError as exc:
         # Retrying cannot fix a malformed message, and there is no job to fail.
-        log.error("malformed step message dropped: %s", exc.errors()[0]["msg"], extra={"event": "bad_message"})
+        raise RejectMessage(MALFORMED_MESSAGE, f"not a step message: {exc.errors()[0]['msg']}") from None
+    try:
+        job = b.jobs.get(msg.job_id)
+    except DependencyUnavailable as exc:
+        _wait_out(b, msg, exc)
         return
-    job = b.jobs.get(msg.job_id)
     if job is None:
-        log.warning("step message for unknown job %s dropped", msg.job_id, extra={"job_id": msg.job_id})
-        return
+        raise RejectMessage(UNKNOWN_JOB, f"step {msg.step} of job {msg.job_id}, which does not exist")
     with job_context(job_id=job.id, step=msg.step, tenant=job.tenant):
+        last_delivery = delivery_count >= b.settings.queue_max_delivery_count
         try:
-            _handle(b, job, msg)
+            try:
+                _handle(b, job, msg, delivery_count if last_delivery else None)
+            except DependencyUnavailable as exc:
+                _wait_out(b, msg, exc)
+        except RejectMessage:
+            raise
         except Exception as exc:
             metrics.record_step_failure(exc)
-            if delivery_count >= b.settings.queue_max_delivery_count:
+            if last_delivery:
                 _record_dead_letter(b, job.id, msg, delivery_count, exc)
             raise
+
+
+def _wait_out(b: Backends, msg: StepMessage, exc: DependencyUnavailable) -> None:
+    """Storage (or the queue) is down: try the step again later rather than burn its deliveries now.
+
+    An immediate redelivery would meet the same outage, and ten of them in a second dead-letter a
+    step that nothing is wrong with. The reschedule backs off like a transient model error; when
+    the queue itself is down the send fails too, and the step comes back when its lock expires.
+    """
+    attempt = msg.attempt + 1
+    delay = min(b.settings.step_retry_base_seconds * 2 ** (attempt - 1), OUTAGE_MAX_BACKOFF_SECONDS)
+    _reschedule(b, msg, TransientModelError(f"dependency unavailable: {exc}", retry_after=delay))
+
+
+def _note_last_delivery(b: Backends, job_id: str, msg: StepMessage, delivery_count: int) -> None:
+    """Before the last allowed delivery runs: if the process dies now, the job already says why."""
+    note = DeadLetterNote(
+        step=msg.step,
+        delivery_count=delivery_count,
+        cause="lost_lock",
+        description=f"step {msg.step} began its last allowed delivery ({delivery_count}); if it never "
+        "finished, the worker stopped or lost its lock on every delivery",
+    )
+    b.jobs.update(job_id, lambda job: lifecycle.note_dead_letter(job, note))
 
 
 def failure_cause(exc: BaseException) -> FailureCause:
@@ -133,7 +177,7 @@ def _record_dead_letter(b: Backends, job_id: str, msg: StepMessage, delivery_cou
     )
 
 
-def _handle(b: Backends, job: Job, msg: StepMessage) -> None:
+def _handle(b: Backends, job: Job, msg: StepMessage, last_delivery: int | None = None) -> None:
     if msg.purpose == "approval_deadline":
         _approval_deadline(b, job, msg)
         return
@@ -144,6 +188,12 @@ def _handle(b: Backends, job: Job, msg: StepMessage) -> None:
         return
     previous = b.checkpoints.get(job.id, msg.step - 1) if msg.step > 1 else None
     if msg.step > 1 and previous is None:
+        last = max(b.checkpoints.steps(job.id), default=0)
+        if msg.step > last + 1:
+            # Not this job's next step (a stray or forged message): never the job's failure.
+            raise RejectMessage(
+                STEP_NOT_NEXT, f"step {msg.step} of job {job.id} arrived while its last committed step is {last}"
+            )
         raise StepOutOfOrder(f"checkpoint {msg.step - 1} of job {job.id} is missing")
     if previous is not None and previous.outcome is not None:
         settle(b, job, previous)
@@ -154,6 +204,8 @@ def _handle(b: Backends, job: Job, msg: StepMessage) -> None:
     if job.finished:
         log.info("job already %s; step %s not run", job.status, msg.step)
         return
+    if last_delivery is not None:
+        _note_last_delivery(b, job.id, msg, last_delivery)
     sem = _limit.get(b.settings.max_concurrent_jobs)
     if not sem.acquire(timeout=0.5):
         # The instance is full: hand the step back for a moment rather than pile up work in memory.
@@ -299,11 +351,14 @@ def settle(b: Backends, job: Job, cp: Checkpoint) -> None:
             b.memory.remember(job.tenant, job.session_id, findings)
     # The projection of a step followed by a next message need not wait for its own fsync: that
     # message is already durable, and its step folds in any checkpoint the record missed.
-    updated = b.jobs.update(
-        job.id,
-        lambda j: lifecycle.apply_checkpoint(j, cp, lambda n: b.checkpoints.get(j.id, n)),
-        durable=cp.outcome is not None or parks,
-    )
+    applied = False
+
+    def apply(j: Job) -> bool:
+        nonlocal applied
+        applied = lifecycle.apply_checkpoint(j, cp, lambda n: b.checkpoints.get(j.id, n))
+        return applied
+
+    updated = b.jobs.update(job.id, apply, durable=cp.outcome is not None or parks)
     if parks:
         _park(b, job, cp)
     if cp.outcome is not None and updated is not None:
@@ -320,7 +375,8 @@ def settle(b: Backends, job: Job, cp: Checkpoint) -> None:
     elif cp.outcome is not None and job.parent_id:
         fanout.resume_if_done(b, job.parent_id)
     if cp.outcome is not None and updated is not None:
-        job_finished(b, updated)
+        job_finished(b, updated)  # the outbox is idempotent: a redelivery announces nothing twice
+    if cp.outcome is not None and applied:  # only the delivery that moved the record says the job ended
         log.info(
             "job %s %s after %s steps",
             job.id,

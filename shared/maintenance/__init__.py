@@ -1,4 +1,5 @@
-"""Maintenance the operations runbook asks for: backups, the dead-letter sweep, weekly checks, retention.
+"""Maintenance the operations runbook asks for: backups, the dead-letter sweep, weekly checks, retention,
+and the stuck-job detector.
 
 Each task is a plain service function (backup.run_backup, sweep.sweep_dead_letters,
 checks.run_weekly_checks, retention.apply_retention) that takes its own lease, so a timer, an
@@ -25,7 +26,7 @@ from pydantic import BaseModel
 
 from shared.contracts import utcnow
 from shared.engine.backends import Backends
-from shared.maintenance import backup, checks, retention, sweep
+from shared.maintenance import backup, checks, retention, stuck, sweep
 from shared.maintenance.lease import LeaseHeld, exclusive
 from shared.settings import resolve_binding_expression
 
@@ -54,6 +55,7 @@ TASKS: dict[str, ScheduledTask] = {
         ScheduledTask(
             "retention", "RETENTION_SCHEDULE", retention.LEASE, lambda b, now: retention.apply_retention(b, now)
         ),
+        ScheduledTask("stuck_jobs", "STUCK_JOBS_SCHEDULE", stuck.LEASE, lambda b, now: stuck.find_and_repair(b)),
     )
 }
 

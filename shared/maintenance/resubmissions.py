@@ -25,7 +25,7 @@ from shared.engine.updates import update_json
 from shared.errors import Conflict
 from shared.ports import ObjectStore, QueueMessage
 
-Action = Literal["resubmitted", "failed", "cancelled", "stale", "superseded"]
+Action = Literal["resubmitted", "repaired", "failed", "cancelled", "stale", "superseded"]
 
 
 class Resubmission(BaseModel):
@@ -54,11 +54,18 @@ class ResubmissionLog(BaseModel):
     def resubmitted(self) -> int:
         return sum(e.action == "resubmitted" for e in self.entries)
 
+    @property
+    def repaired(self) -> int:
+        """Next steps the stuck-job detector sent again (counted apart from dead-letter re-submissions)."""
+        return sum(e.action == "repaired" for e in self.entries)
+
     def superseded(self, step: int, enqueued_at: datetime | None) -> bool:
         """Was this step sent again after the message was enqueued? Then the message is history."""
         if enqueued_at is None:
             return False
-        return any(e.action == "resubmitted" and e.step == step and e.at > enqueued_at for e in self.entries)
+        return any(
+            e.action in ("resubmitted", "repaired") and e.step == step and e.at > enqueued_at for e in self.entries
+        )
 
 
 class JobNotResubmittable(Conflict):

@@ -16,7 +16,11 @@ reason retries_exhausted. Permanent causes fail the job with reason step_failed 
 dead_lettered, for a deliberate dead-lettering), the exception in the detail. A job whose
 cancel was requested is cancelled instead. A message whose job no longer exists or has
 finished, whose step was committed meanwhile (stale) or sent again since (superseded) is
-completed with a log line and changes nothing.
+completed with a log line and changes nothing; so is a message the step engine rejected as
+never runnable (reasons MalformedMessage, UnknownJob, StepNotNext: a stray step is judged again
+here from the checkpoints, since in Azure the broker dead-letters it as MaxDeliveryCountExceeded).
+A message the sweep cannot handle (an unreadable job record) is released unlocked and reported as
+an error by every run until an operator deals with it.
 
 Crash safety. Per message: decide (recorded once in the job's re-submission log), act (send,
 deduplicated by the deterministic message id), update the job record (set, not add), and
@@ -45,6 +49,7 @@ from shared.contracts import (
 from shared.engine import fanout, outbox
 from shared.engine import job as lifecycle
 from shared.engine.backends import Backends
+from shared.engine.steps import MALFORMED_MESSAGE, REJECTION_REASONS, STEP_NOT_NEXT, UNKNOWN_JOB
 from shared.maintenance.lease import exclusive
 from shared.maintenance.resubmissions import (
     JobNotResubmittable,
@@ -79,7 +84,11 @@ class DeadLetterAction(BaseModel):
         description="The failure's cause (transient, lost_lock, permanent, poison, policy, "
         "budget), or operator / cancel_requested.",
     )
-    reason: str | None = Field(None, description="The job's error reason when the action ended the job.")
+    reason: str | None = Field(
+        None,
+        description="The job's error reason when the action ended the job; why it was dropped otherwise "
+        "(MalformedMessage, UnknownJob, StepNotNext, job_finished).",
+    )
     detail: str = ""
     new_message_id: str | None = Field(None, description="The re-submitted step's message id.")
     resubmissions: int | None = Field(None, description="The job's re-submissions after this action.")
@@ -226,38 +235,27 @@ def handle_dead_letter(b: Backends, message: QueueMessage, *, operator: bool = F
     try:
         msg = StepMessage.model_validate_json(message.body)
     except ValidationError:
-        b.queue.complete_dead_letter(message)
-        log.error(
-            "dead-lettered message %s is not a step message; completed",
-            message.message_id,
-            extra={"event": "dead_letter_dropped", "reason": "malformed"},
-        )
-        return seen.model_copy(update={"detail": "not a step message"})
+        return _drop(b, message, seen, MALFORMED_MESSAGE, "not a step message")
     seen.job_id, seen.step = msg.job_id, msg.step
-    job = b.jobs.get(msg.job_id)
+    job = b.jobs.get(msg.job_id)  # an unreadable record raises: the message stays for an operator
     if job is None:
-        b.queue.complete_dead_letter(message)
-        log.warning(
-            "dead-lettered step %s of job %s: the job no longer exists; completed",
-            msg.step,
-            msg.job_id,
-            extra={"event": "dead_letter_dropped", "job_id": msg.job_id, "reason": "job_missing"},
-        )
-        return seen.model_copy(update={"detail": "the job no longer exists"})
+        return _drop(b, message, seen, UNKNOWN_JOB, f"the job no longer exists ({msg.job_id})")
     with job_context(job_id=job.id, step=msg.step, tenant=job.tenant):
+        if message.dead_letter_reason in REJECTION_REASONS and not operator:
+            # Rejected by the step engine as never runnable for this job: reported, purged, the job untouched.
+            return _drop(b, message, seen, str(message.dead_letter_reason), message.dead_letter_description or "")
         if job.finished:
             if operator:
                 raise JobNotResubmittable(f"job {job.id} already {job.status}; re-run it as a new job instead")
             if job.parent_id:  # a crash may have come between ending it and resuming its parent
                 fanout.resume_if_done(b, job.parent_id)
-            b.queue.complete_dead_letter(message)
-            log.info(
-                "dead-lettered step %s: job already %s; completed",
-                msg.step,
-                job.status,
-                extra={"event": "dead_letter_dropped", "reason": "job_finished"},
-            )
-            return seen.model_copy(update={"detail": f"the job already {job.status}"})
+            return _drop(b, message, seen, "job_finished", f"the job already {job.status}")
+        committed = b.checkpoints.steps(job.id)
+        last = max([job.step, *committed])
+        if msg.step > last + 1 and not operator:
+            # A stray step the broker dead-lettered after MaxDeliveryCount (Azure: the trigger cannot
+            # dead-letter with a reason): the same judgement the step engine makes, made again here.
+            return _drop(b, message, seen, STEP_NOT_NEXT, f"step {msg.step} is not next (last committed {last})")
         store = ResubmissionStore(b.objects)
         history, entry = store.decide(
             job.id, dead_letter_key(message), lambda h: _choose(b, job, msg.step, message, h, operator)
@@ -293,6 +291,19 @@ def handle_dead_letter(b: Backends, message: QueueMessage, *, operator: bool = F
         )
 
 
+def _drop(b: Backends, message: QueueMessage, seen: DeadLetterAction, reason: str, detail: str) -> DeadLetterAction:
+    """Complete a dead letter that concerns no running job, with a log line saying why: its trail ends here."""
+    b.queue.complete_dead_letter(message)
+    log.warning(
+        "dead-lettered message %s dropped (%s): %s",
+        message.message_id,
+        reason,
+        detail,
+        extra={"event": "dead_letter_dropped", "reason": reason, "job_id": seen.job_id},
+    )
+    return seen.model_copy(update={"reason": reason, "detail": detail})
+
+
 def sweep_dead_letters(b: Backends) -> SweepResult:
     """Work through the dead-letter queue once (under the dead-letters lease)."""
     started = time.perf_counter()
@@ -302,6 +313,7 @@ def sweep_dead_letters(b: Backends) -> SweepResult:
         while len(seen) < MAX_PER_RUN:
             batch = b.queue.receive_dead_letters(BATCH, lock_seconds=b.settings.queue_lock_seconds)
             fresh = [m for m in batch if m.sequence_number not in seen]
+            _release([m for m in batch if m.sequence_number in seen], b)  # left for the next run, unlocked
             if not fresh:
                 break
             for message in fresh:
@@ -317,6 +329,15 @@ def sweep_dead_letters(b: Backends) -> SweepResult:
     return result
 
 
+def _release(messages: list[QueueMessage], b: Backends) -> None:
+    """Unlock dead letters this run will not handle, so a sweep run a moment later sees them."""
+    for message in messages:
+        try:
+            b.queue.abandon_dead_letter(message)
+        except Exception:  # noqa: BLE001 - then its lock expires on its own
+            log.warning("could not release dead letter %s; it unlocks when its lock expires", message.message_id)
+
+
 def _handle_safely(b: Backends, message: QueueMessage) -> DeadLetterAction:
     try:
         return handle_dead_letter(b, message)
@@ -326,6 +347,7 @@ def _handle_safely(b: Backends, message: QueueMessage) -> DeadLetterAction:
             message.message_id,
             extra={"event": "dead_letter_error"},
         )
+        _release([message], b)
         return DeadLetterAction(
             message_id=message.message_id,
             sequence_number=message.sequence_number,

@@ -45,6 +45,11 @@ job_duration = _meter.create_histogram(
 budget_used = _meter.create_histogram(
     "agent.budget.used", unit="%", description="A tenant's month-to-date tokens as a percentage of its monthly budget"
 )
+stuck_jobs = _meter.create_counter(
+    "agent.jobs.stuck",
+    unit="1",
+    description="Jobs the stuck-job detector found with no message for their next step, by action taken",
+)
 tokens = _meter.create_counter(
     "agent.tokens", unit="1", description="Model tokens by tenant and kind (prompt|completion)"
 )
@@ -112,6 +117,12 @@ def record_budget(tenant: str, month_total: int, budget: int) -> None:
     """The tenant's month-to-date share of its budget: what the 80% alert compares, exactly."""
     ensure_provider()
     budget_used.record(100.0 * month_total / max(budget, 1), {"tenant": tenant})
+
+
+def record_stuck_job(action: str) -> None:
+    """The detector repaired (re-sent the next step of), failed or cancelled a stuck job."""
+    ensure_provider()
+    stuck_jobs.add(1, {"action": action})
 
 
 def record_step_failure(error: BaseException) -> None:

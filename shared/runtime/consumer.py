@@ -3,6 +3,11 @@
 N workers (host.json maxConcurrentCalls) peek-lock a message each, invoke the function
 with a real azure.functions ServiceBusMessage, complete on return and abandon on an
 exception. Locks are renewed while a step runs, up to maxAutoLockRenewalDuration.
+
+A worker never dies: whatever a receive, a settle or a lock renewal raises (the queue or
+storage down, a disk full), it logs, backs off and carries on, and an unsettled message is
+simply delivered again when its lock expires. The pool reports its live workers to the
+health service, so a pool below its configured size shows in /api/health.
 """
 
 from __future__ import annotations
@@ -10,14 +15,21 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from azure.functions.servicebus import ServiceBusMessage
 
 from shared.adapters.local.queue import LocalQueue, MessageLockLost
-from shared.ports import QueueMessage
+from shared.ports import QueueMessage, RejectMessage
 from shared.runtime.functions import QueueFunction
+from shared.services.health import WorkerPoolState
 
 log = logging.getLogger("agent.runtime")
+
+# After a failed receive or settle: the first retry is quick, repeated failures slow down to the cap,
+# so an outage costs a few attempts per second per worker rather than a busy loop.
+BACKOFF_FIRST_SECONDS = 0.2
+BACKOFF_MAX_SECONDS = 5.0
 
 
 def to_functions_message(m: QueueMessage) -> ServiceBusMessage:
@@ -35,6 +47,20 @@ def to_functions_message(m: QueueMessage) -> ServiceBusMessage:
     )
 
 
+class _Backoff:
+    """Exponential backoff that resets on success."""
+
+    def __init__(self) -> None:
+        self.delay = 0.0
+
+    def failed(self) -> float:
+        self.delay = min(BACKOFF_MAX_SECONDS, max(BACKOFF_FIRST_SECONDS, self.delay * 2))
+        return self.delay
+
+    def succeeded(self) -> None:
+        self.delay = 0.0
+
+
 class QueueConsumer:
     def __init__(
         self, queue: LocalQueue, function: QueueFunction, *, concurrency: int, max_lock_renewal_seconds: float
@@ -44,7 +70,8 @@ class QueueConsumer:
         self.concurrency = max(1, concurrency)
         self.max_lock_renewal_seconds = max_lock_renewal_seconds
         self._stopping = threading.Event()
-        self._threads: list[threading.Thread] = []
+        self._workers: list[threading.Thread] = []
+        self._renewer: threading.Thread | None = None
         self.busy = 0
         self._busy_lock = threading.Lock()
         self._in_flight: dict[int, tuple[QueueMessage, float]] = {}
@@ -53,36 +80,58 @@ class QueueConsumer:
         for i in range(self.concurrency):
             t = threading.Thread(target=self._work, name=f"{self.function.name}-{i}", daemon=True)
             t.start()
-            self._threads.append(t)
+            self._workers.append(t)
         # One renewer for all in-flight messages: a thread per message would cost more than a short step.
-        renewer = threading.Thread(target=self._renew_locks, name=f"{self.function.name}-renew", daemon=True)
-        renewer.start()
-        self._threads.append(renewer)
+        self._renewer = threading.Thread(target=self._renew_locks, name=f"{self.function.name}-renew", daemon=True)
+        self._renewer.start()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop taking messages and let in-flight steps finish (unfinished ones are redelivered)."""
         self._stopping.set()
-        for t in self._threads:
+        for t in [*self._workers, *([self._renewer] if self._renewer else [])]:
             t.join(timeout)
 
+    def pool_state(self) -> WorkerPoolState:
+        """What the health service reports: configured workers, live workers, and the lock renewer."""
+        return WorkerPoolState(
+            configured=self.concurrency,
+            alive=sum(t.is_alive() for t in self._workers),
+            lock_renewer=self._renewer is not None and self._renewer.is_alive(),
+        )
+
     def _work(self) -> None:
+        backoff = _Backoff()
         while not self._stopping.is_set():
             try:
                 messages = self.queue.receive(1, wait_seconds=0.5)
-            except Exception:  # noqa: BLE001 - keep the worker alive; the queue may be busy
-                log.exception("receive failed")
-                self._stopping.wait(0.5)
-                continue
-            for m in messages:
-                self._invoke(m)
+                settled = all([self._invoke(m) for m in messages])
+            except Exception:  # noqa: BLE001 - a worker must outlive any failure; the queue may be down
+                log.exception("queue worker failed; backing off", extra={"event": "worker_error"})
+                settled = False
+            if settled:
+                backoff.succeeded()
+            else:
+                self._stopping.wait(backoff.failed())
 
-    def _invoke(self, m: QueueMessage) -> None:
+    def _invoke(self, m: QueueMessage) -> bool:
+        """Run the function on m and settle it; False when the settle failed (the lock then expires)."""
         key = id(m)
         with self._busy_lock:
             self.busy += 1
             self._in_flight[key] = (m, time.monotonic())
         try:
             self.function.run(**{self.function.arg_name: to_functions_message(m)})
+        except RejectMessage as rejected:
+            self._forget(key)
+            reason, description = rejected.reason, rejected.description
+            log.warning(
+                "message %s rejected (%s): %s; dead-lettered",
+                m.message_id,
+                reason,
+                description,
+                extra={"event": "message_rejected", "reason": reason},
+            )
+            return self._settle(lambda msg: self.queue.dead_letter(msg, reason, description), m)
         except Exception as exc:  # noqa: BLE001 - the host abandons on any exception
             self._forget(key)
             log.warning(
@@ -93,21 +142,30 @@ class QueueConsumer:
                 type(exc).__name__,
                 exc,
             )
-            self._settle(self.queue.abandon, m)
-        else:
-            self._forget(key)
-            self._settle(self.queue.complete, m)
+            return self._settle(self.queue.abandon, m)
+        self._forget(key)
+        return self._settle(self.queue.complete, m)
 
     def _forget(self, key: int) -> None:
         with self._busy_lock:
             self._in_flight.pop(key, None)
             self.busy -= 1
 
-    def _settle(self, action, m: QueueMessage) -> None:  # type: ignore[no-untyped-def]
+    def _settle(self, action: Callable[[QueueMessage], object], m: QueueMessage) -> bool:
         try:
             action(m)
         except MessageLockLost:
             log.warning("lock on %s was lost before settling; it will be redelivered", m.message_id)
+        except Exception as exc:  # noqa: BLE001 - unsettled is safe: the lock expires and the step is redelivered
+            log.warning(
+                "could not settle %s (%s: %s); it is redelivered when its lock expires",
+                m.message_id,
+                type(exc).__name__,
+                exc,
+                extra={"event": "settle_failed"},
+            )
+            return False
+        return True
 
     def _renew_locks(self) -> None:
         """Renew the locks of running steps every half lock duration, up to maxAutoLockRenewalDuration."""
@@ -123,3 +181,11 @@ class QueueConsumer:
                     self.queue.renew_lock(m)
                 except MessageLockLost:
                     pass  # settled meanwhile, or lost: the settle path reports it
+                except Exception as exc:  # noqa: BLE001 - try again at the next interval; the lock may still hold
+                    log.warning(
+                        "could not renew the lock on %s (%s: %s)",
+                        m.message_id,
+                        type(exc).__name__,
+                        exc,
+                        extra={"event": "renew_failed"},
+                    )

@@ -94,8 +94,11 @@ def main(argv: list[str] | None = None) -> int:
         found.asgi_app, host=args.host, port=args.port, log_level="warning", access_log=False, lifespan="off"
     )
     server = uvicorn.Server(config)
+    from shared.services.health import register_worker_pool
+
     for consumer in consumers:
         consumer.start()
+        register_worker_pool(consumer.function.name, consumer.pool_state)
     timers.start()
     log.info(
         "embedded runtime on http://%s:%s/api with %s queue function(s), %s timer(s), data in %s",

@@ -1,31 +1,97 @@
-"""Dependency health: each backend checked for real, with timings."""
+"""Dependency health: each backend checked for real, with timings, in bounded time.
+
+Each check runs in its own thread and the whole answer is given within CHECK_DEADLINE_SECONDS:
+a dependency that has not answered by then is reported down ("no answer within ..."), so a
+locked database or a hung connection makes health say so at once instead of hanging with it.
+
+Worker pools. The embedded runtime registers each queue consumer here (register_worker_pool);
+a pool with fewer live workers than configured, or without its lock renewer, makes health
+degraded. In Azure the Functions host owns its workers and nothing is registered.
+"""
 
 from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from shared.engine.backends import Backends
 
+__all__ = ["CHECK_DEADLINE_SECONDS", "WorkerPoolState", "check", "register_worker_pool", "unregister_worker_pool"]
 
-def _timed(check: Callable[[], Any]) -> dict[str, Any]:
-    started = time.perf_counter()
-    try:
-        detail = check()
-        state: dict[str, Any] = {"status": "up"}
-        if detail is not None:
-            state["detail"] = detail
-    except Exception as exc:  # noqa: BLE001 - any failure means "down", with its reason
-        state = {"status": "down", "error": f"{type(exc).__name__}: {exc}"[:300]}
-    state["ms"] = round((time.perf_counter() - started) * 1000, 2)
-    return state
+# Under the 1 s an operator's probe (or a load balancer's) allows for an answer.
+CHECK_DEADLINE_SECONDS = 0.6
 
 
-def check(b: Backends) -> dict[str, Any]:
-    """{"status": "ok"|"degraded", "dependencies": {name: {status, ms, ...}}}."""
+@dataclass(frozen=True)
+class WorkerPoolState:
+    configured: int
+    alive: int
+    lock_renewer: bool
+
+    @property
+    def full(self) -> bool:
+        return self.alive >= self.configured and self.lock_renewer
+
+
+_pools: dict[str, Callable[[], WorkerPoolState]] = {}
+_pools_lock = threading.Lock()
+
+
+def register_worker_pool(name: str, state: Callable[[], WorkerPoolState]) -> None:
+    """Report this pool in every health check from now on (the embedded runtime's consumers)."""
+    with _pools_lock:
+        _pools[name] = state
+
+
+def unregister_worker_pool(name: str) -> None:
+    with _pools_lock:
+        _pools.pop(name, None)
+
+
+class _Timed(threading.Thread):
+    """One check in a daemon thread: a hung dependency never holds the health answer."""
+
+    def __init__(self, check: Callable[[], Any]) -> None:
+        super().__init__(daemon=True, name="health-check")
+        self.check = check
+        self.started_at = time.perf_counter()
+        self.state: dict[str, Any] | None = None
+
+    def run(self) -> None:
+        try:
+            detail = self.check()
+            state: dict[str, Any] = {"status": "up"}
+            if detail is not None:
+                state["detail"] = detail
+        except Exception as exc:  # noqa: BLE001 - any failure means "down", with its reason
+            state = {"status": "down", "error": f"{type(exc).__name__}: {exc}"[:300]}
+        state["ms"] = round((time.perf_counter() - self.started_at) * 1000, 2)
+        self.state = state
+
+
+def _run_all(checks: dict[str, Callable[[], Any]], deadline_seconds: float) -> dict[str, dict[str, Any]]:
+    threads = {name: _Timed(fn) for name, fn in checks.items()}
+    for t in threads.values():
+        t.start()
+    deadline = time.perf_counter() + deadline_seconds
+    results: dict[str, dict[str, Any]] = {}
+    for name, t in threads.items():
+        t.join(max(0.0, deadline - time.perf_counter()))
+        results[name] = t.state or {
+            "status": "down",
+            "error": f"no answer within {deadline_seconds}s",
+            "ms": round(deadline_seconds * 1000, 2),
+        }
+    return results
+
+
+def check(b: Backends, *, deadline_seconds: float = CHECK_DEADLINE_SECONDS) -> dict[str, Any]:
+    """{"status": "ok"|"degraded", "dependencies": {name: {status, ms, ...}}, "workers": {pool: {...}}}."""
 
     def storage() -> str:
         # A write/read round trip: a store that answers reads but refuses writes is down for us.
@@ -50,6 +116,21 @@ def check(b: Backends) -> dict[str, Any]:
         b.model.ping()
         return b.model.name + (" (offline)" if b.model.offline else "")
 
-    deps = {"queue": _timed(queue), "storage": _timed(storage), "index": _timed(index), "model": _timed(model)}
+    deps = _run_all({"queue": queue, "storage": storage, "index": index, "model": model}, deadline_seconds)
     healthy = all(d["status"] == "up" for d in deps.values())
-    return {"status": "ok" if healthy else "degraded", "dependencies": deps}
+    result: dict[str, Any] = {"status": "ok", "dependencies": deps}
+    with _pools_lock:
+        pools = {name: state() for name, state in _pools.items()}
+    if pools:
+        result["workers"] = {
+            name: {
+                "status": "up" if p.full else "down",
+                "configured": p.configured,
+                "alive": p.alive,
+                "lock_renewer": "up" if p.lock_renewer else "down",
+            }
+            for name, p in pools.items()
+        }
+        healthy = healthy and all(p.full for p in pools.values())
+    result["status"] = "ok" if healthy else "degraded"
+    return result

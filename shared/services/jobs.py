@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import secrets
 from collections.abc import Iterable
 
@@ -19,6 +20,8 @@ from shared.engine.pricing import budget_exhausted
 from shared.errors import Conflict, NotFound, TooManyRequests
 from shared.ports import PreconditionFailed
 from shared.services import webhooks
+
+log = logging.getLogger("agent.jobs")
 
 
 class JobRequest(BaseModel):
@@ -143,8 +146,39 @@ def _create(  # type: ignore[no-untyped-def]
     except PreconditionFailed:
         # A concurrent submit with the same Idempotency-Key (two schedule firings) created it first.
         job = b.jobs.get(job_id) or job
-    _enqueue_first_step(b, job)
+    try:
+        _enqueue_first_step(b, job)
+    except Exception:
+        _roll_back(b, job, key)
+        raise
     return job
+
+
+def _roll_back(b: Backends, job: Job, idempotency_key: str | None) -> None:
+    """Undo a submission whose first step could not be enqueued: the caller is told 503, so no job exists.
+
+    The record goes first: with it gone, a retry under the same Idempotency-Key recreates the job
+    under the same id (the "died between its two writes" path of submit). If storage fails here too,
+    the record stays queued at step 0 and the stuck-job detector sends its first step later; a retry
+    with the same key then returns that job. Either way a keyed retry ends in exactly one job.
+    """
+    try:
+        b.objects.delete(layout.job_key(job.id))
+        b.jobs.forget_tenant_marker(job)
+        if idempotency_key:
+            b.objects.delete(layout.idempotency_key(job.tenant, hashlib.sha256(idempotency_key.encode()).hexdigest()))
+    except Exception:  # noqa: BLE001 - the original failure is what the caller must see
+        log.warning(
+            "job %s: first step not enqueued and the record not rolled back; the stuck-job detector will send it",
+            job.id,
+            extra={"event": "submit_rollback_failed", "job_id": job.id, "tenant": job.tenant},
+        )
+    else:
+        log.warning(
+            "job %s: first step could not be enqueued; submission rolled back",
+            job.id,
+            extra={"event": "submit_rolled_back", "job_id": job.id, "tenant": job.tenant},
+        )
 
 
 def get(b: Backends, tenant: str, job_id: str) -> Job:

@@ -22,7 +22,7 @@ from shared.engine import layout
 from shared.engine.backends import Backends
 from shared.engine.ledger import BUDGET_WARNING_RATIO, month_of
 from shared.engine.pricing import price_usage
-from shared.errors import Conflict, InvalidRequest, NotFound
+from shared.errors import Conflict, CorruptRecord, InvalidRequest, NotFound
 from shared.maintenance.lease import exclusive
 from shared.maintenance.resubmissions import JobNotResubmittable, Resubmission, ResubmissionStore
 from shared.maintenance.sweep import LEASE as DEAD_LETTERS_LEASE
@@ -104,7 +104,11 @@ def _view(message: QueueMessage, b: Backends, known: dict[str, Job | None]) -> D
         return view
     view.job_id, view.step = msg.job_id, msg.step
     if msg.job_id not in known:
-        known[msg.job_id] = b.jobs.get(msg.job_id)
+        try:
+            known[msg.job_id] = b.jobs.get(msg.job_id)
+        except CorruptRecord as exc:  # shown, not raised: one unreadable record must not hide the others
+            view.failure = str(exc)
+            return view
     job = known[msg.job_id]
     if job is not None:
         view.tenant, view.job_status = job.tenant, job.status

@@ -208,6 +208,33 @@ def test_a_dead_lettered_step_is_resent_only_under_a_new_message_id(under_test: 
     assert under_test.counts_become(base) == base
 
 
+def test_a_released_dead_letter_is_seen_by_the_next_receive_at_once(under_test: QueueUnderTest) -> None:
+    queue, base, message_id = under_test.queue, under_test.queue.counts(), _step_id()
+    queue.send(b"step 1", message_id=message_id)
+    [message] = queue.receive(wait_seconds=under_test.receive_wait)
+    queue.dead_letter(message, "step_failed", "for the test")
+    assert under_test.counts_become(_plus(base, dead_lettered=1)) == _plus(base, dead_lettered=1)
+    [locked] = [m for m in queue.receive_dead_letters(lock_seconds=60) if m.message_id == message_id]
+    queue.abandon_dead_letter(locked)  # a sweep that could not handle it leaves it for the next one
+    [again] = [m for m in queue.receive_dead_letters(lock_seconds=60) if m.message_id == message_id]
+    assert again.dead_letter_reason == "step_failed"
+    queue.complete_dead_letter(again)
+    assert under_test.counts_become(base) == base
+
+
+def test_peek_live_shows_waiting_and_locked_messages_without_settling_them(under_test: QueueUnderTest) -> None:
+    queue, base = under_test.queue, under_test.queue.counts()
+    first, second = _step_id(), _step_id()
+    queue.send(b"a", message_id=first)
+    queue.send(b"b", message_id=second)
+    expected = _plus(base, active=2)
+    assert under_test.counts_become(expected) == expected
+    for _ in range(2):  # repeatable: a peek locks nothing
+        assert {first, second} <= {m.message_id for m in queue.peek_live()}
+    under_test.receive_all()
+    assert not {first, second} & {m.message_id for m in queue.peek_live()}
+
+
 # --- Service Bus adapter wiring that needs no namespace ------------------------------------------
 
 

@@ -316,6 +316,7 @@ def test_app_settings_are_the_ones_the_app_reads(main: Template) -> None:
         "WEEKLY_CHECKS_SCHEDULE",
         "RETENTION_SCHEDULE",
         "SCHEDULES_SCHEDULE",
+        "STUCK_JOBS_SCHEDULE",
     ):
         assert name in settings, f"app setting {name} is missing"
     assert settings["APP_ENV"] == "production"
@@ -502,13 +503,13 @@ def test_search_openai_and_monitoring(main: Template, modules: dict[str, Templat
 # --- alerts ---------------------------------------------------------------------------------------
 
 
-def _log_alert(alerts: Template, table: str) -> tuple[dict[str, Any], str]:
+def _log_alert(alerts: Template, table: str, contains: str = "") -> tuple[dict[str, Any], str]:
     for rule in alerts.resources("Microsoft.Insights/scheduledQueryRules").values():
         props = alerts.value(rule["properties"])
         query = props["criteria"]["allOf"][0]["query"]
-        if isinstance(query, str) and re.search(rf"^{table}\b", query, re.MULTILINE):
+        if isinstance(query, str) and re.search(rf"^{table}\b", query, re.MULTILINE) and contains in query:
             return props, query
-    raise AssertionError(f"no log alert queries {table}")
+    raise AssertionError(f"no log alert queries {table} {contains}")
 
 
 def _metric_alert(alerts: Template, metric: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -556,7 +557,7 @@ def test_dead_letter_alert_fires_on_any_dead_lettered_step(modules: dict[str, Te
 
 def test_token_alert_is_80_percent_of_the_monthly_budget(main: Template, modules: dict[str, Template]) -> None:
     alerts = _module(modules, "alerts")
-    props, query = _log_alert(alerts, "customMetrics")
+    props, query = _log_alert(alerts, "customMetrics", "agent.budget.used")
     criterion = props["criteria"]["allOf"][0]
     # The app records each tenant's month-to-date tokens as a % of its budget (shared/metrics.record_budget).
     assert 'where name == "agent.budget.used"' in query
@@ -570,13 +571,27 @@ def test_token_alert_is_80_percent_of_the_monthly_budget(main: Template, modules
     assert _sends_to_the_action_group(props)
 
 
+def test_stuck_job_alert_fires_on_any_repair_or_failure_of_the_detector(modules: dict[str, Template]) -> None:
+    alerts = _module(modules, "alerts")
+    props, query = _log_alert(alerts, "customMetrics", "agent.jobs.stuck")
+    criterion = props["criteria"]["allOf"][0]
+    # shared/observability/metrics.record_stuck_job counts each repair/failure with its action.
+    assert '"agent.jobs.stuck"' in (ROOT / "shared" / "observability" / "metrics.py").read_text(encoding="utf-8")
+    assert 'where name == "agent.jobs.stuck"' in query
+    assert "stuck_jobs = sum(valueSum)" in query
+    assert criterion["metricMeasureColumn"] == "stuck_jobs"
+    assert (criterion["operator"], criterion["threshold"]) == ("GreaterThan", 0)
+    assert props["windowSize"] == props["evaluationFrequency"] == "PT15M"
+    assert _sends_to_the_action_group(props)
+
+
 def test_alerts_go_to_the_operators_email(main: Template, modules: dict[str, Template]) -> None:
     alerts = _module(modules, "alerts")
     group = alerts.value(alerts.resource("Microsoft.Insights/actionGroups")["properties"])
     assert group["emailReceivers"][0]["emailAddress"] == "alertEmail"
     assert main.param("alertEmail")["default"] is None, "the alert address must be chosen per environment"
     assert len(main.value("names")["actionGroupShortName"].replace("${environment}", "prd")) <= 12
-    assert len(alerts.resources("Microsoft.Insights/scheduledQueryRules")) == 2
+    assert len(alerts.resources("Microsoft.Insights/scheduledQueryRules")) == 3
     assert len(alerts.resources("Microsoft.Insights/metricAlerts")) == 2
 
 

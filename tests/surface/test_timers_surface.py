@@ -17,6 +17,7 @@ EXPECTED = {
     "weekly_checks": ("%WEEKLY_CHECKS_SCHEDULE%", timedelta(days=7)),
     "retention": ("%RETENTION_SCHEDULE%", timedelta(days=1)),
     "schedules": ("%SCHEDULES_SCHEDULE%", timedelta(minutes=1)),
+    "stuck_jobs": ("%STUCK_JOBS_SCHEDULE%", timedelta(minutes=5)),
 }
 MAINTENANCE = {name for name in EXPECTED if name != "schedules"}  # the tenants' schedules are not maintenance
 

@@ -229,4 +229,61 @@ resource tokenBudget 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
   }
 }
 
+// Stuck jobs: the stuck-job detector (timer stuck_jobs) found a job whose next step was lost and
+// re-sent it (or failed the job past STUCK_MAX_REPAIRS). Each one is an agent.jobs.stuck count.
+var stuckJobsQuery = '''
+customMetrics
+| where name == "agent.jobs.stuck"
+| extend action = tostring(customDimensions.action)
+| summarize stuck_jobs = sum(valueSum) by action
+'''
+
+resource stuckJobs 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
+  name: '${namePrefix}-stuck-jobs'
+  location: location
+  tags: tags
+  kind: 'LogAlert'
+  properties: {
+    displayName: '${namePrefix}: stuck jobs repaired or failed'
+    description: 'Runbook: ジョブが完了しない. The stuck-job detector found jobs with no message for their next step and re-sent it (or failed the job). Run `agentctl jobs stuck`, read the logs of those jobs (event job_stuck_*), look for crashes or purged messages.'
+    severity: 2
+    enabled: true
+    scopes: [
+      appInsightsId
+    ]
+    evaluationFrequency: 'PT15M'
+    windowSize: 'PT15M'
+    criteria: {
+      allOf: [
+        {
+          query: stuckJobsQuery
+          timeAggregation: 'Total'
+          metricMeasureColumn: 'stuck_jobs'
+          operator: 'GreaterThan'
+          threshold: 0
+          dimensions: [
+            {
+              name: 'action'
+              operator: 'Include'
+              values: [
+                '*'
+              ]
+            }
+          ]
+          failingPeriods: {
+            numberOfEvaluationPeriods: 1
+            minFailingPeriodsToAlert: 1
+          }
+        }
+      ]
+    }
+    autoMitigate: true
+    actions: {
+      actionGroups: [
+        actionGroup.id
+      ]
+    }
+  }
+}
+
 output actionGroupId string = actionGroup.id

@@ -224,6 +224,25 @@ class ServiceBusStepQueue:
         with self._dead_letter_lock, _unavailable_on_connection_errors("completing a dead-lettered message"):
             self._dead_letters().complete_message(_received(message))
 
+    def abandon_dead_letter(self, message: QueueMessage) -> None:
+        with self._dead_letter_lock, _unavailable_on_connection_errors("releasing a dead-lettered message"):
+            # A settled message is no longer renewed by the AutoLockRenewer, so it is visible at once.
+            self._dead_letters().abandon_message(_received(message))
+
+    def peek_live(self, max_count: int = 1000) -> list[QueueMessage]:
+        peeked: list[ServiceBusReceivedMessage] = []
+        next_sequence = 1
+        with self._receiver_lock, _unavailable_on_connection_errors(f"peek at {self.queue_name}"):
+            receiver = self._client.get_queue_receiver(self.queue_name, receive_mode=ServiceBusReceiveMode.PEEK_LOCK)
+            with receiver:
+                while len(peeked) < max_count:
+                    batch = receiver.peek_messages(max_count - len(peeked), sequence_number=next_sequence)
+                    if not batch:
+                        break
+                    peeked.extend(batch)
+                    next_sequence = (batch[-1].sequence_number or 0) + 1
+        return [_to_port(message, locked=False) for message in peeked]
+
     def ping(self) -> None:
         """Raise DependencyUnavailable unless the namespace answers and the queue exists."""
         try:

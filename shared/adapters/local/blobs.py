@@ -26,6 +26,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -33,6 +34,13 @@ from shared.errors import DependencyUnavailable
 from shared.ports import PreconditionFailed, StoredObject
 
 DB_FILE = "objects.sqlite3"
+
+# How long a write waits for the database before it fails with DependencyUnavailable. Writes take
+# milliseconds; a lock held longer than this means another process is stuck or the disk is, and a
+# caller is better told "unavailable, retry" at once than held for SQLite's default 5 s or more.
+BUSY_TIMEOUT_SECONDS = 0.3
+# How long a writer queues behind this process's other writers (each bounded by the busy timeout).
+WRITE_QUEUE_SECONDS = 0.5
 
 # The same naming rules Azure enforces, so a key that works here works against Blob Storage.
 _CONTAINER_RE = re.compile(r"^(?!.*--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
@@ -95,7 +103,9 @@ def _prefix_upper_bound(prefix: str) -> str | None:
 class LocalObjectStore:
     """ObjectStore over one SQLite database under root; safe to share across threads and processes."""
 
-    def __init__(self, root: Path, *, busy_timeout_seconds: float = 30.0, synchronous: str = "FULL") -> None:
+    def __init__(
+        self, root: Path, *, busy_timeout_seconds: float = BUSY_TIMEOUT_SECONDS, synchronous: str = "FULL"
+    ) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.path = self.root / DB_FILE
@@ -106,7 +116,7 @@ class LocalObjectStore:
         self._local = threading.local()
         with _write_locks_guard:
             self._write_lock = _write_locks.setdefault(str(self.path.resolve()), threading.Lock())
-        with self._write_lock:
+        with self._write_lock, self._unavailable_on_sqlite_errors():
             conn = self._conn()
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(_SCHEMA)
@@ -133,9 +143,23 @@ class LocalObjectStore:
             conn.close()
         self._local.__dict__.clear()
 
+    @contextmanager
+    def _unavailable_on_sqlite_errors(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.OperationalError as exc:
+            # "database is locked" past the busy timeout (another process holds the lock far too long),
+            # "database or disk is full", an unreadable file: nothing was written, the caller may retry.
+            raise DependencyUnavailable(f"embedded object store {self.path}: {exc}") from exc
+
     def _write(self, durable: bool, sql: str, params: tuple[object, ...]) -> int:
-        with self._write_lock:
-            try:
+        # Bounded: behind a stuck writer, every other writer of this process would queue without end.
+        if not self._write_lock.acquire(timeout=WRITE_QUEUE_SECONDS):
+            raise DependencyUnavailable(
+                f"embedded object store {self.path}: no write slot within {WRITE_QUEUE_SECONDS}s (storage is stalled)"
+            )
+        try:
+            with self._unavailable_on_sqlite_errors():
                 conn = self._conn()
                 if durable or self._synchronous == "NORMAL":
                     return conn.execute(sql, params).rowcount
@@ -145,22 +169,22 @@ class LocalObjectStore:
                     return conn.execute(sql, params).rowcount
                 finally:
                     conn.execute(f"PRAGMA synchronous={self._synchronous}")
-            except sqlite3.OperationalError as exc:
-                # "database is locked" after the busy timeout: another process holds the write lock
-                # far too long. The write did not happen, so the caller may retry.
-                raise DependencyUnavailable(f"embedded object store {self.path}: {exc}") from exc
+        finally:
+            self._write_lock.release()
 
     # --- ObjectStore ----------------------------------------------------------------------------
 
     def get(self, key: str) -> StoredObject | None:
-        row = self._conn().execute("SELECT data, etag, modified FROM objects WHERE key = ?", (key,)).fetchone()
+        with self._unavailable_on_sqlite_errors():
+            row = self._conn().execute("SELECT data, etag, modified FROM objects WHERE key = ?", (key,)).fetchone()
         if row is None:
             return None
         return StoredObject(data=row[0], etag=row[1], last_modified=datetime.fromtimestamp(row[2], UTC))
 
     def exists(self, key: str) -> bool:
         """Cheaper than get: reads the index only, not the data."""
-        return self._conn().execute("SELECT 1 FROM objects WHERE key = ?", (key,)).fetchone() is not None
+        with self._unavailable_on_sqlite_errors():
+            return self._conn().execute("SELECT 1 FROM objects WHERE key = ?", (key,)).fetchone() is not None
 
     def put(self, key: str, data: bytes, *, if_match: str | None = None, durable: bool = True) -> str:
         validate_key(key)
@@ -218,7 +242,8 @@ class LocalObjectStore:
             if upper is not None:
                 sql += " AND key < ?"
                 params += (upper,)
-            rows = conn.execute(f"{sql} ORDER BY key LIMIT {_LIST_PAGE}", params).fetchall()
+            with self._unavailable_on_sqlite_errors():
+                rows = conn.execute(f"{sql} ORDER BY key LIMIT {_LIST_PAGE}", params).fetchall()
             for (key,) in rows:
                 yield key
             if len(rows) < _LIST_PAGE:

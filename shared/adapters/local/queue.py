@@ -46,7 +46,11 @@ log = logging.getLogger("agent." + __name__.rsplit(".", 1)[-1])
 
 # Only sends from another process need this; in-process sends notify the Condition.
 _CROSS_PROCESS_POLL_SECONDS = 0.2
-_BUSY_TIMEOUT_MS = 5_000
+# A claim or settle takes milliseconds; a database locked longer than this is an outage, and the
+# caller (a worker, an API request) is told so at once (DependencyUnavailable) instead of waiting.
+_BUSY_TIMEOUT_MS = 300
+# How long a caller queues behind this process's other users of the file (each bounded as above).
+_ACCESS_WAIT_SECONDS = 0.5
 _PRUNE_IDS_EVERY_SECONDS = 60.0
 
 _SCHEMA = (
@@ -167,7 +171,7 @@ class LocalQueue:
             self._conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
             self._conn.execute("PRAGMA journal_mode = WAL")
             self._conn.execute(f"PRAGMA synchronous = {synchronous}")
-            with self._wakeup, self._transaction() as conn:
+            with self._held(), self._transaction() as conn:
                 # Not executescript: it commits on its own, and the schema should appear all at once.
                 for statement in _SCHEMA:
                     conn.execute(statement)
@@ -176,7 +180,7 @@ class LocalQueue:
 
     def send(self, body: bytes, *, message_id: str, scheduled_at: datetime | None = None) -> None:
         """Enqueue; a message_id seen within the duplicate-detection window is dropped silently."""
-        with self._wakeup:
+        with self._held():
             with self._transaction() as conn:
                 # Read the clock under the write lock, so enqueue times rise with sequence numbers.
                 now = time.time()
@@ -206,7 +210,7 @@ class LocalQueue:
 
     def counts(self) -> QueueCounts:
         now = time.time()
-        with self._wakeup, self._unavailable_on_sqlite_errors():
+        with self._held(), self._unavailable_on_sqlite_errors():
             conn = self._connection()
             active, scheduled, dead = conn.execute(
                 "SELECT "
@@ -219,7 +223,7 @@ class LocalQueue:
         return QueueCounts(active=active, scheduled=scheduled, dead_lettered=dead)
 
     def peek_dead_letters(self, max_count: int = 100) -> list[QueueMessage]:
-        with self._wakeup, self._unavailable_on_sqlite_errors():
+        with self._held(), self._unavailable_on_sqlite_errors():
             conn = self._connection()
             rows = conn.execute(
                 f"SELECT {_COLUMNS} FROM messages WHERE queue = ? AND dead_lettered = 1 ORDER BY seq LIMIT ?",
@@ -236,15 +240,41 @@ class LocalQueue:
         Unlike Service Bus, this leaves delivery_count alone: it keeps saying how often the
         step was tried before it was dead-lettered, which is what the sweep reports.
         """
-        with self._wakeup:
+        with self._held():
             return self._claim(time.time(), max_count, dead_lettered=True, lock_seconds=lock_seconds)
 
     def complete_dead_letter(self, message: QueueMessage) -> None:
         self._settle(message, "DELETE FROM messages", dead_lettered=True)
 
+    def abandon_dead_letter(self, message: QueueMessage) -> None:
+        """Unlock a received dead letter at once, so the next look (a sweep run now) sees it again."""
+        self._settle(
+            message,
+            "UPDATE messages SET lock_token = NULL, locked_until = NULL, visible_at = ?",
+            (time.time(),),
+            dead_lettered=True,
+        )
+
+    def peek_live(self, max_count: int = 1000) -> list[QueueMessage]:
+        """Messages not dead-lettered (active, scheduled or locked), oldest first; locks nothing."""
+        with self._held(), self._unavailable_on_sqlite_errors():
+            rows = (
+                self._connection()
+                .execute(
+                    f"SELECT {_COLUMNS} FROM messages WHERE queue = ? AND dead_lettered = 0 ORDER BY seq LIMIT ?",
+                    (self.name, max_count),
+                )
+                .fetchall()
+            )
+        peeked = [_message(row) for row in rows]
+        for message in peeked:
+            message.lock_token = None
+        return peeked
+
     def ping(self) -> None:
-        with self._wakeup, self._unavailable_on_sqlite_errors():
-            self._connection().execute("SELECT 1 FROM messages LIMIT 1").fetchall()
+        """Raise DependencyUnavailable unless the queue can be written: a queue that only reads is down."""
+        with self._held(), self._transaction() as conn:
+            conn.execute("SELECT 1 FROM messages LIMIT 1").fetchall()
 
     # --- the consumer side (the Functions host's part in Azure) ---------------------------------
 
@@ -257,7 +287,7 @@ class LocalQueue:
         if max_count < 1:
             raise ValueError("max_count must be at least 1")
         deadline = time.monotonic() + wait_seconds
-        with self._wakeup:
+        with self._held():
             while True:
                 messages = self._claim(time.time(), max_count, dead_lettered=False, lock_seconds=self.lock_seconds)
                 if messages:
@@ -280,7 +310,7 @@ class LocalQueue:
         """Unlock for immediate redelivery (no backoff); past max delivery count, dead-letter instead."""
         now = time.time()
         exhausted = f"delivery_count >= {self.max_delivery_count}"
-        with self._wakeup:
+        with self._held():
             dead_lettered = self._settle(
                 message,
                 "UPDATE messages SET lock_token = NULL, locked_until = NULL, visible_at = ?, "
@@ -315,7 +345,7 @@ class LocalQueue:
         return datetime.fromtimestamp(until, UTC)
 
     def purge_dead_letters(self) -> int:
-        with self._wakeup, self._transaction() as conn:
+        with self._held(), self._transaction() as conn:
             return conn.execute("DELETE FROM messages WHERE queue = ? AND dead_lettered = 1", (self.name,)).rowcount
 
     def close(self) -> None:
@@ -332,6 +362,18 @@ class LocalQueue:
         self.close()
 
     # --- internals (callers hold self._wakeup) --------------------------------------------------
+
+    @contextmanager
+    def _held(self) -> Iterator[None]:
+        """Hold this file's Condition, waiting a bounded time: behind a stalled holder, fail fast."""
+        if not self._wakeup.acquire(timeout=_ACCESS_WAIT_SECONDS):
+            raise DependencyUnavailable(
+                f"embedded queue {self.path} ({self.name}): busy for over {_ACCESS_WAIT_SECONDS}s (stalled)"
+            )
+        try:
+            yield
+        finally:
+            self._wakeup.release()
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -424,7 +466,7 @@ class LocalQueue:
             if dead_lettered is not None:
                 sql += " AND dead_lettered = ?"
                 where += (dead_lettered,)
-            with self._wakeup, self._unavailable_on_sqlite_errors():
+            with self._held(), self._unavailable_on_sqlite_errors():
                 with self._without_fsync() if not fsync else nullcontext():
                     row = self._connection().execute(f"{sql} RETURNING {returning}", params + where).fetchone()
         if row is None:
