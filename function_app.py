@@ -29,6 +29,15 @@ def agent_step(msg: func.ServiceBusMessage) -> None:
     handle_message(get_backends(), msg.get_body(), msg.delivery_count or 1)
 
 
+@app.function_name("agent_continue")
+@app.service_bus_queue_trigger(
+    arg_name="msg", queue_name="%AGENT_CONTINUATIONS_QUEUE%", connection="ServiceBusConnection"
+)
+def agent_continue(msg: func.ServiceBusMessage) -> None:
+    """A later step of a started job: its own queue, so first steps of new jobs never hold it back."""
+    handle_message(get_backends(), msg.get_body(), msg.delivery_count or 1)
+
+
 # Timers: schedules are app settings (six-field NCRONTAB). Each task holds a lease and runs once per
 # occurrence, so instances that fire together do the work once; past_due runs are logged and still run.
 

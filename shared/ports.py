@@ -134,11 +134,15 @@ class StepQueue(Protocol):
     locally), so it is not part of this port.
     """
 
-    def send(self, body: bytes, *, message_id: str, scheduled_at: datetime | None = None) -> None:
+    def send(
+        self, body: bytes, *, message_id: str, scheduled_at: datetime | None = None, continuation: bool = False
+    ) -> None:
         """Enqueue a message, visible now or at scheduled_at.
 
         A message_id seen within the duplicate-detection window is dropped silently (so a step
-        sent twice runs once). Raises DependencyUnavailable when the broker cannot be reached.
+        sent twice runs once). continuation marks a later step of a job already started: it is
+        served before first steps of new jobs, so started jobs finish under overload. Raises
+        DependencyUnavailable when the broker cannot be reached.
         """
         ...
 

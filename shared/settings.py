@@ -62,6 +62,8 @@ class Settings(BaseSettings):
 
     # --- queue ---------------------------------------------------------------------------------
     agent_jobs_queue: str = Field("agent-jobs", validation_alias="AGENT_JOBS_QUEUE")
+    # Later steps of started jobs; on the embedded runtime the same file serves them first by priority.
+    agent_continuations_queue: str = Field("agent-continuations", validation_alias="AGENT_CONTINUATIONS_QUEUE")
     servicebus_connection: str | None = _alias("ServiceBusConnection")
     servicebus_namespace: str | None = _alias("ServiceBusConnection__fullyQualifiedNamespace")
     queue_max_delivery_count: int = Field(10, validation_alias="QUEUE_MAX_DELIVERY_COUNT")

@@ -180,6 +180,7 @@ var names = {
 // The app reads the same numbers (QUEUE_*) so the embedded queue behaves like this one.
 var queue = {
   name: 'agent-jobs'
+  continuationName: 'agent-continuations'
   maxDeliveryCount: 10
   lockDuration: 'PT5M'
   lockDurationSeconds: 300
@@ -233,6 +234,7 @@ module serviceBus 'modules/servicebus.bicep' = {
     tags: allTags
     name: names.serviceBus
     queueName: queue.name
+    continuationQueueName: queue.continuationName
     maxDeliveryCount: queue.maxDeliveryCount
     lockDuration: queue.lockDuration
     duplicateDetectionHistoryTimeWindow: queue.duplicateDetectionHistoryTimeWindow
@@ -301,6 +303,7 @@ var baseAppSettings = {
   ServiceBusConnection__credential: 'managedidentity'
   ServiceBusConnection__clientId: identity.properties.clientId
   AGENT_JOBS_QUEUE: queue.name
+  AGENT_CONTINUATIONS_QUEUE: queue.continuationName
   QUEUE_MAX_DELIVERY_COUNT: string(queue.maxDeliveryCount)
   QUEUE_LOCK_SECONDS: string(queue.lockDurationSeconds)
   QUEUE_DUPLICATE_WINDOW_SECONDS: string(queue.duplicateWindowSeconds)

@@ -129,7 +129,7 @@ def resume_if_done(b: Backends, parent_id: str) -> bool:
         if record is None or not record.finished:
             return False
     nxt = StepMessage(job_id=parent_id, step=planned + 1)
-    b.queue.send(nxt.model_dump_json().encode(), message_id=nxt.message_id)
+    b.queue.send(nxt.model_dump_json().encode(), message_id=nxt.message_id, continuation=True)
     log.info("every sub-question job ended; resuming", extra={"event": "fanin", "job_id": parent_id})
     return True
 

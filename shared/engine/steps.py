@@ -331,7 +331,10 @@ def _reschedule(b: Backends, msg: StepMessage, exc: TransientModelError, *, coun
     retry = msg.model_copy(update={"attempt": attempt if count else msg.attempt})
     message_id = retry.message_id if count else f"{retry.message_id}:w{time.time_ns()}"
     b.queue.send(
-        retry.model_dump_json().encode(), message_id=message_id, scheduled_at=utcnow() + timedelta(seconds=delay)
+        retry.model_dump_json().encode(),
+        message_id=message_id,
+        scheduled_at=utcnow() + timedelta(seconds=delay),
+        continuation=msg.step > 1,
     )
     log.warning("step %s rescheduled in %.1fs: %s", msg.step, delay, exc, extra={"event": "step_rescheduled"})
 
@@ -341,7 +344,8 @@ def settle(b: Backends, job: Job, cp: Checkpoint) -> None:
     parks = cp.outcome is None and _awaits_approval(job, cp)
     if cp.outcome is None and not parks and not fanout.parks(cp):
         nxt = StepMessage(job_id=cp.job_id, step=cp.step + 1)
-        b.queue.send(nxt.model_dump_json().encode(), message_id=nxt.message_id)  # first: it is the hot path
+        # First: it is the hot path. A continuation, served before first steps of new jobs.
+        b.queue.send(nxt.model_dump_json().encode(), message_id=nxt.message_id, continuation=True)
     elif cp.outcome is not None:
         state = AgentState.model_validate(cp.state)
         if state.report is not None:
@@ -430,7 +434,7 @@ def _send_deadline(b: Backends, job_id: str, after_step: int, deadline: datetime
     msg = StepMessage(job_id=job_id, step=after_step + 1, purpose="approval_deadline")
     # One id per deadline, so a re-parked redelivery does not add a second; a deliberate resend needs its own.
     message_id = f"{msg.message_id}:deadline:{int(deadline.timestamp())}" + (f":{time.time_ns()}" if again else "")
-    b.queue.send(msg.model_dump_json().encode(), message_id=message_id, scheduled_at=deadline)
+    b.queue.send(msg.model_dump_json().encode(), message_id=message_id, scheduled_at=deadline, continuation=True)
 
 
 def _approval_deadline(b: Backends, job: Job, msg: StepMessage) -> None:

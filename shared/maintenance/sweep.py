@@ -262,7 +262,7 @@ def handle_dead_letter(b: Backends, message: QueueMessage, *, operator: bool = F
         )
         if entry.action == "resubmitted" and entry.message_id:
             again = StepMessage(job_id=job.id, step=msg.step, origin=entry.message_id)
-            b.queue.send(again.model_dump_json().encode(), message_id=entry.message_id)
+            b.queue.send(again.model_dump_json().encode(), message_id=entry.message_id, continuation=msg.step > 1)
         updated = b.jobs.update(job.id, _project(entry, history)) or job
         if updated.finished:
             outbox.announce(b, updated)  # ended here, out of band: its webhooks go out as for any ending

@@ -78,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"{fn.name}: the embedded runtime consumes the embedded queue only; with a Service Bus "
                 "connection configured, run the app with Functions Core Tools (`func start`)."
             )
+        if fn.queue == settings.agent_continuations_queue:
+            # One embedded file serves both: its receive takes continuations first, by priority.
+            continue
         if fn.queue != backends.queue.name:
             raise SystemExit(f"{fn.name} listens on {fn.queue!r} but the app sends to {backends.queue.name!r}")
         consumers.append(

@@ -71,7 +71,7 @@ def decide(
         asked = _earlier(updated, decision, after_step)
     if updated.step == asked.after_step and not updated.finished:  # the next step has not committed: (re-)send it
         nxt = StepMessage(job_id=job_id, step=asked.after_step + 1)
-        b.queue.send(nxt.model_dump_json().encode(), message_id=nxt.message_id)
+        b.queue.send(nxt.model_dump_json().encode(), message_id=nxt.message_id, continuation=nxt.step > 1)
     return updated
 
 

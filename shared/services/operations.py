@@ -217,7 +217,7 @@ def resubmit_job(b: Backends, job_id: str) -> ResubmitResult:
         ),
     )
     again = StepMessage(job_id=job.id, step=step, origin=str(entry.message_id))
-    b.queue.send(again.model_dump_json().encode(), message_id=again.message_id)
+    b.queue.send(again.model_dump_json().encode(), message_id=again.message_id, continuation=step > 1)
     b.jobs.update(job.id, lambda j: lifecycle.note_resubmissions(j, history.resubmitted))
     log.warning(
         "job %s: step %s re-submitted by an operator as %s",

@@ -18,3 +18,9 @@ def test_triggers_registered_once_with_their_settings() -> None:
     assert step["type"] == "serviceBusTrigger"
     assert step["queueName"] == "%AGENT_JOBS_QUEUE%"
     assert step["connection"] == "ServiceBusConnection"
+
+    # Later steps of started jobs arrive on their own queue and trigger, served apart from first steps.
+    more = functions["agent_continue"].get_trigger().get_dict_repr()
+    assert more["type"] == "serviceBusTrigger"
+    assert more["queueName"] == "%AGENT_CONTINUATIONS_QUEUE%"
+    assert more["connection"] == "ServiceBusConnection"

@@ -243,8 +243,12 @@ def test_agent_jobs_queue_has_the_step_engine_contract(main: Template, modules: 
     assert namespace["properties"]["minimumTlsVersion"] == "1.2"
     assert namespace["properties"]["disableLocalAuth"] is True
 
-    queue = servicebus.resource("Microsoft.ServiceBus/namespaces/queues")
+    queues = servicebus.resources("Microsoft.ServiceBus/namespaces/queues")
+    assert sorted(queues) == ["continuationQueue", "queue"], "first steps and continuations, one queue each"
+    queue, continuations = queues["queue"], queues["continuationQueue"]
     assert servicebus.value(queue["name"]) == "agent-jobs"
+    assert servicebus.value(continuations["name"]) == "agent-continuations"
+    assert servicebus.value(continuations["properties"]) == servicebus.value(queue["properties"])
     props = servicebus.value(queue["properties"])
     assert props["maxDeliveryCount"] == 10
     assert props["lockDuration"] == "PT5M"
@@ -259,6 +263,7 @@ def test_agent_jobs_queue_has_the_step_engine_contract(main: Template, modules: 
     assert contract["duplicateWindowSeconds"] == _iso_seconds(contract["duplicateDetectionHistoryTimeWindow"])
     settings = _app_settings(main)
     assert settings["AGENT_JOBS_QUEUE"] == "agent-jobs"
+    assert settings["AGENT_CONTINUATIONS_QUEUE"] == "agent-continuations"
     assert settings["QUEUE_MAX_DELIVERY_COUNT"] == "10"
     assert settings["QUEUE_LOCK_SECONDS"] == "300"
     assert settings["QUEUE_DUPLICATE_WINDOW_SECONDS"] == "600"
@@ -302,6 +307,7 @@ def test_app_settings_are_the_ones_the_app_reads(main: Template) -> None:
     settings = _app_settings(main)
     for name in (
         "AGENT_JOBS_QUEUE",
+        "AGENT_CONTINUATIONS_QUEUE",
         "ServiceBusConnection__fullyQualifiedNamespace",
         "AzureWebJobsStorage__blobServiceUri",
         "SEARCH_ENDPOINT",

@@ -12,6 +12,11 @@ Besides the StepQueue port, the adapter offers the consumer side with the same n
 embedded queue (receive, complete, abandon, dead_letter, renew_lock): the Functions host does
 this in Azure, but the contract suite and operators' tools need a receiver too.
 
+Fairness: a continuation (a later step of a started job) is sent to a second queue,
+AGENT_CONTINUATIONS_QUEUE, with its own trigger; first steps of new jobs wait in the main queue,
+so under overload the host keeps finishing started jobs. counts() and the dead-letter methods
+cover both queues, so the sweep and the runbook see one step queue.
+
 delivery_count is what the Python SDK reports: the AMQP header count, which can read one
 lower than the DeliveryCount the .NET SDK and the Functions host show for the same message.
 """
@@ -19,6 +24,7 @@ lower than the DeliveryCount the .NET SDK and the Functions host show for the sa
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -116,8 +122,19 @@ class ServiceBusStepQueue:
         queue_name: str,
         *,
         dead_letter_wait_seconds: float = 5.0,
+        continuation_queue_name: str | None = None,
     ) -> None:
         self.queue_name = queue_name
+        # The second queue shares this client; it is a plain single-queue adapter of its own.
+        self.continuations: ServiceBusStepQueue | None = None
+        if continuation_queue_name:
+            self.continuations = ServiceBusStepQueue(
+                client, admin, continuation_queue_name, dead_letter_wait_seconds=dead_letter_wait_seconds
+            )
+            self.continuations._owns_client = False
+        self._owns_client = True
+        # Dead letters received from the continuation queue settle on its receiver, not ours.
+        self._continuation_dead_letters: weakref.WeakSet[ServiceBusReceivedMessage] = weakref.WeakSet()
         self._client = client
         self._admin = admin
         self._dead_letter_wait_seconds = dead_letter_wait_seconds
@@ -131,29 +148,39 @@ class ServiceBusStepQueue:
         self._dead_letter_lock = threading.Lock()
 
     @classmethod
-    def from_connection_string(cls, connection_string: str, queue_name: str) -> ServiceBusStepQueue:
+    def from_connection_string(
+        cls, connection_string: str, queue_name: str, continuation_queue_name: str | None = None
+    ) -> ServiceBusStepQueue:
         return cls(
             ServiceBusClient.from_connection_string(connection_string),
             ServiceBusAdministrationClient.from_connection_string(connection_string),
             queue_name,
+            continuation_queue_name=continuation_queue_name,
         )
 
     @classmethod
-    def from_namespace(cls, fully_qualified_namespace: str, queue_name: str) -> ServiceBusStepQueue:
+    def from_namespace(
+        cls, fully_qualified_namespace: str, queue_name: str, continuation_queue_name: str | None = None
+    ) -> ServiceBusStepQueue:
         """Identity-based: managed identity in Azure, the developer's az login elsewhere."""
         namespace = fully_qualified_namespace.removeprefix("sb://").rstrip("/")
         credential = DefaultAzureCredential()
         admin = ServiceBusAdministrationClient(namespace, credential)
-        queue = cls(ServiceBusClient(namespace, credential), admin, queue_name)
+        client = ServiceBusClient(namespace, credential)
+        queue = cls(client, admin, queue_name, continuation_queue_name=continuation_queue_name)
         queue._credential = credential
         return queue
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ServiceBusStepQueue:
         if settings.servicebus_connection:
-            return cls.from_connection_string(settings.servicebus_connection, settings.agent_jobs_queue)
+            return cls.from_connection_string(
+                settings.servicebus_connection, settings.agent_jobs_queue, settings.agent_continuations_queue
+            )
         if settings.servicebus_namespace:
-            return cls.from_namespace(settings.servicebus_namespace, settings.agent_jobs_queue)
+            return cls.from_namespace(
+                settings.servicebus_namespace, settings.agent_jobs_queue, settings.agent_continuations_queue
+            )
         raise ValueError(
             "Service Bus is not configured: set ServiceBusConnection (a connection string) or "
             "ServiceBusConnection__fullyQualifiedNamespace (identity-based) in local.settings.json or app settings"
@@ -161,8 +188,16 @@ class ServiceBusStepQueue:
 
     # --- the StepQueue port ---------------------------------------------------------------------
 
-    def send(self, body: bytes, *, message_id: str, scheduled_at: datetime | None = None) -> None:
-        """Enqueue; the queue's duplicate detection drops a message_id seen within its window."""
+    def send(
+        self, body: bytes, *, message_id: str, scheduled_at: datetime | None = None, continuation: bool = False
+    ) -> None:
+        """Enqueue; the queue's duplicate detection drops a message_id seen within its window.
+
+        A continuation goes to the continuation queue when there is one (its trigger runs it).
+        """
+        if continuation and self.continuations is not None:
+            self.continuations.send(body, message_id=message_id, scheduled_at=scheduled_at)
+            return
         message = ServiceBusMessage(body, message_id=message_id)
         if scheduled_at is not None:
             # Set on the message rather than schedule_messages(): one send path, one sender link.
@@ -176,10 +211,18 @@ class ServiceBusStepQueue:
     def counts(self) -> QueueCounts:
         with _unavailable_on_connection_errors(f"reading the counts of {self.queue_name}"):
             runtime = self._admin.get_queue_runtime_properties(self.queue_name)
-        return QueueCounts(
+        counts = QueueCounts(
             active=runtime.active_message_count or 0,
             scheduled=runtime.scheduled_message_count or 0,
             dead_lettered=runtime.dead_letter_message_count or 0,
+        )
+        if self.continuations is None:
+            return counts
+        more = self.continuations.counts()
+        return QueueCounts(
+            active=counts.active + more.active,
+            scheduled=counts.scheduled + more.scheduled,
+            dead_lettered=counts.dead_lettered + more.dead_lettered,
         )
 
     def peek_dead_letters(self, max_count: int = 100) -> list[QueueMessage]:
@@ -194,7 +237,10 @@ class ServiceBusStepQueue:
                     break
                 peeked.extend(batch)
                 next_sequence = (batch[-1].sequence_number or 0) + 1
-        return [_to_port(message, locked=False) for message in peeked]
+        ours = [_to_port(message, locked=False) for message in peeked]
+        if self.continuations is not None and len(ours) < max_count:
+            ours += self.continuations.peek_dead_letters(max_count - len(ours))
+        return ours
 
     def receive_dead_letters(self, max_count: int = 100, lock_seconds: float = 60.0) -> list[QueueMessage]:
         """Lock dead-lettered messages for settling.
@@ -218,9 +264,18 @@ class ServiceBusStepQueue:
                 self._renewer = AutoLockRenewer(max_workers=4)
             for message in received:
                 self._renewer.register(receiver, message, max_lock_renewal_duration=lock_seconds)
-        return [_to_port(message, locked=True) for message in received]
+        ours = [_to_port(message, locked=True) for message in received]
+        if self.continuations is not None and len(ours) < max_count:
+            theirs = self.continuations.receive_dead_letters(max_count - len(ours), lock_seconds)
+            for message in theirs:
+                self._continuation_dead_letters.add(_received(message))
+            ours += theirs
+        return ours
 
     def complete_dead_letter(self, message: QueueMessage) -> None:
+        if self.continuations is not None and _received(message) in self._continuation_dead_letters:
+            self.continuations.complete_dead_letter(message)
+            return
         with self._dead_letter_lock, _unavailable_on_connection_errors("completing a dead-lettered message"):
             self._dead_letters().complete_message(_received(message))
 
@@ -286,11 +341,15 @@ class ServiceBusStepQueue:
             return self._live_receiver().renew_message_lock(_received(message))
 
     def close(self) -> None:
+        if self.continuations is not None:
+            self.continuations.close()
         if self._renewer is not None:
             self._renewer.close()
         for handler in (self._sender, self._receiver, self._dead_letter_receiver):
             if handler is not None:
                 handler.close()
+        if not self._owns_client:
+            return  # the adapter that made the client closes it
         self._client.close()
         self._admin.close()
         if self._credential is not None:

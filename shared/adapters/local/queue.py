@@ -4,6 +4,9 @@ What it copies from Service Bus, so the step engine means the same thing in both
 peek-lock with a lock duration, delivery count (1 on the first delivery), max delivery
 count then the dead-letter sub-queue with reason "MaxDeliveryCountExceeded", scheduled
 enqueue, message-id duplicate detection within a window, and abandon = visible again at once.
+One addition for fairness under overload: a message sent with continuation=True (a later step of a
+job already started) is received before any first step that is due, so started jobs finish while
+new ones wait in `queued`; Azure gets the same order from a second queue (see the Service Bus adapter).
 
 Storage: one SQLite file may hold several named queues (rows carry the queue name); each
 LocalQueue object works one of them. WAL with synchronous=FULL (the default) fsyncs every commit,
@@ -68,11 +71,14 @@ _SCHEMA = (
         dead_lettered INTEGER NOT NULL DEFAULT 0,
         dead_letter_reason TEXT,
         dead_letter_description TEXT,
-        dead_lettered_at REAL
+        dead_lettered_at REAL,
+        priority INTEGER NOT NULL DEFAULT 0  -- 1: a continuation step, received before first steps (0)
     )""",
     # Receive order is oldest enqueue first. Scheduled messages sort after everything due, so a
     # claim only steps over the few locked messages, however many retries are scheduled.
     "CREATE INDEX IF NOT EXISTS messages_ready ON messages (queue, dead_lettered, enqueued_at, seq)",
+    # Live receives take one priority at a time, highest first, each in the same oldest-first order.
+    "CREATE INDEX IF NOT EXISTS messages_ready_by_priority ON messages (queue, dead_lettered, priority, enqueued_at, seq)",
     "CREATE INDEX IF NOT EXISTS messages_due ON messages (queue, dead_lettered, visible_at)",
     """CREATE TABLE IF NOT EXISTS message_ids (
         queue TEXT NOT NULL,
@@ -86,6 +92,9 @@ _COLUMNS = (
     "seq, message_id, body, enqueued_at, scheduled_at, delivery_count, lock_token, "
     "dead_letter_reason, dead_letter_description"
 )
+
+# Receive order of live messages: continuations first, then first steps.
+_PRIORITIES = (1, 0)
 
 # Service Bus words its own MaxDeliveryCountExceeded description the same way.
 _EXHAUSTED_DESCRIPTION = "'Message could not be consumed after ' || delivery_count || ' delivery attempts.'"
@@ -173,13 +182,22 @@ class LocalQueue:
             self._conn.execute(f"PRAGMA synchronous = {synchronous}")
             with self._held(), self._transaction() as conn:
                 # Not executescript: it commits on its own, and the schema should appear all at once.
+                columns = {row[1] for row in conn.execute("PRAGMA table_info(messages)")}
+                if columns and "priority" not in columns:
+                    # A file from before priorities: every waiting message counts as a first step.
+                    conn.execute("ALTER TABLE messages ADD COLUMN priority INTEGER NOT NULL DEFAULT 0")
                 for statement in _SCHEMA:
                     conn.execute(statement)
 
     # --- the StepQueue port ---------------------------------------------------------------------
 
-    def send(self, body: bytes, *, message_id: str, scheduled_at: datetime | None = None) -> None:
-        """Enqueue; a message_id seen within the duplicate-detection window is dropped silently."""
+    def send(
+        self, body: bytes, *, message_id: str, scheduled_at: datetime | None = None, continuation: bool = False
+    ) -> None:
+        """Enqueue; a message_id seen within the duplicate-detection window is dropped silently.
+
+        continuation: a later step of a started job; receive() prefers it over every due first step.
+        """
         with self._held():
             with self._transaction() as conn:
                 # Read the clock under the write lock, so enqueue times rise with sequence numbers.
@@ -197,9 +215,17 @@ class LocalQueue:
                     (self.name, message_id, now),
                 )
                 conn.execute(
-                    "INSERT INTO messages (queue, message_id, body, enqueued_at, scheduled_at, visible_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    (self.name, message_id, body, due, None if scheduled_at is None else _epoch(scheduled_at), due),
+                    "INSERT INTO messages (queue, message_id, body, enqueued_at, scheduled_at, visible_at, priority) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        self.name,
+                        message_id,
+                        body,
+                        due,
+                        None if scheduled_at is None else _epoch(scheduled_at),
+                        due,
+                        1 if continuation else 0,
+                    ),
                 )
                 self._prune_message_ids(conn, now)
             if due > now:
@@ -279,10 +305,10 @@ class LocalQueue:
     # --- the consumer side (the Functions host's part in Azure) ---------------------------------
 
     def receive(self, max_count: int = 1, wait_seconds: float = 0.0) -> list[QueueMessage]:
-        """Peek-lock up to max_count due messages, oldest first, blocking up to wait_seconds for one.
+        """Peek-lock up to max_count due messages, continuations first, blocking up to wait_seconds for one.
 
-        Oldest means earliest enqueue time, then sequence number: FIFO by sequence for plain sends,
-        while a scheduled message joins the line when it becomes due.
+        Within each priority, oldest first: earliest enqueue time, then sequence number, so plain
+        sends are FIFO by sequence while a scheduled message joins the line when it becomes due.
         """
         if max_count < 1:
             raise ValueError("max_count must be at least 1")
@@ -419,15 +445,27 @@ class LocalQueue:
         claimed: list[QueueMessage] = []
         locked_until = now + lock_seconds
         with self._unavailable_on_sqlite_errors(), self._without_fsync(), self._transaction() as conn:
-            while len(claimed) < max_count:
-                rows = conn.execute(
-                    "SELECT seq, delivery_count FROM messages INDEXED BY messages_ready "
-                    "WHERE queue = ? AND dead_lettered = ? AND enqueued_at <= ? AND visible_at <= ? "
-                    "ORDER BY enqueued_at, seq LIMIT ?",
-                    (self.name, dead_lettered, now, now, max_count - len(claimed)),
-                ).fetchall()
+            # Dead letters have no priority order; live messages are taken one priority at a time.
+            priorities: tuple[int | None, ...] = (None,) if dead_lettered else _PRIORITIES
+            while len(claimed) < max_count and priorities:
+                priority = priorities[0]
+                if priority is None:
+                    rows = conn.execute(
+                        "SELECT seq, delivery_count FROM messages INDEXED BY messages_ready "
+                        "WHERE queue = ? AND dead_lettered = ? AND enqueued_at <= ? AND visible_at <= ? "
+                        "ORDER BY enqueued_at, seq LIMIT ?",
+                        (self.name, dead_lettered, now, now, max_count - len(claimed)),
+                    ).fetchall()
+                else:
+                    rows = conn.execute(
+                        "SELECT seq, delivery_count FROM messages INDEXED BY messages_ready_by_priority "
+                        "WHERE queue = ? AND dead_lettered = ? AND priority = ? AND enqueued_at <= ? "
+                        "AND visible_at <= ? ORDER BY enqueued_at, seq LIMIT ?",
+                        (self.name, dead_lettered, priority, now, now, max_count - len(claimed)),
+                    ).fetchall()
                 if not rows:
-                    break
+                    priorities = priorities[1:]
+                    continue
                 for seq, delivery_count in rows:
                     if not dead_lettered and delivery_count >= self.max_delivery_count:
                         # A lock expired on the last allowed delivery: dead-letter, never deliver once more.
