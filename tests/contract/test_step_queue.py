@@ -12,6 +12,7 @@ taken at the start of each case, and polled, because Service Bus reports them wi
 from __future__ import annotations
 
 import os
+import sqlite3
 import socket
 import time
 import uuid
@@ -244,6 +245,62 @@ def _closed_loopback_port() -> int:
         return probe.getsockname()[1]
 
 
+def test_a_continuation_keeps_duplicate_detection_scheduling_and_delivery_count(under_test: QueueUnderTest) -> None:
+    # On Service Bus without a continuation queue configured (as here) a continuation lands in the
+    # same queue; with one, it lands in that queue, which has the same contract (see the Bicep).
+    queue, base, message_id = under_test.queue, under_test.queue.counts(), _step_id()
+    queue.send(b"now", message_id=message_id, continuation=True)
+    queue.send(b"again", message_id=message_id, continuation=True)  # same id: dropped
+    later = utcnow() + timedelta(seconds=under_test.schedule_delay)
+    queue.send(b"later", message_id=_step_id(), scheduled_at=later, continuation=True)
+    assert under_test.counts_become(_plus(base, active=1, scheduled=1)) == _plus(base, active=1, scheduled=1)
+
+    [first] = queue.receive(max_count=10, wait_seconds=under_test.receive_wait)
+    assert (first.body, first.delivery_count) == (b"now", 1)
+    queue.abandon(first)
+    [again] = queue.receive(max_count=10, wait_seconds=under_test.receive_wait)
+    assert (again.body, again.delivery_count) == (b"now", 2)
+    queue.complete(again)
+
+    time.sleep(max(0.0, (later - utcnow()).total_seconds()) + under_test.clock_tolerance)
+    [due] = queue.receive(max_count=10, wait_seconds=under_test.receive_wait)
+    assert due.body == b"later"
+    queue.complete(due)
+
+
+def test_embedded_receive_serves_continuations_before_first_steps(tmp_path: Path) -> None:
+    with LocalQueue(tmp_path / "queue.db", lock_seconds=30) as queue:
+        for n in range(3):
+            queue.send(f"first-{n}".encode(), message_id=f"new-{n}:1")
+        queue.send(b"cont-0", message_id="old-0:2", continuation=True)
+        queue.send(b"cont-1", message_id="old-1:5", continuation=True)
+        queue.send(b"cont-late", message_id="old-2:3", continuation=True, scheduled_at=utcnow() + timedelta(hours=1))
+
+        one = queue.receive(max_count=1)
+        assert [m.body for m in one] == [b"cont-0"], "a continuation, oldest first, before older first steps"
+        queue.abandon(one[0])  # back in line: still a continuation, still ahead of every first step
+        batch = queue.receive(max_count=3)
+        assert [m.body for m in batch] == [b"cont-0", b"cont-1", b"first-0"]
+        assert batch[0].delivery_count == 2
+        rest = queue.receive(max_count=10)
+        assert [m.body for m in rest] == [b"first-1", b"first-2"], "a scheduled continuation waits its time"
+        for message in batch + rest:
+            queue.complete(message)
+        assert queue.counts() == QueueCounts(active=0, scheduled=1, dead_lettered=0)
+
+
+def test_embedded_queue_file_from_before_priorities_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "queue.db"
+    with LocalQueue(path) as queue:
+        queue.send(b"waiting", message_id="old:1")
+    with sqlite3.connect(path) as conn:  # what a file from before priorities looks like
+        conn.execute("DROP INDEX messages_ready_by_priority")
+        conn.execute("ALTER TABLE messages DROP COLUMN priority")
+    with LocalQueue(path) as queue:
+        queue.send(b"next", message_id="old:2", continuation=True)
+        assert [m.body for m in queue.receive(max_count=10)] == [b"next", b"waiting"]
+
+
 def test_servicebus_reports_an_unreachable_namespace_as_dependency_unavailable() -> None:
     from azure.servicebus import ServiceBusClient
     from azure.servicebus.management import ServiceBusAdministrationClient
@@ -290,4 +347,7 @@ def test_servicebus_is_built_from_either_form_of_the_setting() -> None:
         queue = ServiceBusStepQueue.from_settings(settings)  # builds clients; connects on first use
         assert isinstance(queue, StepQueue)
         assert queue.queue_name == settings.agent_jobs_queue
+        # Continuations go to their own queue (its own trigger), so first steps never hold them back.
+        assert queue.continuations is not None
+        assert queue.continuations.queue_name == settings.agent_continuations_queue
         queue.close()
