@@ -172,6 +172,33 @@ class Settings(BaseSettings):
     dlq_max_resubmissions: int = Field(3, validation_alias="DLQ_MAX_RESUBMISSIONS")
     stale_job_minutes: float = Field(30.0, validation_alias="STALE_JOB_MINUTES")
     checkpoint_retention_days: float = Field(30.0, validation_alias="CHECKPOINT_RETENTION_DAYS")
+    # Bounded storage: the retention timer applies these (see shared/engine/layout.py, one rule per container).
+    job_retention_days: float = Field(
+        90.0,
+        gt=0,
+        validation_alias="JOB_RETENTION_DAYS",
+        description="Finished jobs older than this lose their record, report, listing marker, re-submission log, "
+        "webhook deliveries and last checkpoint; their month's per-job ledger records go once that month is "
+        "closed and has a total (the total is kept).",
+    )
+    idempotency_retention_hours: float = Field(
+        24.0,
+        gt=0,
+        validation_alias="IDEMPOTENCY_RETENTION_HOURS",
+        description="How long an Idempotency-Key replays its first job; older records are deleted.",
+    )
+    ops_retention_days: float = Field(
+        30.0, gt=0, validation_alias="OPS_RETENTION_DAYS", description="Timer run records, weekly reports, probes."
+    )
+    runtime_log_max_bytes: int = Field(
+        10_000_000,
+        ge=0,
+        validation_alias="RUNTIME_LOG_MAX_BYTES",
+        description="The embedded runtime's JSON-lines log rotates at this size (0: never).",
+    )
+    runtime_log_backups: int = Field(
+        3, ge=1, validation_alias="RUNTIME_LOG_BACKUPS", description="Rotated log files kept (runtime.jsonl.1, ...)."
+    )
 
     # --- progress events, webhooks, schedules ---------------------------------------------------
     events_heartbeat_seconds: float = Field(15.0, validation_alias="EVENTS_HEARTBEAT_SECONDS")

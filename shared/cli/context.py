@@ -6,7 +6,7 @@ import logging
 
 from shared.bootstrap import get_backends
 from shared.engine.backends import Backends
-from shared.observability.logs import JobDimensions, JsonLines
+from shared.observability.logs import JobDimensions, rotating_log_file
 from shared.settings import Settings
 
 
@@ -34,9 +34,9 @@ def configure_logging(settings: Settings) -> None:
     root.setLevel(logging.INFO)
     embedded = not (settings.storage_connection or settings.storage_blob_uri)
     if embedded and not settings.appinsights_connection_string:
-        path = settings.runtime_log_path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        audit = logging.FileHandler(path, encoding="utf-8")
-        audit.setFormatter(JsonLines())
+        # The runtime's own log file, rotated by the same settings, so one `agentctl logs` reads both.
+        audit = rotating_log_file(
+            settings.runtime_log_path, settings.runtime_log_max_bytes, settings.runtime_log_backups
+        )
         audit.addFilter(JobDimensions())
         root.addHandler(audit)

@@ -17,6 +17,7 @@ import typer
 
 from shared.cli.output import CliError, JsonOpt, emit
 from shared.observability import kql
+from shared.observability.logs import log_files
 
 LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
 _DURATION = re.compile(r"^(\d+)([smhd])$")
@@ -44,9 +45,20 @@ def parse_since(value: str, now: datetime | None = None) -> datetime:
 def read_log_lines(
     path: Path, *, job_id: str | None, level: str | None, since: datetime | None
 ) -> Iterator[dict[str, Any]]:
-    """The JSON lines of the embedded runtime's log that pass the filters, oldest first."""
+    """The JSON lines of the embedded runtime's log (and its rotated files) that pass the filters, oldest first."""
+    for part in log_files(path):
+        yield from _read_one(part, job_id=job_id, level=level, since=since)
+
+
+def _read_one(
+    path: Path, *, job_id: str | None, level: str | None, since: datetime | None
+) -> Iterator[dict[str, Any]]:
     floor = LEVELS[level] if level else 0
-    with path.open(encoding="utf-8", errors="replace") as lines:
+    try:
+        lines = path.open(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return  # rotated away between listing and opening: its lines are in the next file
+    with lines:
         for raw in lines:
             try:
                 record = json.loads(raw)
@@ -109,7 +121,7 @@ def logs(
         )
         return
     path = settings.runtime_log_path
-    if not path.exists():
+    if not log_files(path):
         raise CliError(
             f"no embedded runtime log at {path}",
             "start the runtime (`python -m shared.runtime`) with the same DATA_DIR, pass --data-dir, "

@@ -1,15 +1,18 @@
-"""The storage layout: every container the app writes, what it holds, and whether backups keep it.
+"""The storage layout: every container the app writes, what it holds, whether backups keep it, and how long.
 
 Keys are "container/path" (the first segment is the Blob Storage container). Backup, restore
 and retention read `CONTAINERS`, and a test fails when the app writes a container that is not
-declared here, so a new kind of record can never be silently left out of backups.
+declared here, so a new kind of record can never be silently left out of backups. Each container
+states its retention rule too (the setting that bounds it, or why it is bounded without one),
+so storage cannot grow forever by omission; shared/maintenance/retention.py applies the rules.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
-__all__ = ["CONTAINERS", "BACKED_UP", "Container", "container_of"]
+__all__ = ["CONTAINERS", "BACKED_UP", "Container", "container_of", "retention_settings"]
 
 
 @dataclass(frozen=True)
@@ -17,6 +20,8 @@ class Container:
     name: str
     holds: str
     backed_up: bool
+    # How it stays bounded: the settings (UPPER_CASE names) the retention timer applies, or why none is needed.
+    retention: str
     why_not: str = ""  # for containers backups leave out: why that is safe
 
 
@@ -24,60 +29,110 @@ CHECKPOINTS = Container(
     "checkpoints",
     "checkpoints/{job_id}/{n:06d}.json: immutable step results, the commit point of a step",
     backed_up=False,
+    retention="CHECKPOINT_RETENTION_DAYS after a job finished: all but the last snapshot; JOB_RETENTION_DAYS: the rest",
     why_not="large and short-lived; a finished job keeps its record and report, which are backed up",
 )
-JOBS = Container("jobs", "jobs/{job_id}.json: the job record, a projection of its checkpoints", backed_up=True)
-TENANTS = Container("tenants", "tenants/{tenant}/jobs/{newest-first key}: a tenant's job listing", backed_up=True)
-REPORTS = Container("reports", "reports/{job_id}.json: the delivered (or kept-for-inspection) report", backed_up=True)
+JOBS = Container(
+    "jobs",
+    "jobs/{job_id}.json: the job record, a projection of its checkpoints",
+    backed_up=True,
+    retention="JOB_RETENTION_DAYS after the job finished (unfinished jobs are kept)",
+)
+TENANTS = Container(
+    "tenants",
+    "tenants/{tenant}/jobs/{newest-first key}: a tenant's job listing",
+    backed_up=True,
+    retention="JOB_RETENTION_DAYS: a marker goes with its job",
+)
+REPORTS = Container(
+    "reports",
+    "reports/{job_id}.json: the delivered (or kept-for-inspection) report",
+    backed_up=True,
+    retention="JOB_RETENTION_DAYS: a report goes with its job",
+)
 LEDGERS = Container(
     "ledgers",
     "ledgers/{YYYY-MM}/{tenant}.json: a tenant's month total; ledgers/jobs/{YYYY-MM}/{tenant}/{job_id}.json: per job",
     backed_up=True,
+    retention="JOB_RETENTION_DAYS after a month ended, and only if its total exists: that month's per-job records; "
+    "month totals are kept (one small record per tenant and month)",
 )
-RESUBMISSIONS = Container("resubmissions", "resubmissions/{job_id}.json: dead-letter decisions per job", backed_up=True)
+RESUBMISSIONS = Container(
+    "resubmissions",
+    "resubmissions/{job_id}.json: dead-letter decisions per job",
+    backed_up=True,
+    retention="JOB_RETENTION_DAYS: a job's log goes with its job",
+)
 IDEMPOTENCY = Container(
-    "idempotency", "idempotency/{tenant}/{sha256(key)}.json: Idempotency-Key to job", backed_up=True
+    "idempotency",
+    "idempotency/{tenant}/{sha256(key)}.json: Idempotency-Key to job",
+    backed_up=True,
+    retention="IDEMPOTENCY_RETENTION_HOURS after it was written (the replay window)",
 )
 MEMORY = Container(
     "memory",
     "memory/{tenant}/{session_id}.json: a session's recent findings",
     backed_up=False,
+    retention="MEMORY_TTL_SECONDS: a session whose every finding has expired is deleted",
     why_not="short-term by design (MEMORY_TTL_SECONDS); a restore starts sessions afresh",
 )
 WEBHOOKS = Container(
-    "webhooks", "webhooks/{tenant}/{job_id}.{event}.json: webhook deliveries and their attempts", backed_up=True
+    "webhooks",
+    "webhooks/{tenant}/{job_id}.{event}.json: webhook deliveries and their attempts",
+    backed_up=True,
+    retention="JOB_RETENTION_DAYS: a job's deliveries go with its job",
 )
-SCHEDULES = Container("schedules", "schedules/{tenant}/{schedule_id}.json: recurring research jobs", backed_up=True)
+SCHEDULES = Container(
+    "schedules",
+    "schedules/{tenant}/{schedule_id}.json: recurring research jobs",
+    backed_up=True,
+    retention="kept while the tenant keeps them: one record per schedule, deleted through the API",
+)
+SCHEDULES = Container(
+    "schedules",
+    "schedules/{tenant}/{schedule_id}.json: recurring research jobs",
+    backed_up=True,
+    retention="kept while the tenant keeps them: one record per schedule, deleted through the API",
+)
 PROVENANCE = Container(
     "provenance",
     "provenance/{job_id}.json: what produced a finished job's report (model, prompt, documents, checks, costs)",
     backed_up=True,
+    retention="JOB_RETENTION_DAYS: a job's provenance goes with its job",
 )
 DOCUMENTS = Container(
     "documents",
     "documents/{doc_id}.json: a knowledge document's current version, source and chunk count",
     backed_up=True,
+    retention="kept while the document is in the index: one record per document, deleted with it",
 )
 INGESTIONS = Container(
     "ingestions",
     "ingestions/{id}.json and ingestions/{id}/batches/{n:06d}.json: ingestion jobs, their files and progress",
     backed_up=False,
+    retention="OPS_RETENTION_DAYS after it was last written, once finished",
     why_not="transient work: a finished ingestion's result is the index and the document records, both backed up",
 )
 LOCKS = Container(
     "locks",
     "locks/{name}.json: leases of the maintenance tasks",
     backed_up=False,
+    retention="kept: one record per maintenance task, a fixed set",
     why_not="only meaningful while their holder runs",
 )
 OPS = Container(
     "ops",
     "ops/runs/, ops/reports/, ops/health/: timer runs, weekly reports, health probes",
     backed_up=False,
+    retention="OPS_RETENTION_DAYS after it was written",
     why_not="operational history, regenerated by the timers",
 )
 BACKUPS = Container(
-    "backups", "backups/{id}/: the backups themselves", backed_up=False, why_not="a backup does not contain backups"
+    "backups",
+    "backups/{id}/: the backups themselves",
+    backed_up=False,
+    retention="BACKUPS_TO_KEEP: the backup task deletes older ones",
+    why_not="a backup does not contain backups",
 )
 
 CONTAINERS: tuple[Container, ...] = (
@@ -99,6 +154,11 @@ CONTAINERS: tuple[Container, ...] = (
     BACKUPS,
 )
 BACKED_UP: tuple[str, ...] = tuple(c.name for c in CONTAINERS if c.backed_up)
+
+
+def retention_settings(container: Container) -> list[str]:
+    """The settings (by their app-setting names) a container's retention rule names."""
+    return re.findall(r"\b[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+\b", container.retention)
 
 
 def container_of(key: str) -> str:

@@ -207,6 +207,14 @@ class JobStore:
         inverted = _MAX_TS - int(job.created_at.timestamp() * 1000)
         return f"{layout.tenant_jobs_prefix(job.tenant)}{inverted:013d}_{job.id}"
 
+    def marker_key(self, job: Job) -> str:
+        """The key of the job's entry in its tenant's listing (retention deletes it with the record)."""
+        return self._tenant_marker(job)
+
+    def delete(self, job_id: str) -> bool:
+        """Delete the record (retention only, after everything that hangs off it); False if it was gone."""
+        return self.objects.delete(self._key(job_id))
+
     def create(self, job: Job) -> None:
         # The listing marker first, without its own fsync: the record's fsync'd create right after
         # carries it to disk (WAL order), and a marker whose record never came is skipped by listings.

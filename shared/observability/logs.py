@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import logging.handlers
 import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -78,15 +79,35 @@ class JsonLines(logging.Formatter):
         return json.dumps(line, ensure_ascii=False, default=str)
 
 
-def configure_json_logging(level: str = "INFO", log_file: Path | None = None) -> None:
-    """JSON lines to stdout (and to a file the CLI's `logs` command reads, when given)."""
+def rotating_log_file(path: Path, max_bytes: int, backups: int) -> logging.Handler:
+    """A JSON-lines file handler that rotates at max_bytes (0: never), keeping path.1 .. path.{backups}.
+
+    Several processes may append to one file (the runtime and the CLI); each rotates by its own
+    handle, so around a rotation a few lines can land in path.1, which `agentctl logs` reads too.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.handlers.RotatingFileHandler(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
+    handler.setFormatter(JsonLines())
+    return handler
+
+
+def log_files(path: Path) -> list[Path]:
+    """The log file and its rotated predecessors that exist, oldest first (path.N .. path.1, path)."""
+    rotated = [p for p in path.parent.glob(f"{path.name}.*") if p.suffix[1:].isdigit()]
+    rotated.sort(key=lambda p: int(p.suffix[1:]), reverse=True)
+    return rotated + ([path] if path.exists() else [])
+
+
+def configure_json_logging(
+    level: str = "INFO", log_file: Path | None = None, *, max_bytes: int = 10_000_000, backups: int = 3
+) -> None:
+    """JSON lines to stdout (and to a size-rotated file the CLI's `logs` command reads, when given)."""
     root = logging.getLogger()
     if any(isinstance(h.formatter, JsonLines) for h in root.handlers):
         return
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
     if log_file is not None:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
+        handlers.append(rotating_log_file(log_file, max_bytes, backups))
     for handler in handlers:
         handler.setFormatter(JsonLines())
         add_job_dimensions(handler)

@@ -50,7 +50,12 @@ def configure_telemetry(
         if settings.appinsights_connection_string:
             exporting, problem = _azure_monitor(settings.appinsights_connection_string, offline_storage)
         if not exporting or log_file is not None:
-            configure_json_logging(settings.log_level, log_file)
+            configure_json_logging(
+                settings.log_level,
+                log_file,
+                max_bytes=settings.runtime_log_max_bytes,
+                backups=settings.runtime_log_backups,
+            )
         # Every handler that can see our records gets the job's dimensions: the distro's (on "agent"),
         # ours on the root, and one the Functions worker installs on the root when it runs the distro itself.
         for name in (AGENT_LOGGER, ""):

@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import secrets
+import time
 from collections.abc import Iterable
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -111,7 +112,8 @@ def submit(
     if idempotency_key:
         fingerprint = hashlib.sha256(request.model_dump_json().encode()).hexdigest()
         key = layout.idempotency_key(tenant, hashlib.sha256(idempotency_key.encode()).hexdigest())
-        record = json.dumps({"job_id": job_id, "request": fingerprint}).encode()
+        # "at" dates the record for retention (IDEMPOTENCY_RETENTION_HOURS): the replay window.
+        record = json.dumps({"job_id": job_id, "request": fingerprint, "at": time.time()}).encode()
         try:
             b.objects.put_if_absent(key, record)
         except PreconditionFailed:

@@ -42,3 +42,15 @@ def test_every_written_key_is_in_a_declared_container_and_backups_keep_the_backe
     present = {c for c in written if c in layout.BACKED_UP}
     assert present <= backed_up, f"backed-up containers missing from the backup: {present - backed_up}"
     assert backed_up <= set(layout.BACKED_UP), "the backup holds containers not declared as backed up"
+
+
+def test_every_container_states_a_retention_rule_naming_real_settings() -> None:
+    from shared.settings import Settings
+
+    aliases = {str(f.validation_alias) for f in Settings.model_fields.values()}
+    for container in layout.CONTAINERS:
+        assert container.retention.strip(), f"{container.name}: state how it stays bounded"
+        named = layout.retention_settings(container)
+        assert set(named) <= aliases, f"{container.name}: its rule names unknown settings {set(named) - aliases}"
+        # Without a setting, the rule must say why the container is bounded anyway.
+        assert named or container.retention.startswith("kept"), container.name

@@ -1,0 +1,174 @@
+"""Fair under overload: completed jobs/s while submits arrive at 2x the service rate, against that rate.
+
+One embedded runtime (API and consumer in one process, timers off, the offline model) on loopback:
+1. unloaded service rate: --warmup jobs submitted at once, then no more submits; the rate is
+   jobs finished / (last finish - first submit);
+2. overload: POST /api/jobs paced at --factor x that rate for --seconds from --connections client
+   threads (open loop: a late request does not push back the next one's due time), then the
+   completed jobs/s within the window and p95 submit-to-finish of the jobs that finished in it,
+   read back from each job's record (created_at, finished_at). Jobs still queued at the end are
+   counted, not waited for: the run is bounded by --seconds plus the read-back.
+The goal: completed jobs/s >= 80% of the unloaded rate (started jobs finish because continuation
+steps are served before the first steps of new jobs).
+
+    python bench/overload.py [--seconds 60] [--factor 2] [--warmup 40] [--connections 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.api import HEADERS, ROOT, free_port, wait_up  # noqa: E402
+from bench.figures import Figure, save, show  # noqa: E402
+
+TASK = "How are dead letters handled?"
+GOAL = 0.8
+MAX_SECONDS = 300.0  # bounded: a typo must not run for an hour
+
+
+def _stamp(text: str | None) -> float | None:
+    return None if text is None else datetime.fromisoformat(text).timestamp()
+
+
+def _ingest(c: httpx.Client) -> None:
+    for path in sorted((ROOT / "samples").glob("*.md")):
+        c.post(
+            "/api/documents",
+            params={"filename": path.name},
+            content=path.read_bytes(),
+            headers={"Content-Type": "text/markdown"},
+        ).raise_for_status()
+
+
+def _records(c: httpx.Client, ids: list[str]) -> list[dict]:
+    return [c.get(f"/api/jobs/{job_id}").json() for job_id in ids]
+
+
+def unloaded_rate(c: httpx.Client, jobs: int, timeout: float) -> tuple[float, float]:
+    """(jobs/s, p95 submit-to-finish s) for `jobs` jobs submitted at once and nothing after."""
+    ids = [c.post("/api/jobs", json={"task": TASK}).json()["id"] for _ in range(jobs)]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        records = _records(c, ids)
+        if all(r.get("finished_at") for r in records):
+            break
+        time.sleep(0.25)
+    else:
+        raise SystemExit(f"{jobs} warm-up jobs did not finish within {timeout:.0f} s")
+    created = [_stamp(r["created_at"]) or 0.0 for r in records]
+    finished = [_stamp(r["finished_at"]) or 0.0 for r in records]
+    latencies = sorted(f - s for s, f in zip(created, finished, strict=True))
+    return jobs / (max(finished) - min(created)), latencies[int(0.95 * (len(latencies) - 1))]
+
+
+def overload(base: str, rate: float, seconds: float, connections: int) -> tuple[list[str], float, float, int]:
+    """Submit at `rate` jobs/s for `seconds`: (job ids, window start, window end, failed submits)."""
+    ids: list[str] = []
+    failed = [0]
+    lock = threading.Lock()
+    start = time.time() + 0.2
+    interval = 1.0 / rate
+    total = int(seconds * rate)
+
+    def worker(k: int) -> None:
+        mine, bad = [], 0
+        with httpx.Client(base_url=base, headers=HEADERS, timeout=30) as client:
+            for n in range(k, total, connections):
+                due = start + n * interval
+                wait = due - time.time()
+                if wait > 0:
+                    time.sleep(wait)
+                response = client.post("/api/jobs", json={"task": TASK})
+                if response.status_code == 202:
+                    mine.append(response.json()["id"])
+                else:
+                    bad += 1
+        with lock:
+            ids.extend(mine)
+            failed[0] += bad
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(connections)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return ids, start, max(time.time(), start + seconds), failed[0]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=60.0, help=f"overload window (at most {MAX_SECONDS:.0f})")
+    parser.add_argument("--factor", type=float, default=2.0, help="submit rate as a multiple of the service rate")
+    parser.add_argument("--warmup", type=int, default=40, help="jobs that measure the unloaded service rate")
+    parser.add_argument("--connections", type=int, default=8)
+    args = parser.parse_args()
+    seconds = min(args.seconds, MAX_SECONDS)
+    env = {**os.environ, "RATE_LIMIT_PER_MINUTE": "100000000", "LOG_LEVEL": "WARNING"}
+    with tempfile.TemporaryDirectory() as tmp:
+        port = free_port()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "shared.runtime", "--port", str(port), "--data-dir", tmp, "--no-timers"],
+            cwd=ROOT,
+            env={**env, "DATA_DIR": tmp},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            base = f"http://127.0.0.1:{port}"
+            wait_up(base, proc)
+            with httpx.Client(base_url=base, headers=HEADERS, timeout=60) as c:
+                _ingest(c)
+                unloaded_rate(c, 8, 120)  # warm caches and the index, not counted
+                rate, unloaded_p95 = unloaded_rate(c, args.warmup, 300)
+                ids, start, end, failed = overload(base, args.factor * rate, seconds, args.connections)
+                records = _records(c, ids)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+    window = end - start
+    done = [r for r in records if (_stamp(r.get("finished_at")) or float("inf")) <= end]
+    latencies = sorted((_stamp(r["finished_at"]) or 0.0) - (_stamp(r["created_at"]) or 0.0) for r in done)
+    p95 = latencies[int(0.95 * (len(latencies) - 1))] if latencies else float("nan")
+    completed = len(done) / window
+    statuses: dict[str, int] = {}
+    for r in records:
+        statuses[r["status"]] = statuses.get(r["status"], 0) + 1
+    figures = [
+        Figure(
+            f"completed jobs/s, POST at {args.factor:g}x the service rate for {seconds:.0f} s "
+            f"(p95 submit-to-finish {p95:.1f} s, unloaded {unloaded_p95:.1f} s)",
+            completed,
+            "jobs/s",
+            f">= {GOAL:.0%} of the unloaded service rate",
+            completed >= GOAL * rate,
+            "unloaded service rate",
+            rate,
+        )
+    ]
+    context = (
+        f"one embedded runtime (API + consumer, offline model, samples/ corpus), {args.warmup} jobs at once for the "
+        f"unloaded rate, then {len(ids) + failed} POSTs at {args.factor * rate:.1f}/s from {args.connections} "
+        f"threads ({failed} refused); read back after the window: "
+        + ", ".join(f"{n} {s}" for s, n in sorted(statuses.items()))
+    )
+    print(context)
+    show(figures)
+    save("overload", figures, context)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
