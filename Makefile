@@ -91,6 +91,8 @@ bench: $(STAMP)
 	$(PY) bench/retrieval.py
 	$(PY) bench/extraction.py
 	$(PY) bench/ingest.py
+	$(PY) bench/storage.py
+	$(PY) bench/overload.py
 	$(PY) bench/report.py --readme
 
 # Style, types, and the import contract (imports only go down; see docs/architecture.md).
