@@ -66,7 +66,7 @@ def weekly_checks(timer: func.TimerRequest) -> None:
 @app.function_name("retention")
 @app.timer_trigger(schedule="%RETENTION_SCHEDULE%", arg_name="timer", run_on_startup=False)
 def retention(timer: func.TimerRequest) -> None:
-    """Daily: delete old finished jobs' checkpoints, keeping the last one, the job record and the report."""
+    """Daily: every container's retention rule (old checkpoints, aged-out jobs, records past their window)."""
     run_scheduled(get_backends(), "retention", past_due=timer.past_due)
 
 

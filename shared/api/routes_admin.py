@@ -108,7 +108,7 @@ def get_usage(
     return operations.usage(b, month, top=top)
 
 
-@router.post("/retention", response_model=retention.RetentionResult, summary="Apply checkpoint retention now")
+@router.post("/retention", response_model=retention.RetentionResult, summary="Apply retention now")
 def run_retention(caller: OperatorDep, b: BackendsDep) -> retention.RetentionResult:
     return retention.apply_retention(b)
 

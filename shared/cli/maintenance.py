@@ -78,7 +78,7 @@ def sweep(as_json: JsonOpt = False) -> None:
 
 @retention_app.command("run")
 def retention_run(as_json: JsonOpt = False) -> None:
-    """Apply retention now: old finished jobs keep only their last checkpoint."""
+    """Apply retention now: every container's rule (shared/engine/layout.py), as the daily timer does."""
     from shared.maintenance import retention
 
     result = retention.apply_retention(backends())
