@@ -66,7 +66,9 @@ def template_rows(b: Any, job_ids: list[str]) -> list[dict[str, Any]]:
     templates = []
     for job_id in job_ids:
         job = json.loads(next(d for k, d in every if k == layout.job_key(job_id)))
-        mine = [(k, bytes(d)) for k, d in every if job_id in k or (k.startswith("idempotency/") and job_id.encode() in d)]
+        mine = [
+            (k, bytes(d)) for k, d in every if job_id in k or (k.startswith("idempotency/") and job_id.encode() in d)
+        ]
         memory = next(bytes(d) for k, d in every if k == layout.memory_key(TENANT, job["session_id"]))
         templates.append({"job": job, "rows": mine, "memory": memory})
     return templates

@@ -50,9 +50,7 @@ def read_log_lines(
         yield from _read_one(part, job_id=job_id, level=level, since=since)
 
 
-def _read_one(
-    path: Path, *, job_id: str | None, level: str | None, since: datetime | None
-) -> Iterator[dict[str, Any]]:
+def _read_one(path: Path, *, job_id: str | None, level: str | None, since: datetime | None) -> Iterator[dict[str, Any]]:
     floor = LEVELS[level] if level else 0
     try:
         lines = path.open(encoding="utf-8", errors="replace")

@@ -12,8 +12,8 @@ taken at the start of each case, and polled, because Service Bus reports them wi
 from __future__ import annotations
 
 import os
-import sqlite3
 import socket
+import sqlite3
 import time
 import uuid
 from collections.abc import Iterator

@@ -58,8 +58,9 @@ def test_a_retention_run_deletes_what_aged_out_and_keeps_the_rest(backends: Back
     b.ledger.record("acme", open_month, fresh.id, Usage(prompt_tokens=5), 3)
 
     at = NOW.timestamp()
-    b.objects.put(layout.idempotency_key("acme", "a" * 64), json.dumps({"job_id": old.id, "at": at - 2 * 86400}).encode())
-    b.objects.put(layout.idempotency_key("acme", "b" * 64), json.dumps({"job_id": fresh.id, "at": at - 3600}).encode())
+    stale, recent = layout.idempotency_key("acme", "a" * 64), layout.idempotency_key("acme", "b" * 64)
+    b.objects.put(stale, json.dumps({"job_id": old.id, "at": at - 2 * 86400}).encode())
+    b.objects.put(recent, json.dumps({"job_id": fresh.id, "at": at - 3600}).encode())
     b.objects.put(layout.memory_key("acme", "s-old"), json.dumps({"items": [{"text": "x", "at": at - 7200}]}).encode())
     b.objects.put(layout.memory_key("acme", "s-new"), json.dumps({"items": [{"text": "y", "at": at - 60}]}).encode())
     b.objects.put("ops/runs/backup/20310101T180000Z.json", b"{}")
@@ -87,7 +88,7 @@ def test_a_retention_run_deletes_what_aged_out_and_keeps_the_rest(backends: Back
     assert _keys(b, layout.ledger_jobs_prefix("2020-01", "acme")) != []
     assert _keys(b, layout.ledger_jobs_prefix(open_month, "acme")) != []
 
-    assert _keys(b, "idempotency/") == [layout.idempotency_key("acme", "b" * 64)]
+    assert _keys(b, "idempotency/") == [recent]
     assert _keys(b, "memory/") == [layout.memory_key("acme", "s-new")]
     assert _keys(b, "ops/runs/") == ["ops/runs/backup/20310614T180000Z.json"]
     assert _keys(b, "ops/reports/") == []

@@ -125,6 +125,7 @@ class ServiceBusStepQueue:
         continuation_queue_name: str | None = None,
     ) -> None:
         self.queue_name = queue_name
+        self._owns_client = True
         # The second queue shares this client; it is a plain single-queue adapter of its own.
         self.continuations: ServiceBusStepQueue | None = None
         if continuation_queue_name:
@@ -132,7 +133,6 @@ class ServiceBusStepQueue:
                 client, admin, continuation_queue_name, dead_letter_wait_seconds=dead_letter_wait_seconds
             )
             self.continuations._owns_client = False
-        self._owns_client = True
         # Dead letters received from the continuation queue settle on its receiver, not ours.
         self._continuation_dead_letters: weakref.WeakSet[ServiceBusReceivedMessage] = weakref.WeakSet()
         self._client = client
@@ -267,8 +267,8 @@ class ServiceBusStepQueue:
         ours = [_to_port(message, locked=True) for message in received]
         if self.continuations is not None and len(ours) < max_count:
             theirs = self.continuations.receive_dead_letters(max_count - len(ours), lock_seconds)
-            for message in theirs:
-                self._continuation_dead_letters.add(_received(message))
+            for theirs_one in theirs:
+                self._continuation_dead_letters.add(_received(theirs_one))
             ours += theirs
         return ours
 

@@ -78,7 +78,8 @@ _SCHEMA = (
     # claim only steps over the few locked messages, however many retries are scheduled.
     "CREATE INDEX IF NOT EXISTS messages_ready ON messages (queue, dead_lettered, enqueued_at, seq)",
     # Live receives take one priority at a time, highest first, each in the same oldest-first order.
-    "CREATE INDEX IF NOT EXISTS messages_ready_by_priority ON messages (queue, dead_lettered, priority, enqueued_at, seq)",
+    "CREATE INDEX IF NOT EXISTS messages_ready_by_priority "
+    "ON messages (queue, dead_lettered, priority, enqueued_at, seq)",
     "CREATE INDEX IF NOT EXISTS messages_due ON messages (queue, dead_lettered, visible_at)",
     """CREATE TABLE IF NOT EXISTS message_ids (
         queue TEXT NOT NULL,
