@@ -1,6 +1,8 @@
 """Fair under overload: completed jobs/s while submits arrive at 2x the service rate, against that rate.
 
-One embedded runtime (API and consumer in one process, timers off, the offline model) on loopback:
+The embedded runtime (timers off, the offline model) on loopback, in two shapes: split (the API in
+one runtime process, the steps in another on the same DATA_DIR, as Flex Consumption scales HTTP and
+Service Bus triggers on separate instances) and single (both in one process, sharing one GIL):
 1. unloaded service rate: --warmup jobs submitted at once, then no more submits; the rate is
    jobs finished / (last finish - first submit);
 2. overload: POST /api/jobs paced at --factor x that rate for --seconds from --connections client
@@ -11,7 +13,7 @@ One embedded runtime (API and consumer in one process, timers off, the offline m
 The goal: completed jobs/s >= 80% of the unloaded rate (started jobs finish because continuation
 steps are served before the first steps of new jobs).
 
-    python bench/overload.py [--seconds 60] [--factor 2] [--warmup 40] [--connections 8]
+    python bench/overload.py [--seconds 60] [--factor 2] [--warmup 40] [--connections 8] [--modes split,single]
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import threading
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -108,27 +111,32 @@ def overload(base: str, rate: float, seconds: float, connections: int) -> tuple[
     return ids, start, max(time.time(), start + seconds), failed[0]
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=60.0, help=f"overload window (at most {MAX_SECONDS:.0f})")
-    parser.add_argument("--factor", type=float, default=2.0, help="submit rate as a multiple of the service rate")
-    parser.add_argument("--warmup", type=int, default=40, help="jobs that measure the unloaded service rate")
-    parser.add_argument("--connections", type=int, default=8)
-    args = parser.parse_args()
-    seconds = min(args.seconds, MAX_SECONDS)
+def start_runtime(data_dir: str, env: dict[str, str], *flags: str) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shared.runtime", "--port", str(port), "--data-dir", data_dir, "--no-timers", *flags],
+        cwd=ROOT,
+        env={**env, "DATA_DIR": data_dir},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    wait_up(base, proc)
+    return proc, base
+
+
+def run(split: bool, args: argparse.Namespace, seconds: float) -> dict[str, Any]:
+    """One measurement: the unloaded rate, then the overload window, on a fresh data directory."""
     env = {**os.environ, "RATE_LIMIT_PER_MINUTE": "100000000", "LOG_LEVEL": "WARNING"}
+    procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        port = free_port()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "shared.runtime", "--port", str(port), "--data-dir", tmp, "--no-timers"],
-            cwd=ROOT,
-            env={**env, "DATA_DIR": tmp},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
         try:
-            base = f"http://127.0.0.1:{port}"
-            wait_up(base, proc)
+            # Split: the API in one process, the steps in another on the same DATA_DIR, as Flex
+            # Consumption scales HTTP and Service Bus triggers on separate instances.
+            api, base = start_runtime(tmp, env, "--no-consumers") if split else start_runtime(tmp, env)
+            procs.append(api)
+            if split:
+                procs.append(start_runtime(tmp, env)[0])
             with httpx.Client(base_url=base, headers=HEADERS, timeout=60) as c:
                 _ingest(c)
                 unloaded_rate(c, 8, 120)  # warm caches and the index, not counted
@@ -136,33 +144,62 @@ def main() -> int:
                 ids, start, end, failed = overload(base, args.factor * rate, seconds, args.connections)
                 records = _records(c, ids)
         finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(30)
-    window = end - start
+            for proc in procs:
+                proc.send_signal(signal.SIGTERM)
+            for proc in procs:
+                proc.wait(30)
     done = [r for r in records if (_stamp(r.get("finished_at")) or float("inf")) <= end]
     latencies = sorted((_stamp(r["finished_at"]) or 0.0) - (_stamp(r["created_at"]) or 0.0) for r in done)
-    p95 = latencies[int(0.95 * (len(latencies) - 1))] if latencies else float("nan")
-    completed = len(done) / window
     statuses: dict[str, int] = {}
     for r in records:
         statuses[r["status"]] = statuses.get(r["status"], 0) + 1
-    figures = [
-        Figure(
-            f"completed jobs/s, POST at {args.factor:g}x the service rate for {seconds:.0f} s "
-            f"(p95 submit-to-finish {p95:.1f} s, unloaded {unloaded_p95:.1f} s)",
-            completed,
-            "jobs/s",
-            f">= {GOAL:.0%} of the unloaded service rate",
-            completed >= GOAL * rate,
-            "unloaded service rate",
-            rate,
+    return {
+        "rate": rate,
+        "unloaded_p95": unloaded_p95,
+        "completed": len(done) / (end - start),
+        "p95": latencies[int(0.95 * (len(latencies) - 1))] if latencies else float("nan"),
+        "submitted": len(ids),
+        "failed": failed,
+        "statuses": statuses,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=60.0, help=f"overload window (at most {MAX_SECONDS:.0f})")
+    parser.add_argument("--factor", type=float, default=2.0, help="submit rate as a multiple of the service rate")
+    parser.add_argument("--warmup", type=int, default=40, help="jobs that measure the unloaded service rate")
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument(
+        "--modes", default="split,single", help="split (API and steps in two processes), single (one), or both"
+    )
+    args = parser.parse_args()
+    seconds = min(args.seconds, MAX_SECONDS)
+    figures, notes = [], []
+    for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
+        if mode not in ("split", "single"):
+            raise SystemExit(f"unknown mode {mode!r}: use split and/or single")
+        r = run(mode == "split", args, seconds)
+        shape = "API and steps in two runtimes on one DATA_DIR" if mode == "split" else "API and steps in one runtime"
+        figures.append(
+            Figure(
+                f"completed jobs/s, POST at {args.factor:g}x the service rate for {seconds:.0f} s, {shape} "
+                f"(p95 submit-to-finish {r['p95']:.1f} s; unloaded {r['unloaded_p95']:.1f} s)",
+                r["completed"],
+                "jobs/s",
+                f">= {GOAL:.0%} of the unloaded service rate",
+                r["completed"] >= GOAL * r["rate"],
+                "unloaded service rate",
+                r["rate"],
+            )
         )
-    ]
+        notes.append(
+            f"{mode}: {r['submitted'] + r['failed']} POSTs at {args.factor * r['rate']:.1f}/s ({r['failed']} refused), "
+            "read back after the window: " + ", ".join(f"{n} {s}" for s, n in sorted(r["statuses"].items()))
+        )
     context = (
-        f"one embedded runtime (API + consumer, offline model, samples/ corpus), {args.warmup} jobs at once for the "
-        f"unloaded rate, then {len(ids) + failed} POSTs at {args.factor * rate:.1f}/s from {args.connections} "
-        f"threads ({failed} refused); read back after the window: "
-        + ", ".join(f"{n} {s}" for s, n in sorted(statuses.items()))
+        f"offline model, samples/ corpus, timers off; {args.warmup} jobs at once for the unloaded rate, then POSTs "
+        f"from {args.connections} threads, open loop; " + "; ".join(notes)
     )
     print(context)
     show(figures)
