@@ -111,6 +111,12 @@ def overload(base: str, rate: float, seconds: float, connections: int) -> tuple[
     return ids, start, max(time.time(), start + seconds), failed[0]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds the process has used (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def start_runtime(data_dir: str, env: dict[str, str], *flags: str) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     proc = subprocess.Popen(
@@ -140,8 +146,11 @@ def run(split: bool, args: argparse.Namespace, seconds: float) -> dict[str, Any]
             with httpx.Client(base_url=base, headers=HEADERS, timeout=60) as c:
                 _ingest(c)
                 unloaded_rate(c, 8, 120)  # warm caches and the index, not counted
+                cpu0 = [cpu_seconds(p.pid) for p in procs]
                 rate, unloaded_p95 = unloaded_rate(c, args.warmup, 300)
+                cpu1 = [cpu_seconds(p.pid) for p in procs]
                 ids, start, end, failed = overload(base, args.factor * rate, seconds, args.connections)
+                cpu2 = [cpu_seconds(p.pid) for p in procs]
                 records = _records(c, ids)
         finally:
             for proc in procs:
@@ -153,7 +162,13 @@ def run(split: bool, args: argparse.Namespace, seconds: float) -> dict[str, Any]
     statuses: dict[str, int] = {}
     for r in records:
         statuses[r["status"]] = statuses.get(r["status"], 0) + 1
+    # CPU ms per job unloaded (all processes), and in the split shape the API's CPU ms per submit.
+    job_cpu_ms = sum(b - a for a, b in zip(cpu0, cpu1, strict=True)) / args.warmup * 1000
+    submit_cpu_ms = (cpu2[0] - cpu1[0]) / max(1, len(ids) + failed) * 1000 if split else None
     return {
+        "job_cpu_ms": job_cpu_ms,
+        "submit_cpu_ms": submit_cpu_ms,
+        "overload_cpu_s": [b - a for a, b in zip(cpu1, cpu2, strict=True)],
         "rate": rate,
         "unloaded_p95": unloaded_p95,
         "completed": len(done) / (end - start),
@@ -193,8 +208,13 @@ def main() -> int:
                 r["rate"],
             )
         )
+        cpu = f"CPU {r['job_cpu_ms']:.0f} ms per job unloaded"
+        if r["submit_cpu_ms"] is not None:
+            cpu += f", the API's {r['submit_cpu_ms']:.1f} ms per submit under load"
+        cpu += ", CPU s in the window: " + " + ".join(f"{s:.0f}" for s in r["overload_cpu_s"])
         notes.append(
-            f"{mode}: {r['submitted'] + r['failed']} POSTs at {args.factor * r['rate']:.1f}/s ({r['failed']} refused), "
+            f"{mode}: {cpu}; {r['submitted'] + r['failed']} POSTs at {args.factor * r['rate']:.1f}/s "
+            f"({r['failed']} refused), "
             "read back after the window: " + ", ".join(f"{n} {s}" for s, n in sorted(r["statuses"].items()))
         )
     context = (
