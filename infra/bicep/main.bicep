@@ -372,6 +372,7 @@ module alerts 'modules/alerts.bicep' = {
     appInsightsId: monitoring.outputs.appInsightsId
     serviceBusId: serviceBus.outputs.id
     queueName: queue.name
+    continuationQueueName: queue.continuationName
   }
 }
 

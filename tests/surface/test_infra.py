@@ -547,7 +547,8 @@ def test_error_rate_alert_is_over_5_percent_for_5_minutes(modules: dict[str, Tem
 def test_queue_backlog_alert_is_over_100_active_messages_on_agent_jobs(modules: dict[str, Template]) -> None:
     props, criterion = _metric_alert(_module(modules, "alerts"), "ActiveMessages")
     assert criterion["metricNamespace"] == "Microsoft.ServiceBus/namespaces"
-    assert criterion["dimensions"] == [{"name": "EntityName", "operator": "Include", "values": ["agent-jobs"]}]
+    both = ["agent-jobs", "agent-continuations"]  # first steps and continuations
+    assert criterion["dimensions"] == [{"name": "EntityName", "operator": "Include", "values": both}]
     assert (criterion["operator"], criterion["threshold"]) == ("GreaterThan", 100)
     assert '"operand_1": "serviceBus"' in json.dumps(props["scopes"])
     assert _sends_to_the_action_group(props)
@@ -555,7 +556,8 @@ def test_queue_backlog_alert_is_over_100_active_messages_on_agent_jobs(modules: 
 
 def test_dead_letter_alert_fires_on_any_dead_lettered_step(modules: dict[str, Template]) -> None:
     props, criterion = _metric_alert(_module(modules, "alerts"), "DeadletteredMessages")
-    assert criterion["dimensions"] == [{"name": "EntityName", "operator": "Include", "values": ["agent-jobs"]}]
+    both = ["agent-jobs", "agent-continuations"]  # first steps and continuations
+    assert criterion["dimensions"] == [{"name": "EntityName", "operator": "Include", "values": both}]
     assert (criterion["operator"], criterion["threshold"]) == ("GreaterThan", 0)
     assert criterion["timeAggregation"] == "Maximum"
     assert _sends_to_the_action_group(props)

@@ -11,6 +11,8 @@ param alertEmail string
 param appInsightsId string
 param serviceBusId string
 param queueName string
+@description('The continuation queue (later steps of started jobs): watched with queueName.')
+param continuationQueueName string
 
 resource actionGroup 'Microsoft.Insights/actionGroups@2023-01-01' = {
   name: actionGroupName
@@ -82,7 +84,7 @@ resource queueBacklog 'Microsoft.Insights/metricAlerts@2018-03-01' = {
   location: 'global'
   tags: tags
   properties: {
-    description: 'Runbook: キュー滞留アラート. More than 100 active messages on ${queueName}: check the function app, raise its maximum instance count, check the job failure rate, cancel jobs if needed.'
+    description: 'Runbook: キュー滞留アラート. More than 100 active messages on ${queueName} or ${continuationQueueName}: check the function app, raise its maximum instance count, check the job failure rate, cancel jobs if needed.'
     severity: 2
     enabled: true
     scopes: [
@@ -105,6 +107,7 @@ resource queueBacklog 'Microsoft.Insights/metricAlerts@2018-03-01' = {
               operator: 'Include'
               values: [
                 queueName
+                continuationQueueName
               ]
             }
           ]
@@ -129,7 +132,7 @@ resource deadLetters 'Microsoft.Insights/metricAlerts@2018-03-01' = {
   location: 'global'
   tags: tags
   properties: {
-    description: 'Dead-lettered messages on ${queueName}. Runbook: ジョブが完了しない. Read the dead-letter reason, fix the cause, resubmit the job.'
+    description: 'Dead-lettered messages on ${queueName} or ${continuationQueueName}. Runbook: ジョブが完了しない. Read the dead-letter reason, fix the cause, resubmit the job.'
     severity: 2
     enabled: true
     scopes: [
@@ -152,6 +155,7 @@ resource deadLetters 'Microsoft.Insights/metricAlerts@2018-03-01' = {
               operator: 'Include'
               values: [
                 queueName
+                continuationQueueName
               ]
             }
           ]
