@@ -233,7 +233,7 @@ def _repair(b: Backends, job: Job, step: int, idle: float, base: JobWhereabouts)
     history, entry = ResubmissionStore(b.objects).decide(job.id, f"stall:{step}:{moved_at}", choose)
     if entry.action == "repaired" and entry.message_id:
         again = StepMessage(job_id=job.id, step=step, origin=entry.message_id)
-        b.queue.send(again.model_dump_json().encode(), message_id=again.message_id)
+        b.queue.send(again.model_dump_json().encode(), message_id=again.message_id, continuation=step > 1)
 
     def project(j: Job) -> bool:
         changed = lifecycle.note_repairs(j, history.repaired)

@@ -36,6 +36,7 @@ def _job(b: Backends, job_id: str, *, finished_days_ago: float | None, created_d
         )
     b.reports.save(job_id, Report(markdown=f"# {job_id}"))
     b.objects.put(layout.resubmissions_key(job_id), b"{}")
+    b.objects.put(layout.provenance_key(job_id), b"{}")
     b.objects.put(layout.webhook_key("acme", f"{job_id}.job.succeeded"), b"{}")
     return job
 
@@ -73,6 +74,8 @@ def test_a_retention_run_deletes_what_aged_out_and_keeps_the_rest(backends: Back
     assert b.jobs.get(old.id) is None and b.reports.get(old.id) is None
     assert b.checkpoints.steps(old.id) == []
     assert b.objects.get(layout.resubmissions_key(old.id)) is None
+    assert b.objects.get(layout.provenance_key(old.id)) is None
+    assert b.objects.get(layout.provenance_key(middle.id)) is not None
     assert _keys(b, f"{layout.webhook_prefix('acme')}{old.id}.") == []
     listed = [job_id for _, job_id, _ in b.jobs.markers("acme")]
     assert old.id not in listed and {middle.id, fresh.id, stuck.id} <= set(listed)
@@ -100,6 +103,30 @@ def test_a_retention_run_deletes_what_aged_out_and_keeps_the_rest(backends: Back
     again = retention.apply_retention(b, now=NOW)
     assert again.jobs_deleted == again.checkpoints_deleted == again.ledger_records_deleted == 0
     assert again.idempotency_records_deleted == again.sessions_deleted == again.run_records_deleted == 0
+
+
+def test_finished_ingestions_go_after_their_age_and_running_ones_stay(backends: Backends) -> None:
+    b = backends
+
+    def ingestion(ingestion_id: str, status: str, finished_days_ago: float | None) -> None:
+        finished = None if finished_days_ago is None else (NOW - timedelta(days=finished_days_ago)).isoformat()
+        record = {"id": ingestion_id, "status": status, "finished_at": finished}
+        b.objects.put(layout.ingestion_key(ingestion_id), json.dumps(record).encode())
+        b.objects.put(layout.ingestion_batch_key(ingestion_id, 1), b"{}")
+
+    ingestion("ing-old", "succeeded", 45)
+    ingestion("ing-old-running", "running", None)  # however old: its batches are work still to do
+    ingestion("ing-recent", "failed", 2)
+    result = retention.apply_retention(b, now=NOW)
+    assert result.ingestions_deleted == 1
+    assert sorted(_keys(b, "ingestions/")) == sorted(
+        [
+            layout.ingestion_batch_key("ing-old-running", 1),
+            layout.ingestion_key("ing-old-running"),
+            layout.ingestion_batch_key("ing-recent", 1),
+            layout.ingestion_key("ing-recent"),
+        ]
+    )
 
 
 def test_a_run_cut_short_after_the_listing_marker_is_finished_by_the_next(backends: Backends) -> None:
