@@ -12,7 +12,7 @@ import os
 import random
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -289,13 +289,24 @@ class socket_closed_port:  # noqa: N801 - reads as a context manager
 _spawn = multiprocessing.get_context("spawn")
 
 
+def _patiently(action: Callable[[], Any]) -> Any:
+    """Call action, retrying while the store answers DependencyUnavailable: the embedded store waits a
+    bounded few hundred ms for SQLite's write lock and then says so, and its callers may retry."""
+    for _ in range(200):
+        try:
+            return action()
+        except DependencyUnavailable:
+            time.sleep(0.01)
+    return action()
+
+
 def _race_put_if_absent(root: str, writer: int, keys: int, start: Any, wins: Any) -> None:
     store = LocalObjectStore(Path(root))
     start.wait()
     won = []
     for k in range(keys):
         try:
-            store.put_if_absent(f"checkpoints/j_race/{k:06d}.json", f"writer {writer}".encode())
+            _patiently(lambda k=k: store.put_if_absent(f"checkpoints/j_race/{k:06d}.json", f"writer {writer}".encode()))
             won.append(k)
         except PreconditionFailed:
             pass
@@ -306,7 +317,7 @@ def _count_up(root: str, times: int, start: Any) -> None:
     store = LocalObjectStore(Path(root))
     start.wait()
     for _ in range(times):
-        increment(store, "ledgers/t_1/counter")
+        _patiently(lambda: increment(store, "ledgers/t_1/counter"))
 
 
 def test_local_processes_racing_put_if_absent_have_one_winner_per_key(tmp_path: Path) -> None:
