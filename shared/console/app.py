@@ -11,7 +11,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.console import auth, dead_letters, jobs, knowledge, maintenance, overview, pages, session, usage
+from shared.console import auth, automation, dead_letters, jobs, knowledge, maintenance, overview, pages, session, usage
 from shared.console.access import BackendsSource, KeyCheck
 from shared.errors import InvalidRequest, ServiceError
 
@@ -61,7 +61,7 @@ def create_console(backends: BackendsSource, key_check: KeyCheck) -> FastAPI:
     console.state.backends = backends
     console.state.key_check = key_check
     console.mount("/static", StaticFiles(directory=pages.HERE / "static"), name="static")
-    for module in (auth, overview, jobs, dead_letters, knowledge, usage, maintenance):
+    for module in (auth, overview, jobs, dead_letters, knowledge, usage, maintenance, automation):
         console.include_router(module.router)
 
     @console.exception_handler(session.NotSignedIn)

@@ -2,25 +2,32 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 from datetime import UTC, datetime
-from typing import Annotated, Any, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from fastapi import APIRouter, Form, Query, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from shared.console import pages, rendering, session
 from shared.console.access import BackendsDep
 from shared.console.pages import SessionDep
 from shared.contracts import Job, JobStatus
+from shared.engine import watch
 from shared.engine.backends import Backends
+from shared.engine.pricing import price_usage
 from shared.errors import NotFound
-from shared.services import job_search, jobs, operations
+from shared.services import approvals, events, job_search, jobs, operations
 
 router = APIRouter()
 PAGE = 50
 STATUSES = get_args(JobStatus)
 _JOB_ID = re.compile(r"[A-Za-z0-9_\-]{1,100}")
+MAX_WAIT_SECONDS = 25.0  # under the usual 30 s proxy idle timeout; the page asks again at once
+DECISIONS: dict[str, Literal["approved", "rejected"]] = {"approve": "approved", "reject": "rejected"}
 
 
 def _when(value: str | None) -> datetime | None:
@@ -77,7 +84,13 @@ def job_context(b: Backends, job: Job) -> dict[str, Any]:
             report_html = rendering.report_html(
                 report.markdown, report.citations, f"/console/jobs/{job.id}/citations/{{n}}"
             )
-    return {"job": job, "report": report, "report_html": report_html}
+    return {
+        "job": job,
+        "report": report,
+        "report_html": report_html,
+        "cost": price_usage(b, job.usage),
+        "pending": job.pending_approval if job.status == "waiting_for_approval" else None,
+    }
 
 
 def _job(b: Backends, s: session.Session, job_id: str) -> Job:
@@ -92,6 +105,46 @@ def job_page(request: Request, job_id: str, s: SessionDep, b: BackendsDep, done:
 @router.get("/jobs/{job_id}/live")
 def job_live(request: Request, job_id: str, s: SessionDep, b: BackendsDep) -> Response:
     return pages.render(request, "job_live.html", s, **job_context(b, _job(b, s, job_id)))
+
+
+@router.get("/jobs/{job_id}/events")
+async def job_events(
+    job_id: str,
+    s: SessionDep,
+    b: BackendsDep,
+    after: Annotated[int, Query(ge=0)] = 0,
+    wait: Annotated[float, Query(ge=0, le=MAX_WAIT_SECONDS)] = 0,
+) -> Response:
+    """The job's durable events after `after` as the API's JSON page, long-polled up to `wait` seconds.
+
+    The page's script follows this with the session cookie (an EventSource or fetch cannot send an
+    API key, and the key never reaches the browser); the tenant is the job's, once the session may see it.
+    """
+    job = await run_in_threadpool(_job, b, s, job_id)
+    found = await _long_poll(b, job.tenant, job.id, after, wait)
+    return JSONResponse(found.model_dump(mode="json"))
+
+
+async def _long_poll(b: Backends, tenant: str, job_id: str, after: int, wait: float) -> events.EventPage:
+    loop = asyncio.get_running_loop()
+    woken = asyncio.Event()
+
+    def wake() -> None:  # called from the writer's thread
+        loop.call_soon_threadsafe(woken.set)
+
+    with watch.listen(job_id, wake):
+        deadline = time.monotonic() + wait
+        while True:
+            found = await run_in_threadpool(events.page, b, tenant, job_id, after)
+            left = deadline - time.monotonic()
+            if found.events or found.ended or left <= 0:
+                return found
+            # Woken at once by a write in this process; another process's write is seen at the next poll.
+            try:
+                await asyncio.wait_for(woken.wait(), min(b.settings.events_poll_seconds, left))
+            except TimeoutError:
+                pass
+            woken.clear()
 
 
 class CitationNotFound(NotFound):
@@ -119,6 +172,38 @@ def citation(request: Request, job_id: str, n: int, s: SessionDep, b: BackendsDe
         after=after,
         chunk_found=bool(chunks),
     )
+
+
+@router.post("/jobs/{job_id}/decide")
+def decide(
+    request: Request,
+    job_id: str,
+    s: SessionDep,
+    b: BackendsDep,
+    csrf: Annotated[str, Form()] = "",
+    decision: Annotated[str, Form(max_length=10)] = "",
+    after_step: Annotated[int, Form(ge=1)] = 1,
+    comment: Annotated[str, Form(max_length=2000)] = "",
+    confirmed: Annotated[str, Form(max_length=3)] = "",
+) -> Response:
+    """Approve or reject the approval after `after_step` (never a later one), as the API's decide does.
+
+    The job page's form lands on a confirmation naming the job, the step and the comment (a POST, so
+    the comment stays out of URLs and logs); only that page's `confirmed=yes` decides.
+    """
+    session.check_csrf(s, csrf)
+    if decision not in DECISIONS:
+        raise NotFound(f"no decision {decision}")
+    job = _job(b, s, job_id)
+    if confirmed != "yes":
+        return pages.render(
+            request, "job_decide.html", s, job=job, decision=decision, after_step=after_step, comment=comment
+        )
+    caller = pages.caller_of(s)
+    approvals.decide(
+        b, job.tenant, job.id, DECISIONS[decision], comment.strip() or None, f"console:{caller.key_id}", after_step
+    )
+    return pages.see_other(f"/console/jobs/{job.id}?done={decision}")
 
 
 @router.post("/jobs/{job_id}/{action}")

@@ -1,4 +1,5 @@
-"""Maintenance: backups (list, run now, restore), weekly checks, retention, timer schedules and runs.
+"""Maintenance: backups (list, run now, restore), weekly checks, retention, timer schedules and runs,
+job schedules and webhook deliveries (their actions are in automation.py).
 
 Every action is confirmed on its own page first; the restore confirmation names what will be
 replaced (the live index's chunk count against the backup's). Each reports what it did.
@@ -12,7 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import Response
 
-from shared.console import pages, session
+from shared.console import automation, pages, session
 from shared.console.access import BackendsDep
 from shared.console.overview import latest_weekly_report
 from shared.console.pages import SessionDep
@@ -38,17 +39,21 @@ def recent_runs(b: Backends) -> list[dict[str, Any]]:
 
 
 @router.get("/maintenance")
-def maintenance_page(request: Request, s: SessionDep, b: BackendsDep) -> Response:
+def maintenance_page(request: Request, s: SessionDep, b: BackendsDep, done: str | None = None) -> Response:
+    caller = pages.caller_of(s)
     schedules = {name: resolve_binding_expression(f"%{task.setting}%", b.settings) for name, task in TASKS.items()}
     return pages.render(
         request,
         "maintenance.html",
         s,
         backups=backup.list_backups(b),
-        weekly=latest_weekly_report(b, pages.tenant_scope(pages.caller_of(s))),
+        weekly=latest_weekly_report(b, pages.tenant_scope(caller)),
         schedules=schedules,
         runs=recent_runs(b),
         retention_days=b.settings.checkpoint_retention_days,
+        job_schedules=automation.visible_schedules(b, caller),
+        deliveries=automation.recent_deliveries(b, caller),
+        done=done if done in automation.SCHEDULE_ACTIONS + ("redeliver",) else None,
     )
 
 

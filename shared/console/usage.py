@@ -1,5 +1,8 @@
 """Usage: tokens per day and per tenant this month as charts, the largest jobs, the budget lines.
 
+Money stands next to tokens wherever the deployed model has a price (MODEL_PRICES): per tenant
+against its cost budget (TENANT_COST_BUDGETS / MONTHLY_COST_BUDGET), per job, and in total.
+
 Days are the jobs' submission days, read from the time-ordered job ids of the month's ledgers, so
 the page reads the ledgers only, never the job records.
 """
@@ -19,6 +22,7 @@ from shared.console.access import BackendsDep
 from shared.console.pages import SessionDep
 from shared.engine.backends import Backends
 from shared.engine.ledger import BUDGET_WARNING_RATIO, month_of
+from shared.engine.pricing import price_usage
 from shared.services import operations
 
 router = APIRouter()
@@ -43,6 +47,7 @@ def usage_figures(b: Backends, tenant: str | None, month: str | None) -> dict[st
     rows: list[operations.TenantUsage] = []
     per_day: dict[int, int] = defaultdict(int)
     largest: list[tuple[int, str, str]] = []
+    costs: dict[str, float | None] = {}
     for name in visible:
         by_job = b.ledger.by_job(name, month)
         rows.append(operations.tenant_usage(b, name, by_job))
@@ -51,6 +56,8 @@ def usage_figures(b: Backends, tenant: str | None, month: str | None) -> dict[st
             if day is not None:
                 per_day[day] += u.total_tokens
             largest.append((-u.total_tokens, job_id, name))
+            priced = price_usage(b, u)
+            costs[job_id] = priced.amount if priced else None
     rows.sort(key=lambda r: (-r.total_tokens, r.tenant))
     days = sorted(per_day)
     chart = {
@@ -65,7 +72,9 @@ def usage_figures(b: Backends, tenant: str | None, month: str | None) -> dict[st
         "month": month,
         "tenants": rows,
         "per_day": [(datetime.fromtimestamp(d * 86_400, UTC).strftime("%Y-%m-%d"), per_day[d]) for d in days],
-        "largest": [(-n, job_id, name) for n, job_id, name in heapq.nsmallest(TOP, largest)],
+        "largest": [(-n, job_id, name, costs.get(job_id)) for n, job_id, name in heapq.nsmallest(TOP, largest)],
+        "currency": b.settings.price_currency,
+        "total_cost": round(sum(r.cost or 0.0 for r in rows), 6) if any(r.cost is not None for r in rows) else None,
         "chart": chart,
         "warning_ratio": BUDGET_WARNING_RATIO,
     }

@@ -1,4 +1,5 @@
-// The console's few live parts that htmx does not cover: the usage charts and the upload progress.
+// The console's few live parts that htmx does not cover: the usage charts, the upload progress and a
+// job's events (long-polled from the console's own session-authenticated route).
 // Loaded from this app only (the CSP allows no inline script); every value shown is set as text.
 "use strict";
 
@@ -69,4 +70,31 @@ function uploadForm() {
   form.addEventListener("drop", (e) => { if (e.dataTransfer.files.length) send(e.dataTransfer.files); });
 }
 
-document.addEventListener("DOMContentLoaded", () => { drawCharts(); uploadForm(); });
+function followEvents() {
+  // Each new event is listed and tells htmx to refresh the job's facts (hx-trigger "job-events from:body");
+  // the stream's cursor (?after=) makes a retry after an error resume exactly where it stopped.
+  const list = document.getElementById("job-events");
+  if (!list) return;
+  let after = 0;
+  const next = () => {
+    fetch(list.dataset.src + "?after=" + after + "&wait=20", { credentials: "same-origin", headers: { Accept: "application/json" } })
+      .then((r) => { if (!r.ok) throw new Error("HTTP " + r.status); return r.json(); })
+      .then((page) => {
+        for (const e of page.events) {
+          const item = document.createElement("li");
+          item.value = e.id;
+          item.dataset.type = e.type;
+          const detail = e.type === "step" ? ": " + (e.data.kind || "") + " " + (e.data.summary || "") : "";
+          item.textContent = e.type + " · " + new Date(e.at).toISOString().slice(11, 19) + detail;
+          list.appendChild(item);
+        }
+        after = page.next_after;
+        if (page.events.length) document.body.dispatchEvent(new CustomEvent("job-events"));
+        if (page.ended) list.dataset.ended = "true"; else next();
+      })
+      .catch(() => setTimeout(next, 3000));
+  };
+  next();
+}
+
+document.addEventListener("DOMContentLoaded", () => { drawCharts(); uploadForm(); followEvents(); });
