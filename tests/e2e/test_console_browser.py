@@ -40,6 +40,7 @@ SETTINGS = {
     "LOG_LEVEL": "WARNING",
     **QUIET_TIMERS,
 }
+QUESTION = "What should the operator do when messages pile up in the dead-letter queue?"
 PLANTED = """# Zebra crossing maintenance
 
 Zebra crossings are repainted every spring by the road crew <img src=x onerror="alert('img')">.
@@ -153,6 +154,31 @@ def test_a_job_submitted_over_the_api_finishes_live_and_its_citation_opens_the_p
     # The job is in the table, found by text in its task.
     page.goto(f"{rt.url}/console/jobs?text=pile+up")
     expect(page.locator(f'table.jobs a[href="/console/jobs/{job_id}"]')).to_be_visible()
+    assert watched.problems == []
+
+
+def test_a_job_waiting_for_approval_is_approved_from_its_page_and_finishes_live(
+    page: Page, rt: RuntimeProcess, artifacts: Path
+) -> None:
+    watched = Watched(page)
+    sign_in(page, rt, ACME_OPERATOR)
+    with rt.client(ACME_OPERATOR) as c:
+        response = c.post("/api/jobs", json={"task": QUESTION, "policy": {"approval": "before_report"}})
+        response.raise_for_status()
+        job_id = str(response.json()["id"])
+    page.goto(f"{rt.url}/console/jobs/{job_id}")
+    # The page follows the durable events stream to the approval, without a reload.
+    expect(page.locator("#job-live")).to_have_attribute("data-status", "waiting_for_approval", timeout=60_000)
+    expect(page.locator('#job-events li[data-type="waiting_for_approval"]')).to_have_count(1)
+    page.fill("#approval-form textarea[name=comment]", "cite the runbook")
+    page.screenshot(path=artifacts / "job-approval.png", full_page=True)
+    page.get_by_role("button", name="Approve").click()
+    expect(page.locator("#confirm-text")).to_contain_text(f"Approve job {job_id}")
+    page.get_by_role("button", name="Yes, do it").click()
+    expect(page).to_have_url(re.compile(rf"/console/jobs/{job_id}\?done=approve$"))
+    expect(page.locator("#job-live")).to_have_attribute("data-status", "succeeded", timeout=60_000)
+    expect(page.locator('#job-events li[data-type="approved"]')).to_have_count(1)
+    expect(page.locator("#approvals")).to_contain_text("cite the runbook")
     assert watched.problems == []
 
 

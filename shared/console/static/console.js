@@ -71,11 +71,17 @@ function uploadForm() {
 }
 
 function followEvents() {
-  // Each new event is listed and tells htmx to refresh the job's facts (hx-trigger "job-events from:body");
-  // the stream's cursor (?after=) makes a retry after an error resume exactly where it stopped.
+  // Each new event is listed, then the job's facts are re-read (one request at a time, so the last
+  // refresh always follows the last event); the stream's cursor (?after=) makes a retry after an
+  // error resume exactly where it stopped.
   const list = document.getElementById("job-events");
   if (!list) return;
   let after = 0;
+  const refresh = () => {
+    const live = document.getElementById("job-live");
+    if (!live || typeof htmx === "undefined") return Promise.resolve();
+    return htmx.ajax("GET", live.dataset.src, { target: "#job-live", swap: "outerHTML" });
+  };
   const next = () => {
     fetch(list.dataset.src + "?after=" + after + "&wait=20", { credentials: "same-origin", headers: { Accept: "application/json" } })
       .then((r) => { if (!r.ok) throw new Error("HTTP " + r.status); return r.json(); })
@@ -88,9 +94,11 @@ function followEvents() {
           item.textContent = e.type + " · " + new Date(e.at).toISOString().slice(11, 19) + detail;
           list.appendChild(item);
         }
+        const changed = page.events.length > 0;
         after = page.next_after;
-        if (page.events.length) document.body.dispatchEvent(new CustomEvent("job-events"));
-        if (page.ended) list.dataset.ended = "true"; else next();
+        return (changed ? refresh() : Promise.resolve()).then(() => {
+          if (page.ended) list.dataset.ended = "true"; else next();
+        });
       })
       .catch(() => setTimeout(next, 3000));
   };
