@@ -16,7 +16,7 @@ from shared.console import pages, rendering, session
 from shared.console.access import BackendsDep
 from shared.console.pages import SessionDep
 from shared.contracts import Job, JobStatus
-from shared.engine import watch
+from shared.engine import provenance, watch
 from shared.engine.backends import Backends
 from shared.engine.pricing import price_usage
 from shared.errors import NotFound
@@ -86,6 +86,8 @@ def job_context(b: Backends, job: Job) -> dict[str, Any]:
             )
     return {
         "job": job,
+        # Written once when the job ends; absent for jobs that ended before provenance existed.
+        "provenance": provenance.load(b.objects, job.id) if job.finished else None,
         "report": report,
         "report_html": report_html,
         "cost": price_usage(b, job.usage),

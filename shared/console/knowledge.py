@@ -25,12 +25,18 @@ class IndexedDocumentRow(BaseModel):
     id: str
     title: str
     chunks: int
+    # From the document's record (issue 15); None for documents indexed before records existed.
+    scope: str | None = None
+    version: str | None = None
+    earlier_versions: int = 0
+    kind: str | None = None
 
 
 def documents(b: Backends) -> tuple[list[IndexedDocumentRow], bool]:
-    """Documents in the index with their chunk counts (by export, in key order); True when cut short."""
+    """Documents in the index with their chunk counts (by export, in key order) and their records'
+    scope and versions, by scope then id; True when cut short."""
     rows: dict[str, IndexedDocumentRow] = {}
-    after, read = None, 0
+    after, read, partial = None, 0, True
     while read < LIST_LIMIT:
         page = b.index.export(after_key=after, size=1000)
         for c in page:
@@ -38,19 +44,47 @@ def documents(b: Backends) -> tuple[list[IndexedDocumentRow], bool]:
             row.chunks += 1
         read += len(page)
         if len(page) < 1000:
-            return sorted(rows.values(), key=lambda r: r.id), False
+            partial = False
+            break
         after = page[-1].key
-    return sorted(rows.values(), key=lambda r: r.id), True
+    for record in knowledge.list_documents(b, limit=LIST_LIMIT):
+        row = rows.get(record.id)
+        if row is not None:
+            row.scope, row.version, row.kind = record.scope, record.version, record.kind
+            row.earlier_versions = len(record.previous_versions)
+    return sorted(rows.values(), key=lambda r: (r.scope or "", r.id)), partial
+
+
+def scopes(rows: list[IndexedDocumentRow]) -> dict[str, int]:
+    """Documents per scope ("" for unscoped), for the scope filter."""
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r.scope or ""] = counts.get(r.scope or "", 0) + 1
+    return dict(sorted(counts.items()))
 
 
 @router.get("/knowledge")
 def knowledge_page(
-    request: Request, s: SessionDep, b: BackendsDep, q: Annotated[str, Query(max_length=1000)] = ""
+    request: Request,
+    s: SessionDep,
+    b: BackendsDep,
+    q: Annotated[str, Query(max_length=1000)] = "",
+    scope: Annotated[str, Query(max_length=100)] = "",
 ) -> Response:
-    docs, partial = documents(b)
+    every, partial = documents(b)
+    docs = [d for d in every if d.scope == scope] if scope else every
     hits = b.index.search(q.strip(), top=10) if q.strip() else None
     return pages.render(
-        request, "knowledge.html", s, documents=docs, partial=partial, q=q, hits=hits, total=b.index.count()
+        request,
+        "knowledge.html",
+        s,
+        documents=docs,
+        partial=partial,
+        q=q,
+        hits=hits,
+        total=b.index.count(),
+        scopes=scopes(every),
+        scope=scope,
     )
 
 

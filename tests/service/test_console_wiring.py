@@ -15,12 +15,14 @@ from fastapi.testclient import TestClient
 
 from shared.contracts import Job, Usage, utcnow
 from shared.engine import job as lifecycle
-from shared.engine import layout
+from shared.engine import layout, provenance
 from shared.engine.backends import Backends
 from shared.engine.ledger import month_of
-from shared.services import jobs, schedules, webhooks
+from shared.services import jobs, knowledge, schedules, webhooks
 from shared.services.jobs import JobRequest
 from shared.services.schedules import ScheduleRequest
+from tests.fixtures.agent_scripts import run_steps
+from tests.fixtures.app import ingest_samples
 from tests.service.test_console import KEYS, sign_in
 
 PRICE = {"prompt": 2.0, "completion": 8.0}  # per 1M tokens
@@ -195,3 +197,33 @@ def test_a_dead_webhook_delivery_is_redelivered_after_a_confirmation(client: Tes
     assert done.status_code == 303
     assert webhooks.get_delivery(backends, mine.id).status == "pending"
     assert webhooks.get_delivery(backends, theirs.id).status == "dead"
+
+
+def test_a_finished_jobs_page_shows_its_provenance(client: TestClient, backends: Backends) -> None:
+    ingest_samples(backends)
+    pending, _ = jobs.submit(backends, "acme", JobRequest(task="How is a step committed?"))
+    job = run_steps(backends, pending.id)
+    assert job.finished
+    record = provenance.load(backends.objects, job.id)
+    assert record is not None
+    sign_in(client, "op-acme")
+    page = client.get(f"/console/jobs/{job.id}").text
+    assert 'id="provenance"' in page and record.prompt_version in page
+    for read in record.documents:
+        assert f"<code>{read.doc_id}</code>" in page
+    running, _ = jobs.submit(backends, "acme", JobRequest(task="still going"))
+    assert 'id="provenance"' not in client.get(f"/console/jobs/{running.id}").text
+
+
+def test_the_knowledge_page_shows_scopes_and_versions(client: TestClient, backends: Backends) -> None:
+    knowledge.ingest(backends, [("guide.md", b"# Guide\n\nThe first text.")], scope="team-a")
+    [second] = knowledge.ingest(backends, [("guide.md", b"# Guide\n\nThe second text.")], scope="team-a")
+    knowledge.ingest(backends, [("notes.md", b"# Notes\n\nUnscoped.")])
+    record = knowledge.get_document(backends, second.id)
+    assert record.version and len(record.previous_versions) == 1
+    sign_in(client, "op-acme")
+    page = client.get("/console/knowledge").text
+    assert record.version[:12] in page and "team-a (1)" in page and "notes" in page
+    narrowed = client.get("/console/knowledge?scope=team-a").text
+    row = narrowed[narrowed.index('id="documents"') :]
+    assert second.id in row and "notes" not in row
