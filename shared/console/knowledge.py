@@ -48,10 +48,10 @@ def documents(b: Backends) -> tuple[list[IndexedDocumentRow], bool]:
             break
         after = page[-1].key
     for record in knowledge.list_documents(b, limit=LIST_LIMIT):
-        row = rows.get(record.id)
-        if row is not None:
-            row.scope, row.version, row.kind = record.scope, record.version, record.kind
-            row.earlier_versions = len(record.previous_versions)
+        found = rows.get(record.id)
+        if found is not None:
+            found.scope, found.version, found.kind = record.scope, record.version, record.kind
+            found.earlier_versions = len(record.previous_versions)
     return sorted(rows.values(), key=lambda r: (r.scope or "", r.id)), partial
 
 
