@@ -11,7 +11,19 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.console import auth, automation, dead_letters, jobs, knowledge, maintenance, overview, pages, session, usage
+from shared.console import (
+    auth,
+    automation,
+    dead_letters,
+    jobs,
+    knowledge,
+    maintenance,
+    overview,
+    pages,
+    session,
+    stuck_jobs,
+    usage,
+)
 from shared.console.access import BackendsSource, KeyCheck
 from shared.errors import InvalidRequest, ServiceError
 
@@ -61,7 +73,7 @@ def create_console(backends: BackendsSource, key_check: KeyCheck) -> FastAPI:
     console.state.backends = backends
     console.state.key_check = key_check
     console.mount("/static", StaticFiles(directory=pages.HERE / "static"), name="static")
-    for module in (auth, overview, jobs, dead_letters, knowledge, usage, maintenance, automation):
+    for module in (auth, overview, jobs, dead_letters, knowledge, usage, maintenance, automation, stuck_jobs):
         console.include_router(module.router)
 
     @console.exception_handler(session.NotSignedIn)

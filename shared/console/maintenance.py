@@ -19,11 +19,11 @@ from shared.console.overview import latest_weekly_report
 from shared.console.pages import SessionDep
 from shared.engine.backends import Backends
 from shared.errors import NotFound
-from shared.maintenance import TASKS, backup, checks, retention
+from shared.maintenance import TASKS, backup, checks, retention, stuck
 from shared.settings import resolve_binding_expression
 
 router = APIRouter()
-ACTIONS = ("backup", "restore", "checks", "retention")
+ACTIONS = ("backup", "restore", "checks", "retention", "stuck")
 RUNS_SHOWN = 12
 
 
@@ -104,6 +104,8 @@ def act(
         result = backup.restore(b, backup_id)
     elif action == "checks":
         result = checks.run_weekly_checks(b)
+    elif action == "stuck":
+        result = stuck.find_and_repair(b)
     else:
         result = retention.apply_retention(b)
     counts = result.counts() if hasattr(result, "counts") else {}

@@ -1,4 +1,5 @@
-"""The overview: dependency health, queue, jobs by status, error rate, tokens, latest backup and checks."""
+"""The overview: dependency health, queue, jobs by status, error rate, tokens, latest backup and checks,
+the stuck-job detector's latest run."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from shared.console import pages
+from shared.console import pages, stuck_jobs
 from shared.console.access import BackendsDep
 from shared.console.pages import SessionDep
 from shared.engine.backends import Backends
@@ -54,6 +55,7 @@ def figures(b: Backends, tenant: str | None) -> dict[str, Any]:
         "month": month,
         "latest_backup": backups[0] if backups else None,
         "weekly": latest_weekly_report(b, tenant),
+        "stuck_run": stuck_jobs.latest_run(b),
         "recent": recent.jobs,
         "refresh": REFRESH_SECONDS,
     }

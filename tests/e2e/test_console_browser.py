@@ -255,6 +255,12 @@ def test_every_page_is_one_click_from_the_overview(page: Page, rt: RuntimeProces
             expect(page.locator('.chart[data-chart="tenants"] canvas')).to_have_count(1)
             expect(page.locator('.chart[data-chart="daily"] canvas')).to_have_count(1)
         page.screenshot(path=artifacts / f"{name}.png", full_page=True)
+    # Stuck jobs: a card on the overview links to the read-only scan.
+    page.goto(f"{rt.url}/console/")
+    page.locator("#stuck-link").click()
+    expect(page).to_have_url(re.compile(r"/console/stuck$"))
+    expect(page.get_by_role("heading", level=1)).to_have_text("Stuck jobs")
+    page.screenshot(path=artifacts / "stuck.png", full_page=True)
     assert watched.problems == []
 
 

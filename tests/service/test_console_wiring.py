@@ -18,6 +18,7 @@ from shared.engine import job as lifecycle
 from shared.engine import layout, provenance
 from shared.engine.backends import Backends
 from shared.engine.ledger import month_of
+from shared.maintenance import run_scheduled
 from shared.services import jobs, knowledge, schedules, webhooks
 from shared.services.jobs import JobRequest
 from shared.services.schedules import ScheduleRequest
@@ -227,3 +228,26 @@ def test_the_knowledge_page_shows_scopes_and_versions(client: TestClient, backen
     narrowed = client.get("/console/knowledge?scope=team-a").text
     row = narrowed[narrowed.index('id="documents"') :]
     assert second.id in row and "notes" not in row
+
+
+def test_stuck_jobs_are_listed_read_only_and_repaired_after_a_confirmation(
+    client: TestClient, backends: Backends
+) -> None:
+    backends.settings.stuck_step_seconds = backends.settings.queue_lock_seconds = 0.01
+    mine, _ = jobs.submit(backends, "acme", JobRequest(task="lost step"))
+    theirs, _ = jobs.submit(backends, "globex", JobRequest(task="globex's lost step"))
+    for m in backends.queue.receive(10):  # type: ignore[attr-defined]
+        backends.queue.complete(m)  # type: ignore[attr-defined]  # the first steps vanish unrun
+    time.sleep(0.05)
+    csrf = sign_in(client, "op-acme")
+    page = client.get("/console/stuck").text
+    row = page[page.index('id="stuck-jobs"') :]
+    assert f'href="/console/jobs/{mine.id}"' in row and theirs.id not in row
+    assert _get(backends, mine.id).repairs == 0  # looking repairs nothing
+    assert client.get("/console/maintenance/confirm?action=stuck").status_code == 200
+    done = client.post("/console/maintenance/stuck", data={"csrf": csrf})
+    assert done.status_code == 200 and 'id="outcome"' in done.text
+    assert _get(backends, mine.id).repairs == 1 and _get(backends, theirs.id).repairs == 1
+    run_scheduled(backends, "stuck_jobs")
+    overview = client.get("/console/").text
+    assert 'id="stuck-run"' in overview and 'href="/console/stuck"' in overview
