@@ -13,13 +13,12 @@ from bisect import bisect_right
 from collections.abc import Sequence
 
 from shared.contracts import Chunk, Document
-from shared.services.extraction import Section, markdown_sections
+from shared.services.extraction import Section, fenced_ranges, markdown_sections
 from shared.text import split_sentences
 
 __all__ = ["chunk_document"]
 
 _HEADING_RE = re.compile(r"#{1,6}\s")
-_FENCE_RE = re.compile(r"^[ \t]{0,3}(?:```|~~~)", re.MULTILINE)
 
 
 def _pieces(content: str, start: int, end: int, max_chars: int) -> list[tuple[int, int]]:
@@ -39,21 +38,6 @@ def _pieces(content: str, start: int, end: int, max_chars: int) -> list[tuple[in
     if end > start:
         pieces.append((start, end))
     return pieces
-
-
-def _fenced_ranges(content: str) -> list[tuple[int, int]]:
-    """Character ranges of fenced code blocks, where '# ' starts a shell comment, not a heading."""
-    ranges: list[tuple[int, int]] = []
-    opened: int | None = None
-    for match in _FENCE_RE.finditer(content):
-        if opened is None:
-            opened = match.start()
-        else:
-            ranges.append((opened, match.end()))
-            opened = None
-    if opened is not None:
-        ranges.append((opened, len(content)))
-    return ranges
 
 
 def _is_heading(content: str, start: int, fenced: list[tuple[int, int]]) -> bool:
@@ -99,7 +83,7 @@ def chunk_document(
     overlap_chars = max(0, min(overlap_chars, max_chars // 2))
     budget = max_chars - overlap_chars
     content = doc.content
-    fenced = _fenced_ranges(content)
+    fenced = fenced_ranges(content)
     # Each piece carries how good a chunk boundary before it is: 2 before a heading (but not
     # between a heading and its subheading), 1 at a paragraph break, 0 between sentences.
     pieces: list[tuple[int, int, int]] = []

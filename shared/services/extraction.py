@@ -162,7 +162,8 @@ def _normalize(text: str) -> str:
     return text.lstrip("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
 
 
-def _fenced(content: str) -> list[tuple[int, int]]:
+def fenced_ranges(content: str) -> list[tuple[int, int]]:
+    """Character ranges of fenced code blocks, where '# ' starts a shell comment, not a heading."""
     ranges: list[tuple[int, int]] = []
     opened: int | None = None
     for match in _FENCE_RE.finditer(content):
@@ -178,7 +179,7 @@ def _fenced(content: str) -> list[tuple[int, int]]:
 
 def markdown_sections(content: str, page: int | None = None, base: int = 0) -> list[Section]:
     """A Section at each Markdown heading outside fenced code ("# " in a shell block is a comment)."""
-    fenced = _fenced(content)
+    fenced = fenced_ranges(content)
     return [
         Section(base + m.start(), heading=m.group(2).strip()[:300], page=page)
         for m in _MD_HEADING_RE.finditer(content)
