@@ -250,6 +250,10 @@ class Checkpoint(BaseModel):
     outcome: Outcome | None = None
     duration_ms: float = 0.0
     created_at: datetime = Field(default_factory=utcnow)
+    # Whose ledger counts this step (the job's tenant and the month it was created), so the usage
+    # of a committed step is accounted even when the job record itself cannot be read.
+    tenant: str | None = None
+    ledger_month: str | None = None
 
 
 class Document(BaseModel):

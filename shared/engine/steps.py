@@ -42,7 +42,7 @@ from shared.engine import job as lifecycle
 from shared.engine.backends import Backends
 from shared.engine.ledger import BUDGET_STALENESS_SECONDS, BUDGET_WARNING_RATIO, month_of
 from shared.engine.pricing import budget_exhausted
-from shared.errors import DependencyUnavailable
+from shared.errors import CorruptRecord, DependencyUnavailable
 from shared.observability import metrics
 from shared.observability.logs import job_context
 from shared.ports import PermanentModelError, RejectMessage, TransientModelError
@@ -101,6 +101,11 @@ def handle_step(b: Backends, body: bytes, delivery_count: int = 1) -> None:
     except DependencyUnavailable as exc:
         _wait_out(b, msg, exc)
         return
+    except CorruptRecord:
+        # Nothing runs for a job whose record is unreadable (the stuck-job detector reports it),
+        # but a step that committed just before its settle was cut short still reaches the ledger.
+        _account_last_commit(b, msg.job_id)
+        raise
     if job is None:
         raise RejectMessage(UNKNOWN_JOB, f"step {msg.step} of job {msg.job_id}, which does not exist")
     with job_context(job_id=job.id, step=msg.step, tenant=job.tenant):
@@ -267,6 +272,8 @@ def _execute(b: Backends, job: Job, msg: StepMessage, previous: Checkpoint | Non
             total_usage=total + usage,
             outcome=outcome,
             duration_ms=(time.perf_counter() - started) * 1000,
+            tenant=job.tenant,
+            ledger_month=month_of(job.created_at),
         )
 
     stop = _boundary(b, job, msg.step, total)
@@ -453,6 +460,18 @@ def _approval_deadline(b: Backends, job: Job, msg: StepMessage) -> None:
 def job_finished(b: Backends, job: Job) -> None:
     """What follows any ending of a job: announce it on the webhook outbox."""
     outbox.announce(b, job)
+
+
+def _account_last_commit(b: Backends, job_id: str) -> None:
+    """Record the usage of a job's last committed step from the checkpoint alone (idempotent)."""
+    try:
+        steps = b.checkpoints.steps(job_id)
+        cp = b.checkpoints.get(job_id, steps[-1]) if steps else None
+    except (CorruptRecord, LookupError):
+        return  # an unreadable checkpoint is reported on its own; nothing to account from
+    if cp is None or cp.tenant is None or cp.ledger_month is None:
+        return  # written before checkpoints named their ledger
+    b.ledger.record(cp.tenant, cp.ledger_month, job_id, cp.total_usage, cp.step, final=cp.outcome is not None)
 
 
 def _record_usage(b: Backends, job: Job, cp: Checkpoint) -> None:

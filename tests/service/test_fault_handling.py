@@ -249,6 +249,40 @@ def test_a_corrupt_job_record_is_named_by_the_api_the_dlq_list_and_every_sweep(
     assert [(j.job_id, j.state) for j in report.jobs] == [(job_id, "unreadable")]
 
 
+class _Killed(BaseException):
+    """A process killed mid-settle: the step committed, nothing after it ran."""
+
+
+def test_a_step_committed_before_its_job_record_became_unreadable_still_reaches_the_ledger(
+    backends: Backends, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shared.engine import steps
+    from shared.errors import CorruptRecord
+
+    ingest_samples(backends)
+    job = submit(backends)
+    [m] = backends.queue.receive(1)  # type: ignore[attr-defined]
+
+    def killed(*args: Any) -> None:
+        raise _Killed()
+
+    monkeypatch.setattr(steps, "settle", killed)
+    with pytest.raises(_Killed):
+        handle_step(backends, m.body)
+    monkeypatch.undo()
+    [cp] = backends.checkpoints.all(job.id)
+    assert cp.total_usage.total_tokens and cp.tenant == "dev"
+    month = month_of(job.created_at)
+    assert job.id not in backends.ledger.by_job("dev", month)  # the kill came before the ledger
+
+    corrupt(backends.objects, layout.job_key(job.id))
+    for _ in range(2):  # every redelivery: refused as unreadable, accounted once
+        with pytest.raises(CorruptRecord):
+            handle_step(backends, m.body)
+    assert backends.ledger.by_job("dev", month)[job.id] == cp.total_usage
+    assert backends.ledger.total("dev", month) == cp.total_usage
+
+
 def test_a_redelivered_final_step_says_job_finished_once(backends: Backends, caplog: pytest.LogCaptureFixture) -> None:
     ingest_samples(backends)
     caplog.set_level(logging.INFO, logger="agent.steps")
