@@ -458,7 +458,14 @@ def _approval_deadline(b: Backends, job: Job, msg: StepMessage) -> None:
 
 
 def job_finished(b: Backends, job: Job) -> None:
-    """What follows any ending of a job: announce it on the webhook outbox."""
+    """What follows any ending of a job, in a settled step or out of band (sweep, cancel, deadline).
+
+    The ledger takes the usage the record shows (monotonic by step, so a no-op after a settled final
+    step): a job ended out of band may have a projected step whose own ledger write was cut short
+    and can never be redone (its checkpoint became unreadable). Then the webhook outbox announces it.
+    """
+    if job.usage.total_tokens:
+        b.ledger.record(job.tenant, month_of(job.created_at), job.id, job.usage, job.step, final=True)
     outbox.announce(b, job)
 
 

@@ -46,7 +46,7 @@ from shared.contracts import (
     StepMessage,
     utcnow,
 )
-from shared.engine import fanout, outbox
+from shared.engine import fanout, outbox, steps
 from shared.engine import job as lifecycle
 from shared.engine.backends import Backends
 from shared.engine.steps import MALFORMED_MESSAGE, REJECTION_REASONS, STEP_NOT_NEXT, UNKNOWN_JOB
@@ -265,7 +265,7 @@ def handle_dead_letter(b: Backends, message: QueueMessage, *, operator: bool = F
             b.queue.send(again.model_dump_json().encode(), message_id=entry.message_id, continuation=msg.step > 1)
         updated = b.jobs.update(job.id, _project(entry, history)) or job
         if updated.finished:
-            outbox.announce(b, updated)  # ended here, out of band: its webhooks go out as for any ending
+            steps.job_finished(b, updated)  # ended here, out of band: accounted and announced as any ending
         if updated.finished and updated.parent_id:
             fanout.resume_if_done(b, updated.parent_id)  # a sub-question ended here, not in a settled step
         b.queue.complete_dead_letter(message)

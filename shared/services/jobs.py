@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from agents.policy import resolve, tenant_limits
 from shared.contracts import Job, JobStatus, PolicyOverrides, Report, StepMessage, utcnow
 from shared.engine import job as lifecycle
-from shared.engine import layout, outbox, provenance
+from shared.engine import layout, provenance, steps
 from shared.engine.backends import Backends
 from shared.engine.ledger import BUDGET_STALENESS_SECONDS
 from shared.engine.pricing import budget_exhausted
@@ -224,7 +224,7 @@ def cancel(b: Backends, tenant: str, job_id: str) -> Job:
         raise JobAlreadyFinished(job)
     updated = b.jobs.update(job_id, lifecycle.request_cancel) or job
     if updated.finished:  # a job parked for approval ends at once
-        outbox.announce(b, updated)
+        steps.job_finished(b, updated)
     # A deep job's tree stops together; children not yet created start cancelled (engine/fanout.spawn).
     for child in updated.children:
         b.jobs.update(child, lifecycle.request_cancel)

@@ -149,6 +149,19 @@ class World:
         self.queue.send(body, message_id=message_id)
 
 
+def ledger_story(w: World, job_id: str, entry: Usage | None, usage: Usage) -> str:
+    """What the ledger and the checkpoints say of one job, for a failure message."""
+    month = month_of()
+    total = w.objects.get(layout.ledger_key(month, "dev"))
+    recent = json.loads(total.data).get("recent", {}).get(job_id) if total else None
+    own = w.objects.get(layout.ledger_job_key(month, "dev", job_id))
+    steps = [(cp.step, cp.total_usage.total_tokens, cp.outcome is not None) for cp in w.checkpoints.all(job_id)]
+    return (
+        f"entry {entry} vs usage {usage}; total's recent entry {recent}; "
+        f"job's own record {own.data.decode() if own else None}; checkpoints (step, tokens, final) {steps}"
+    )
+
+
 def check_invariants(w: World, phase: str) -> None:
     """The issue's invariants, over every job so far; see the module docstring."""
     expected_total = Usage()
@@ -183,7 +196,8 @@ def check_invariants(w: World, phase: str) -> None:
                 assert w.objects.get(layout.report_key(job_id)) is not None, f"{phase}: {job_id} has no report"
         expected_total = expected_total + usage
         if usage.total_tokens:
-            assert w.ledger.by_job("dev", month).get(job_id) == usage, f"{phase}: ledger entry of {job_id}"
+            entry = w.ledger.by_job("dev", month).get(job_id)
+            assert entry == usage, f"{phase}: ledger entry of {job_id}: {ledger_story(w, job_id, entry, usage)}"
     assert w.ledger.total("dev", month) == expected_total, f"{phase}: ledger month total != sum of job usage"
     took, body = w.health()
     assert took < 1.0, f"{phase}: health took {took:.2f}s"

@@ -283,6 +283,41 @@ def test_a_step_committed_before_its_job_record_became_unreadable_still_reaches_
     assert backends.ledger.total("dev", month) == cp.total_usage
 
 
+def test_a_job_ended_by_the_sweep_after_its_ledger_write_was_cut_short_is_accounted_at_its_end(
+    backends: Backends, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shared.engine import steps
+    from shared.errors import CorruptRecord
+
+    ingest_samples(backends)
+    job = submit(backends)
+    [m] = backends.queue.receive(1)  # type: ignore[attr-defined]
+
+    def killed(*args: Any) -> None:
+        raise _Killed()
+
+    monkeypatch.setattr(steps, "_record_usage", killed)  # projected, then killed before the ledger
+    with pytest.raises(_Killed):
+        handle_step(backends, m.body)
+    monkeypatch.undo()
+    projected = backends.jobs.get(job.id)
+    assert projected.step == 1 and projected.usage.total_tokens
+    month = month_of(job.created_at)
+    assert job.id not in backends.ledger.by_job("dev", month)
+
+    backends.queue.complete(m)  # type: ignore[attr-defined]
+    corrupt(backends.objects, layout.checkpoint_key(job.id, 1))  # step 2 can never start from it
+    [m2] = backends.queue.receive(1)  # type: ignore[attr-defined]
+    with pytest.raises(CorruptRecord):  # its last delivery: the reason goes on the job
+        handle_step(backends, m2.body, backends.settings.queue_max_delivery_count)
+    backends.queue.dead_letter(m2, "MaxDeliveryCountExceeded", "gave up")  # type: ignore[attr-defined]
+    sweep.sweep_dead_letters(backends)
+    ended = backends.jobs.get(job.id)
+    assert ended.finished, ended
+    assert backends.ledger.by_job("dev", month)[job.id] == ended.usage == projected.usage
+    assert backends.ledger.total("dev", month) == ended.usage
+
+
 def test_a_redelivered_final_step_says_job_finished_once(backends: Backends, caplog: pytest.LogCaptureFixture) -> None:
     ingest_samples(backends)
     caplog.set_level(logging.INFO, logger="agent.steps")
