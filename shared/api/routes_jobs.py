@@ -8,6 +8,7 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 
+from agents.report_markdown import escape_text, safe_autolink
 from shared.api.deps import BackendsDep
 from shared.api.security import CallerDep
 from shared.contracts import Citation, Job, JobError, JobStatus
@@ -27,6 +28,9 @@ class ReportView(BaseModel):
     model: str
     offline_model: bool
     removed_citations: list[dict[str, Any]] = Field(default_factory=list)
+    safety: dict[str, int] = Field(
+        default_factory=dict, description="What delivery took out of the model's Markdown or marked, by kind."
+    )
     error: JobError | None = None
 
 
@@ -123,8 +127,12 @@ def render_markdown(report) -> str:  # type: ignore[no-untyped-def]
     heading = "出典" if report.language == "ja" else "Sources"
     lines = [report.markdown.rstrip(), "", f"## {heading}", ""]
     for c in report.citations:
-        where = f" <{c.url}>" if c.url else ""
-        lines.append(f"- [{c.n}] {c.title} ({c.doc_id}#{c.chunk_id}){where}: \u201c{c.quote}\u201d")
+        # Titles, URLs and quotes come from documents: text escaped, a URL only as an http(s) autolink.
+        where = f" {link}" if (link := safe_autolink(c.url)) else ""
+        quote = escape_text(" ".join(c.quote.split()), line_start=False)
+        lines.append(
+            f"- [{c.n}] {escape_text(c.title, line_start=False)} ({c.doc_id}#{c.chunk_id}){where}: \u201c{quote}\u201d"
+        )
     if report.offline_model:
         lines += ["", "_Written by the offline extractive model._"]
     return "\n".join(lines) + "\n"
