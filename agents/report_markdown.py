@@ -106,8 +106,9 @@ def _marker_end(text: str, i: int) -> int:
     if j == i + 1 or j >= len(text) or text[j] != "]":
         return -1
     nxt = text[j + 1] if j + 1 < len(text) else ""
-    # `[1]:`, `[1](`, `[1][` could make a definition or a link: such a marker is escaped like any bracket.
-    return -1 if nxt in (":", "(", "[") else j + 1
+    # `[1]:` and `[1](` could make a definition or a link: such a marker is escaped like any bracket. (`[1][2]`
+    # could only be a reference link with a definition, and a delivered report has none.)
+    return -1 if nxt in (":", "(") else j + 1
 
 
 def markers_in(text: str) -> list[int]:
