@@ -181,7 +181,8 @@ def test_uncited_lines_in_lists_tables_code_and_japanese_are_judged() -> None:
     )
     dropped = deliver(report, [citation(1)], uncited="drop", language="en")
     assert dropped.markdown == (
-        "- Backups run nightly at 18:00 UTC [1]\n\n| When | What |\n| --- | --- |\n| 18:00 | backups run nightly [1] |\n"
+        "- Backups run nightly at 18:00 UTC [1]\n\n"
+        "| When | What |\n| --- | --- |\n| 18:00 | backups run nightly [1] |\n"
     )
     assert dropped.removed == {"uncited_dropped": 3}
     ja = deliver("バックアップは毎晩実行されます。", [], uncited="mark", language="ja")
