@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agents import citations, claims
-from agents.report_markdown import escape_text
+from agents.report_markdown import inline_text
 from agents.state import AgentState
 from shared.contracts import Chunk, Citation, Policy, Report, UncitedPolicy, Usage
 from shared.ports import ChatModel, KnowledgeIndex, ModelTurn
@@ -135,7 +135,7 @@ def compose(
     chunks: dict[tuple[str, int], Chunk | None] = {}
     label, sentence = _FAILED.get(state.language, _FAILED["en"])
     for finding in findings:
-        lines += [f"## {escape_text(finding.subquestion)}", ""]  # the planning model wrote it: text, not markup
+        lines += [f"## {inline_text(finding.subquestion)}", ""]  # the planning model wrote it: text, not markup
         report = finding.report
         if finding.status != "succeeded" or report is None:
             why = f" ({finding.reason})" if finding.reason else ""

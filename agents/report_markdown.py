@@ -28,7 +28,18 @@ from markdown_it.tree import SyntaxTreeNode
 
 from shared.text import split_sentences
 
-__all__ = ["Action", "LinkRule", "Delivered", "Judge", "rebuild", "audit", "escape_text", "safe_autolink", "markers_in"]
+__all__ = [
+    "Action",
+    "Delivered",
+    "Judge",
+    "LinkRule",
+    "audit",
+    "escape_text",
+    "inline_text",
+    "markers_in",
+    "rebuild",
+    "safe_autolink",
+]
 
 Action = Literal["keep", "mark", "drop"]
 # Judge(sentence text without markers, its citation markers) -> what to do with the sentence.
@@ -181,6 +192,14 @@ def _looks_like_url(word: str) -> bool:
     return "://" in lowered or lowered.startswith("www.")
 
 
+def inline_text(text: str, rule: LinkRule | None = None) -> str:
+    """Text from a document (a title, a quote) as one line of Markdown that shows exactly it: escaped,
+    and words that look like URLs the rule does not allow as code spans (no renderer links those)."""
+    writer = _Writer(rule or LinkRule(), None, "", Delivered(markdown=""))
+    writer.line_start = False
+    return writer.text(" ".join(text.split()))
+
+
 def safe_autolink(url: str | None, rule: LinkRule | None = None) -> str:
     """`<url>` if url is an http(s) URL the rule allows (any http(s) URL without a rule), else ""."""
     if not url:
@@ -330,7 +349,7 @@ class _Writer:
         if self.judge is None:
             return _lines(self.inline_nodes(inline.children))
         parts: list[str] = []
-        for sentence in _sentences(inline.children):
+        for sentence in _sentences([n for n in self.visible(inline.children) if not isinstance(n, str)]):
             plain = "".join(_plain_piece(p) for p in sentence)
             bare = _without_markers(plain)
             action: Action = "keep" if not bare or bare.endswith(_MARKS) else self.judge(bare, markers_in(plain))
@@ -351,7 +370,24 @@ class _Writer:
         return " ".join(text.split("\n")).strip() if in_heading else text.strip()
 
     def inline_nodes(self, nodes: Iterable[SyntaxTreeNode | str]) -> str:
-        return "".join(self.piece(n) for n in nodes)
+        return "".join(self.piece(n) for n in self.visible(nodes))
+
+    def visible(self, nodes: Iterable[SyntaxTreeNode | str]) -> list[SyntaxTreeNode | str]:
+        """nodes without raw inline HTML, and without the text of an inline <script> or <style> (code, not words)."""
+        out: list[SyntaxTreeNode | str] = []
+        hidden = ""
+        for node in nodes:
+            if not isinstance(node, str) and node.type == "html_inline":
+                tag = node.content.lower()
+                for name in _HIDDEN_ELEMENTS:
+                    if not hidden and tag.startswith(f"<{name}") and not tag.rstrip().endswith("/>"):
+                        hidden = name
+                    elif hidden == name and tag.startswith(f"</{name}"):
+                        hidden = ""
+                self.out.count("raw_html")
+            elif not hidden:
+                out.append(node)
+        return out
 
     def piece(self, node: SyntaxTreeNode | str) -> str:
         if isinstance(node, str):
@@ -467,6 +503,7 @@ def _plain_piece(piece: SyntaxTreeNode | str) -> str:
 
 
 _MARKS = ("(unverified)", "（未検証）")
+_HIDDEN_ELEMENTS = ("script", "style")
 
 
 def _without_markers(text: str) -> str:

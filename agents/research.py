@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from agents import citations, claims
 from agents.prompts import MEMORY_ITEM_CHARS, MEMORY_TOTAL_CHARS, leaked_instructions, system_prompt, user_prompt
-from agents.report_markdown import Delivered, escape_text
+from agents.report_markdown import Delivered, inline_text
 from agents.state import AgentState
 from agents.tools import FINAL_TOOL, Toolbox, ToolRefused, tool_specs
 from shared.contracts import ApprovalRequest, Citation, JobError, MemoryItem, Outcome, Policy, Report, Usage
@@ -354,7 +354,7 @@ def partial_report(state: AgentState, why: str, model: ChatModel) -> Report:
     heading, intro, none = _PARTIAL.get(state.language, _PARTIAL["en"])
     lines = [f"## {heading}", "", intro.format(why=why), ""]
     # Titles come from documents: escaped as text, and the whole checked like any report (it claims nothing).
-    lines += [f"- {escape_text(s.title)} ({s.doc_id}#{s.chunk_id})" for s in state.sources.values()] or [none]
+    lines += [f"- {inline_text(s.title)} ({s.doc_id}#{s.chunk_id})" for s in state.sources.values()] or [none]
     delivered = claims.deliver("\n".join(lines) + "\n", [], uncited="keep", language=state.language, judge_claims=False)
     return Report(
         markdown=delivered.markdown,

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 
-from agents.report_markdown import escape_text, safe_autolink
+from agents.report_markdown import inline_text, safe_autolink
 from shared.api.deps import BackendsDep
 from shared.api.security import CallerDep
 from shared.contracts import Citation, Job, JobError, JobStatus
@@ -127,12 +127,10 @@ def render_markdown(report) -> str:  # type: ignore[no-untyped-def]
     heading = "出典" if report.language == "ja" else "Sources"
     lines = [report.markdown.rstrip(), "", f"## {heading}", ""]
     for c in report.citations:
-        # Titles, URLs and quotes come from documents: text escaped, a URL only as an http(s) autolink.
+        # Titles, URLs and quotes come from documents: shown as text, a URL only as an http(s) autolink.
         where = f" {link}" if (link := safe_autolink(c.url)) else ""
-        quote = escape_text(" ".join(c.quote.split()), line_start=False)
-        lines.append(
-            f"- [{c.n}] {escape_text(c.title, line_start=False)} ({c.doc_id}#{c.chunk_id}){where}: \u201c{quote}\u201d"
-        )
+        title, quote = inline_text(c.title), inline_text(c.quote)
+        lines.append(f"- [{c.n}] {title} ({c.doc_id}#{c.chunk_id}){where}: \u201c{quote}\u201d")
     if report.offline_model:
         lines += ["", "_Written by the offline extractive model._"]
     return "\n".join(lines) + "\n"
