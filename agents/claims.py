@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from agents.report_markdown import Action, Delivered, Judge, LinkRule, rebuild
+from agents.markdown_text import LinkRule
+from agents.report_markdown import Action, Delivered, Judge, rebuild
 from shared.contracts import Citation, UncitedPolicy
 from shared.text import tokenize
 

@@ -21,75 +21,28 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Literal
-from urllib.parse import urlsplit
 
-from markdown_it import MarkdownIt
 from markdown_it.tree import SyntaxTreeNode
 
+from agents.markdown_text import (
+    UNVERIFIED_MARKS,
+    LinkRule,
+    code_span,
+    escape_text,
+    looks_like_url,
+    markdown_parser,
+    markers_in,
+    past_markers,
+    without_markers,
+)
 from shared.text import split_sentences
 
-__all__ = [
-    "Action",
-    "Delivered",
-    "Judge",
-    "LinkRule",
-    "audit",
-    "escape_text",
-    "inline_text",
-    "markers_in",
-    "rebuild",
-    "safe_autolink",
-]
+__all__ = ["Action", "Delivered", "Judge", "audit", "inline_text", "rebuild"]
 
 Action = Literal["keep", "mark", "drop"]
 # Judge(sentence text without markers, its citation markers) -> what to do with the sentence.
 Judge = Callable[[str, list[int]], Action]
-_SAFE_SCHEMES = ("http", "https")
-
-
-def _parser() -> MarkdownIt:
-    md = MarkdownIt("commonmark", {"html": True, "linkify": False, "typographer": False})
-    md.enable(["table", "strikethrough"])
-    # Every link and image becomes a token, whatever its scheme, so the rules below decide (markdown-it's own
-    # check would leave `[x](javascript:...)` as text that a laxer renderer might still link).
-    md.validateLink = lambda url: True  # type: ignore[method-assign]
-    return md
-
-
-_md = _parser()
-
-
-@dataclass(frozen=True)
-class LinkRule:
-    """Where a delivered report may link: the cited sources' URLs, and any URL on an allowed host."""
-
-    urls: frozenset[str] = frozenset()
-    hosts: frozenset[str] = frozenset()
-
-    @classmethod
-    def of(cls, source_urls: Iterable[str | None], hosts: Iterable[str] = ()) -> LinkRule:
-        urls = {_md.normalizeLink(u.strip()) for u in source_urls if u and _scheme_ok(u.strip())}
-        return cls(frozenset(urls), frozenset(h.strip().lower().rstrip(".") for h in hosts if h.strip()))
-
-    def allows(self, href: str) -> bool:
-        href = href.strip()
-        if not _scheme_ok(href) or any(ch in href for ch in "<>\\\n\r\t "):
-            return False
-        if href in self.urls or _md.normalizeLink(href) in self.urls:
-            return True
-        try:
-            host = (urlsplit(href).hostname or "").rstrip(".")
-        except ValueError:
-            return False
-        return bool(host) and host in self.hosts
-
-
-def _scheme_ok(url: str) -> bool:
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return False
-    return parts.scheme.lower() in _SAFE_SCHEMES and bool(parts.netloc)
+_md = markdown_parser()
 
 
 @dataclass
@@ -103,113 +56,12 @@ class Delivered:
         self.removed[kind] = self.removed.get(kind, 0) + n
 
 
-# --- text escaping -----------------------------------------------------------------------------
-
-_ALWAYS = set("\\`*<|~[]")
-_LINE_START = set("#+-=>_")
-
-
-def _marker_end(text: str, i: int) -> int:
-    """The end of a citation marker `[digits]` starting at i, or -1."""
-    j = i + 1
-    while j < len(text) and text[j].isdigit() and j - i <= 3:
-        j += 1
-    if j == i + 1 or j >= len(text) or text[j] != "]":
-        return -1
-    nxt = text[j + 1] if j + 1 < len(text) else ""
-    # `[1]:` and `[1](` could make a definition or a link: such a marker is escaped like any bracket. (`[1][2]`
-    # could only be a reference link with a definition, and a delivered report has none.)
-    return -1 if nxt in (":", "(") else j + 1
-
-
-def markers_in(text: str) -> list[int]:
-    """The numbers of the citation markers `[n]` in plain text, in order."""
-    found, i = [], text.find("[")
-    while i >= 0:
-        end = _marker_end(text, i)
-        if end > 0:
-            found.append(int(text[i + 1 : end - 1]))
-        i = text.find("[", i + 1)
-    return found
-
-
-def escape_text(text: str, *, line_start: bool = True) -> str:
-    """Plain text as Markdown that renders as exactly that text (markers `[n]` kept readable)."""
-    out: list[str] = []
-    i = 0
-    at_start = line_start
-    # The current line's text when it began in this call at a line start ("1." there opens a list).
-    line: str | None = "" if line_start else None
-    while i < len(text):
-        ch = text[i]
-        if ch == "\n":
-            out.append("\n")
-            at_start, line, i = True, "", i + 1
-            continue
-        if at_start and ch in " \t":  # leading blanks could make an indented code block
-            i += 1
-            continue
-        if ch == "[":
-            end = _marker_end(text, i)
-            if end > 0:
-                out.append(text[i:end])
-                at_start, i = False, end
-                continue
-        nxt = text[i + 1] if i + 1 < len(text) else ""
-        prev = text[i - 1] if i > 0 else ""
-        if ch in _ALWAYS or (at_start and ch in _LINE_START):
-            out.append("\\" + ch)
-        elif ch == "_" and not (prev.isalnum() and nxt.isalnum()):
-            out.append("\\_")  # intraword underscores (snake_case) cannot open emphasis
-        elif ch == "&" and (nxt.isalnum() or nxt == "#"):
-            out.append("\\&")  # an entity reference
-        elif ch == "!" and nxt == "[":
-            out.append("\\!")
-        elif ch in ".)" and line is not None and 0 < len(line) <= 9 and line.isdigit():
-            out.append("\\" + ch)  # "1." at a line start would open an ordered list
-        else:
-            out.append(ch)
-        if line is not None:
-            line += ch
-        at_start = False
-        i += 1
-    return "".join(out)
-
-
-def _code_span(content: str) -> str:
-    content = content.replace("\n", " ")
-    longest = run = 0
-    for ch in content:
-        run = run + 1 if ch == "`" else 0
-        longest = max(longest, run)
-    fence = "`" * (longest + 1)
-    pad = " " if content.startswith("`") or content.endswith("`") or content.startswith(" ") else ""
-    return f"{fence}{pad}{content}{pad}{fence}"
-
-
-def _looks_like_url(word: str) -> bool:
-    lowered = word.lower()
-    return "://" in lowered or lowered.startswith("www.")
-
-
 def inline_text(text: str, rule: LinkRule | None = None) -> str:
     """Text from a document (a title, a quote) as one line of Markdown that shows exactly it: escaped,
     and words that look like URLs the rule does not allow as code spans (no renderer links those)."""
     writer = _Writer(rule or LinkRule(), None, "", Delivered(markdown=""))
     writer.line_start = False
     return writer.text(" ".join(text.split()))
-
-
-def safe_autolink(url: str | None, rule: LinkRule | None = None) -> str:
-    """`<url>` if url is an http(s) URL the rule allows (any http(s) URL without a rule), else ""."""
-    if not url:
-        return ""
-    url = url.strip()
-    ok = rule.allows(url) if rule is not None else _scheme_ok(url)
-    href = _md.normalizeLink(url)
-    if not ok or any(ch in href for ch in "<>\\\n\r\t "):
-        return ""
-    return f"<{href}>"
 
 
 # --- the rebuild -------------------------------------------------------------------------------
@@ -337,9 +189,9 @@ class _Writer:
         if self.judge is None:
             return "keep"
         text = " ".join(_plain(cell) for cell in row.children)
-        if _without_markers(text).endswith(_MARKS):
+        if without_markers(text).endswith(UNVERIFIED_MARKS):
             return "keep"
-        return self.judge(_without_markers(text), markers_in(text))
+        return self.judge(without_markers(text), markers_in(text))
 
     # inline content
 
@@ -351,8 +203,10 @@ class _Writer:
         parts: list[str] = []
         for sentence in _sentences([n for n in self.visible(inline.children) if not isinstance(n, str)]):
             plain = "".join(_plain_piece(p) for p in sentence)
-            bare = _without_markers(plain)
-            action: Action = "keep" if not bare or bare.endswith(_MARKS) else self.judge(bare, markers_in(plain))
+            bare = without_markers(plain)
+            action: Action = (
+                "keep" if not bare or bare.endswith(UNVERIFIED_MARKS) else self.judge(bare, markers_in(plain))
+            )
             if action == "drop":
                 self.out.count("uncited_dropped")
                 continue
@@ -403,7 +257,7 @@ class _Writer:
             return "\\\n"
         if kind == "code_inline":
             self.line_start = False
-            return _code_span(node.content)
+            return code_span(node.content)
         if kind in ("em", "strong", "s"):
             mark = {"em": "*", "strong": "**", "s": "~~"}[kind]
             inner = self.inline_nodes(node.children)
@@ -437,7 +291,7 @@ class _Writer:
             return self.text(label)
         if node.markup == "autolink":
             self.line_start = False
-            return _code_span(label)
+            return code_span(label)
         return self.inline_nodes(node.children)
 
     def text(self, text: str) -> str:
@@ -449,9 +303,9 @@ class _Writer:
                 continue
             word = text[word_start:i]
             if word:
-                if _looks_like_url(word) and not self.rule.allows(word.rstrip(".,;:!?)")):
+                if looks_like_url(word) and not self.rule.allows(word.rstrip(".,;:!?)")):
                     self.out.count("bare_url")
-                    out.append(_code_span(word))
+                    out.append(code_span(word))
                     self.line_start = False
                 else:
                     out.append(escape_text(word, line_start=self.line_start))
@@ -502,21 +356,7 @@ def _plain_piece(piece: SyntaxTreeNode | str) -> str:
     return piece if isinstance(piece, str) else _plain(piece)
 
 
-_MARKS = ("(unverified)", "（未検証）")
 _HIDDEN_ELEMENTS = ("script", "style")
-
-
-def _without_markers(text: str) -> str:
-    """Plain text with its `[n]` markers removed and whitespace runs folded."""
-    out, i = [], 0
-    while i < len(text):
-        end = _marker_end(text, i) if text[i] == "[" else -1
-        if end > 0:
-            i = end
-            continue
-        out.append(text[i])
-        i += 1
-    return " ".join("".join(out).split())
 
 
 def _sentences(children: list[SyntaxTreeNode]) -> list[list[SyntaxTreeNode | str]]:
@@ -537,7 +377,7 @@ def _sentences(children: list[SyntaxTreeNode]) -> list[list[SyntaxTreeNode | str
         bounds.add(offset)
     cuts: list[int] = []
     for start, _ in split_sentences(plain)[1:]:
-        cut = _past_markers(plain, start)
+        cut = past_markers(plain, start)
         if cut in bounds or any(s <= cut <= e for s, e, _ in spans):
             if not cuts or cut > cuts[-1]:
                 cuts.append(cut)
@@ -568,25 +408,6 @@ def _sentences(children: list[SyntaxTreeNode]) -> list[list[SyntaxTreeNode | str
             sentences[-1].append(text)
         offset = end
     return [s for s in sentences if s]
-
-
-def _past_markers(text: str, i: int) -> int:
-    """i moved past the markers (and blanks between them) that start at i, if any."""
-    j = i
-    while True:
-        k = j
-        while k < len(text) and text[k] in " \t":
-            k += 1
-        end = _marker_end(text, k) if k < len(text) and text[k] == "[" else -1
-        for mark in _MARKS:  # an earlier delivery's mark belongs to the sentence before it too
-            if text.startswith(mark, k):
-                end = k + len(mark)
-        if end < 0:
-            break
-        j = end
-    while j > i and j < len(text) and text[j] in ".,;:":
-        j += 1  # "Claim [1]." with the stop after the marker stays whole
-    return j
 
 
 def rebuild(markdown: str, rule: LinkRule, *, judge: Judge | None = None, mark: str = "") -> Delivered:
@@ -635,7 +456,7 @@ def audit(markdown: str, rule: LinkRule) -> list[str]:
         elif token.type == "link_open" and not rule.allows(str(token.attrs.get("href", ""))):
             problems.append(f"link {str(token.attrs.get('href', ''))[:60]!r}")
         elif token.type == "text" and any(
-            _looks_like_url(w) and not rule.allows(w.rstrip(".,;:!?)")) for w in token.content.split()
+            looks_like_url(w) and not rule.allows(w.rstrip(".,;:!?)")) for w in token.content.split()
         ):
             problems.append(f"bare URL in {token.content[:60]!r}")
     return problems

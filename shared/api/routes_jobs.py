@@ -8,7 +8,8 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 
-from agents.report_markdown import inline_text, safe_autolink
+from agents.markdown_text import safe_autolink
+from agents.report_markdown import inline_text
 from shared.api.deps import BackendsDep
 from shared.api.security import CallerDep
 from shared.contracts import Citation, Job, JobError, JobStatus

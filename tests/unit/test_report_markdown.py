@@ -12,7 +12,8 @@ import pytest
 from markdown_it import MarkdownIt
 
 from agents.claims import MARKS, deliver, judge_for, supported
-from agents.report_markdown import LinkRule, audit, escape_text, rebuild
+from agents.markdown_text import LinkRule, escape_text
+from agents.report_markdown import audit, rebuild
 from shared.contracts import Citation
 from tests.fixtures.report_safety import markdown_problems
 
