@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from agents import citations
+from agents import citations, claims
+from agents.report_markdown import inline_text
 from agents.state import AgentState
-from shared.contracts import Chunk, Citation, Policy, Report, Usage
+from shared.contracts import Chunk, Citation, Policy, Report, UncitedPolicy, Usage
 from shared.ports import ChatModel, KnowledgeIndex, ModelTurn
 from shared.text import detect_language
 
@@ -111,12 +113,21 @@ _FAILED = {
 }
 
 
-def compose(state: AgentState, findings: list[Finding], index: KnowledgeIndex, model: ChatModel) -> Report:
+def compose(
+    state: AgentState,
+    findings: list[Finding],
+    index: KnowledgeIndex,
+    model: ChatModel,
+    *,
+    uncited: UncitedPolicy = "mark",
+    link_hosts: Iterable[str] = (),
+) -> Report:
     """The parent's report: a section per sub-question, citations renumbered and re-verified.
 
     A child's citation is kept only if its chunk still holds the quote at its offsets: the child
     verified it against what it read, and the parent checks it again against the index, so an
-    edited or deleted document between the two cannot slip an unverified quote through.
+    edited or deleted document between the two cannot slip an unverified quote through. The whole
+    is delivered like a standard job's report: a sentence whose citation was dropped here is uncited.
     """
     lines: list[str] = []
     kept: list[Citation] = []
@@ -124,7 +135,7 @@ def compose(state: AgentState, findings: list[Finding], index: KnowledgeIndex, m
     chunks: dict[tuple[str, int], Chunk | None] = {}
     label, sentence = _FAILED.get(state.language, _FAILED["en"])
     for finding in findings:
-        lines += [f"## {finding.subquestion}", ""]
+        lines += [f"## {inline_text(finding.subquestion)}", ""]  # the planning model wrote it: text, not markup
         report = finding.report
         if finding.status != "succeeded" or report is None:
             why = f" ({finding.reason})" if finding.reason else ""
@@ -147,13 +158,15 @@ def compose(state: AgentState, findings: list[Finding], index: KnowledgeIndex, m
         text = "\n".join(line for line in body.splitlines() if not line.lstrip().startswith("#")).strip()
         lines += [text, ""]
     markdown, final = citations.finalize("\n".join(lines).rstrip() + "\n", kept)
+    delivered = claims.deliver(markdown, final, uncited=uncited, language=state.language, link_hosts=link_hosts)
     return Report(
-        markdown=markdown,
+        markdown=delivered.markdown,
         citations=final,
         language=state.language,
         model=model.name,
         offline_model=model.offline,
         removed_citations=removed,
+        safety=delivered.removed,
     )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shared.contracts import Policy, PolicyOverrides
+from shared.contracts import UNCITED_ORDER, Policy, PolicyOverrides
 from shared.errors import InvalidRequest
 
 
@@ -49,6 +49,12 @@ def resolve(limits: Policy, overrides: PolicyOverrides | None) -> Policy:
     if wanted.get("approval_timeout_seconds", 0) > limits.approval_timeout_seconds:
         raise PolicyViolation(
             "approval_timeout_seconds", f"must be at most the tenant's {limits.approval_timeout_seconds}"
+        )
+    if "uncited" in wanted and UNCITED_ORDER.index(wanted["uncited"]) < UNCITED_ORDER.index(limits.uncited):
+        raise PolicyViolation(
+            "uncited",
+            f"the tenant handles uncited sentences with {limits.uncited!r}; ask for that "
+            "or stricter (keep < mark < drop)",
         )
     if overrides.approval is not None:
         wanted["approval"] = overrides.approval  # the model itself, not its dump

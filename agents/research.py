@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from agents import citations
-from agents.prompts import leaked_instructions, system_prompt, user_prompt
+from agents import citations, claims
+from agents.prompts import MEMORY_ITEM_CHARS, MEMORY_TOTAL_CHARS, leaked_instructions, system_prompt, user_prompt
+from agents.report_markdown import Delivered, inline_text
 from agents.state import AgentState
 from agents.tools import FINAL_TOOL, Toolbox, ToolRefused, tool_specs
-from shared.contracts import ApprovalRequest, JobError, Outcome, Policy, Report, Usage
+from shared.contracts import ApprovalRequest, Citation, JobError, MemoryItem, Outcome, Policy, Report, Usage
 from shared.ports import ChatModel, KnowledgeIndex
 from shared.text import detect_language
 
@@ -42,6 +44,7 @@ class AgentContext:
     count_tokens: TokenCounter
     context_budget: int = 12_000
     approval: ApprovalRequest | None = None  # a human's decision on this step's tool calls, if one was asked
+    report_link_hosts: tuple[str, ...] = ()  # hosts a report may link to besides its cited sources (REPORT_LINK_HOSTS)
 
 
 @dataclass
@@ -53,10 +56,20 @@ class StepResult:
     outcome: Outcome | None = None
 
 
-def start(task: str, policy: Policy, recalled: list[str]) -> AgentState:
+def start(
+    task: str,
+    policy: Policy,
+    recalled: list[MemoryItem],
+    *,
+    memory_item_chars: int = MEMORY_ITEM_CHARS,
+    memory_total_chars: int = MEMORY_TOTAL_CHARS,
+) -> AgentState:
     language = policy.language if policy.language != "auto" else detect_language(task)
     state = AgentState(task=task, language=language, recalled=recalled)
-    state.messages.append({"role": "user", "content": user_prompt(task, recalled)})
+    # A fence no stored text can guess: memory is quoted between tags named with it.
+    fence = f"memory-{secrets.token_hex(6)}"
+    prompt = user_prompt(task, recalled, fence=fence, item_chars=memory_item_chars, total_chars=memory_total_chars)
+    state.messages.append({"role": "user", "content": prompt})
     return state
 
 
@@ -240,17 +253,23 @@ def _report(state: AgentState, ctx: AgentContext, call: dict[str, Any]) -> StepR
 
     text = _without_instructions(check.markdown, leaks, system_prompt(ctx.policy, state.language))
     text, kept = citations.finalize(text, check.citations)
-    if len(text) > ctx.policy.max_report_chars:
+    delivered = _delivered(text, kept, state, ctx)
+    for _ in range(3):
+        if len(delivered.markdown) <= ctx.policy.max_report_chars:
+            break
         # Cut between lines, then drop the citations whose markers were cut off: never half a claim or marker.
-        text, kept = citations.finalize(_shorten(text, ctx.policy.max_report_chars), kept)
+        # Delivery again: what it did is idempotent, and the sentences of a dropped citation are now uncited.
+        text, kept = citations.finalize(_shorten(delivered.markdown, ctx.policy.max_report_chars), kept)
+        delivered = _delivered(text, kept, state, ctx)
     state.removed_citations.extend(check.failed)
     state.report = Report(
-        markdown=text,
+        markdown=delivered.markdown,
         citations=kept,
         language=state.language,
         model=ctx.model.name,
         offline_model=ctx.model.offline,
         removed_citations=state.removed_citations,
+        safety=delivered.removed,
     )
     state.messages.append({"role": "tool", "tool_call_id": call["id"], "content": json.dumps({"accepted": True})})
     summary = f"report accepted with {len(kept)} verified citation(s)"
@@ -258,6 +277,7 @@ def _report(state: AgentState, ctx: AgentContext, call: dict[str, Any]) -> StepR
         summary += f", {len(check.failed)} removed"
     if leaks:
         summary += "; repeated instructions removed"
+    summary += _safety_summary(delivered.removed)
     policy = ctx.policy
     if policy.require_citations and len(kept) < policy.min_citations:
         error = JobError(
@@ -266,6 +286,22 @@ def _report(state: AgentState, ctx: AgentContext, call: dict[str, Any]) -> StepR
         )
         return StepResult(state, "tools", summary, outcome=Outcome(status="failed", error=error))
     return StepResult(state, "tools", summary, outcome=Outcome(status="succeeded"))
+
+
+def _delivered(markdown: str, kept: list[Citation], state: AgentState, ctx: AgentContext) -> Delivered:
+    """The report's Markdown as delivered: safe to render, uncited sentences handled by the job's policy."""
+    return claims.deliver(
+        markdown, kept, uncited=ctx.policy.uncited, language=state.language, link_hosts=ctx.report_link_hosts
+    )
+
+
+def _safety_summary(removed: dict[str, int]) -> str:
+    unsafe = sum(n for kind, n in removed.items() if not kind.startswith("uncited"))
+    parts = [f"{unsafe} unsafe item(s) removed"] if unsafe else []
+    for kind in ("uncited_marked", "uncited_dropped"):
+        if removed.get(kind):
+            parts.append(f"{removed[kind]} uncited sentence(s) {kind.split('_')[1]}")
+    return "; " + ", ".join(parts) if parts else ""
 
 
 def _without_instructions(markdown: str, leaks: list[str], prompt: str) -> str:
@@ -317,9 +353,12 @@ def partial_report(state: AgentState, why: str, model: ChatModel) -> Report:
     """What a stopped job had read, said plainly: a list of sources, no claims and no citations."""
     heading, intro, none = _PARTIAL.get(state.language, _PARTIAL["en"])
     lines = [f"## {heading}", "", intro.format(why=why), ""]
-    lines += [f"- {s.title} ({s.doc_id}#{s.chunk_id})" for s in state.sources.values()] or [none]
+    # Titles come from documents: escaped as text, and the whole checked like any report (it claims nothing).
+    lines += [f"- {inline_text(s.title)} ({s.doc_id}#{s.chunk_id})" for s in state.sources.values()] or [none]
+    delivered = claims.deliver("\n".join(lines) + "\n", [], uncited="keep", language=state.language, judge_claims=False)
     return Report(
-        markdown="\n".join(lines) + "\n",
+        markdown=delivered.markdown,
+        safety=delivered.removed,
         citations=[],
         language=state.language,
         model=model.name,

@@ -44,6 +44,11 @@ class Usage(BaseModel):
         )
 
 
+UncitedPolicy = Literal["keep", "mark", "drop"]
+# From the least to the most careful: a job may ask for a stricter handling than its tenant's, never a laxer.
+UNCITED_ORDER: tuple[UncitedPolicy, ...] = ("keep", "mark", "drop")
+
+
 class Policy(BaseModel):
     """What a job may do. Settings give defaults, tenants narrow them, jobs narrow further."""
 
@@ -76,6 +81,11 @@ class Policy(BaseModel):
     max_subquestions: int = Field(5, ge=1, le=10, description="deep mode: child jobs at most.")
     fail_on_child_failure: bool = Field(
         False, description="deep mode: fail the job when any sub-question fails (else the failure is reported)."
+    )
+    uncited: UncitedPolicy = Field(
+        "mark",
+        description="A report sentence no verified citation backs: keep it, mark it visibly (unverified), or drop "
+        "it. A job may ask for a stricter handling than its tenant's (keep < mark < drop), never a laxer one.",
     )
 
 
@@ -116,6 +126,7 @@ class PolicyOverrides(BaseModel):
     mode: Literal["standard", "deep"] | None = None
     max_subquestions: int | None = Field(None, ge=1, le=10)
     fail_on_child_failure: bool | None = None
+    uncited: UncitedPolicy | None = None
 
 
 class StepMessage(BaseModel):
@@ -318,6 +329,20 @@ class Citation(BaseModel):
     section: str | None = Field(None, description="Heading the quoted passage sits under.")
 
 
+class MemoryItem(BaseModel):
+    """One entry of a session's short-term memory: what a job found or noted, and where it came from.
+
+    Memory is data: a later job sees it fenced, with this origin, never as instructions.
+    """
+
+    text: str
+    at: float = Field(0.0, description="When it was remembered (epoch seconds).")
+    job_id: str | None = Field(None, description="The job that found or noted it (unknown for older entries).")
+    kind: Literal["finding", "note"] = Field(
+        "finding", description="finding: a verified quote of a report; note: text the agent saved with save_note."
+    )
+
+
 class Report(BaseModel):
     markdown: str
     citations: list[Citation] = Field(default_factory=list)
@@ -326,4 +351,9 @@ class Report(BaseModel):
     offline_model: bool = False
     removed_citations: list[dict[str, Any]] = Field(
         default_factory=list, description="Citations that failed verification and were taken out."
+    )
+    safety: dict[str, int] = Field(
+        default_factory=dict,
+        description="What delivery took out of the model's Markdown or marked, by kind: raw_html, link, image, "
+        "bare_url, reference_definition, uncited_marked, uncited_dropped.",
     )

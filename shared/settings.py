@@ -154,6 +154,24 @@ class Settings(BaseSettings):
     tenant_cost_budgets: dict[str, float] = Field(default_factory=dict, validation_alias="TENANT_COST_BUDGETS")
     memory_ttl_seconds: float = Field(3600.0, validation_alias="MEMORY_TTL_SECONDS")
     memory_max_items: int = Field(20, validation_alias="MEMORY_MAX_ITEMS")
+    memory_item_prompt_chars: int = Field(
+        500,
+        ge=20,
+        validation_alias="MEMORY_ITEM_PROMPT_CHARS",
+        description="A remembered finding or note enters a later job's prompt cut to this many characters.",
+    )
+    memory_prompt_chars: int = Field(
+        4000,
+        ge=100,
+        validation_alias="MEMORY_PROMPT_CHARS",
+        description="All of a session's memory in one prompt, at most (the newest entries first).",
+    )
+    report_link_hosts: list[str] = Field(
+        default_factory=list,
+        validation_alias="REPORT_LINK_HOSTS",
+        description='JSON list of hosts (["docs.example.com"]) a delivered report may link to besides its cited '
+        "sources' URLs; http(s) only.",
+    )
     max_concurrent_jobs: int = Field(16, validation_alias="MAX_CONCURRENT_JOBS")
     step_retry_base_seconds: float = Field(2.0, validation_alias="STEP_RETRY_BASE_SECONDS")
     step_max_retries: int = Field(6, validation_alias="STEP_MAX_RETRIES")
@@ -251,7 +269,7 @@ class Settings(BaseSettings):
             return json.loads(value) if value.strip() else {}
         return value
 
-    @field_validator("webhook_allowed_networks", mode="before")
+    @field_validator("webhook_allowed_networks", "report_link_hosts", mode="before")
     @classmethod
     def _json_list(cls, value: Any) -> Any:
         # The environment source decodes JSON itself; settings given by name (local.settings.json, tests) may not.

@@ -8,6 +8,8 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 
+from agents.markdown_text import safe_autolink
+from agents.report_markdown import inline_text
 from shared.api.deps import BackendsDep
 from shared.api.security import CallerDep
 from shared.contracts import Citation, Job, JobError, JobStatus
@@ -27,6 +29,9 @@ class ReportView(BaseModel):
     model: str
     offline_model: bool
     removed_citations: list[dict[str, Any]] = Field(default_factory=list)
+    safety: dict[str, int] = Field(
+        default_factory=dict, description="What delivery took out of the model's Markdown or marked, by kind."
+    )
     error: JobError | None = None
 
 
@@ -123,8 +128,10 @@ def render_markdown(report) -> str:  # type: ignore[no-untyped-def]
     heading = "出典" if report.language == "ja" else "Sources"
     lines = [report.markdown.rstrip(), "", f"## {heading}", ""]
     for c in report.citations:
-        where = f" <{c.url}>" if c.url else ""
-        lines.append(f"- [{c.n}] {c.title} ({c.doc_id}#{c.chunk_id}){where}: \u201c{c.quote}\u201d")
+        # Titles, URLs and quotes come from documents: shown as text, a URL only as an http(s) autolink.
+        where = f" {link}" if (link := safe_autolink(c.url)) else ""
+        title, quote = inline_text(c.title), inline_text(c.quote)
+        lines.append(f"- [{c.n}] {title} ({c.doc_id}#{c.chunk_id}){where}: \u201c{quote}\u201d")
     if report.offline_model:
         lines += ["", "_Written by the offline extractive model._"]
     return "\n".join(lines) + "\n"

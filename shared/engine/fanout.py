@@ -147,7 +147,9 @@ def _compose(b: Backends, job: Job, state: AgentState) -> DeepStep:
                 report=b.reports.get(child_job_id),
             )
         )
-    state.report = deep.compose(state, findings, b.index, b.model)
+    state.report = deep.compose(
+        state, findings, b.index, b.model, uncited=job.policy.uncited, link_hosts=b.settings.report_link_hosts
+    )
     answered = sum(1 for f in findings if f.status == "succeeded")
     failed = len(findings) - answered
     summary = f"report from {answered} of {len(findings)} sub-question(s), {len(state.report.citations)} citation(s)"

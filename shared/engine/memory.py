@@ -11,9 +11,10 @@ import json
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from shared.contracts import MemoryItem
 from shared.engine import layout
 from shared.engine.updates import update_json
 from shared.ports import ObjectStore
@@ -52,7 +53,8 @@ class SessionMemory:
         horizon = self.clock() - self.ttl
         return [i for i in items if float(i["at"]) > horizon]  # type: ignore[arg-type]
 
-    def recall(self, tenant: str, session_id: str) -> list[str]:
+    def recall(self, tenant: str, session_id: str) -> list[MemoryItem]:
+        """The session's fresh entries, oldest first, each with its origin (job, kind, time)."""
         key = self._key(tenant, session_id)
         with self._lock:
             cached = self._cache.get(key)
@@ -62,19 +64,33 @@ class SessionMemory:
             self._remember_in_cache(key, items)
         else:
             items = cached[1]
-        return [str(i["text"]) for i in self._fresh(items)]
+        return [MemoryItem.model_validate(i) for i in self._fresh(items)]
 
-    def remember(self, tenant: str, session_id: str, texts: list[str]) -> None:
-        """Append findings (a text already remembered is refreshed, not repeated)."""
+    def remember(
+        self,
+        tenant: str,
+        session_id: str,
+        findings: Sequence[str],
+        *,
+        notes: Sequence[str] = (),
+        job_id: str | None = None,
+    ) -> None:
+        """Append a job's findings (verified quotes) and notes (a text already remembered is refreshed,
+        not repeated), each with where it came from."""
         key = self._key(tenant, session_id)
-        new = [t.strip()[:MAX_ITEM_CHARS] for t in texts if t.strip()]
+        new: dict[str, str] = {}
+        for kind, texts in (("finding", findings), ("note", notes)):
+            for t in texts:
+                t = t.strip()[:MAX_ITEM_CHARS]
+                if t:
+                    new.setdefault(t, kind)
         if not new:
             return
 
         def change(memory: dict[str, Any] | None) -> dict[str, Any]:
             items = [i for i in self._fresh(memory["items"] if memory else []) if i["text"] not in new]
             now = self.clock()
-            items.extend({"text": t, "at": now} for t in new)
+            items.extend({"text": t, "at": now, "job_id": job_id, "kind": kind} for t, kind in new.items())
             return {"items": items[-self.max_items :]}
 
         written = update_json(self.objects, key, change, load=json.loads, dump=_dump)

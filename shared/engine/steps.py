@@ -259,7 +259,13 @@ def _execute(b: Backends, job: Job, msg: StepMessage, previous: Checkpoint | Non
         state = AgentState.model_validate(previous.state)
     else:
         recalled = b.memory.recall(job.tenant, job.session_id) if job.session_id else []
-        state = research.start(job.task, job.policy, recalled)
+        state = research.start(
+            job.task,
+            job.policy,
+            recalled,
+            memory_item_chars=b.settings.memory_item_prompt_chars,
+            memory_total_chars=b.settings.memory_prompt_chars,
+        )
 
     def checkpoint(kind: str, summary: str, new_state: AgentState, usage: Usage, outcome: Outcome | None) -> Checkpoint:
         return Checkpoint(
@@ -290,6 +296,7 @@ def _execute(b: Backends, job: Job, msg: StepMessage, previous: Checkpoint | Non
         count_tokens=b.count_tokens,
         context_budget=b.settings.context_budget_tokens,
         approval=_approval_after(job, msg.step - 1),
+        report_link_hosts=tuple(b.settings.report_link_hosts),
     )
     try:
         deep_step = fanout.step(b, job, state, previous)
@@ -358,8 +365,8 @@ def settle(b: Backends, job: Job, cp: Checkpoint) -> None:
         if state.report is not None:
             b.reports.save(cp.job_id, state.report)
         if job.session_id and cp.outcome.status == "succeeded" and state.report is not None:
-            findings = [c.quote for c in state.report.citations] + state.notes
-            b.memory.remember(job.tenant, job.session_id, findings)
+            findings = [c.quote for c in state.report.citations]
+            b.memory.remember(job.tenant, job.session_id, findings, notes=state.notes, job_id=job.id)
     # The projection of a step followed by a next message need not wait for its own fsync: that
     # message is already durable, and its step folds in any checkpoint the record missed.
     applied = False

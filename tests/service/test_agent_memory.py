@@ -3,12 +3,12 @@ message while they are fresh, and nothing once MEMORY_TTL_SECONDS has passed."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
 
 from agents.prompts import user_prompt
+from shared.contracts import MemoryItem
 from shared.engine.backends import Backends
 from shared.engine.memory import SessionMemory
 from shared.services import jobs
@@ -64,8 +64,10 @@ def test_later_jobs_see_session_findings_before_the_ttl_and_none_after(
 
     clock.now += TTL - 1  # still fresh
     job, seen = run("What happens on redelivery?", "s1")
-    assert seen == user_prompt("What happens on redelivery?", findings)
-    assert json.loads(seen.split("\n", 3)[-1]) == {"earlier_findings": findings}  # fenced as JSON data
+    recalled = [MemoryItem(text=f, at=clock.now - TTL + 1, job_id=first.id) for f in findings]
+    fence = seen.split("between <", 1)[1].split(">", 1)[0]
+    assert seen == user_prompt("What happens on redelivery?", recalled, fence=fence)  # fenced, with origin
+    assert f'<{fence} origin="finding quoted (verified) by job {first.id} at ' in seen
     assert job.status == "succeeded"
     # Memory belongs to a session of a tenant: another session, or the same id in another tenant, sees nothing.
     assert run("How is the index backed up?", "s2")[1] == "How is the index backed up?"
