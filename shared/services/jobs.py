@@ -151,24 +151,39 @@ def _create(  # type: ignore[no-untyped-def]
     try:
         _enqueue_first_step(b, job)
     except Exception:
-        _roll_back(b, job, key)
+        if key:
+            _keep_for_retry(job)
+        else:
+            _roll_back(b, job)
         raise
     return job
 
 
-def _roll_back(b: Backends, job: Job, idempotency_key: str | None) -> None:
-    """Undo a submission whose first step could not be enqueued: the caller is told 503, so no job exists.
+def _keep_for_retry(job: Job) -> None:
+    """A keyed submission whose first step could not be enqueued stays queued at step 0, key and all.
 
-    The record goes first: with it gone, a retry under the same Idempotency-Key recreates the job
-    under the same id (the "died between its two writes" path of submit). If storage fails here too,
-    the record stays queued at step 0 and the stuck-job detector sends its first step later; a retry
-    with the same key then returns that job. Either way a keyed retry ends in exactly one job.
+    Rolling it back would race: another submitter with the same key (a second runtime firing the
+    same schedule, a client retrying at once) may have read the key already and recreate the job
+    under it while the key is deleted, and the next attempt would then mint a second job under one
+    key. Kept, the key always names one job: a retry with it re-sends the first step (duplicate
+    detection drops a copy), and without a retry the stuck-job detector sends it.
+    """
+    log.warning(
+        "job %s: first step not enqueued; kept queued for a retry with its Idempotency-Key",
+        job.id,
+        extra={"event": "submit_kept_for_retry", "job_id": job.id, "tenant": job.tenant},
+    )
+
+
+def _roll_back(b: Backends, job: Job) -> None:
+    """Undo an unkeyed submission whose first step could not be enqueued: the caller is told 503, so no job exists.
+
+    If storage fails here too, the record stays queued at step 0 and the stuck-job detector sends its
+    first step later.
     """
     try:
         b.objects.delete(layout.job_key(job.id))
         b.jobs.forget_tenant_marker(job)
-        if idempotency_key:
-            b.objects.delete(layout.idempotency_key(job.tenant, hashlib.sha256(idempotency_key.encode()).hexdigest()))
     except Exception:  # noqa: BLE001 - the original failure is what the caller must see
         log.warning(
             "job %s: first step not enqueued and the record not rolled back; the stuck-job detector will send it",

@@ -136,25 +136,36 @@ def test_a_stray_future_step_is_dead_lettered_with_a_reason_and_the_job_finishes
 # --- bug 4: a failed submit leaves no orphan -------------------------------------------------------
 
 
-def test_a_submit_whose_enqueue_fails_answers_503_leaves_no_job_and_a_keyed_retry_makes_one(
+def test_an_unkeyed_submit_whose_enqueue_fails_answers_503_and_leaves_no_job(
     api: TestClient, backends: Backends
 ) -> None:
-    request = {"task": "What does the sweep do?"}
     with held_locked(queue_file(backends)):
         started = time.perf_counter()
-        r = api.post("/api/jobs", json=request, headers={"Idempotency-Key": "k-1"})
+        r = api.post("/api/jobs", json={"task": "What does the sweep do?"})
         elapsed = time.perf_counter() - started
     assert r.status_code == 503 and r.headers["Retry-After"].isdigit(), r.text
     assert elapsed < 1.5, f"held the request {elapsed:.2f}s"
     assert api.get("/api/jobs").json()["jobs"] == []  # rolled back: no orphan listed
     assert list(backends.jobs.all()) == []
 
+
+def test_a_keyed_submit_whose_enqueue_fails_keeps_one_job_that_the_retry_sends(
+    api: TestClient, backends: Backends
+) -> None:
+    request = {"task": "What does the sweep do?"}
+    with held_locked(queue_file(backends)):
+        r = api.post("/api/jobs", json=request, headers={"Idempotency-Key": "k-1"})
+    assert r.status_code == 503 and r.headers["Retry-After"].isdigit(), r.text
+    [kept] = list(backends.jobs.all())  # the key names it, so no racing submitter can mint a second
+    assert (kept.status, kept.step) == ("queued", 0)
+    assert backends.queue.peek_live() == []
+
     first = api.post("/api/jobs", json=request, headers={"Idempotency-Key": "k-1"})
     again = api.post("/api/jobs", json=request, headers={"Idempotency-Key": "k-1"})
     assert first.status_code == again.status_code == 202
-    assert first.json()["id"] == again.json()["id"]
-    assert [j["id"] for j in api.get("/api/jobs").json()["jobs"]] == [first.json()["id"]]
-    assert [m.message_id for m in backends.queue.peek_live()] == [f"{first.json()['id']}:1"]
+    assert first.json()["id"] == again.json()["id"] == kept.id
+    assert [j["id"] for j in api.get("/api/jobs").json()["jobs"]] == [kept.id]
+    assert [m.message_id for m in backends.queue.peek_live()] == [f"{kept.id}:1"]
 
 
 # --- bug 5: outages fail fast ------------------------------------------------------------------------
