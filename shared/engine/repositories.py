@@ -218,8 +218,17 @@ class JobStore:
     def create(self, job: Job) -> None:
         # The listing marker first, without its own fsync: the record's fsync'd create right after
         # carries it to disk (WAL order), and a marker whose record never came is skipped by listings.
-        self.objects.put(self._tenant_marker(job), b"", durable=False)
-        self.objects.put_if_absent(self._key(job.id), job.model_dump_json().encode())
+        marker = self._tenant_marker(job)
+        self.objects.put(marker, b"", durable=False)
+        try:
+            self.objects.put_if_absent(self._key(job.id), job.model_dump_json().encode())
+        except PreconditionFailed:
+            # A concurrent create of the same id (two submitters of one Idempotency-Key) won. Its
+            # record was made a millisecond apart, so its marker may be another key: ours goes.
+            winner = self.get(job.id)
+            if winner is not None and self._tenant_marker(winner) != marker:
+                self.objects.delete(marker)
+            raise
 
     def forget_tenant_marker(self, job: Job) -> None:
         """Remove the job from its tenant's listing (a submission rolled back before it ran)."""
@@ -273,7 +282,8 @@ class JobStore:
             if after is not None and marker <= after:
                 continue
             job = self._readable(marker.split("_", 1)[1])
-            if job is not None:
+            # A marker that is not the record's own is a losing concurrent create's, left by a crash.
+            if job is not None and self._tenant_marker(job) == key:
                 yield marker, job
 
     def markers(self, tenant: str | None = None, *, after: str | None = None) -> Iterator[tuple[str, str, datetime]]:

@@ -168,6 +168,23 @@ def test_a_keyed_submit_whose_enqueue_fails_keeps_one_job_that_the_retry_sends(
     assert [m.message_id for m in backends.queue.peek_live()] == [f"{kept.id}:1"]
 
 
+def test_two_creates_of_one_job_id_list_it_once_even_when_the_loser_crashed(backends: Backends) -> None:
+    """Two runtimes firing one schedule occurrence both create its job, a millisecond apart."""
+    from shared.contracts import Job
+    from shared.ports import PreconditionFailed
+
+    first = Job(id="job-same", tenant="dev", task="Daily summary", policy=backends.settings.policy_defaults)
+    second = first.model_copy(update={"created_at": first.created_at + timedelta(milliseconds=1)})
+    backends.jobs.create(first)
+    with pytest.raises(PreconditionFailed):
+        backends.jobs.create(second)  # the loser removes its own listing marker
+    assert [job.id for _, job in backends.jobs.list_for_tenant("dev")] == ["job-same"]
+
+    crashed = first.model_copy(update={"created_at": first.created_at + timedelta(milliseconds=2)})
+    backends.objects.put(backends.jobs.marker_key(crashed), b"")  # a loser that died before cleaning up
+    assert [job.id for _, job in backends.jobs.list_for_tenant("dev")] == ["job-same"]
+
+
 # --- bug 5: outages fail fast ------------------------------------------------------------------------
 
 
