@@ -15,6 +15,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from shared.api.deps import BackendsDep
 from shared.api.problems import validation_error
+from shared.api.schema import problem_responses
 from shared.api.security import CallerDep, OperatorDep
 from shared.contracts import Chunk, Document, SearchHit
 from shared.engine.backends import Backends
@@ -34,7 +35,10 @@ class IndexResult(BaseModel):
     "/documents",
     status_code=201,
     response_model=IndexResult,
-    responses={202: {"model": ingestion.IngestionJob, "description": "A large upload, queued as an ingestion job"}},
+    responses={
+        202: {"model": ingestion.IngestionJob, "description": "A large upload, queued as an ingestion job"},
+        **problem_responses(409, 415),
+    },
     summary="Ingest documents: PDF, HTML, Word, Markdown, text or JSON",
     description="JSON: one document or a list of `{id, title, url?, content}`. Files: multipart `file` field(s), "
     "or a raw body with `?filename=` (its type is read from the bytes: PDF, DOCX, HTML, Markdown, text). "
@@ -129,6 +133,7 @@ def get_ingestion(ingestion_id: str, caller: OperatorDep, b: BackendsDep) -> ing
     status_code=202,
     response_model=ingestion.IngestionJob,
     summary="Send an ingestion's dead-lettered batches again",
+    responses=problem_responses(409),
 )
 def retry_ingestion(ingestion_id: str, caller: OperatorDep, b: BackendsDep) -> ingestion.IngestionJob:
     return ingestion.retry_failed(b, ingestion_id)
