@@ -24,6 +24,7 @@ from shared.api import (
 from shared.api.deps import BackendsSource
 from shared.api.headers import AllowedHosts, SecurityHeaders
 from shared.api.mcp_server import MCP_PATH, McpEndpoint
+from shared.api.problems import PROBLEM_JSON
 from shared.api.security import BodySizeLimit
 from shared.console import KeyCheck, create_console
 from shared.contracts import Document
@@ -95,8 +96,15 @@ def _document_mcp(document: dict[str, Any]) -> None:
         "requestBody": {"content": {"application/json": {"schema": {"type": "object"}}}},
         "responses": {
             "200": {"description": "JSON-RPC response", "content": {"application/json": {}}},
-            "400": {"description": "A JSON-RPC error object", "content": {"application/json": {}}},
+            "400": {
+                "description": "A JSON-RPC error object, or (problem details) a Host outside ALLOWED_HOSTS",
+                "content": {
+                    "application/json": {},
+                    PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/ProblemDetails"}},
+                },
+            },
             "401": {"description": "No or invalid API key (problem details)"},
+            "429": {"description": "Rate limited (problem details)"},
         },
     }
     document["paths"][MCP_PATH] = {"post": {**operation, "operationId": "mcp_post"}}

@@ -91,13 +91,14 @@ def validation_error(errors: Sequence[Any]) -> InvalidRequest:
 
 
 def allowed_methods(request: Request) -> list[str]:
-    """Every method some route of the app serves at this path (the router names only the first route's)."""
-    methods: set[str] = set()
-    for route in iter_route_contexts(request.app.routes):
-        match, _ = route.matches(request.scope)
-        if match is not Match.NONE:
-            methods |= set(getattr(route, "methods", None) or ())
-    return sorted(methods)
+    """The methods of the path the router matched: every route with its template, not only the first.
+
+    The first route that matches the path names the resource (/api/admin/dlq/sweep, not
+    /api/admin/dlq/{message_id}), as the OpenAPI document does.
+    """
+    routes = list(iter_route_contexts(request.app.routes))
+    template = next((r.path_format for r in routes if r.matches(request.scope)[0] is not Match.NONE), None)
+    return sorted({m for r in routes if r.path_format == template for m in (getattr(r, "methods", None) or ())})
 
 
 def install(app: FastAPI) -> None:

@@ -98,7 +98,7 @@ class RestoreRequest(BaseModel):
     "/restore",
     response_model=backup.RestoreResult,
     summary="Rebuild the knowledge index from a backup, verified against its manifest",
-    responses=problem_responses(409),
+    responses=problem_responses(404, 409),
 )
 def restore_backup(body: RestoreRequest, caller: OperatorDep, b: BackendsDep) -> backup.RestoreResult:
     return backup.restore(b, body.backup_id)
