@@ -128,6 +128,8 @@ def document_problems(api: FastAPI, extra: Callable[[dict[str, Any]], None] | No
                 for method, operation in operations.items():
                     route = routes.get((path, method))
                     implied = _implied_statuses(route) if route else {400, 503}
+                    if operation.get("security"):  # a security scheme says a key is needed, however checked
+                        implied |= {401, 429}
                     _document_operation(operation, implied)
             _problem_schema(schema)
             api.openapi_schema = schema
