@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import AsyncGenerator
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.concurrency import run_in_threadpool
@@ -25,6 +25,8 @@ from shared.services import extraction, ingestion, knowledge
 router = APIRouter(prefix="/api", tags=["knowledge"])
 _documents = TypeAdapter(Document | list[Document])
 ScopeQuery = Annotated[str | None, Query(max_length=100, pattern=r"^[A-Za-z0-9_\-]+$")]
+# Bounded: an integer past SQLite's 64 bits would fail in the index (schemathesis found it as a 500).
+ChunkNumber = Annotated[int, Path(ge=0, le=1_000_000_000)]
 
 
 class IndexResult(BaseModel):
@@ -173,5 +175,5 @@ def search(
     summary="One indexed chunk",
     description="The exact text citations quote from (`quote == content[start:end]`), so a caller can check them.",
 )
-def get_chunk(doc_id: str, chunk_id: int, caller: CallerDep, b: BackendsDep) -> Chunk:
+def get_chunk(doc_id: str, chunk_id: ChunkNumber, caller: CallerDep, b: BackendsDep) -> Chunk:
     return knowledge.chunk(b, doc_id, chunk_id)

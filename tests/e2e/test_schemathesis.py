@@ -31,7 +31,7 @@ from shared.settings import DEV_API_KEY
 from tests.fixtures.app import RuntimeProcess, ingest_over_http
 
 pytestmark = pytest.mark.slow
-MAX_EXAMPLES = int(os.environ.get("SCHEMATHESIS_MAX_EXAMPLES", "25"))
+MAX_EXAMPLES = int(os.environ.get("SCHEMATHESIS_MAX_EXAMPLES", "50"))
 SEED = os.environ.get("SCHEMATHESIS_SEED", "20261203")
 CHECKS_LEFT_OUT = "positive_data_acceptance"
 PATHS_LEFT_OUT = ["/api/mcp"]

@@ -67,23 +67,29 @@ def _model_name(schema: dict[str, Any]) -> str | None:
     return None
 
 
-def string_paths(spec: dict[str, Any], schema: dict[str, Any], seen: frozenset[str] = frozenset()) -> Iterator[list]:
-    """Paths (keys and 0 for array items) to every string a body of this schema may hold."""
+def field_paths(
+    spec: dict[str, Any], schema: dict[str, Any], kind: str = "string", seen: frozenset[str] = frozenset()
+) -> Iterator[list]:
+    """Paths (keys and 0 for array items) to every value of this JSON type (string: enums too) a body may hold."""
     name = schema.get("$ref")
     if name in seen:
         return
     schema = _resolve(spec, schema)
     seen = seen | {name} if name else seen
-    if schema.get("type") == "string" or "enum" in schema or "const" in schema:
+    if schema.get("type") == kind or (kind == "string" and ("enum" in schema or "const" in schema)):
         yield []
     for option in [*schema.get("anyOf", []), *schema.get("oneOf", [])]:
-        yield from string_paths(spec, option, seen)
+        yield from field_paths(spec, option, kind, seen)
     for key, sub in schema.get("properties", {}).items():
-        for path in string_paths(spec, sub, seen):
+        for path in field_paths(spec, sub, kind, seen):
             yield [key, *path]
     if "items" in schema:
-        for path in string_paths(spec, schema["items"], seen):
+        for path in field_paths(spec, schema["items"], kind, seen):
             yield [0, *path]
+
+
+def string_paths(spec: dict[str, Any], schema: dict[str, Any]) -> Iterator[list]:
+    return field_paths(spec, schema, "string")
 
 
 def with_value(body: dict[str, Any], path: list, value: Any) -> dict[str, Any]:
@@ -105,8 +111,8 @@ def with_value(body: dict[str, Any], path: list, value: Any) -> dict[str, Any]:
     return body
 
 
-def json_bodies(spec: dict[str, Any]) -> Iterator[tuple[str, str, str, list]]:
-    """(method, path, model, field path) for every string field of every JSON request body."""
+def json_bodies(spec: dict[str, Any], kind: str = "string") -> Iterator[tuple[str, str, str, list]]:
+    """(method, path, model, field path) for every field of this JSON type of every JSON request body."""
     for path, operations in spec["paths"].items():
         for method, operation in operations.items():
             if method not in ("post", "put", "patch"):
@@ -117,7 +123,7 @@ def json_bodies(spec: dict[str, Any]) -> Iterator[tuple[str, str, str, list]]:
             model = _model_name(content["application/json"]["schema"])
             if model is None:
                 continue  # a free-form object (the MCP endpoint's JSON-RPC): no fields to fill
-            for field in string_paths(spec, {"$ref": f"#/components/schemas/{model}"}):
+            for field in field_paths(spec, {"$ref": f"#/components/schemas/{model}"}, kind):
                 if field:
                     yield method, path, model, field
 
@@ -128,6 +134,15 @@ def string_params(spec: dict[str, Any], where: str) -> Iterator[tuple[str, str, 
             params = [p for p in operation.get("parameters", []) if p["in"] in ("query", "path")]
             for param in params:
                 if param["in"] == where and any(True for _ in string_paths(spec, param["schema"])):
+                    yield method, path, param["name"], params
+
+
+def integer_params(spec: dict[str, Any]) -> Iterator[tuple[str, str, str, list[dict[str, Any]]]]:
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            params = [p for p in operation.get("parameters", []) if p["in"] in ("query", "path")]
+            for param in params:
+                if _resolve(spec, param["schema"]).get("type") in ("integer", "number"):
                     yield method, path, param["name"], params
 
 
@@ -208,6 +223,21 @@ def test_string_fields_of_json_bodies(client: TestClient, spec: dict[str, Any]) 
     assert cases >= 8 * 20
 
 
+def test_integer_fields_of_json_bodies(client: TestClient, spec: dict[str, Any]) -> None:
+    cases = 0
+    for method, path, model, field in json_bodies(spec, "integer"):
+        params = [p for p in spec["paths"][path][method].get("parameters", []) if p["in"] in ("query", "path")]
+        for value in (-1, 2**70, -(2**70), 1e308):
+            body = json.dumps(with_value(BASELINES[model], field, value))
+            r = client.request(
+                method, _fill(path, params, None), content=body, headers={"Content-Type": "application/json"}
+            )
+            assert_handled(r, f"{method.upper()} {path} {model}.{'.'.join(map(str, field))} = {value}")
+            cases += 1
+    print(f"\nJSON integer fuzz cases: {cases}")
+    assert cases >= 4 * 10
+
+
 @pytest.mark.parametrize("where", ["query", "path"])
 def test_string_parameters(client: TestClient, spec: dict[str, Any], where: str) -> None:
     cases = 0
@@ -219,6 +249,18 @@ def test_string_parameters(client: TestClient, spec: dict[str, Any], where: str)
             cases += 1
     print(f"\n{where} parameter fuzz cases: {cases}")
     assert cases >= 6 * (8 if where == "query" else 10)
+
+
+def test_integer_parameters_out_of_every_range(client: TestClient, spec: dict[str, Any]) -> None:
+    """Past 64 bits an integer cannot reach SQLite (a chunk number did, as a 500, until bounded)."""
+    cases = 0
+    for method, path, name, params in integer_params(spec):
+        for value in ("-1", str(2**70), "1e400", "NaN"):
+            r = client.request(method, _fill(path, params, (name, value)))
+            assert_handled(r, f"{method.upper()} {path} {name} = {value}")
+            cases += 1
+    print(f"\ninteger parameter fuzz cases: {cases}")
+    assert cases >= 4 * 8
 
 
 def test_a_1_mb_string_over_the_body_limit_is_a_413_problem(backends: Any) -> None:
