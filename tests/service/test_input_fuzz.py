@@ -274,7 +274,7 @@ def test_a_1_mb_string_over_the_body_limit_is_a_413_problem(backends: Any) -> No
     assert r.status_code == 413
 
 
-def test_the_reported_surrogate_case_is_a_422_and_its_log_line_is_written(client: TestClient, caplog: Any) -> None:
+def test_the_reported_surrogate_case_is_a_422_naming_the_field(client: TestClient) -> None:
     body = '{"task":"q","policy":{"allowed_tools":["\\ud800"]}}'
     r = client.post("/api/jobs", content=body, headers={"Content-Type": "application/json"})
     assert r.status_code == 422 and r.headers["content-type"].startswith("application/problem+json")
