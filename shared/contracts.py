@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 JobStatus = Literal["queued", "running", "waiting_for_approval", "succeeded", "failed", "cancelled"]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
@@ -23,6 +23,26 @@ _DOC_ID_RE = re.compile(DOC_ID_PATTERN)
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def plain_text(value: str) -> str:
+    """Refuse NUL and lone surrogates: no caller means them, and neither can be stored or encoded everywhere.
+
+    JSON lets a client send "\\ud800" or "\\u0000"; UTF-8 cannot encode the first, and SQLite text, blob
+    names and C libraries cut strings at the second. Refused where a request enters (422), such a string
+    never reaches a store, a log line or a problem detail.
+    """
+    if "\x00" in value:
+        raise ValueError("must not contain NUL (U+0000)")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must not contain lone surrogates (U+D800-U+DFFF); send valid Unicode text") from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(plain_text)]
+"""A string a request may carry: any Unicode text but NUL and lone surrogates (see plain_text)."""
 
 
 class Usage(BaseModel):
@@ -56,7 +76,7 @@ class Policy(BaseModel):
 
     max_steps: int = Field(30, ge=1, le=500, description="Steps after which the job stops with policy_limit.")
     max_tokens: int = Field(200_000, ge=1, description="Model tokens (prompt + completion) one job may spend.")
-    allowed_tools: list[str] = Field(
+    allowed_tools: list[Text] = Field(
         default_factory=lambda: ["search_knowledge", "read_document", "save_note", "write_report"],
         description="Tools the agent may call; others are refused and the model is told.",
     )
@@ -94,7 +114,7 @@ class ToolApproval(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    tools: list[str] = Field(min_length=1, description="Tool names, e.g. read_document, write_report.")
+    tools: list[Text] = Field(min_length=1, description="Tool names, e.g. read_document, write_report.")
 
 
 Approval = Literal["none", "before_report"] | ToolApproval
@@ -116,7 +136,7 @@ class PolicyOverrides(BaseModel):
 
     max_steps: int | None = Field(None, ge=1, le=500)
     max_tokens: int | None = Field(None, ge=1)
-    allowed_tools: list[str] | None = None
+    allowed_tools: list[Text] | None = None
     require_citations: bool | None = None
     min_citations: int | None = Field(None, ge=0, le=100)
     max_report_chars: int | None = Field(None, ge=200, le=200_000)
@@ -272,10 +292,10 @@ class Document(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    id: str = Field(pattern=DOC_ID_PATTERN, description="Letters, digits, '_', '-', '='.")
-    title: str = Field(min_length=1, max_length=500)
-    url: str | None = Field(None, max_length=2000)
-    content: str = Field(min_length=1)
+    id: Text = Field(pattern=DOC_ID_PATTERN, description="Letters, digits, '_', '-', '='.")
+    title: Text = Field(min_length=1, max_length=500)
+    url: Text | None = Field(None, max_length=2000)
+    content: Text = Field(min_length=1)
 
 
 def valid_doc_id(doc_id: str) -> bool:

@@ -133,6 +133,18 @@ class Settings(BaseSettings):
     )
     max_body_bytes: int = Field(1_000_000, validation_alias="MAX_BODY_BYTES")
     rate_limit_per_minute: int = Field(600, validation_alias="RATE_LIMIT_PER_MINUTE")
+    allowed_hosts: list[str] = Field(
+        default_factory=lambda: ["localhost", "127.0.0.1", "[::1]", "*.azurewebsites.net"],
+        validation_alias="ALLOWED_HOSTS",
+        description='JSON list of the Host names the API answers to ("*.suffix" for subdomains; "*" for any); '
+        "others get 400. Add custom domains and the API Management or Front Door host here.",
+    )
+    health_cache_seconds: float = Field(
+        5.0,
+        ge=0,
+        validation_alias="HEALTH_CACHE_SECONDS",
+        description="Anonymous GET /api/health answers from a check at most this old (0: check every time).",
+    )
 
     # --- policy, budget, memory ----------------------------------------------------------------
     policy_defaults: Policy = Field(default_factory=Policy, validation_alias="POLICY_DEFAULTS")
@@ -269,7 +281,7 @@ class Settings(BaseSettings):
             return json.loads(value) if value.strip() else {}
         return value
 
-    @field_validator("webhook_allowed_networks", "report_link_hosts", mode="before")
+    @field_validator("webhook_allowed_networks", "report_link_hosts", "allowed_hosts", mode="before")
     @classmethod
     def _json_list(cls, value: Any) -> Any:
         # The environment source decodes JSON itself; settings given by name (local.settings.json, tests) may not.

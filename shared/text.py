@@ -205,3 +205,15 @@ def _window(content: str, anchor: int, start: int, end: int, max_chars: int) -> 
     hi = min(end, lo + max_chars)
     lo = max(start, hi - max_chars)
     return ("…" if lo > start else "") + content[lo:hi].strip() + ("…" if hi < end else "")
+
+
+def encodable(text: str) -> str:
+    """The text, with anything UTF-8 cannot encode (lone surrogates) written as a visible escape ("\\ud800").
+
+    For what echoes caller input back out (problem details, log lines): they must never fail to encode.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text

@@ -5,23 +5,29 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.responses import RedirectResponse
 from starlette.routing import Route
 
 from shared.api import (
+    docs,
     problems,
     routes_admin,
     routes_documents,
     routes_events,
+    routes_health,
     routes_jobs,
     routes_metrics,
     routes_schedules,
+    schema,
     security,
 )
-from shared.api.deps import BackendsDep, BackendsSource
+from shared.api.deps import BackendsSource
+from shared.api.headers import AllowedHosts, SecurityHeaders
 from shared.api.mcp_server import MCP_PATH, McpEndpoint
+from shared.api.problems import PROBLEM_JSON
 from shared.api.security import BodySizeLimit
 from shared.console import KeyCheck, create_console
+from shared.contracts import Document
 from shared.engine.backends import Backends
 from shared.observability import metrics
 from shared.services import health
@@ -46,10 +52,13 @@ def create_api(backends: BackendsSource, settings: Settings | None = None) -> Fa
         version="0.1.0",
         description=DESCRIPTION,
         openapi_url="/api/openapi.json",
-        docs_url="/api/docs",
+        docs_url=None,  # served by docs.install, with assets from this app rather than a CDN
         redoc_url=None,
+        # No "/x/" -> "/x" redirects: their Location would be built from the Host header.
+        redirect_slashes=False,
     )
     api.state.backends = backends
+    api.state.health_cache = health.HealthCache(settings.health_cache_seconds)
     problems.install(api)
     api.include_router(routes_jobs.router)
     api.include_router(routes_events.router)
@@ -59,15 +68,16 @@ def create_api(backends: BackendsSource, settings: Settings | None = None) -> Fa
     api.include_router(routes_documents.router)
     api.include_router(routes_metrics.router)
     api.include_router(routes_admin.router)
+    api.include_router(routes_health.router)
     api.mount("/console", create_console(backends, KeyCheck(security.authenticate, security.require_operator)))
+    # The console's home is /console/; a relative Location, never one built from the Host header.
+    api.add_api_route("/console", lambda: RedirectResponse("/console/"), include_in_schema=False)
+    docs.install(api)
 
-    @api.get("/api/health", tags=["operations"], summary="Each dependency's state (anonymous)")
-    def get_health(b: BackendsDep) -> JSONResponse:
-        result = health.check(b)
-        return JSONResponse(result, status_code=200 if result["status"] == "ok" else 503)
-
-    _document_mcp(api)
+    schema.document_problems(api, extra=_document_raw_routes)
     api.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    api.add_middleware(AllowedHosts, allowed=settings.allowed_hosts)
+    api.add_middleware(SecurityHeaders)  # outside the two above: their 400 and 413 carry the headers too
     api.add_middleware(metrics.RequestMetrics)  # outermost: a 413 is a request too
     return api
 
@@ -77,25 +87,54 @@ Tools: submit_research, get_job, get_report, search_knowledge; resources: report
 with the same API key as REST; the key's tenant scopes every call. See docs/mcp.md."""
 
 
-def _document_mcp(api: FastAPI) -> None:
+def _document_mcp(document: dict[str, Any]) -> None:
     """Put /api/mcp (a raw ASGI route, outside FastAPI's routing) into the OpenAPI document."""
-    build = api.openapi
-
-    def openapi() -> dict[str, Any]:
-        if api.openapi_schema is None:
-            schema = build()
-            operation = {
-                "tags": ["mcp"],
-                "summary": "MCP server (streamable HTTP): tools and report resources",
-                "description": MCP_DOC,
-                "requestBody": {"content": {"application/json": {"schema": {"type": "object"}}}},
-                "responses": {
-                    "200": {"description": "JSON-RPC response", "content": {"application/json": {}}},
-                    "401": {"description": "No or invalid API key (problem details)"},
+    operation = {
+        "tags": ["mcp"],
+        "summary": "MCP server (streamable HTTP): tools and report resources",
+        "description": MCP_DOC,
+        "requestBody": {"content": {"application/json": {"schema": {"type": "object"}}}},
+        "responses": {
+            "200": {"description": "JSON-RPC response", "content": {"application/json": {}}},
+            "400": {
+                "description": "A JSON-RPC error object, or (problem details) a Host outside ALLOWED_HOSTS",
+                "content": {
+                    "application/json": {},
+                    PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/ProblemDetails"}},
                 },
-            }
-            schema["paths"][MCP_PATH] = {"post": {**operation, "operationId": "mcp_post"}}
-            api.openapi_schema = schema
-        return api.openapi_schema
+            },
+            "401": {"description": "No or invalid API key (problem details)"},
+            "429": {"description": "Rate limited (problem details)"},
+        },
+    }
+    document["paths"][MCP_PATH] = {"post": {**operation, "operationId": "mcp_post"}}
 
-    api.openapi = openapi  # type: ignore[method-assign]
+
+def _document_upload(document: dict[str, Any]) -> None:
+    """POST /api/documents reads its body itself (JSON, multipart or raw bytes): state what it accepts."""
+    ref = {"$ref": "#/components/schemas/Document"}
+    binary = {"schema": {"type": "string", "format": "binary"}}
+    document["components"]["schemas"]["Document"] = Document.model_json_schema(
+        ref_template="#/components/schemas/{model}"
+    )
+    document["paths"]["/api/documents"]["post"]["requestBody"] = {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"anyOf": [ref, {"type": "array", "items": ref}]}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"file": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+                    "required": ["file"],
+                }
+            },
+            "application/pdf": binary,
+            "application/vnd.openxmlformats-officedocument.wordprocessingml.document": binary,
+            "application/octet-stream": binary,
+        },
+    }
+
+
+def _document_raw_routes(document: dict[str, Any]) -> None:
+    _document_mcp(document)
+    _document_upload(document)

@@ -12,8 +12,9 @@ from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, Field
 
 from shared.api.deps import BackendsDep
+from shared.api.schema import problem_responses
 from shared.api.security import OperatorDep
-from shared.contracts import Job, JobStatus
+from shared.contracts import Job, JobStatus, Text
 from shared.maintenance import backup, checks, retention, sweep
 from shared.services import operations
 from shared.services.jobs import JobPage
@@ -36,7 +37,12 @@ def list_dead_letters(
     return operations.dead_letters(b, limit)
 
 
-@router.post("/dlq/sweep", response_model=sweep.SweepResult, summary="Run the dead-letter sweep now")
+@router.post(
+    "/dlq/sweep",
+    response_model=sweep.SweepResult,
+    summary="Run the dead-letter sweep now",
+    responses=problem_responses(409),
+)
 def run_sweep(caller: OperatorDep, b: BackendsDep) -> sweep.SweepResult:
     return sweep.sweep_dead_letters(b)
 
@@ -50,6 +56,7 @@ def get_dead_letter(message_id: str, caller: OperatorDep, b: BackendsDep) -> ope
     "/dlq/{message_id}/resubmit",
     response_model=sweep.DeadLetterAction,
     summary="Send a dead-lettered step again (new message id), whatever its cause",
+    responses=problem_responses(409),
 )
 def resubmit_dead_letter(message_id: str, caller: OperatorDep, b: BackendsDep) -> sweep.DeadLetterAction:
     return operations.resubmit_dead_letter(b, message_id)
@@ -67,7 +74,13 @@ def purge_dead_letters(caller: OperatorDep, b: BackendsDep) -> Purged:
 # --- backups --------------------------------------------------------------------------------------------
 
 
-@router.post("/backups", status_code=201, response_model=backup.BackupManifest, summary="Take a backup now")
+@router.post(
+    "/backups",
+    status_code=201,
+    response_model=backup.BackupManifest,
+    summary="Take a backup now",
+    responses=problem_responses(409),
+)
 def create_backup(caller: OperatorDep, b: BackendsDep) -> backup.BackupManifest:
     return backup.run_backup(b)
 
@@ -78,13 +91,14 @@ def list_backups(caller: OperatorDep, b: BackendsDep) -> list[backup.BackupManif
 
 
 class RestoreRequest(BaseModel):
-    backup_id: str = Field(max_length=40, description="An id from GET /api/admin/backups.")
+    backup_id: Text = Field(max_length=40, description="An id from GET /api/admin/backups.")
 
 
 @router.post(
     "/restore",
     response_model=backup.RestoreResult,
     summary="Rebuild the knowledge index from a backup, verified against its manifest",
+    responses=problem_responses(404, 409),
 )
 def restore_backup(body: RestoreRequest, caller: OperatorDep, b: BackendsDep) -> backup.RestoreResult:
     return backup.restore(b, body.backup_id)
@@ -93,7 +107,12 @@ def restore_backup(body: RestoreRequest, caller: OperatorDep, b: BackendsDep) ->
 # --- checks, usage, retention ---------------------------------------------------------------------------
 
 
-@router.post("/checks", response_model=checks.OpsReport, summary="Run the weekly operations checks now")
+@router.post(
+    "/checks",
+    response_model=checks.OpsReport,
+    summary="Run the weekly operations checks now",
+    responses=problem_responses(409),
+)
 def run_checks(caller: OperatorDep, b: BackendsDep) -> checks.OpsReport:
     return checks.run_weekly_checks(b)
 
@@ -108,7 +127,12 @@ def get_usage(
     return operations.usage(b, month, top=top)
 
 
-@router.post("/retention", response_model=retention.RetentionResult, summary="Apply retention now")
+@router.post(
+    "/retention",
+    response_model=retention.RetentionResult,
+    summary="Apply retention now",
+    responses=problem_responses(409),
+)
 def run_retention(caller: OperatorDep, b: BackendsDep) -> retention.RetentionResult:
     return retention.apply_retention(b)
 
@@ -141,6 +165,7 @@ def list_jobs(
     status_code=202,
     response_model=operations.ResubmitResult,
     summary="Send the job's next step again with a new message id",
+    responses=problem_responses(409),
 )
 def resubmit_job(job_id: str, caller: OperatorDep, b: BackendsDep) -> operations.ResubmitResult:
     return operations.resubmit_job(b, job_id)
@@ -151,6 +176,7 @@ def resubmit_job(job_id: str, caller: OperatorDep, b: BackendsDep) -> operations
     status_code=202,
     response_model=Job,
     summary="Run a finished job's task again as a new job (same tenant, task, session, policy)",
+    responses=problem_responses(409),
 )
 def rerun_job(job_id: str, caller: OperatorDep, b: BackendsDep, response: Response) -> Job:
     job = operations.rerun_job(b, job_id)

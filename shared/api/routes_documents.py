@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import AsyncGenerator
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.concurrency import run_in_threadpool
@@ -15,6 +15,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from shared.api.deps import BackendsDep
 from shared.api.problems import validation_error
+from shared.api.schema import problem_responses
 from shared.api.security import CallerDep, OperatorDep
 from shared.contracts import Chunk, Document, SearchHit
 from shared.engine.backends import Backends
@@ -24,6 +25,8 @@ from shared.services import extraction, ingestion, knowledge
 router = APIRouter(prefix="/api", tags=["knowledge"])
 _documents = TypeAdapter(Document | list[Document])
 ScopeQuery = Annotated[str | None, Query(max_length=100, pattern=r"^[A-Za-z0-9_\-]+$")]
+# Bounded: an integer past SQLite's 64 bits would fail in the index (schemathesis found it as a 500).
+ChunkNumber = Annotated[int, Path(ge=0, le=1_000_000_000)]
 
 
 class IndexResult(BaseModel):
@@ -34,7 +37,10 @@ class IndexResult(BaseModel):
     "/documents",
     status_code=201,
     response_model=IndexResult,
-    responses={202: {"model": ingestion.IngestionJob, "description": "A large upload, queued as an ingestion job"}},
+    responses={
+        202: {"model": ingestion.IngestionJob, "description": "A large upload, queued as an ingestion job"},
+        **problem_responses(409, 415),
+    },
     summary="Ingest documents: PDF, HTML, Word, Markdown, text or JSON",
     description="JSON: one document or a list of `{id, title, url?, content}`. Files: multipart `file` field(s), "
     "or a raw body with `?filename=` (its type is read from the bytes: PDF, DOCX, HTML, Markdown, text). "
@@ -129,6 +135,7 @@ def get_ingestion(ingestion_id: str, caller: OperatorDep, b: BackendsDep) -> ing
     status_code=202,
     response_model=ingestion.IngestionJob,
     summary="Send an ingestion's dead-lettered batches again",
+    responses=problem_responses(409),
 )
 def retry_ingestion(ingestion_id: str, caller: OperatorDep, b: BackendsDep) -> ingestion.IngestionJob:
     return ingestion.retry_failed(b, ingestion_id)
@@ -168,5 +175,5 @@ def search(
     summary="One indexed chunk",
     description="The exact text citations quote from (`quote == content[start:end]`), so a caller can check them.",
 )
-def get_chunk(doc_id: str, chunk_id: int, caller: CallerDep, b: BackendsDep) -> Chunk:
+def get_chunk(doc_id: str, chunk_id: ChunkNumber, caller: CallerDep, b: BackendsDep) -> Chunk:
     return knowledge.chunk(b, doc_id, chunk_id)

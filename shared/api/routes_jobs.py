@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 from agents.markdown_text import safe_autolink
 from agents.report_markdown import inline_text
 from shared.api.deps import BackendsDep
+from shared.api.schema import problem_responses
 from shared.api.security import CallerDep
 from shared.contracts import Citation, Job, JobError, JobStatus
 from shared.engine.pricing import Cost, price_usage
@@ -41,7 +42,7 @@ class JobView(Job):
     )
 
 
-@router.post("", status_code=202, response_model=Job, summary="Submit a research job")
+@router.post("", status_code=202, response_model=Job, summary="Submit a research job", responses=problem_responses(409))
 def submit_job(
     body: jobs.JobRequest,
     caller: CallerDep,
@@ -74,7 +75,13 @@ def get_job(job_id: str, caller: CallerDep, b: BackendsDep) -> JobView:
     return JobView(**job.model_dump(), cost=price_usage(b, job.usage))
 
 
-@router.post("/{job_id}/cancel", status_code=202, response_model=Job, summary="Cancel at the next step boundary")
+@router.post(
+    "/{job_id}/cancel",
+    status_code=202,
+    response_model=Job,
+    summary="Cancel at the next step boundary",
+    responses=problem_responses(409),
+)
 def cancel_job(job_id: str, caller: CallerDep, b: BackendsDep) -> Job:
     return jobs.cancel(b, caller.tenant, job_id)
 
@@ -85,6 +92,7 @@ def cancel_job(job_id: str, caller: CallerDep, b: BackendsDep) -> Job:
     summary="Approve what a waiting job waits for; it resumes with exactly one next step",
     description="Idempotent: repeating the request (or sending it concurrently) resumes the job once. "
     "409 when the job is not waiting (timed out, cancelled) or was rejected.",
+    responses=problem_responses(409),
 )
 def approve_job(job_id: str, caller: CallerDep, b: BackendsDep, body: approvals.Decision | None = None) -> Job:
     body = body or approvals.Decision()
@@ -95,6 +103,7 @@ def approve_job(job_id: str, caller: CallerDep, b: BackendsDep, body: approvals.
     "/{job_id}/reject",
     response_model=Job,
     summary="Reject what a waiting job waits for; the agent is told (with the comment) and goes on without it",
+    responses=problem_responses(409),
 )
 def reject_job(job_id: str, caller: CallerDep, b: BackendsDep, body: approvals.Decision | None = None) -> Job:
     body = body or approvals.Decision()
@@ -105,6 +114,7 @@ def reject_job(job_id: str, caller: CallerDep, b: BackendsDep, body: approvals.D
     "/{job_id}/provenance",
     response_model=Provenance,
     summary="What produced the report: model, prompt version, policy, document versions read, checks, costs",
+    responses=problem_responses(409),
 )
 def get_provenance(job_id: str, caller: CallerDep, b: BackendsDep) -> Provenance:
     return jobs.job_provenance(b, caller.tenant, job_id)
@@ -114,7 +124,7 @@ def get_provenance(job_id: str, caller: CallerDep, b: BackendsDep) -> Provenance
     "/{job_id}/report",
     response_model=ReportView,
     summary="The cited report (Markdown with Accept: text/markdown)",
-    responses={200: {"content": {"text/markdown": {}}}},
+    responses={200: {"content": {"text/markdown": {}}}, **problem_responses(409)},
 )
 def get_report(job_id: str, caller: CallerDep, b: BackendsDep, accept: Annotated[str, Header()] = "application/json"):  # type: ignore[no-untyped-def]
     job, report = jobs.report(b, caller.tenant, job_id)

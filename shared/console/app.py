@@ -69,7 +69,7 @@ class SecurityHeaders:
 
 def create_console(backends: BackendsSource, key_check: KeyCheck) -> FastAPI:
     """The console over the same backends (or source of them) as the API, signing in by its key check."""
-    console = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    console = FastAPI(docs_url=None, redoc_url=None, openapi_url=None, redirect_slashes=False)
     console.state.backends = backends
     console.state.key_check = key_check
     console.mount("/static", StaticFiles(directory=pages.HERE / "static"), name="static")

@@ -18,6 +18,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
 
+from shared.text import encodable
+
 # Read-only default: job_context always sets a new mapping, it never updates the one it found.
 _dimensions: ContextVar[Mapping[str, object]] = ContextVar("job_dimensions", default=MappingProxyType({}))
 DIMENSIONS = ("job_id", "step", "tenant")
@@ -76,7 +78,10 @@ class JsonLines(logging.Formatter):
                 line[key] = getattr(record, key)
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line, ensure_ascii=False, default=str)
+        # Text a caller sent may hold lone surrogates: written escaped, or the whole line would be lost.
+        return json.dumps(
+            {k: encodable(v) if isinstance(v, str) else v for k, v in line.items()}, ensure_ascii=False, default=str
+        )
 
 
 def rotating_log_file(path: Path, max_bytes: int, backups: int) -> logging.Handler:

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.contracts import ApprovalRequest, Job, StepMessage
+from shared.contracts import ApprovalRequest, Job, StepMessage, Text
 from shared.engine import job as lifecycle
 from shared.engine.backends import Backends
 from shared.errors import Conflict
@@ -20,7 +20,7 @@ class Decision(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    comment: str | None = Field(None, max_length=2000, description="Seen by the agent as data, never as instructions.")
+    comment: Text | None = Field(None, max_length=2000, description="Seen by the agent as data, never as instructions.")
     after_step: int | None = Field(
         None,
         ge=1,

@@ -7,6 +7,12 @@ locked database or a hung connection makes health say so at once instead of hang
 Worker pools. The embedded runtime registers each queue consumer here (register_worker_pool);
 a pool with fewer live workers than configured, or without its lock renewer, makes health
 degraded. In Azure the Functions host owns its workers and nothing is registered.
+
+Caching. HealthCache answers from one check for a few seconds (HEALTH_CACHE_SECONDS), and concurrent
+callers share the check that is running: anonymous probes (a load balancer, an uptime monitor,
+anyone) never write a blob or call the model more than once per period, which is also what limits
+their rate. Each storage probe writes its own key, so concurrent probes never read back each
+other's object and report a false "down".
 """
 
 from __future__ import annotations
@@ -15,13 +21,21 @@ import os
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from shared.engine.backends import Backends
 
-__all__ = ["CHECK_DEADLINE_SECONDS", "WorkerPoolState", "check", "register_worker_pool", "unregister_worker_pool"]
+__all__ = [
+    "CHECK_DEADLINE_SECONDS",
+    "HealthCache",
+    "WorkerPoolState",
+    "check",
+    "register_worker_pool",
+    "unregister_worker_pool",
+]
 
 # Under the 1 s an operator's probe (or a load balancer's) allows for an answer.
 CHECK_DEADLINE_SECONDS = 0.6
@@ -95,10 +109,12 @@ def check(b: Backends, *, deadline_seconds: float = CHECK_DEADLINE_SECONDS) -> d
 
     def storage() -> str:
         # A write/read round trip: a store that answers reads but refuses writes is down for us.
-        key = f"ops/health/{socket.gethostname()}-{os.getpid()}.txt"
+        # One key per probe: concurrent probes (threads, instances) never read each other's object.
+        key = f"ops/health/{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex}.txt"
         stamp = str(time.time_ns()).encode()
         b.objects.put(key, stamp)
         found = b.objects.get(key)
+        b.objects.delete(key)
         if found is None or found.data != stamp:
             raise RuntimeError("read back a different object than written")
         return "write/read round trip"
@@ -134,3 +150,27 @@ def check(b: Backends, *, deadline_seconds: float = CHECK_DEADLINE_SECONDS) -> d
         healthy = healthy and all(p.full for p in pools.values())
     result["status"] = "ok" if healthy else "degraded"
     return result
+
+
+class HealthCache:
+    """One check answers every caller for max_age_seconds; concurrent callers wait for the running one."""
+
+    def __init__(self, max_age_seconds: float) -> None:
+        self.max_age_seconds = max_age_seconds
+        self._lock = threading.Lock()
+        self._result: dict[str, Any] | None = None
+        self._started = float("-inf")
+        self.checks = 0  # how many real checks ran (tests and benchmarks read it)
+
+    def get(self, b: Backends, *, fresh: bool = False) -> dict[str, Any]:
+        """A result at most max_age_seconds old; with fresh=True, from a check started after this call."""
+        asked = time.monotonic()
+        oldest = asked if fresh else asked - self.max_age_seconds
+        with self._lock:
+            if self._result is not None and self._started >= oldest:
+                return self._result
+            started = time.monotonic()
+            self._result = check(b)
+            self._started = started
+            self.checks += 1
+            return self._result

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from agents.policy import resolve, tenant_limits
-from shared.contracts import Job, JobStatus, PolicyOverrides, Report, StepMessage, utcnow
+from shared.contracts import Job, JobStatus, PolicyOverrides, Report, StepMessage, Text, utcnow
 from shared.engine import job as lifecycle
 from shared.engine import layout, provenance, steps
 from shared.engine.backends import Backends
@@ -28,12 +28,12 @@ log = logging.getLogger("agent.jobs")
 class JobRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    task: str = Field(min_length=1, max_length=4000, description="The research question.")
-    session_id: str | None = Field(
+    task: Text = Field(min_length=1, max_length=4000, description="The research question.")
+    session_id: Text | None = Field(
         None, pattern=r"^[A-Za-z0-9_\-.]{1,100}$", description="Jobs of one session share short-term memory."
     )
     policy: PolicyOverrides | None = Field(None, description="Narrows the tenant's policy for this job.")
-    callback_url: str | None = Field(
+    callback_url: Text | None = Field(
         None,
         max_length=2000,
         description="Signed webhooks (job.report_ready, job.succeeded|failed|cancelled) go here; the host must be on "

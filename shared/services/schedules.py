@@ -16,7 +16,7 @@ from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from agents.policy import resolve, tenant_limits
-from shared.contracts import PolicyOverrides, utcnow
+from shared.contracts import PolicyOverrides, Text, utcnow
 from shared.engine import layout
 from shared.engine.backends import Backends
 from shared.engine.updates import update_json
@@ -63,11 +63,11 @@ def check_cron(cron: str, min_interval: timedelta = MIN_INTERVAL) -> str:
 class ScheduleRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    cron: str = Field(max_length=200, description="Six-field NCRONTAB (UTC), e.g. '0 0 9 * * 1' (Mondays 09:00).")
-    task: str = Field(min_length=1, max_length=4000)
+    cron: Text = Field(max_length=200, description="Six-field NCRONTAB (UTC), e.g. '0 0 9 * * 1' (Mondays 09:00).")
+    task: Text = Field(min_length=1, max_length=4000)
     policy: PolicyOverrides | None = None
-    session_id: str | None = Field(None, pattern=r"^[A-Za-z0-9_\-.]{1,100}$")
-    callback_url: str | None = Field(None, max_length=2000)
+    session_id: Text | None = Field(None, pattern=r"^[A-Za-z0-9_\-.]{1,100}$")
+    callback_url: Text | None = Field(None, max_length=2000)
 
     @field_validator("task")
     @classmethod
