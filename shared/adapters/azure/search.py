@@ -257,9 +257,12 @@ class AzureKnowledgeIndex:
 
         Chunks indexed before the scope field get the shared scope (counted and logged).
         """
+        self._apply_definition()
+        self.adopt_unscoped()
+
+    def _apply_definition(self) -> None:
         with _unavailable_on_transport_errors(f"create or update index {self.index_name}"):
             self._indexes.create_or_update_index(self.index_definition())
-        self.adopt_unscoped()
 
     def adopt_unscoped(self) -> int:
         """Give the shared scope to every chunk without one (merge actions); return how many."""
@@ -385,7 +388,7 @@ class AzureKnowledgeIndex:
     def reset(self) -> None:
         # Dropping and recreating is one request each, where deleting by key is one per 1000 chunks.
         self.delete_index()
-        self.ensure_index()
+        self._apply_definition()
 
     def ping(self) -> None:
         self.count()
@@ -421,7 +424,7 @@ class AzureKnowledgeIndex:
             try:
                 results = self._documents.index_documents(batch)
             except ResourceNotFoundError:
-                self.ensure_index()
+                self._apply_definition()  # a new index: nothing in it predates scopes
                 results = self._documents.index_documents(batch)
         failures = [result for result in results if not result.succeeded]
         if failures and all(failure.status_code in _RETRYABLE_STATUS for failure in failures):
