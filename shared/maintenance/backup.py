@@ -2,7 +2,7 @@
 
 Layout, one folder per backup (the id is its UTC start time):
   backups/{id}/index/definition.json        the index definition (KnowledgeIndex.definition())
-  backups/{id}/index/chunks-00001.jsonl     every chunk with its scope, in key order, 1000 per file (export paging by key)
+  backups/{id}/index/chunks-00001.jsonl     every chunk (with its scope), in key order, 1000 per file (by key)
   backups/{id}/objects/objects-00001.jsonl  job records, tenant job lists, reports, token ledgers,
                                             re-submission logs and idempotency records: {"key", "data"}
   backups/{id}/manifest.json                written last: counts, sizes and SHA-256 of every file
