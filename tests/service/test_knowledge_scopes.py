@@ -206,6 +206,29 @@ def test_an_admin_looks_across_tenants_only_by_naming_the_scope() -> None:
     assert id_scopes(operator) == ["globex", "shared"]
 
 
+def test_an_ingestion_job_keeps_its_scope_through_the_queue(world: TestClient, backends: Backends) -> None:
+    from tests.service.test_knowledge_ingest import drain
+
+    files = [
+        ("file", (f"tide-{n}.md", f"# Tide {n}\n\nAcme tide table {n}.".encode(), "text/markdown")) for n in range(45)
+    ]
+    r = world.post("/api/documents", files=files, headers=key("acme-op"))
+    assert r.status_code == 202, r.text
+    assert r.json()["scope"] == "acme"
+    probe("ingestion", "globex-op reads acme's ingestion job")
+    assert world.get(r.headers["location"], headers=key("globex-op")).status_code == 404
+    probe("ingestion", "globex-op retries acme's ingestion job")
+    assert world.post(r.headers["location"] + "/retry", headers=key("globex-op")).status_code == 404
+    drain(backends)
+    done = world.get(r.headers["location"], headers=key("acme-op")).json()
+    assert done["status"] == "succeeded" and done["added"] == 45
+    scopes = {c.scope for c in backends.index.export(size=10_000) if c.title.startswith("Tide ")}
+    assert scopes == {"acme"}
+    probe("ingestion", "globex-sub searches the ingested tide tables")
+    hits = world.get("/api/search", params={"q": "acme tide table"}, headers=key("globex-sub")).json()
+    assert not [h for h in hits if h["title"].startswith("Tide ")]
+
+
 # --- jobs: the agent's tools and the report ----------------------------------------------------------
 
 
