@@ -65,7 +65,14 @@ class DocumentNotFound(NotFound):
 
 
 class DocumentIdTaken(Conflict):
-    """A caller-chosen id that a document of another scope already has: refused, never overwritten."""
+    """A caller-chosen id that a document of another scope already has: refused, never overwritten.
+
+    409 rather than 404: the uploader has to learn that it must choose another id, and all the
+    answer reveals is that the id is in use somewhere, never whose it is, its title or its text
+    (every read of it by another tenant is still 404). Probing ids this way finds nothing that
+    matters: ids derived from file names carry a hash of the scope, so only ids a caller chose
+    can meet, and the collision says nothing about the document behind them.
+    """
 
     fix = "choose another doc_id (or leave it out: ids derived from the file name include the scope)"
 
