@@ -32,6 +32,7 @@ from shared.engine.backends import Backends
 from shared.engine.layout import DOCUMENTS, document_key
 from shared.engine.updates import update_json
 from shared.errors import Conflict, InvalidRequest, NotFound, ServiceError
+from shared.ports import PreconditionFailed
 from shared.services.chunking import chunk_document
 from shared.services.extraction import Section, extract, markdown_sections
 
@@ -99,7 +100,7 @@ class DocumentRecord(BaseModel):
     scope: str = Field(SHARED_SCOPE, description='The tenant that owns the document, or "shared" (every tenant).')
     kind: str = Field("json", description="pdf, html, docx, markdown, text or json.")
     url: str | None = None
-    version: str = Field(description="Content hash of the indexed version.")
+    version: str = Field(description='Content hash of the indexed version ("" while its first ingest is under way).')
     chunks: int
     bytes: int = 0
     source_hash: str | None = Field(
@@ -210,6 +211,8 @@ def ingest_one(b: Backends, source: SourceDocument) -> IndexedDocument:
     owner = _owner(record, head)
     if owner is not None and owner != scope:
         raise DocumentIdTaken(f"document id {doc.id} is taken")
+    if record is None and not head:
+        _claim(b, doc.id, doc.title, scope)
     if record is not None and record.version == version:
         if head and head[0].version == version:
             return IndexedDocument(
@@ -228,7 +231,7 @@ def ingest_one(b: Backends, source: SourceDocument) -> IndexedDocument:
 
     def change(current: DocumentRecord | None) -> DocumentRecord:
         history = list(current.previous_versions) if current else []
-        if current is not None and current.version != version:
+        if current is not None and current.version and current.version != version:
             history = (history + [current.version])[-20:]
         return DocumentRecord(
             id=doc.id,
@@ -312,6 +315,22 @@ def _unchanged_file(b: Backends, name: str, data: bytes, scope: str | None) -> I
     if not head or head[0].version != record.version:
         return None  # the index lost or never got this version: ingest it again
     return IndexedDocument(id=doc_id, chunks=record.chunks, status="unchanged", version=record.version, name=name)
+
+
+def _claim(b: Backends, doc_id: str, title: str, scope: str) -> None:
+    """Take a new document id for scope before indexing it: of two scopes that race for one id, one wins.
+
+    The claim is a record with no version yet (create-only); the ingest that made it fills it in,
+    and one that crashed in between leaves a claim the next ingest of the document completes.
+    DocumentIdTaken when another scope's record got there first.
+    """
+    claim = DocumentRecord(id=doc_id, title=title, scope=scope, version="", chunks=0)
+    try:
+        b.objects.put_if_absent(document_key(doc_id), claim.model_dump_json().encode())
+    except PreconditionFailed:
+        current = get_record(b, doc_id)
+        if current is not None and current.scope != scope:
+            raise DocumentIdTaken(f"document id {doc_id} is taken") from None
 
 
 def _owner(record: DocumentRecord | None, head: list[Chunk]) -> str | None:

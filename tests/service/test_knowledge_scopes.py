@@ -187,6 +187,43 @@ def test_an_id_taken_in_another_scope_is_refused_not_overwritten(world: TestClie
     assert again.status_code == 201 and again.json()["indexed"][0]["status"] == "updated"
 
 
+def race(b: Backends, doc_id: str, tenants: tuple[str, ...]) -> dict[str, str]:
+    """Each tenant ingests a new document under doc_id at the same moment; "indexed" or "taken" per tenant."""
+    import threading
+
+    outcomes: dict[str, str] = {}
+    barrier = threading.Barrier(len(tenants))
+
+    def ingest(tenant: str) -> None:
+        doc = Document(id=doc_id, title=tenant, content=f"{tenant} wrote this text about tides.")
+        barrier.wait()
+        try:
+            knowledge.index_documents(b, [doc], scope=tenant)
+            outcomes[tenant] = "indexed"
+        except knowledge.DocumentIdTaken:
+            outcomes[tenant] = "taken"
+
+    threads = [threading.Thread(target=ingest, args=(t,)) for t in tenants]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return outcomes
+
+
+def test_two_tenants_racing_for_one_new_id_leave_one_owner(backends: Backends) -> None:
+    """Both pass the "is the id free?" check at once; the create-only claim lets exactly one index it."""
+    for round_no in range(15):
+        doc_id = f"race-{round_no}"
+        outcomes = race(backends, doc_id, ("acme", "globex"))
+        probe("doc_id collision", f"race {round_no}")
+        assert sorted(outcomes.values()) == ["indexed", "taken"], outcomes
+        [winner] = [t for t, o in outcomes.items() if o == "indexed"]
+        record = knowledge.get_record(backends, doc_id)
+        assert record is not None and record.scope == winner and record.version
+        assert {(c.scope, c.title) for c in backends.index.get_chunks(doc_id)} == {(winner, winner)}
+
+
 def test_uploads_default_to_the_callers_tenant_and_shared_needs_a_publisher(world: TestClient) -> None:
     api = world
     assert api.get("/api/documents/globex-plan", headers=key("globex-op")).json()["scope"] == "globex"
