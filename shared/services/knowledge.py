@@ -11,7 +11,9 @@ and swaps the same chunks in again.
 Every document belongs to one scope: a tenant, or `shared` (visible to every tenant). Its record
 and each of its chunks carry it; reads take the caller's scopes (`knowledge_scopes(tenant)`) and
 treat a document outside them as missing. A document id is one namespace over every scope, so an
-id taken in another scope is refused (DocumentIdTaken), never overwritten.
+id taken in another scope is refused (DocumentIdTaken), never overwritten; a new id is claimed
+with a create-only record (no version yet) before its chunks are indexed, so of two scopes racing
+for one id exactly one gets it.
 """
 
 from __future__ import annotations
