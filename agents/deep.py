@@ -57,14 +57,17 @@ def plan_prompt(policy: Policy, language: str) -> str:
     )
 
 
-def plan(task: str, policy: Policy, model: ChatModel, index: KnowledgeIndex) -> Plan:
+def plan(
+    task: str, policy: Policy, model: ChatModel, index: KnowledgeIndex, *, scopes: list[str] | None = None
+) -> Plan:
     """One model turn proposing sub-questions, shown what the index holds for the question.
 
     A model that does not call the tool, or proposes nothing usable, gets the question itself as
-    the one sub-question: the job still answers, only without fanning out.
+    the one sub-question: the job still answers, only without fanning out. scopes are the job's
+    knowledge scopes: the planner is shown only what the job may read.
     """
     language = policy.language if policy.language != "auto" else detect_language(task)
-    hits = index.search(task, top=PLAN_SOURCES)
+    hits = index.search(task, top=PLAN_SOURCES, scopes=scopes)
     sources = [{"doc_id": h.doc_id, "title": h.title, "snippet": h.snippet} for h in hits]
     messages = [
         {"role": "system", "content": plan_prompt(policy, language)},
@@ -121,6 +124,7 @@ def compose(
     *,
     uncited: UncitedPolicy = "mark",
     link_hosts: Iterable[str] = (),
+    scopes: list[str] | None = None,
 ) -> Report:
     """The parent's report: a section per sub-question, citations renumbered and re-verified.
 
@@ -146,7 +150,7 @@ def compose(
         for c in report.citations:
             key = (c.doc_id, c.chunk_id)
             if key not in chunks:
-                found = index.get_chunks(c.doc_id, c.chunk_id)
+                found = index.get_chunks(c.doc_id, c.chunk_id, scopes=scopes)
                 chunks[key] = found[0] if found else None
             chunk = chunks[key]
             if chunk is None or chunk.content[c.start : c.end] != c.quote:

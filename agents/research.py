@@ -45,6 +45,7 @@ class AgentContext:
     context_budget: int = 12_000
     approval: ApprovalRequest | None = None  # a human's decision on this step's tool calls, if one was asked
     report_link_hosts: tuple[str, ...] = ()  # hosts a report may link to besides its cited sources (REPORT_LINK_HOSTS)
+    scopes: list[str] | None = None  # the job's knowledge scopes, [tenant, "shared"]; None: every scope
 
 
 @dataclass
@@ -174,7 +175,7 @@ def fit_to_budget_counted(
 
 
 def _tool_step(state: AgentState, ctx: AgentContext) -> StepResult:
-    toolbox = Toolbox(index=ctx.index, allowed=ctx.policy.allowed_tools)
+    toolbox = Toolbox(index=ctx.index, allowed=ctx.policy.allowed_tools, scopes=ctx.scopes)
     calls = state.pending_tool_calls()
     done: list[str] = []
     report_call: dict[str, Any] | None = None

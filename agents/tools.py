@@ -23,6 +23,9 @@ class Toolbox:
     index: KnowledgeIndex
     allowed: list[str]
     note: Callable[[str], None] | None = None
+    # The job's knowledge scopes ([tenant, "shared"]): search and read_document see nothing else.
+    # None reads every scope, for tools run outside a tenant's job (benchmarks, evaluation).
+    scopes: list[str] | None = None
 
     def run(self, name: str, arguments: str, state: AgentState) -> str:
         """Run one tool call and return its answer (JSON text) for the model."""
@@ -46,7 +49,7 @@ class Toolbox:
         if not query:
             raise ToolRefused("query must not be empty")
         top = max(1, min(int(args.get("top") or 5), 10))
-        hits = self.index.search(query, top=top)
+        hits = self.index.search(query, top=top, scopes=self.scopes)
         return json.dumps(
             {
                 "results": [
@@ -62,9 +65,18 @@ class Toolbox:
     def read(self, args: dict[str, Any], state: AgentState) -> str:
         doc_id = str(args.get("doc_id", ""))
         chunk_id = args.get("chunk_id")
-        chunks = self.index.get_chunks(doc_id, int(chunk_id) if chunk_id is not None else None)
+        try:
+            wanted = int(chunk_id) if chunk_id is not None else None
+        except (TypeError, ValueError):
+            raise ToolRefused("chunk_id must be an integer") from None
+        # A chunk of another tenant reads as missing: the model learns nothing about what it cannot see.
+        chunks = self.index.get_chunks(doc_id, wanted, scopes=self.scopes)
         if not chunks:
-            raise ToolRefused(f"no document {doc_id!r}" + (f" chunk {chunk_id}" if chunk_id is not None else ""))
+            raise ToolRefused(
+                f"no document {doc_id!r}"
+                + (f" chunk {chunk_id}" if chunk_id is not None else "")
+                + " in this job's knowledge"
+            )
         chunks = chunks[:MAX_READ_CHUNKS]
         for c in chunks:
             state.sources[c.key] = c

@@ -302,6 +302,15 @@ def valid_doc_id(doc_id: str) -> bool:
     return bool(_DOC_ID_RE.match(doc_id))
 
 
+# The scope every tenant reads besides its own; documents published in it are visible to all tenants.
+SHARED_SCOPE = "shared"
+
+
+def knowledge_scopes(tenant: str) -> list[str]:
+    """The scopes a tenant's callers and jobs read: the tenant's own and the shared one."""
+    return [tenant, SHARED_SCOPE] if tenant != SHARED_SCOPE else [SHARED_SCOPE]
+
+
 def chunk_key(doc_id: str, chunk_id: int) -> str:
     return f"{doc_id}--c{chunk_id:04d}"
 
@@ -317,6 +326,7 @@ class Chunk(BaseModel):
     section: str | None = Field(None, description="The heading the passage sits under, if any.")
     page: int | None = Field(None, description="The page (1-based) the passage starts on, for PDFs.")
     version: str | None = Field(None, description="Content hash of the document version the passage is from.")
+    scope: str = Field(SHARED_SCOPE, description='The tenant that owns the passage, or "shared" (every tenant).')
 
     @property
     def key(self) -> str:
@@ -333,6 +343,7 @@ class SearchHit(BaseModel):
     section: str | None = None
     page: int | None = None
     version: str | None = None
+    scope: str = Field(SHARED_SCOPE, description='The tenant that owns the passage, or "shared".')
 
 
 class Citation(BaseModel):

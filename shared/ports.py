@@ -6,7 +6,7 @@ Each port has an embedded implementation (shared/adapters/local) and an Azure on
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
@@ -228,19 +228,26 @@ class KnowledgeIndex(Protocol):
         """
         ...
 
-    def search(self, query: str, *, top: int = 5, doc_id: str | None = None) -> list[SearchHit]:
+    def search(
+        self, query: str, *, top: int = 5, doc_id: str | None = None, scopes: Sequence[str] | None = None
+    ) -> list[SearchHit]:
         """The best `top` chunks for a free-text query (English or Japanese), best first.
 
-        doc_id narrows the search to one document. An empty result is [], never an error;
-        DependencyUnavailable when the index cannot be reached.
+        doc_id narrows the search to one document. scopes is a security filter: only chunks whose
+        scope is listed are ranked and returned (None: every scope, for maintenance and admins only;
+        [] matches nothing). An empty result is [], never an error; DependencyUnavailable when the
+        index cannot be reached.
 
-            hits = index.search("how long are backups kept", top=3)
+            hits = index.search("how long are backups kept", top=3, scopes=["acme", "shared"])
         """
         ...
 
-    def get_chunks(self, doc_id: str, chunk_id: int | None = None) -> list[Chunk]:
+    def get_chunks(
+        self, doc_id: str, chunk_id: int | None = None, *, scopes: Sequence[str] | None = None
+    ) -> list[Chunk]:
         """A document's chunks in order (or the one chunk_id), [] when there is no such document.
 
+        scopes filters as in search: a chunk outside them reads as missing.
         Raises DependencyUnavailable when the index cannot be reached.
         """
         ...

@@ -29,6 +29,7 @@ from starlette.types import Receive, Scope, Send
 from shared.api.deps import backends
 from shared.api.problems import problem_response
 from shared.api.security import Caller, authenticate
+from shared.contracts import knowledge_scopes
 from shared.engine.backends import Backends
 from shared.errors import ServiceError
 from shared.services import jobs
@@ -137,9 +138,11 @@ def build_server() -> MCPServer:
 
     @server.tool()
     async def search_knowledge(query: str, top: int = 5) -> list[dict[str, Any]]:
-        """Search the knowledge index; passages with doc_id, chunk_id, title, snippet and score."""
+        """Search the knowledge index (the caller's tenant's documents and the shared ones); passages with
+        doc_id, chunk_id, title, snippet and score."""
         r = _who()
-        hits = await anyio.to_thread.run_sync(lambda: r.b.index.search(query, top=max(1, min(top, 20))))
+        scopes = knowledge_scopes(r.caller.tenant)
+        hits = await anyio.to_thread.run_sync(lambda: r.b.index.search(query, top=max(1, min(top, 20)), scopes=scopes))
         return [h.model_dump() for h in hits]
 
     @server.resource("report://{job_id}", mime_type="text/markdown", description="A finished job's cited report.")

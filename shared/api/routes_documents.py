@@ -1,4 +1,9 @@
-"""/api/documents, /api/ingestions and /api/search: feed the knowledge index and check what it retrieves."""
+"""/api/documents, /api/ingestions and /api/search: feed the knowledge index and check what it retrieves.
+
+Tenants own their knowledge. A caller reads its tenant's scope and `shared`; an upload goes into
+the caller's tenant unless it asks for `shared` (may_publish_shared) or, as an admin, any scope.
+A document outside the caller's scopes answers 404, as if it did not exist.
+"""
 
 from __future__ import annotations
 
@@ -16,10 +21,10 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from shared.api.deps import BackendsDep
 from shared.api.problems import validation_error
 from shared.api.schema import problem_responses
-from shared.api.security import CallerDep, OperatorDep
-from shared.contracts import Chunk, Document, SearchHit
+from shared.api.security import Caller, CallerDep, OperatorDep
+from shared.contracts import SHARED_SCOPE, Chunk, Document, SearchHit, knowledge_scopes
 from shared.engine.backends import Backends
-from shared.errors import InvalidRequest
+from shared.errors import Forbidden, InvalidRequest
 from shared.services import extraction, ingestion, knowledge
 
 router = APIRouter(prefix="/api", tags=["knowledge"])
@@ -31,6 +36,52 @@ ChunkNumber = Annotated[int, Path(ge=0, le=1_000_000_000)]
 
 class IndexResult(BaseModel):
     indexed: list[knowledge.IndexedDocument]
+
+
+# --- who may read and write which scope ---------------------------------------------------------
+
+
+def may_publish_shared(caller: Caller) -> bool:
+    """Whether the caller may put documents into (or remove them from) the shared scope every tenant reads."""
+    return caller.role == "operator"
+
+
+def may_read_any_scope(caller: Caller) -> bool:
+    """The platform admin reads every tenant's documents; everyone else their own tenant's and shared."""
+    return caller.role == "admin"
+
+
+def browse_scopes(caller: Caller, scope: str | None = None) -> list[str]:
+    """The scopes a search or listing covers: the caller's own tenant and shared, or the one scope named.
+
+    Naming a scope outside those is 403, except for an admin, who looks across tenants only by naming one.
+    """
+    own = knowledge_scopes(caller.tenant)
+    if scope is None:
+        return own
+    if scope not in own and not may_read_any_scope(caller):
+        raise Forbidden(f"you may read the scopes {', '.join(own)} only")
+    return [scope]
+
+
+def id_scopes(caller: Caller) -> list[str] | None:
+    """The scopes in which caller may reach a document by its id (None: any, for an admin)."""
+    return None if may_read_any_scope(caller) else knowledge_scopes(caller.tenant)
+
+
+def may_manage(caller: Caller, scope: str) -> bool:
+    """Whether caller may add to, replace in or delete from scope."""
+    if scope == SHARED_SCOPE:
+        return may_publish_shared(caller) or may_read_any_scope(caller)
+    return scope == caller.tenant or may_read_any_scope(caller)
+
+
+def upload_scope(caller: Caller, scope: str | None) -> str:
+    """The scope an upload goes into: the one asked for if the caller may write it, else the caller's tenant."""
+    wanted = scope or caller.tenant
+    if not may_manage(caller, wanted):
+        raise Forbidden(f"documents of tenant {caller.tenant} go into scope {caller.tenant}; {wanted} is not yours")
+    return wanted
 
 
 @router.post(
@@ -46,7 +97,9 @@ class IndexResult(BaseModel):
     "or a raw body with `?filename=` (its type is read from the bytes: PDF, DOCX, HTML, Markdown, text). "
     "Each document is `added`, `updated` (its chunks swapped for the new version's), `unchanged`, or `refused` "
     "with the reason. An upload of more than INGEST_SYNC_MAX_FILES files or INGEST_SYNC_MAX_BYTES bytes becomes "
-    "an ingestion job: 202 with a Location to poll.",
+    "an ingestion job: 202 with a Location to poll. Documents go into the caller's tenant scope by default; "
+    "`?scope=shared` publishes them for every tenant (operators). A `doc_id` that a document of another scope "
+    "already has is refused with 409, never overwritten.",
 )
 async def add_documents(
     request: Request,
@@ -58,6 +111,7 @@ async def add_documents(
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> IndexResult | JSONResponse:
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    scope = upload_scope(caller, scope)
     if ctype == "application/json":
         try:
             parsed = _documents.validate_json(await request.body())
@@ -67,7 +121,7 @@ async def add_documents(
         if not docs:
             raise InvalidRequest("no documents in the request")
         # Chunking and indexing are CPU and disk work: off the event loop, so other requests keep flowing.
-        return IndexResult(indexed=await run_in_threadpool(knowledge.index_documents, b, docs))
+        return IndexResult(indexed=await run_in_threadpool(_index_json, b, docs, scope))
     if ctype == "multipart/form-data":
         # Parsing thousands of parts is CPU work: in a worker thread, so the event loop keeps answering.
         files = await run_in_threadpool(_files_of, request.headers, await request.body(), b.settings.ingest_max_files)
@@ -92,8 +146,14 @@ async def add_documents(
     return IndexResult(indexed=await run_in_threadpool(_ingest_now, b, files, doc_id, scope, declared_type))
 
 
+def _index_json(b: Backends, docs: list[Document], scope: str) -> list[knowledge.IndexedDocument]:
+    """Index JSON documents into scope, after checking that no id is another scope's (409, nothing written)."""
+    knowledge.refuse_taken_ids(b, (d.id for d in docs), scope)
+    return knowledge.index_documents(b, docs, scope=scope)
+
+
 def _ingest_now(
-    b: Backends, files: list[tuple[str, bytes]], doc_id: str | None, scope: str | None, declared: str | None
+    b: Backends, files: list[tuple[str, bytes]], doc_id: str | None, scope: str, declared: str | None
 ) -> list[knowledge.IndexedDocument]:
     """Read, then index: when every file is refused, the first refusal is the answer (415 or 422)."""
     if doc_id is not None or declared is not None:
@@ -127,7 +187,15 @@ def _files_of(headers: Headers, body: bytes, max_files: int) -> list[tuple[str, 
 
 @router.get("/ingestions/{ingestion_id}", response_model=ingestion.IngestionJob, summary="An ingestion job's progress")
 def get_ingestion(ingestion_id: str, caller: OperatorDep, b: BackendsDep) -> ingestion.IngestionJob:
-    return ingestion.get_ingestion(b, ingestion_id)
+    return _visible_ingestion(caller, b, ingestion_id)
+
+
+def _visible_ingestion(caller: Caller, b: Backends, ingestion_id: str) -> ingestion.IngestionJob:
+    """The ingestion job if its scope is one the caller manages; IngestionNotFound (404) otherwise."""
+    job = ingestion.get_ingestion(b, ingestion_id)
+    if not may_manage(caller, job.scope or SHARED_SCOPE):
+        raise ingestion.IngestionNotFound(f"no ingestion {ingestion_id}")
+    return job
 
 
 @router.post(
@@ -138,35 +206,58 @@ def get_ingestion(ingestion_id: str, caller: OperatorDep, b: BackendsDep) -> ing
     responses=problem_responses(409),
 )
 def retry_ingestion(ingestion_id: str, caller: OperatorDep, b: BackendsDep) -> ingestion.IngestionJob:
+    _visible_ingestion(caller, b, ingestion_id)
     return ingestion.retry_failed(b, ingestion_id)
 
 
-@router.get("/documents", response_model=list[knowledge.DocumentRecord], summary="Documents in the knowledge base")
+@router.get(
+    "/documents",
+    response_model=list[knowledge.DocumentRecord],
+    summary="Documents in the knowledge base",
+    description="The caller's tenant's documents and the shared ones; `?scope=` narrows to one of them "
+    "(an admin may name any scope).",
+)
 def list_documents(
     caller: OperatorDep, b: BackendsDep, scope: ScopeQuery = None, limit: Annotated[int, Query(ge=1, le=5000)] = 1000
 ) -> list[knowledge.DocumentRecord]:
-    return knowledge.list_documents(b, scope=scope, limit=limit)
+    return knowledge.list_documents(b, scopes=browse_scopes(caller, scope), limit=limit)
 
 
 @router.get("/documents/{doc_id}", response_model=knowledge.DocumentRecord, summary="One document's current version")
 def get_document(doc_id: str, caller: OperatorDep, b: BackendsDep) -> knowledge.DocumentRecord:
-    return knowledge.get_document(b, doc_id)
+    return knowledge.get_document(b, doc_id, scopes=id_scopes(caller))
 
 
-@router.delete("/documents/{doc_id}", summary="Remove a document from the index")
+@router.delete(
+    "/documents/{doc_id}",
+    summary="Remove a document from the index",
+    description="404 for a document outside the caller's scopes; a shared document needs a caller who may publish "
+    "shared ones.",
+)
 def delete_document(doc_id: str, caller: OperatorDep, b: BackendsDep) -> dict[str, int | str]:
-    return {"id": doc_id, "chunks_removed": knowledge.delete_document(b, doc_id)}
+    scopes = id_scopes(caller)
+    owner = knowledge.owner_scope(b, doc_id)
+    if owner is not None and (scopes is None or owner in scopes) and not may_manage(caller, owner):
+        raise Forbidden(f"document {doc_id} is shared; removing it needs a key that may publish shared documents")
+    return {"id": doc_id, "chunks_removed": knowledge.delete_document(b, doc_id, scopes=scopes)}
 
 
-@router.get("/search", response_model=list[SearchHit], summary="Query the knowledge index")
+@router.get(
+    "/search",
+    response_model=list[SearchHit],
+    summary="Query the knowledge index",
+    description="Searches the caller's tenant's documents and the shared ones; `?scope=` narrows to one of them "
+    "(an admin may name any scope).",
+)
 def search(
     caller: CallerDep,
     b: BackendsDep,
     q: Annotated[str, Query(min_length=1, max_length=1000)],
     top: Annotated[int, Query(ge=1, le=50)] = 5,
     doc_id: str | None = None,
+    scope: ScopeQuery = None,
 ) -> list[SearchHit]:
-    return b.index.search(q, top=top, doc_id=doc_id)
+    return b.index.search(q, top=top, doc_id=doc_id, scopes=browse_scopes(caller, scope))
 
 
 @router.get(
@@ -176,4 +267,4 @@ def search(
     description="The exact text citations quote from (`quote == content[start:end]`), so a caller can check them.",
 )
 def get_chunk(doc_id: str, chunk_id: ChunkNumber, caller: CallerDep, b: BackendsDep) -> Chunk:
-    return knowledge.chunk(b, doc_id, chunk_id)
+    return knowledge.chunk(b, doc_id, chunk_id, scopes=id_scopes(caller))

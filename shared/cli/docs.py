@@ -1,19 +1,25 @@
 """agentctl docs: put the operators' runbooks, designs and incident reports into the knowledge base.
 
-    agentctl docs ingest ./runbooks "design/**/*.pdf" notes.docx --scope ops
-    agentctl docs list --scope ops
+    agentctl docs ingest ./runbooks "design/**/*.pdf" notes.docx --scope acme
+    agentctl docs list --scope acme
+    agentctl docs search "restore procedure" --scope acme
     agentctl docs show runbooks-restore-md-1a2b3c4d5e
-    agentctl docs delete runbooks-restore-md-1a2b3c4d5e
+    agentctl docs delete runbooks-restore-md-1a2b3c4d5e --scope acme
 
 `ingest` reads and indexes in this process against the same backends the app uses (embedded or
 Azure), so a folder goes in without an upload limit; `--queue` hands the files to the app as
 an ingestion job instead. Either way, an unchanged file is skipped and a changed one replaces
 its document's chunks.
+
+`--scope` names the tenant that owns the documents; without it they go into `shared`, which every
+tenant's jobs and searches read. `search --scope acme` shows what acme's jobs would retrieve (acme's
+documents and the shared ones); `show` and `delete` with `--scope` refuse a document of another scope.
 """
 
 from __future__ import annotations
 
 import glob
+import re
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -25,7 +31,26 @@ import typer
 from shared.cli.context import backends
 from shared.cli.output import CliError, JsonOpt, emit, fields, progress, table
 
-docs_app = typer.Typer(help="The knowledge base: ingest files and folders, list, show, delete.", no_args_is_help=True)
+docs_app = typer.Typer(
+    help="The knowledge base: ingest files and folders, list, search, show, delete.", no_args_is_help=True
+)
+_SCOPE_RE = re.compile(r"^[A-Za-z0-9_\-]{1,100}$")
+
+
+def _scope(value: str | None) -> str | None:
+    if value is not None and not _SCOPE_RE.match(value):
+        raise typer.BadParameter("a scope is a tenant id (letters, digits, '_', '-') or shared")
+    return value
+
+
+ScopeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--scope",
+        callback=_scope,
+        help="The tenant that owns the documents, or shared (every tenant reads shared documents).",
+    ),
+]
 
 # Files a folder walk leaves out: what editors, VCS and OSes leave beside documents.
 _SKIPPED_PARTS = {".git", ".svn", "__pycache__", "node_modules", ".DS_Store"}
@@ -63,7 +88,14 @@ def collect(paths: list[str]) -> Iterator[tuple[str, Path]]:
 @docs_app.command("ingest")
 def ingest(
     paths: Annotated[list[str], typer.Argument(help="Files, folders (recursive) and globs, e.g. 'docs/**/*.pdf'.")],
-    scope: Annotated[str | None, typer.Option("--scope", help="The scope the documents belong to.")] = None,
+    scope: Annotated[
+        str | None,
+        typer.Option(
+            "--scope",
+            callback=_scope,
+            help="The tenant that owns the documents (default: shared, read by every tenant).",
+        ),
+    ] = None,
     queue: Annotated[
         bool, typer.Option("--queue", help="Submit as an ingestion job on the app's queue instead of ingesting here.")
     ] = False,
@@ -122,7 +154,7 @@ def ingest(
 
 @docs_app.command("list")
 def list_documents(
-    scope: Annotated[str | None, typer.Option("--scope", help="Only this scope's documents.")] = None,
+    scope: Annotated[str | None, typer.Option("--scope", callback=_scope, help="Only this scope's documents.")] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, max=100_000)] = 1000,
     as_json: JsonOpt = False,
 ) -> None:
@@ -141,24 +173,44 @@ def list_documents(
     emit(records, render, as_json=as_json)
 
 
+@docs_app.command("search")
+def search(
+    query: str,
+    scope: ScopeOpt = None,
+    top: Annotated[int, typer.Option("--top", min=1, max=50)] = 5,
+    as_json: JsonOpt = False,
+) -> None:
+    """What a tenant's jobs would retrieve for a query: its documents and the shared ones (--scope TENANT)."""
+    from shared.contracts import knowledge_scopes
+
+    b = backends()
+    hits = b.index.search(query, top=top, scopes=knowledge_scopes(scope) if scope else None)
+
+    def render(data: list[dict[str, Any]]) -> None:
+        rows = [[h["doc_id"], h["chunk_id"], h["scope"], f"{h['score']:.3f}", h["snippet"][:80]] for h in data]
+        table(f"hits: {len(data)}", ["doc", "chunk", "scope", "score", "snippet"], rows)
+
+    emit([h.model_dump(mode="json") for h in hits], render, as_json=as_json)
+
+
 @docs_app.command("show")
-def show(doc_id: str, as_json: JsonOpt = False) -> None:
-    """One document: where it came from, its version and the versions before it."""
+def show(doc_id: str, scope: ScopeOpt = None, as_json: JsonOpt = False) -> None:
+    """One document: where it came from, its version and the versions before it (--scope: only if it is in it)."""
     from shared.services import knowledge
 
     emit(
-        knowledge.get_document(backends(), doc_id).model_dump(mode="json"),
+        knowledge.get_document(backends(), doc_id, scopes=[scope] if scope else None).model_dump(mode="json"),
         fields(f"document {doc_id}"),
         as_json=as_json,
     )
 
 
 @docs_app.command("delete")
-def delete(doc_id: str, as_json: JsonOpt = False) -> None:
-    """Remove a document's chunks from the index and its record."""
+def delete(doc_id: str, scope: ScopeOpt = None, as_json: JsonOpt = False) -> None:
+    """Remove a document's chunks from the index and its record (--scope: only if it is in that scope)."""
     from shared.services import knowledge
 
-    removed = knowledge.delete_document(backends(), doc_id)
+    removed = knowledge.delete_document(backends(), doc_id, scopes=[scope] if scope else None)
     emit(
         {"id": doc_id, "chunks_removed": removed},
         lambda d: typer.echo(f"deleted {d['id']}: {d['chunks_removed']} chunk(s) removed"),

@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from shared.console import pages, rendering, session
 from shared.console.access import BackendsDep
 from shared.console.pages import SessionDep
-from shared.contracts import Job, JobStatus
+from shared.contracts import Job, JobStatus, knowledge_scopes
 from shared.engine import provenance, watch
 from shared.engine.backends import Backends
 from shared.engine.pricing import price_usage
@@ -160,7 +160,7 @@ def citation(request: Request, job_id: str, n: int, s: SessionDep, b: BackendsDe
     cited = next((c for c in report.citations if c.n == n), None) if report else None
     if cited is None:
         raise CitationNotFound(f"job {job.id} has no source [{n}]")
-    chunks = b.index.get_chunks(cited.doc_id, cited.chunk_id)
+    chunks = b.index.get_chunks(cited.doc_id, cited.chunk_id, scopes=knowledge_scopes(job.tenant))
     text = chunks[0].content if chunks else cited.quote  # the document may have been removed since
     before, quoted, after = rendering.highlighted_passage(text, cited)
     return pages.render(

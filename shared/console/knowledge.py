@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from shared.console import pages, session
 from shared.console.access import BackendsDep
 from shared.console.pages import SessionDep
+from shared.contracts import knowledge_scopes
 from shared.engine.backends import Backends
 from shared.errors import InvalidRequest
 from shared.services import knowledge
@@ -32,15 +33,17 @@ class IndexedDocumentRow(BaseModel):
     kind: str | None = None
 
 
-def documents(b: Backends) -> tuple[list[IndexedDocumentRow], bool]:
+def documents(b: Backends, scopes: list[str] | None = None) -> tuple[list[IndexedDocumentRow], bool]:
     """Documents in the index with their chunk counts (by export, in key order) and their records'
-    scope and versions, by scope then id; True when cut short."""
+    scope and versions, by scope then id, only those in scopes (None: all); True when cut short."""
     rows: dict[str, IndexedDocumentRow] = {}
     after, read, partial = None, 0, True
     while read < LIST_LIMIT:
         page = b.index.export(after_key=after, size=1000)
         for c in page:
-            row = rows.setdefault(c.doc_id, IndexedDocumentRow(id=c.doc_id, title=c.title, chunks=0))
+            if scopes is not None and c.scope not in scopes:
+                continue
+            row = rows.setdefault(c.doc_id, IndexedDocumentRow(id=c.doc_id, title=c.title, chunks=0, scope=c.scope))
             row.chunks += 1
         read += len(page)
         if len(page) < 1000:
@@ -71,9 +74,12 @@ def knowledge_page(
     q: Annotated[str, Query(max_length=1000)] = "",
     scope: Annotated[str, Query(max_length=100)] = "",
 ) -> Response:
-    every, partial = documents(b)
+    # An operator sees its tenant's documents and the shared ones, as its tenant's jobs do; an admin every scope.
+    tenant = pages.tenant_scope(pages.caller_of(s))
+    visible = knowledge_scopes(tenant) if tenant is not None else None
+    every, partial = documents(b, visible)
     docs = [d for d in every if d.scope == scope] if scope else every
-    hits = b.index.search(q.strip(), top=10) if q.strip() else None
+    hits = b.index.search(q.strip(), top=10, scopes=visible) if q.strip() else None
     return pages.render(
         request,
         "knowledge.html",
@@ -82,15 +88,15 @@ def knowledge_page(
         partial=partial,
         q=q,
         hits=hits,
-        total=b.index.count(),
+        total=b.index.count() if visible is None else sum(d.chunks for d in every),
         scopes=scopes(every),
         scope=scope,
     )
 
 
-def _ingest(b: Backends, files: list[tuple[str, bytes]]) -> list[knowledge.IndexedDocument]:
-    """Read (type from the bytes), then index; when every file is refused, the first refusal is the answer."""
-    sources, errors = knowledge.read_files(files)
+def _ingest(b: Backends, files: list[tuple[str, bytes]], scope: str) -> list[knowledge.IndexedDocument]:
+    """Read (type from the bytes), index into scope; if every file is refused, the first refusal is the answer."""
+    sources, errors = knowledge.read_files(files, scope=scope)
     if not sources:
         raise errors[0][1]
     return knowledge.index_documents(b, sources) + [knowledge.refused(name, error) for name, error in errors]
@@ -99,12 +105,14 @@ def _ingest(b: Backends, files: list[tuple[str, bytes]]) -> list[knowledge.Index
 @router.post("/knowledge/upload")
 async def upload(request: Request, s: SessionDep, b: BackendsDep) -> Response:
     """Multipart `file` fields plus `csrf`; JSON for the page's script, which shows the progress."""
-    pages.require_platform(request, pages.caller_of(s))
+    caller = pages.caller_of(s)
+    pages.require_platform(request, caller)
     form = await request.form()
     csrf = form.get("csrf")
     session.check_csrf(s, csrf if isinstance(csrf, str) else None)
     files = [(f.filename or "upload", await f.read()) for f in form.getlist("file") if not isinstance(f, str)]
     if not files:
         raise InvalidRequest("choose at least one file: PDF, HTML, Word, Markdown or text")
-    indexed = await run_in_threadpool(_ingest, b, files)
+    # Uploads go into the signed-in operator's tenant, as the API's do by default.
+    indexed = await run_in_threadpool(_ingest, b, files, caller.tenant)
     return JSONResponse({"indexed": [d.model_dump() for d in indexed]})

@@ -21,7 +21,7 @@ import logging
 
 from agents import deep
 from agents.state import AgentState
-from shared.contracts import Checkpoint, Job, JobError, Outcome, StepMessage, Usage
+from shared.contracts import Checkpoint, Job, JobError, Outcome, StepMessage, Usage, knowledge_scopes
 from shared.engine import job as lifecycle
 from shared.engine.backends import Backends
 from shared.ports import PreconditionFailed
@@ -76,7 +76,7 @@ def step(b: Backends, job: Job, state: AgentState, previous: Checkpoint | None) 
     if not is_deep_parent(job):
         return None
     if previous is None:
-        plan = deep.plan(job.task, job.policy, b.model, b.index)
+        plan = deep.plan(job.task, job.policy, b.model, b.index, scopes=knowledge_scopes(job.tenant))
         state.subquestions = plan.subquestions
         how = "planned" if plan.planned_by_model else "no plan proposed; researching the question as asked in"
         summary = f"{how} {len(plan.subquestions)} sub-question(s); waiting for their jobs"
@@ -148,7 +148,13 @@ def _compose(b: Backends, job: Job, state: AgentState) -> DeepStep:
             )
         )
     state.report = deep.compose(
-        state, findings, b.index, b.model, uncited=job.policy.uncited, link_hosts=b.settings.report_link_hosts
+        state,
+        findings,
+        b.index,
+        b.model,
+        uncited=job.policy.uncited,
+        link_hosts=b.settings.report_link_hosts,
+        scopes=knowledge_scopes(job.tenant),
     )
     answered = sum(1 for f in findings if f.status == "succeeded")
     failed = len(findings) - answered

@@ -35,6 +35,7 @@ from shared.contracts import (
     StepMessage,
     Usage,
     approval_needed,
+    knowledge_scopes,
     utcnow,
 )
 from shared.engine import fanout, outbox, provenance
@@ -297,6 +298,7 @@ def _execute(b: Backends, job: Job, msg: StepMessage, previous: Checkpoint | Non
         context_budget=b.settings.context_budget_tokens,
         approval=_approval_after(job, msg.step - 1),
         report_link_hosts=tuple(b.settings.report_link_hosts),
+        scopes=knowledge_scopes(job.tenant),
     )
     try:
         deep_step = fanout.step(b, job, state, previous)

@@ -2,7 +2,7 @@
 
 Layout, one folder per backup (the id is its UTC start time):
   backups/{id}/index/definition.json        the index definition (KnowledgeIndex.definition())
-  backups/{id}/index/chunks-00001.jsonl     every chunk, in key order, 1000 per file (export paging by key)
+  backups/{id}/index/chunks-00001.jsonl     every chunk (with its scope), in key order, 1000 per file (by key)
   backups/{id}/objects/objects-00001.jsonl  job records, tenant job lists, reports, token ledgers,
                                             re-submission logs and idempotency records: {"key", "data"}
   backups/{id}/manifest.json                written last: counts, sizes and SHA-256 of every file
@@ -81,6 +81,11 @@ class BackupManifest(BaseModel):
     chunks: int = Field(description="Chunks exported from the knowledge index.")
     documents: int = Field(description="Distinct documents among them.")
     index_sha256: str = Field(description="SHA-256 of every chunk's JSON line, in key order.")
+    scoped: bool = Field(
+        False,
+        description="Its chunk lines carry each chunk's scope. A backup from before scopes does not: its chunks "
+        "restore into the shared scope, and its digest is checked over the lines without the scope.",
+    )
     definition_sha256: str
     objects: int = Field(description="State objects (job records, reports, ledgers, ...) exported.")
     bytes: int
@@ -178,7 +183,7 @@ def run_backup(b: Backends, progress: Progress | None = None) -> BackupManifest:
         total = b.index.count()
         digest, chunks, documents = hashlib.sha256(), 0, set[str]()
         for n, page in enumerate(_export_chunks(b), start=1):
-            data = _lines([c.model_dump_json() for c in page])
+            data = _lines([_chunk_line(c) for c in page])
             digest.update(data)
             write(f"index/chunks-{n:05d}.jsonl", data, len(page))
             chunks += len(page)
@@ -209,6 +214,7 @@ def run_backup(b: Backends, progress: Progress | None = None) -> BackupManifest:
             chunks=chunks,
             documents=len(documents),
             index_sha256=digest.hexdigest(),
+            scoped=True,
             definition_sha256=_sha(definition),
             objects=objects,
             bytes=sum(f.bytes for f in files),
@@ -337,10 +343,15 @@ def _verify_files(b: Backends, manifest: BackupManifest, report: Progress) -> No
         )
 
 
-def _index_digest(b: Backends) -> tuple[int, int, str]:
+def _chunk_line(chunk: Chunk, *, scoped: bool = True) -> str:
+    """A chunk's line in a backup; without its scope as a backup from before scopes wrote it."""
+    return chunk.model_dump_json() if scoped else chunk.model_dump_json(exclude={"scope"})
+
+
+def _index_digest(b: Backends, *, scoped: bool = True) -> tuple[int, int, str]:
     digest, chunks, documents = hashlib.sha256(), 0, set[str]()
     for page in _export_chunks(b):
-        digest.update(_lines([c.model_dump_json() for c in page]))
+        digest.update(_lines([_chunk_line(c, scoped=scoped) for c in page]))
         chunks += len(page)
         documents.update(c.doc_id for c in page)
     return chunks, len(documents), digest.hexdigest()
@@ -382,7 +393,7 @@ def restore(b: Backends, backup_id: str, progress: Progress | None = None) -> Re
                         present += 1  # the live object is newer than the backup's: keep it
                 report(restored + present, manifest.objects, "objects")
                 lease.keep_alive()
-        chunks_now, documents_now, digest_now = _index_digest(b)
+        chunks_now, documents_now, digest_now = _index_digest(b, scoped=manifest.scoped)
     if chunks_now != manifest.chunks or digest_now != manifest.index_sha256:
         raise RestoreMismatch(
             f"restore {backup_id}: the rebuilt index holds {chunks_now} chunks with digest "

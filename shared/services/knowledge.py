@@ -7,6 +7,13 @@ replaces the chunks through `KnowledgeIndex.replace_document` (one transaction i
 index). The document record (`documents/{doc_id}.json`) is written after the index, so a crash
 between the two is healed by the next ingest of the same file, which finds the record stale
 and swaps the same chunks in again.
+
+Every document belongs to one scope: a tenant, or `shared` (visible to every tenant). Its record
+and each of its chunks carry it; reads take the caller's scopes (`knowledge_scopes(tenant)`) and
+treat a document outside them as missing. A document id is one namespace over every scope, so an
+id taken in another scope is refused (DocumentIdTaken), never overwritten; a new id is claimed
+with a create-only record (no version yet) before its chunks are indexed, so of two scopes racing
+for one id exactly one gets it.
 """
 
 from __future__ import annotations
@@ -14,23 +21,25 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import PureWindowsPath
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
-from shared.contracts import Chunk, Document, utcnow, valid_doc_id
+from shared.contracts import SHARED_SCOPE, Chunk, Document, utcnow, valid_doc_id
 from shared.engine.backends import Backends
 from shared.engine.layout import DOCUMENTS, document_key
 from shared.engine.updates import update_json
-from shared.errors import InvalidRequest, NotFound, ServiceError
+from shared.errors import Conflict, InvalidRequest, NotFound, ServiceError
+from shared.ports import PreconditionFailed
 from shared.services.chunking import chunk_document
 from shared.services.extraction import Section, extract, markdown_sections
 
 __all__ = [
+    "DocumentIdTaken",
     "DocumentNotFound",
     "DocumentRecord",
     "IndexedDocument",
@@ -42,6 +51,8 @@ __all__ = [
     "index_documents",
     "ingest",
     "list_documents",
+    "owner_scope",
+    "refuse_taken_ids",
     "parse_upload",
     "read_files",
     "read_upload",
@@ -54,6 +65,19 @@ IngestStatus = Literal["added", "updated", "unchanged", "refused"]
 
 class DocumentNotFound(NotFound):
     fix = "check the document id (`agentctl docs list`, GET /api/documents)"
+
+
+class DocumentIdTaken(Conflict):
+    """A caller-chosen id that a document of another scope already has: refused, never overwritten.
+
+    409 rather than 404: the uploader has to learn that it must choose another id, and all the
+    answer reveals is that the id is in use somewhere, never whose it is, its title or its text
+    (every read of it by another tenant is still 404). Probing ids this way finds nothing that
+    matters: ids derived from file names carry a hash of the scope, so only ids a caller chose
+    can meet, and the collision says nothing about the document behind them.
+    """
+
+    fix = "choose another doc_id (or leave it out: ids derived from the file name include the scope)"
 
 
 @dataclass(frozen=True)
@@ -75,10 +99,10 @@ class DocumentRecord(BaseModel):
     id: str
     title: str
     name: str | None = Field(None, description="The file name (or path) it was ingested from.")
-    scope: str | None = None
+    scope: str = Field(SHARED_SCOPE, description='The tenant that owns the document, or "shared" (every tenant).')
     kind: str = Field("json", description="pdf, html, docx, markdown, text or json.")
     url: str | None = None
-    version: str = Field(description="Content hash of the indexed version.")
+    version: str = Field(description='Content hash of the indexed version ("" while its first ingest is under way).')
     chunks: int
     bytes: int = 0
     source_hash: str | None = Field(
@@ -90,6 +114,12 @@ class DocumentRecord(BaseModel):
     previous_versions: list[str] = Field(
         default_factory=list, description="Earlier versions, newest last (at most 20)."
     )
+
+    @field_validator("scope", mode="before")
+    @classmethod
+    def _unscoped_is_shared(cls, value: object) -> object:
+        # Records written before tenants owned knowledge have no scope: they were published for everyone.
+        return SHARED_SCOPE if value is None else value
 
 
 class IndexedDocument(BaseModel):
@@ -159,19 +189,33 @@ def parse_upload(filename: str, text: str | bytes) -> Document:
     return read_upload(filename, data).document
 
 
-def _source(doc: Document | SourceDocument) -> SourceDocument:
+def _source(doc: Document | SourceDocument, scope: str | None = None) -> SourceDocument:
     if isinstance(doc, SourceDocument):
         return doc
-    return SourceDocument(doc, tuple(markdown_sections(doc.content)), "json", None, None, len(doc.content))
+    return SourceDocument(doc, tuple(markdown_sections(doc.content)), "json", None, scope, len(doc.content))
+
+
+def scope_of(source: SourceDocument) -> str:
+    """The scope a document is ingested into: the one asked for, else shared (the platform's own uploads)."""
+    return source.scope if source.scope is not None else SHARED_SCOPE
 
 
 def ingest_one(b: Backends, source: SourceDocument) -> IndexedDocument:
-    """Index one document version, unless it is the version already indexed. Idempotent: safe to redo."""
+    """Index one document version, unless it is the version already indexed. Idempotent: safe to redo.
+
+    DocumentIdTaken when the id belongs to a document of another scope.
+    """
     doc = source.document
+    scope = scope_of(source)
     version = version_of(doc)
     record = get_record(b, doc.id)
+    head = b.index.get_chunks(doc.id, 0)
+    owner = _owner(record, head)
+    if owner is not None and owner != scope:
+        raise DocumentIdTaken(f"document id {doc.id} is taken")
+    if record is None and not head:
+        _claim(b, doc.id, doc.title, scope)
     if record is not None and record.version == version:
-        head = b.index.get_chunks(doc.id, 0)
         if head and head[0].version == version:
             return IndexedDocument(
                 id=doc.id, chunks=record.chunks, status="unchanged", version=version, name=source.name
@@ -183,18 +227,19 @@ def ingest_one(b: Backends, source: SourceDocument) -> IndexedDocument:
         sections=source.sections,
         version=version,
     )
+    chunks = [c.model_copy(update={"scope": scope}) for c in chunks]
     b.index.replace_document(doc.id, chunks)
     pages = max((s.page for s in source.sections if s.page is not None), default=None)
 
     def change(current: DocumentRecord | None) -> DocumentRecord:
         history = list(current.previous_versions) if current else []
-        if current is not None and current.version != version:
+        if current is not None and current.version and current.version != version:
             history = (history + [current.version])[-20:]
         return DocumentRecord(
             id=doc.id,
             title=doc.title,
             name=source.name or (current.name if current else None),
-            scope=source.scope if source.scope is not None else (current.scope if current else None),
+            scope=scope,
             kind=source.kind,
             url=doc.url,
             version=version,
@@ -217,9 +262,14 @@ def ingest_one(b: Backends, source: SourceDocument) -> IndexedDocument:
     return IndexedDocument(id=doc.id, chunks=len(chunks), status=status, version=version, name=source.name)
 
 
-def index_documents(b: Backends, documents: Iterable[Document | SourceDocument]) -> list[IndexedDocument]:
-    """Ingest each document: added, updated (its chunks swapped for the new version's) or unchanged."""
-    return [ingest_one(b, _source(doc)) for doc in documents]
+def index_documents(
+    b: Backends, documents: Iterable[Document | SourceDocument], *, scope: str | None = None
+) -> list[IndexedDocument]:
+    """Ingest each document: added, updated (its chunks swapped for the new version's) or unchanged.
+
+    scope is the scope of plain Documents (default shared); a SourceDocument carries its own.
+    """
+    return [ingest_one(b, _source(doc, scope)) for doc in documents]
 
 
 def refused(name: str, error: ServiceError) -> IndexedDocument:
@@ -251,10 +301,9 @@ def ingest(b: Backends, files: Iterable[tuple[str, bytes]], *, scope: str | None
             continue
         try:
             source = read_upload(name, data, scope=scope)
+            out.append(ingest_one(b, source))
         except ServiceError as exc:
             out.append(refused(name, exc))
-            continue
-        out.append(ingest_one(b, source))
     return out
 
 
@@ -270,37 +319,79 @@ def _unchanged_file(b: Backends, name: str, data: bytes, scope: str | None) -> I
     return IndexedDocument(id=doc_id, chunks=record.chunks, status="unchanged", version=record.version, name=name)
 
 
+def _claim(b: Backends, doc_id: str, title: str, scope: str) -> None:
+    """Take a new document id for scope before indexing it: of two scopes that race for one id, one wins.
+
+    The claim is a record with no version yet (create-only); the ingest that made it fills it in,
+    and one that crashed in between leaves a claim the next ingest of the document completes.
+    DocumentIdTaken when another scope's record got there first.
+    """
+    claim = DocumentRecord(id=doc_id, title=title, scope=scope, version="", chunks=0)
+    try:
+        b.objects.put_if_absent(document_key(doc_id), claim.model_dump_json().encode())
+    except PreconditionFailed:
+        current = get_record(b, doc_id)
+        if current is not None and current.scope != scope:
+            raise DocumentIdTaken(f"document id {doc_id} is taken") from None
+
+
+def _owner(record: DocumentRecord | None, head: list[Chunk]) -> str | None:
+    """A document's scope: its record's, else its indexed chunks' (documents older than records); None if neither."""
+    if record is not None:
+        return record.scope
+    return head[0].scope if head else None
+
+
+def owner_scope(b: Backends, doc_id: str) -> str | None:
+    """The scope of the document with this id, None when there is no such document."""
+    if not valid_doc_id(doc_id):
+        return None
+    return _owner(get_record(b, doc_id), b.index.get_chunks(doc_id, 0))
+
+
+def refuse_taken_ids(b: Backends, doc_ids: Iterable[str], scope: str) -> None:
+    """DocumentIdTaken for the first id a document of another scope has: checked before anything is written."""
+    for doc_id in doc_ids:
+        owner = owner_scope(b, doc_id)
+        if owner is not None and owner != scope:
+            raise DocumentIdTaken(f"document id {doc_id} is taken")
+
+
 def get_record(b: Backends, doc_id: str) -> DocumentRecord | None:
     found = b.objects.get(document_key(doc_id)) if valid_doc_id(doc_id) else None
     return DocumentRecord.model_validate_json(found.data) if found is not None else None
 
 
-def get_document(b: Backends, doc_id: str) -> DocumentRecord:
-    """The document's record; DocumentNotFound when it was never ingested (or was deleted)."""
+def get_document(b: Backends, doc_id: str, *, scopes: Sequence[str] | None = None) -> DocumentRecord:
+    """The document's record; DocumentNotFound when it was never ingested (or was deleted) or is outside scopes."""
     record = get_record(b, doc_id)
-    if record is None:
+    if record is None or (scopes is not None and record.scope not in scopes):
         raise DocumentNotFound(f"no document {doc_id}")
     return record
 
 
-def list_documents(b: Backends, *, scope: str | None = None, limit: int = 1000) -> list[DocumentRecord]:
-    """Document records in id order (scope narrows them), at most limit."""
+def list_documents(
+    b: Backends, *, scope: str | None = None, scopes: Sequence[str] | None = None, limit: int = 1000
+) -> list[DocumentRecord]:
+    """Document records in id order, those of scope (if given) among scopes (None: all), at most limit."""
     out: list[DocumentRecord] = []
     for key in b.objects.list(f"{DOCUMENTS.name}/"):
         found = b.objects.get(key)
         if found is None:
             continue  # deleted between list and get
         record = DocumentRecord.model_validate_json(found.data)
-        if scope is None or record.scope == scope:
+        if (scope is None or record.scope == scope) and (scopes is None or record.scope in scopes):
             out.append(record)
             if len(out) >= limit:
                 break
     return out
 
 
-def delete_document(b: Backends, doc_id: str) -> int:
-    """Remove a document's chunks and its record; DocumentNotFound when there was neither."""
+def delete_document(b: Backends, doc_id: str, *, scopes: Sequence[str] | None = None) -> int:
+    """Remove a document's chunks and its record; DocumentNotFound when there was neither or it is outside scopes."""
     if not valid_doc_id(doc_id):
+        raise DocumentNotFound(f"no document {doc_id}")
+    if scopes is not None and owner_scope(b, doc_id) not in scopes:
         raise DocumentNotFound(f"no document {doc_id}")
     removed = b.index.delete_document(doc_id)
     had_record = b.objects.delete(document_key(doc_id))
@@ -309,9 +400,9 @@ def delete_document(b: Backends, doc_id: str) -> int:
     return removed
 
 
-def chunk(b: Backends, doc_id: str, chunk_id: int) -> Chunk:
-    """One indexed chunk; DocumentNotFound if the index holds no such chunk."""
-    found = b.index.get_chunks(doc_id, chunk_id) if valid_doc_id(doc_id) else []
+def chunk(b: Backends, doc_id: str, chunk_id: int, *, scopes: Sequence[str] | None = None) -> Chunk:
+    """One indexed chunk; DocumentNotFound if the index holds no such chunk within scopes."""
+    found = b.index.get_chunks(doc_id, chunk_id, scopes=scopes) if valid_doc_id(doc_id) else []
     if not found:
         raise DocumentNotFound(f"no chunk {chunk_id} of document {doc_id}")
     return found[0]

@@ -343,6 +343,68 @@ def _assert_equal(actual: T, expected: T) -> T:
     return actual
 
 
+# --- scopes: a security filter on every read -------------------------------------------------------
+
+
+def scoped(chunks: list[Chunk], scope: str) -> list[Chunk]:
+    return [c.model_copy(update={"scope": scope}) for c in chunks]
+
+
+def test_search_returns_only_the_given_scopes(backend: Backend) -> None:
+    index = backend.index
+    backend.write(
+        scoped(numbered_chunks("acme-plan", 3, "Acme tidal plan"), "acme")
+        + scoped(numbered_chunks("globex-plan", 3, "Globex tidal plan"), "globex")
+        + numbered_chunks("handbook", 2, "Shared tidal handbook")
+    )
+
+    def docs(scopes: list[str] | None) -> set[str]:
+        return {h.doc_id for h in index.search("tidal energy", top=20, scopes=scopes)}
+
+    assert backend.eventually(lambda: _assert_equal(docs(["acme", "shared"]), {"acme-plan", "handbook"}))
+    assert docs(["globex", "shared"]) == {"globex-plan", "handbook"}
+    assert docs(["globex"]) == {"globex-plan"}
+    assert docs([]) == set()
+    assert docs(None) == {"acme-plan", "globex-plan", "handbook"}  # maintenance and admins: every scope
+    assert {h.scope for h in index.search("tidal", top=20, scopes=["acme", "shared"])} == {"acme", "shared"}
+    # doc_id does not reach around the filter.
+    assert index.search("tidal", doc_id="acme-plan", scopes=["globex", "shared"]) == []
+    assert {h.doc_id for h in index.search("tidal", doc_id="acme-plan", scopes=["acme"])} == {"acme-plan"}
+
+
+def test_the_top_hits_are_picked_within_the_scopes(backend: Backend) -> None:
+    # Globex's passages all outrank acme's one: acme must still get its own, not an empty page.
+    loud = [
+        Chunk(doc_id="globex-loud", chunk_id=n, title="tidal tidal", content="tidal tidal tidal energy", scope="globex")
+        for n in range(30)
+    ]
+    quiet = Chunk(doc_id="acme-quiet", chunk_id=0, title="Notes", content="a long note that mentions tidal once")
+    backend.write(loud + [quiet.model_copy(update={"scope": "acme"})])
+    hits = backend.eventually(lambda: _nonempty(backend.index.search("tidal", top=5, scopes=["acme", "shared"])))
+    assert [(h.doc_id, h.scope) for h in hits] == [("acme-quiet", "acme")]
+
+
+def _nonempty(hits: list[T]) -> list[T]:
+    assert hits
+    return hits
+
+
+def test_get_chunks_outside_the_scopes_reads_as_missing(backend: Backend) -> None:
+    index = backend.index
+    backend.write(scoped(numbered_chunks("acme-plan", 2), "acme"))
+    assert index.get_chunks("acme-plan", scopes=["globex", "shared"]) == []
+    assert index.get_chunks("acme-plan", 1, scopes=["globex", "shared"]) == []
+    assert [c.scope for c in index.get_chunks("acme-plan", scopes=["acme", "shared"])] == ["acme", "acme"]
+    assert len(index.get_chunks("acme-plan", 0, scopes=["acme"])) == 1
+    assert index.get_chunks("acme-plan", scopes=[]) == []
+    assert len(index.get_chunks("acme-plan")) == 2
+
+
+def test_export_carries_each_chunks_scope(backend: Backend) -> None:
+    backend.write(scoped(numbered_chunks("a", 1), "acme") + numbered_chunks("s", 1))
+    assert {(c.doc_id, c.scope) for c in backend.index.export()} == {("a", "acme"), ("s", "shared")}
+
+
 # --- the embedded index beyond the port: durability, threads, processes ---------------------------
 
 
@@ -484,4 +546,41 @@ def test_an_index_from_before_versions_gains_the_new_columns(tmp_path: Path) -> 
     db.close()
     index = LocalKnowledgeIndex(path)
     assert index.get_chunks("old") == [Chunk(doc_id="old", chunk_id=0, title="T", content="x")]
+    index.close()
+
+
+def test_an_index_from_before_scopes_puts_its_chunks_in_shared_and_says_so_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import sqlite3
+
+    path = tmp_path / "search.sqlite3"
+    db = sqlite3.connect(path)
+    db.execute(
+        "CREATE TABLE chunks (id INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE, doc_id TEXT NOT NULL, "
+        "chunk_id INTEGER NOT NULL, title TEXT NOT NULL, url TEXT, content TEXT NOT NULL, section TEXT, "
+        "page INTEGER, version TEXT)"
+    )
+    db.execute(
+        "CREATE VIRTUAL TABLE chunks_terms USING fts5 (title, content, tokenize = 'unicode61 remove_diacritics 0')"
+    )
+    for n in range(3):
+        db.execute(
+            "INSERT INTO chunks (id, key, doc_id, chunk_id, title, content) VALUES (?, ?, 'old', ?, 'Tides', 'tidal')",
+            (n + 1, f"old--c{n:04d}", n),
+        )
+        db.execute("INSERT INTO chunks_terms (rowid, title, content) VALUES (?, 'tides', 'tidal')", (n + 1,))
+    db.execute("PRAGMA user_version = 2")
+    db.commit()
+    db.close()
+
+    with caplog.at_level("WARNING", logger="agent.search"):
+        index = LocalKnowledgeIndex(path)
+        index.close()
+        index = LocalKnowledgeIndex(path)  # a second start finds nothing left to migrate
+    migrated = [r for r in caplog.records if getattr(r, "event", None) == "index_scopes_migrated"]
+    assert [getattr(r, "count", None) for r in migrated] == [3]
+    assert {c.scope for c in index.get_chunks("old")} == {"shared"}
+    assert len(index.search("tidal", top=5, scopes=["acme", "shared"])) == 3
+    assert index.search("tidal", top=5, scopes=["acme"]) == []
     index.close()

@@ -79,3 +79,27 @@ def test_docs_ingest_queue_submits_an_ingestion_job(tmp_path: Path) -> None:
     assert agentctl("queue", "status", data_dir=data_dir)["active"] == 1
     missing = run_cli("docs", "ingest", str(tmp_path / "nowhere"), data_dir=data_dir)
     assert missing.code != 0 and "no such file" in missing.stderr + missing.stdout
+
+
+def test_docs_scope_owns_what_is_ingested_searched_shown_and_deleted(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    (tmp_path / "acme").mkdir()
+    (tmp_path / "acme" / "plan.md").write_text("# Plan\n\nAcme fails over to Osaka.\n", encoding="utf-8")
+    (tmp_path / "common").mkdir()
+    (tmp_path / "common" / "dr.md").write_text("# DR\n\nEvery tenant fails over within an hour.\n", encoding="utf-8")
+    agentctl("docs", "ingest", str(tmp_path / "acme"), "--scope", "acme", data_dir=data_dir)
+    agentctl("docs", "ingest", str(tmp_path / "common"), data_dir=data_dir)  # no scope: shared
+
+    def hits(scope: str) -> set[tuple[str, str]]:
+        found = agentctl("docs", "search", "fails over", "--scope", scope, data_dir=data_dir)
+        return {(h["title"], h["scope"]) for h in found}
+
+    assert hits("acme") == {("Plan", "acme"), ("DR", "shared")}
+    assert hits("globex") == {("DR", "shared")}  # acme's plan is not globex's to retrieve
+    [plan] = agentctl("docs", "list", "--scope", "acme", data_dir=data_dir)
+    assert plan["scope"] == "acme"
+    other = run_cli("docs", "delete", plan["id"], "--scope", "globex", data_dir=data_dir)
+    assert other.code == 2 and other.data["error"]["kind"] == "not-found"
+    assert agentctl("docs", "show", plan["id"], "--scope", "acme", data_dir=data_dir)["id"] == plan["id"]
+    bad = run_cli("docs", "search", "x", "--scope", "a b", data_dir=data_dir)
+    assert bad.code != 0

@@ -54,7 +54,10 @@ async def research(url: str) -> dict[str, Any]:
         foreign = await other.call_tool("get_job", {"job_id": job["id"]})
         foreign_report = await other.call_tool("get_report", {"job_id": job["id"]})
         foreign_listed = await other.list_resources()
+        # dev's operator uploaded the samples into dev's scope: acme's search does not see them.
+        foreign_hits = structured(await other.call_tool("search_knowledge", {"query": "dead-lettered messages"}))
     return {
+        "foreign_hits": foreign_hits,
         "job": job,
         "report": report,
         "resource": resource,
@@ -95,6 +98,7 @@ def test_mcp_client_submits_a_job_and_reads_its_cited_report(runtime) -> None:  
     assert out["foreign"].is_error and "no job" in str(out["foreign"].content)  # another tenant's job
     assert out["foreign_report"].is_error
     assert not [r for r in out["foreign_listed"].resources if str(r.uri).startswith("report://")]
+    assert out["foreign_hits"] == []  # another tenant's documents
 
 
 def test_mcp_needs_the_same_api_keys_as_rest(runtime) -> None:  # type: ignore[no-untyped-def]

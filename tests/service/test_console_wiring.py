@@ -217,15 +217,18 @@ def test_a_finished_jobs_page_shows_its_provenance(client: TestClient, backends:
 
 
 def test_the_knowledge_page_shows_scopes_and_versions(client: TestClient, backends: Backends) -> None:
-    knowledge.ingest(backends, [("guide.md", b"# Guide\n\nThe first text.")], scope="team-a")
-    [second] = knowledge.ingest(backends, [("guide.md", b"# Guide\n\nThe second text.")], scope="team-a")
-    knowledge.ingest(backends, [("notes.md", b"# Notes\n\nUnscoped.")])
+    knowledge.ingest(backends, [("guide.md", b"# Guide\n\nThe first text.")], scope="acme")
+    [second] = knowledge.ingest(backends, [("guide.md", b"# Guide\n\nThe second text.")], scope="acme")
+    knowledge.ingest(backends, [("notes.md", b"# Notes\n\nShared text.")])
+    [theirs] = knowledge.ingest(backends, [("secret.md", b"# Secret\n\nGlobex text.")], scope="globex")
     record = knowledge.get_document(backends, second.id)
     assert record.version and len(record.previous_versions) == 1
     sign_in(client, "op-acme")
     page = client.get("/console/knowledge").text
-    assert record.version[:12] in page and "team-a (1)" in page and "notes" in page
-    narrowed = client.get("/console/knowledge?scope=team-a").text
+    assert record.version[:12] in page and "acme (1)" in page and "shared (1)" in page and "notes" in page
+    assert theirs.id not in page and "globex" not in page  # another tenant's documents are not acme's to see
+    assert theirs.id not in client.get("/console/knowledge?q=globex+text").text
+    narrowed = client.get("/console/knowledge?scope=acme").text
     row = narrowed[narrowed.index('id="documents"') :]
     assert second.id in row and "notes" not in row
 

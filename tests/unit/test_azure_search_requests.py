@@ -23,7 +23,7 @@ from azure.core.pipeline.transport import HttpTransport
 # The documented base for transport responses; azure-core has no public in-memory response.
 from azure.core.rest._http_response_impl import HttpResponseImpl
 
-from shared.adapters.azure.search import AzureKnowledgeIndex, IndexingFailed, odata_string
+from shared.adapters.azure.search import AzureKnowledgeIndex, IndexingFailed, odata_string, scope_filter
 from shared.contracts import Chunk
 from shared.errors import DependencyUnavailable
 from shared.settings import Settings
@@ -130,12 +130,28 @@ def test_index_definition_without_embeddings_is_text_only() -> None:
     index, transport = make_index()
     index.ensure_index()
 
-    (put,) = transport.sent
+    put, unscoped = transport.sent
     assert put.method == "PUT" and put.path == "/indexes('knowledge')"
     assert put.headers["api-key"] == "test-admin-key"
     fields = {f["name"]: f for f in put.body["fields"]}
-    assert list(fields) == ["key", "doc_id", "chunk_id", "title", "url", "content", "section", "page", "version"]
+    assert list(fields) == [
+        "key",
+        "doc_id",
+        "chunk_id",
+        "title",
+        "url",
+        "content",
+        "section",
+        "page",
+        "version",
+        "scope",
+    ]
     assert fields["version"]["filterable"] and not fields["section"]["searchable"]
+    # The security filter's field: filterable, never searched as text.
+    assert fields["scope"]["type"] == "Edm.String" and fields["scope"]["filterable"]
+    assert not fields["scope"]["searchable"]
+    # Then chunks from before scopes are looked for, to give them the shared scope.
+    assert unscoped.operation == "POST /docs/search.post.search" and unscoped.body["filter"] == "scope eq null"
     assert fields["key"]["key"] is True and fields["key"]["type"] == "Edm.String"
     assert fields["key"]["filterable"] and fields["key"]["sortable"]  # export pages by key
     assert fields["doc_id"]["filterable"] and fields["doc_id"]["facetable"]
@@ -238,6 +254,7 @@ def test_search_sends_text_filter_top_and_highlights() -> None:
         "section",
         "page",
         "version",
+        "scope",
     }
     assert "vectorQueries" not in sent.body and "skip" not in sent.body
     assert [(h.doc_id, h.chunk_id, h.score) for h in hits] == [("runbook", 3, 2.5), ("notes", 0, 1.5)]
@@ -267,6 +284,72 @@ def test_user_text_cannot_inject_query_syntax_or_filters() -> None:
     assert not set(sent.body["search"]) & set('-"*()|')
     assert sent.body["filter"] == "doc_id eq 'it''s'"
     assert odata_string("a'b''c") == "'a''b''''c'"
+
+
+# --- scopes: the security filter ------------------------------------------------------------------
+
+
+def test_search_sends_the_scope_filter_beside_the_document_filter() -> None:
+    index, transport = make_index(found)
+    index.search("restore", scopes=["acme", "shared"])
+    index.search("restore", doc_id="runbook", scopes=["acme", "shared"])
+    index.search("restore", scopes=["globex"])
+
+    both, narrowed, private = transport.named("POST /docs/search.post.search")
+    assert both.body["filter"] == "(search.in(scope, 'acme,shared', ',') or scope eq null)"
+    assert narrowed.body["filter"] == "doc_id eq 'runbook' and (search.in(scope, 'acme,shared', ',') or scope eq null)"
+    # Without shared, chunks that have no scope (indexed before scopes) are not matched.
+    assert private.body["filter"] == "search.in(scope, 'globex', ',')"
+
+
+def test_get_chunks_sends_the_scope_filter() -> None:
+    index, transport = make_index(KeyedService([]))
+    index.get_chunks("runbook", 2, scopes=["acme", "shared"])
+
+    (sent,) = transport.named("POST /docs/search.post.search")
+    assert sent.body["filter"] == (
+        "doc_id eq 'runbook' and chunk_id eq 2 and (search.in(scope, 'acme,shared', ',') or scope eq null)"
+    )
+
+
+def test_scope_values_are_escaped_and_cannot_split_the_list() -> None:
+    assert scope_filter(["o'neil"]) == "search.in(scope, 'o''neil', ',')"
+    # A scope holding the delimiter makes the filter pick another, so 'a,b' stays one value.
+    assert scope_filter(["a,b", "shared"]) == "(search.in(scope, 'a,b|shared', '|') or scope eq null)"
+    every = ",|;~ "
+    assert scope_filter([f"x{every}", "y"]) == f"(scope eq 'x{every}' or scope eq 'y')"
+    hostile = "x') or true or ('"
+    assert scope_filter([hostile]) == "search.in(scope, " + odata_string(hostile) + ", ',')"
+    assert odata_string(hostile) == "'x'') or true or ('''"
+
+
+def test_no_scopes_sends_nothing_and_finds_nothing() -> None:
+    index, transport = make_index(found)
+    assert index.search("restore", scopes=[]) == []
+    assert index.get_chunks("runbook", scopes=[]) == []
+    assert transport.sent == []
+
+
+def test_chunks_carry_their_scope_both_ways() -> None:
+    index, transport = make_index()
+    index.upsert([Chunk(doc_id="d", chunk_id=0, title="T", content="x", scope="acme")])
+    (sent,) = transport.named("POST /docs/search.index")
+    assert sent.body["value"][0]["scope"] == "acme"
+
+    def legacy(sent: Sent) -> Reply:
+        doc = {"key": "d--c0000", "doc_id": "d", "chunk_id": 0, "title": "T", "url": None, "content": "x"}
+        return 200, {"value": [doc, {**doc, "key": "e--c0000", "doc_id": "e", "scope": "globex"}]}
+
+    index, _ = make_index(legacy)
+    assert [c.scope for c in index.export()] == ["shared", "globex"]  # no scope: indexed before scopes, shared
+
+
+def test_ensure_index_gives_unscoped_chunks_the_shared_scope() -> None:
+    keys = [c.key for c in chunks("old", 3)]
+    index, transport = make_index(KeyedService(keys))
+    assert index.adopt_unscoped() == 3
+    (merge,) = transport.named("POST /docs/search.index")
+    assert merge.body["value"] == [{"@search.action": "merge", "key": k, "scope": "shared"} for k in keys]
 
 
 @pytest.mark.parametrize("query", ["", "   ", "*", '"', "-", "the of and"])
@@ -376,6 +459,7 @@ def test_upsert_sends_batches_of_upload_actions() -> None:
         "section": None,
         "page": None,
         "version": None,
+        "scope": "shared",
     }
 
 

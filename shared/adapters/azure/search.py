@@ -4,12 +4,19 @@ The index definition lives here, in code: `ensure_index()` applies it, backups r
 Reading every chunk pages by key (`key gt '...'` ordered by key), because $skip stops at 100,000.
 With an embeddings function the index gains a vector field and search becomes hybrid (BM25 text
 plus HNSW vectors, fused by the service).
+
+Tenants own their knowledge: every chunk has a filterable `scope` (its tenant, or `shared`), and
+every search and read given scopes sends `search.in(scope, 'acme,shared', ',')` as part of its
+filter, the security-filter pattern of Azure AI Search's document-level access trimming. Chunks
+written before the field existed have no scope and count as shared; `ensure_index()` adds the
+field to a deployed index and gives them the shared scope.
 """
 
 from __future__ import annotations
 
+import logging
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -40,19 +47,22 @@ from azure.search.documents.indexes.models import (
 )
 from azure.search.documents.models import IndexingResult, VectorizedQuery, VectorQuery
 
-from shared.contracts import Chunk, SearchHit
+from shared.contracts import SHARED_SCOPE, Chunk, SearchHit
 from shared.errors import DependencyUnavailable
 from shared.settings import Settings
 from shared.text import best_snippet, tokenize
 
 Embed = Callable[[str], list[float]]
+log = logging.getLogger("agent.search")
 
 ANALYZER = "ja.microsoft"  # Japanese morphology; English words still index as words
 VECTOR_FIELD = "content_vector"
 VECTOR_PROFILE = "content-vector-profile"
 HNSW_CONFIGURATION = "content-hnsw"
 SEMANTIC_CONFIGURATION = "default"
-CHUNK_FIELDS = ["key", "doc_id", "chunk_id", "title", "url", "content", "section", "page", "version"]
+CHUNK_FIELDS = ["key", "doc_id", "chunk_id", "title", "url", "content", "section", "page", "version", "scope"]
+# Delimiters search.in() may split its list on: the first one no scope contains is used.
+_IN_DELIMITERS = (",", "|", ";", "~", " ")
 MAX_PAGE = 1000  # the service's largest page without continuation (whose next page uses $skip)
 UPSERT_BATCH = 500  # the service takes at most 1000 actions (and 16 MB) per request
 VECTOR_NEIGHBOURS = 50  # k of the vector leg of a hybrid query; fusion works better with k >> top
@@ -80,6 +90,30 @@ def odata_string(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+def scope_filter(scopes: Sequence[str]) -> str:
+    """The security filter for scopes: `search.in(scope, 'acme,shared', ',')`, values escaped.
+
+    The shared scope also matches chunks that have no scope (indexed before scopes existed), which
+    were published for everyone. Scopes that contain every delimiter fall back to `eq` comparisons.
+    Callers pass at least one scope (no scopes means nothing can match; the adapter sends no query).
+    """
+    wanted = list(dict.fromkeys(scopes))
+    delimiter = next((d for d in _IN_DELIMITERS if not any(d in s for s in wanted)), None)
+    if delimiter is not None:
+        condition = f"search.in(scope, {odata_string(delimiter.join(wanted))}, {odata_string(delimiter)})"
+    else:
+        condition = " or ".join(f"scope eq {odata_string(s)}" for s in wanted)
+    if SHARED_SCOPE in wanted:
+        condition = f"({condition} or scope eq null)"
+    elif delimiter is None:
+        condition = f"({condition})"
+    return condition
+
+
+def _where(*conditions: str | None) -> str | None:
+    return " and ".join(c for c in conditions if c) or None
+
+
 @contextmanager
 def _unavailable_on_transport_errors(what: str) -> Iterator[None]:
     """Turn "could not reach the service" (and throttling/5xx) into DependencyUnavailable."""
@@ -103,6 +137,7 @@ def _chunk(document: dict[str, Any]) -> Chunk:
         section=document.get("section"),
         page=document.get("page"),
         version=document.get("version"),
+        scope=document.get("scope") or SHARED_SCOPE,
     )
 
 
@@ -179,6 +214,8 @@ class AzureKnowledgeIndex:
             SimpleField(name="section", type=SearchFieldDataType.STRING),
             SimpleField(name="page", type=SearchFieldDataType.INT32),
             SimpleField(name="version", type=SearchFieldDataType.STRING, filterable=True),
+            # The tenant that owns the chunk (or "shared"): every tenant's search filters on it.
+            SimpleField(name="scope", type=SearchFieldDataType.STRING, filterable=True, facetable=True),
         ]
         if self._embed is None:
             return SearchIndex(name=self.index_name, fields=fields)
@@ -216,9 +253,34 @@ class AzureKnowledgeIndex:
         )
 
     def ensure_index(self) -> None:
-        """Create the index, or update it to the code's definition (fields may be added, not changed)."""
+        """Create the index, or update it to the code's definition (fields may be added, not changed).
+
+        Chunks indexed before the scope field get the shared scope (counted and logged).
+        """
+        self._apply_definition()
+        self.adopt_unscoped()
+
+    def _apply_definition(self) -> None:
         with _unavailable_on_transport_errors(f"create or update index {self.index_name}"):
             self._indexes.create_or_update_index(self.index_definition())
+
+    def adopt_unscoped(self) -> int:
+        """Give the shared scope to every chunk without one (merge actions); return how many."""
+        keys = [c["key"] for c in self._pages("scope eq null", "key", select=["key"])]
+        for start in range(0, len(keys), self._batch_size):
+            batch = IndexDocumentsBatch()
+            batch.add_merge_actions(
+                [{"key": key, "scope": SHARED_SCOPE} for key in keys[start : start + self._batch_size]]
+            )
+            self._index(batch, "give unscoped chunks the shared scope")
+        if keys:
+            log.warning(
+                "search index %s: %d chunk(s) from before scopes are now in the shared scope",
+                self.index_name,
+                len(keys),
+                extra={"event": "index_scopes_migrated", "count": len(keys)},
+            )
+        return len(keys)
 
     def delete_index(self) -> None:
         with _unavailable_on_transport_errors(f"delete index {self.index_name}"):
@@ -261,9 +323,11 @@ class AzureKnowledgeIndex:
             self._index(batch, f"replace document {doc_id}")
         return len(chunks)
 
-    def search(self, query: str, *, top: int = 5, doc_id: str | None = None) -> list[SearchHit]:
-        if top < 1 or not tokenize(query):
-            return []  # nothing searchable (blank, operators, stop words), as in the embedded index
+    def search(
+        self, query: str, *, top: int = 5, doc_id: str | None = None, scopes: Sequence[str] | None = None
+    ) -> list[SearchHit]:
+        if top < 1 or not tokenize(query) or (scopes is not None and not scopes):
+            return []  # nothing searchable (blank, operators, stop words; no scope), as in the embedded index
         vector_queries: list[VectorQuery] | None = None
         if self._embed is not None:
             vector = self._embed(query)
@@ -273,7 +337,10 @@ class AzureKnowledgeIndex:
             try:
                 results = self._documents.search(
                     _QUERY_OPERATORS_RE.sub(" ", query),
-                    filter=f"doc_id eq {odata_string(doc_id)}" if doc_id is not None else None,
+                    filter=_where(
+                        f"doc_id eq {odata_string(doc_id)}" if doc_id is not None else None,
+                        scope_filter(scopes) if scopes is not None else None,
+                    ),
                     top=top,
                     select=CHUNK_FIELDS,
                     highlight_fields="content",
@@ -288,10 +355,16 @@ class AzureKnowledgeIndex:
             except ResourceNotFoundError:
                 return []
 
-    def get_chunks(self, doc_id: str, chunk_id: int | None = None) -> list[Chunk]:
-        where = f"doc_id eq {odata_string(doc_id)}"
-        if chunk_id is not None:
-            where += f" and chunk_id eq {int(chunk_id)}"
+    def get_chunks(
+        self, doc_id: str, chunk_id: int | None = None, *, scopes: Sequence[str] | None = None
+    ) -> list[Chunk]:
+        if scopes is not None and not scopes:
+            return []
+        where = _where(
+            f"doc_id eq {odata_string(doc_id)}",
+            f"chunk_id eq {int(chunk_id)}" if chunk_id is not None else None,
+            scope_filter(scopes) if scopes is not None else None,
+        )
         return [_chunk(document) for document in self._pages(where, "chunk_id")]
 
     def export(self, *, after_key: str | None = None, size: int = 1000) -> list[Chunk]:
@@ -315,7 +388,7 @@ class AzureKnowledgeIndex:
     def reset(self) -> None:
         # Dropping and recreating is one request each, where deleting by key is one per 1000 chunks.
         self.delete_index()
-        self.ensure_index()
+        self._apply_definition()
 
     def ping(self) -> None:
         self.count()
@@ -333,6 +406,7 @@ class AzureKnowledgeIndex:
             "section": chunk.section,
             "page": chunk.page,
             "version": chunk.version,
+            "scope": chunk.scope,
         }
         if self._embed is not None:
             vector = self._embed(chunk.content)
@@ -350,7 +424,7 @@ class AzureKnowledgeIndex:
             try:
                 results = self._documents.index_documents(batch)
             except ResourceNotFoundError:
-                self.ensure_index()
+                self._apply_definition()  # a new index: nothing in it predates scopes
                 results = self._documents.index_documents(batch)
         failures = [result for result in results if not result.succeeded]
         if failures and all(failure.status_code in _RETRYABLE_STATUS for failure in failures):

@@ -13,7 +13,7 @@ write, from any thread or process) differs from the one the mirror was built at.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,24 +22,36 @@ import numpy as np
 K1 = 1.2
 B = 0.75
 IDF_FLOOR = 1e-6
+MAX_CACHED_MASKS = 256  # scope sets remembered per mirror (one per tenant, in practice)
 
 
 class RankingMirror:
-    """Postings of every term, per row: FTS5's bm25() over them, for the rows' current generation."""
+    """Postings of every term, per row: FTS5's bm25() over them, for the rows' current generation.
+
+    Scopes are a filter, not a partition: bm25's statistics (row count, average length, IDF) stay
+    those of the whole index, as in FTS5 with a WHERE on the joined scope column, so a hit's score
+    does not depend on who asks.
+    """
 
     def __init__(
-        self, rows: Iterable[tuple[int, str, str, str]], generation: int, title_weight: float, content_weight: float
+        self,
+        rows: Iterable[tuple[int, str, str, str, str]],
+        generation: int,
+        title_weight: float,
+        content_weight: float,
     ) -> None:
-        """rows: (rowid, doc_id, title terms, content terms), the terms space-joined as FTS5 holds them."""
+        """rows: (rowid, doc_id, scope, title terms, content terms), the terms space-joined as FTS5 holds them."""
         self.generation = generation
         rowids: list[int] = []
         lengths: list[int] = []
         slots_by_doc: dict[str, list[int]] = {}
+        slots_by_scope: dict[str, list[int]] = {}
         term_slots: dict[str, list[int]] = {}
         term_freqs: dict[str, list[float]] = {}
-        for slot, (rowid, doc_id, title, content) in enumerate(sorted(rows)):
+        for slot, (rowid, doc_id, scope, title, content) in enumerate(sorted(rows)):
             rowids.append(rowid)
             slots_by_doc.setdefault(doc_id, []).append(slot)
+            slots_by_scope.setdefault(scope, []).append(slot)
             title_terms, content_terms = title.split(), content.split()
             lengths.append(len(title_terms) + len(content_terms))
             weighted: dict[str, float] = {}
@@ -61,9 +73,31 @@ class RankingMirror:
         }
         self._idf = {term: _idf(rows_count, len(slots)) for term, slots in term_slots.items()}
         self._slots_by_doc = {doc: np.asarray(slots, dtype=np.int64) for doc, slots in slots_by_doc.items()}
+        self._slots_by_scope = {scope: np.asarray(slots, dtype=np.int64) for scope, slots in slots_by_scope.items()}
+        self._masks: dict[frozenset[str], Any] = {}
 
-    def top(self, terms: list[str], top: int, *, doc_id: str | None = None) -> list[tuple[int, float]]:
-        """(rowid, bm25 score, higher is better) of the best `top` rows matching any term, best first."""
+    def _mask(self, scopes: Sequence[str]) -> Any:
+        """A boolean per row: is its scope one of scopes. Cached: a mirror serves few scope sets."""
+        wanted = frozenset(scopes)
+        mask = self._masks.get(wanted)
+        if mask is None:
+            mask = np.zeros(len(self.rowids), dtype=bool)
+            for scope in wanted:
+                slots = self._slots_by_scope.get(scope)
+                if slots is not None:
+                    mask[slots] = True
+            if len(self._masks) >= MAX_CACHED_MASKS:
+                self._masks.clear()
+            self._masks[wanted] = mask
+        return mask
+
+    def top(
+        self, terms: list[str], top: int, *, doc_id: str | None = None, scopes: Sequence[str] | None = None
+    ) -> list[tuple[int, float]]:
+        """(rowid, bm25 score, higher is better) of the best `top` rows matching any term, best first.
+
+        scopes (None: all) restricts the rows ranked, before the top `top` are picked.
+        """
         scores: Any = None
         for term in dict.fromkeys(terms):
             posting = self._postings.get(term)
@@ -79,6 +113,10 @@ class RankingMirror:
             candidates = self._slots_by_doc.get(doc_id)
             if candidates is None:
                 return []
+            if scopes is not None:
+                candidates = candidates[self._mask(scopes)[candidates]]
+        elif scopes is not None:
+            candidates = np.flatnonzero(scores * self._mask(scopes))
         else:
             candidates = np.flatnonzero(scores)
         if len(candidates) == 0:

@@ -8,23 +8,30 @@ Queries are ranked by an in-memory mirror of the FTS5 table (shared.adapters.loc
 which computes FTS5's bm25() over the same postings in a fraction of the time. The mirror is
 rebuilt whenever the file's write generation (the `generation` row, bumped in every write
 transaction by any thread or process) moves past the one it was built at.
+
+Every chunk has a scope (its tenant, or `shared`). A search or read given scopes sees only
+those: the mirror ranks only rows in them, and the SQL that reads the rows back filters on the
+scope column again, so a hit outside them cannot come back even from a stale mirror.
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from shared.adapters.local.ranking import RankingMirror
-from shared.contracts import Chunk, SearchHit
+from shared.contracts import SHARED_SCOPE, Chunk, SearchHit
 from shared.errors import DependencyUnavailable
 from shared.text import best_snippet, tokenize
 
-SCHEMA_VERSION = 2
+log = logging.getLogger("agent.search")
+
+SCHEMA_VERSION = 3
 TITLE_WEIGHT = 2.0
 CONTENT_WEIGHT = 1.0
 
@@ -41,7 +48,8 @@ _SCHEMA = (
     content TEXT NOT NULL,
     section TEXT,
     page INTEGER,
-    version TEXT
+    version TEXT,
+    scope TEXT NOT NULL DEFAULT 'shared'
     )""",
     "CREATE INDEX IF NOT EXISTS chunks_by_doc ON chunks (doc_id, chunk_id)",
     # rowid of chunks_terms = rowid of chunks; its columns hold tokenize() output joined by spaces.
@@ -56,7 +64,11 @@ _SCHEMA = (
 # Columns added after schema 1: an index file written before them gains them on open (NULL = unknown).
 _ADDED_COLUMNS = (("section", "TEXT"), ("page", "INTEGER"), ("version", "TEXT"))
 
-_CHUNK_COLUMNS = "doc_id, chunk_id, title, url, content, section, page, version"
+# Schema 3 gave every chunk a scope (its tenant, or shared); the chunks of an older file were
+# published before tenants owned knowledge, so they become shared (counted and logged once).
+_SCOPE_COLUMN = f"scope TEXT NOT NULL DEFAULT '{SHARED_SCOPE}'"
+
+_CHUNK_COLUMNS = "doc_id, chunk_id, title, url, content, section, page, version, scope"
 
 
 def _row_to_chunk(row: tuple[Any, ...]) -> Chunk:
@@ -69,7 +81,16 @@ def _row_to_chunk(row: tuple[Any, ...]) -> Chunk:
         section=row[5],
         page=row[6],
         version=row[7],
+        scope=row[8],
     )
+
+
+def _in_scopes(scopes: Sequence[str]) -> tuple[str, list[object]]:
+    """The SQL condition "scope is one of scopes" and its parameters (no scopes: nothing matches)."""
+    wanted = list[object](dict.fromkeys(scopes))
+    if not wanted:
+        return "0", []
+    return f"scope IN ({','.join('?' * len(wanted))})", wanted
 
 
 def match_expression(query: str) -> str | None:
@@ -106,6 +127,15 @@ class LocalKnowledgeIndex:
                 for name, kind in _ADDED_COLUMNS:
                     if name not in existing:
                         db.execute(f"ALTER TABLE chunks ADD COLUMN {name} {kind}")
+                if "scope" not in existing:
+                    (unscoped,) = db.execute("SELECT count(*) FROM chunks").fetchone()
+                    db.execute(f"ALTER TABLE chunks ADD COLUMN {_SCOPE_COLUMN}")
+                    log.warning(
+                        "knowledge index %s: %d chunk(s) from before scopes are now in the shared scope",
+                        self.path,
+                        unscoped,
+                        extra={"event": "index_scopes_migrated", "count": unscoped},
+                    )
             for statement in _SCHEMA:
                 db.execute(statement)
 
@@ -164,11 +194,12 @@ class LocalKnowledgeIndex:
     def _upsert(db: sqlite3.Connection, chunks: list[Chunk]) -> None:
         for chunk in chunks:
             row = db.execute(
-                """INSERT INTO chunks (key, doc_id, chunk_id, title, url, content, section, page, version)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                """INSERT INTO chunks (key, doc_id, chunk_id, title, url, content, section, page, version, scope)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                    ON CONFLICT (key) DO UPDATE SET doc_id = excluded.doc_id, chunk_id = excluded.chunk_id,
                        title = excluded.title, url = excluded.url, content = excluded.content,
-                       section = excluded.section, page = excluded.page, version = excluded.version
+                       section = excluded.section, page = excluded.page, version = excluded.version,
+                       scope = excluded.scope
                    RETURNING rowid""",
                 (
                     chunk.key,
@@ -180,6 +211,7 @@ class LocalKnowledgeIndex:
                     chunk.section,
                     chunk.page,
                     chunk.version,
+                    chunk.scope,
                 ),
             ).fetchone()
             db.execute("DELETE FROM chunks_terms WHERE rowid = ?", (row[0],))
@@ -204,20 +236,25 @@ class LocalKnowledgeIndex:
             self._upsert(db, chunks)
         return len(chunks)
 
-    def search(self, query: str, *, top: int = 5, doc_id: str | None = None) -> list[SearchHit]:
+    def search(
+        self, query: str, *, top: int = 5, doc_id: str | None = None, scopes: Sequence[str] | None = None
+    ) -> list[SearchHit]:
         terms = list(dict.fromkeys(tokenize(query)))
         if not terms or top < 1:
             return []
         db = self._db()
-        ranked = self._current_mirror(db).top(terms, top, doc_id=doc_id)
+        # The mirror ranks only rows in scopes (so the top `top` are the caller's); the read below
+        # checks the scope again in SQL, so a row that changed scope since the mirror was built is dropped.
+        ranked = self._current_mirror(db).top(terms, top, doc_id=doc_id, scopes=scopes)
         if not ranked:
             return []
         marks = ",".join("?" * len(ranked))
+        where, params = f"id IN ({marks})", list[object](rowid for rowid, _ in ranked)
+        if scopes is not None:
+            in_scopes, wanted = _in_scopes(scopes)
+            where, params = f"{where} AND {in_scopes}", params + wanted
         found = {
-            row[0]: row[1:]
-            for row in db.execute(
-                f"SELECT id, {_CHUNK_COLUMNS} FROM chunks WHERE id IN ({marks})", [rowid for rowid, _ in ranked]
-            )
+            row[0]: row[1:] for row in db.execute(f"SELECT id, {_CHUNK_COLUMNS} FROM chunks WHERE {where}", params)
         }
         return [
             SearchHit(
@@ -230,6 +267,7 @@ class LocalKnowledgeIndex:
                 section=r[5],
                 page=r[6],
                 version=r[7],
+                scope=r[8],
             )
             for rowid, score in ranked
             if (r := found.get(rowid)) is not None
@@ -249,22 +287,24 @@ class LocalKnowledgeIndex:
             try:
                 (generation,) = db.execute("SELECT value FROM generation WHERE id = 0").fetchone()
                 rows = db.execute(
-                    "SELECT t.rowid, c.doc_id, t.title, t.content FROM chunks_terms t JOIN chunks c ON c.id = t.rowid"
+                    "SELECT t.rowid, c.doc_id, c.scope, t.title, t.content "
+                    "FROM chunks_terms t JOIN chunks c ON c.id = t.rowid"
                 ).fetchall()
             finally:
                 db.execute("COMMIT")
             self._mirror = RankingMirror(rows, generation, TITLE_WEIGHT, CONTENT_WEIGHT)
             return self._mirror
 
-    def get_chunks(self, doc_id: str, chunk_id: int | None = None) -> list[Chunk]:
-        if chunk_id is None:
-            rows = self._db().execute(
-                f"SELECT {_CHUNK_COLUMNS} FROM chunks WHERE doc_id = ? ORDER BY chunk_id", (doc_id,)
-            )
-        else:
-            rows = self._db().execute(
-                f"SELECT {_CHUNK_COLUMNS} FROM chunks WHERE doc_id = ? AND chunk_id = ?", (doc_id, chunk_id)
-            )
+    def get_chunks(
+        self, doc_id: str, chunk_id: int | None = None, *, scopes: Sequence[str] | None = None
+    ) -> list[Chunk]:
+        where, params = "doc_id = ?", list[object]([doc_id])
+        if chunk_id is not None:
+            where, params = f"{where} AND chunk_id = ?", [*params, chunk_id]
+        if scopes is not None:
+            in_scopes, wanted = _in_scopes(scopes)
+            where, params = f"{where} AND {in_scopes}", params + wanted
+        rows = self._db().execute(f"SELECT {_CHUNK_COLUMNS} FROM chunks WHERE {where} ORDER BY chunk_id", params)
         return [_row_to_chunk(row) for row in rows.fetchall()]
 
     def export(self, *, after_key: str | None = None, size: int = 1000) -> list[Chunk]:
@@ -291,6 +331,7 @@ class LocalKnowledgeIndex:
                 {"name": "section", "type": "text"},
                 {"name": "page", "type": "integer"},
                 {"name": "version", "type": "text"},
+                {"name": "scope", "type": "text", "filterable": True},
             ],
             "analyzer": "shared.text.tokenize (NFKC lowercase words, CJK character bigrams)",
             "tokenizer": "fts5 unicode61 remove_diacritics 0 over pre-tokenized text",
