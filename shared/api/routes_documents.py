@@ -248,6 +248,7 @@ def delete_document(doc_id: str, caller: OperatorDep, b: BackendsDep) -> dict[st
     summary="Query the knowledge index",
     description="Searches the caller's tenant's documents and the shared ones; `?scope=` narrows to one of them "
     "(an admin may name any scope).",
+    responses=problem_responses(403),
 )
 def search(
     caller: CallerDep,
