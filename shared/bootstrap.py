@@ -66,7 +66,13 @@ def build_index(settings: Settings) -> KnowledgeIndex:
     _require(settings, "Azure AI Search", "SEARCH_ENDPOINT")
     from shared.adapters.local.search import LocalKnowledgeIndex
 
-    return LocalKnowledgeIndex(settings.data_dir / "search.sqlite3")
+    index = LocalKnowledgeIndex(settings.data_dir / "search.sqlite3")
+    if settings.search_mode == "hybrid":
+        from shared.adapters.local.embeddings import load_encoder
+        from shared.adapters.local.hybrid import HybridKnowledgeIndex
+
+        return HybridKnowledgeIndex(index, settings.data_dir / "vectors.sqlite3", load_encoder().encode)
+    return index
 
 
 def build_model(settings: Settings) -> ChatModel:
