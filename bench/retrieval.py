@@ -26,8 +26,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shared.adapters.local.search import LocalKnowledgeIndex  # noqa: E402
-from shared.ports import KnowledgeIndex  # noqa: E402
 from shared.contracts import Chunk  # noqa: E402
+from shared.ports import KnowledgeIndex  # noqa: E402
 from shared.services.chunking import chunk_document  # noqa: E402
 from shared.services.knowledge import read_upload  # noqa: E402
 
@@ -136,8 +136,8 @@ def main() -> int:
         before = results[("before", "bm25")][0][lang]["mrr"]
         for (label, mode), (figures, _, _) in results.items():
             if label == "after":
-                after = figures[lang]["mrr"]
-                print(f"MRR after {mode}/before ({lang}): {after / before:.3f}" if before else f"MRR before is 0 ({lang})")
+                ratio = f"{figures[lang]['mrr'] / before:.3f}" if before else "n/a (before is 0)"
+                print(f"MRR after {mode}/before ({lang}): {ratio}")
     return 0
 
 

@@ -71,7 +71,10 @@ def build_index(settings: Settings) -> KnowledgeIndex:
         from shared.adapters.local.embeddings import load_encoder
         from shared.adapters.local.hybrid import HybridKnowledgeIndex
 
-        return HybridKnowledgeIndex(index, settings.data_dir / "vectors.sqlite3", load_encoder().encode)
+        hybrid = HybridKnowledgeIndex(index, settings.data_dir / "vectors.sqlite3", load_encoder().encode)
+        if hybrid.needs_backfill():  # an index written in bm25 mode, or a crash between the two files
+            threading.Thread(target=hybrid.backfill, name="vector-backfill", daemon=True).start()
+        return hybrid
     return index
 
 

@@ -49,7 +49,8 @@ def _erf(x: np.ndarray) -> np.ndarray:
     a = np.abs(x)
     t = 1.0 / (1.0 + 0.3275911 * a)
     poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
-    return sign * (1.0 - poly * np.exp(-a * a))
+    result: np.ndarray = sign * (1.0 - poly * np.exp(-a * a))
+    return result
 
 
 def _gelu(x: np.ndarray) -> np.ndarray:
@@ -59,7 +60,8 @@ def _gelu(x: np.ndarray) -> np.ndarray:
 def _layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
     mean = x.mean(-1, keepdims=True)
     var = ((x - mean) ** 2).mean(-1, keepdims=True)
-    return (x - mean) / np.sqrt(var + eps) * weight + bias
+    normed: np.ndarray = (x - mean) / np.sqrt(var + eps) * weight + bias
+    return normed
 
 
 class SentenceEncoder:
@@ -89,7 +91,8 @@ class SentenceEncoder:
         tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")  # to the longest in the batch
         # Dense weights stored transposed and contiguous: `x @ w_t` is then one straight BLAS call.
         prepared = {k: v.astype(np.float32) for k, v in weights.items()}
-        for name in [k for k in prepared if k.startswith("encoder.") and k.endswith(".weight") and prepared[k].ndim == 2]:
+        dense = [k for k, v in prepared.items() if k.startswith("encoder.") and k.endswith(".weight") and v.ndim == 2]
+        for name in dense:
             prepared[name + "_t"] = np.ascontiguousarray(prepared.pop(name).T)
         return cls(tokenizer, prepared, config)
 
@@ -113,7 +116,8 @@ class SentenceEncoder:
         hidden = self._forward(ids, mask)
         pooled = (hidden * mask[:, :, None]).sum(1) / np.maximum(mask.sum(1, keepdims=True), 1e-9)
         norms = np.linalg.norm(pooled, axis=1, keepdims=True)
-        return (pooled / np.maximum(norms, 1e-12)).astype(np.float32)
+        unit: np.ndarray = (pooled / np.maximum(norms, 1e-12)).astype(np.float32)
+        return unit
 
     def _forward(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         w, eps = self._w, self._eps
@@ -129,7 +133,8 @@ class SentenceEncoder:
         scale = 1.0 / math.sqrt(size)
 
         def dense(name: str, t: np.ndarray) -> np.ndarray:
-            return t @ w[f"{name}.weight_t"] + w[f"{name}.bias"]
+            out: np.ndarray = t @ w[f"{name}.weight_t"] + w[f"{name}.bias"]
+            return out
 
         def split(t: np.ndarray) -> np.ndarray:  # (n*length, hidden) -> (n, heads, length, size), contiguous
             return np.ascontiguousarray(t.reshape(n, length, heads, size).transpose(0, 2, 1, 3))

@@ -147,8 +147,9 @@ class HybridKnowledgeIndex:
         ]
 
     @staticmethod
-    def _store(db: sqlite3.Connection, rows: list[tuple[str, str, int, str, bytes]]) -> None:
-        db.executemany("INSERT OR REPLACE INTO vectors (key, doc_id, chunk_id, scope, vector) VALUES (?, ?, ?, ?, ?)", rows)
+    def _store(db: sqlite3.Connection, rows: list[tuple[str, str, int, str, bytes]], *, replace: bool = True) -> None:
+        verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
+        db.executemany(f"{verb} INTO vectors (key, doc_id, chunk_id, scope, vector) VALUES (?, ?, ?, ?, ?)", rows)
 
     def _current(self) -> _VectorSnapshot:
         db = self._db()
@@ -172,8 +173,15 @@ class HybridKnowledgeIndex:
     def vector_count(self) -> int:
         return int(self._db().execute("SELECT count(*) FROM vectors").fetchone()[0])
 
+    def needs_backfill(self) -> bool:
+        return self.vector_count() != self.inner.count()
+
     def backfill(self, *, page: int = 256) -> int:
-        """Embed the chunks that have no vector and drop vectors whose chunk is gone; return how many embedded."""
+        """Embed the chunks that have no vector and drop vectors whose chunk is gone; return how many embedded.
+
+        Safe beside live writes: it never overwrites a vector (a live write's is newer than the text
+        it exported) and re-checks a chunk is really gone before dropping its vector.
+        """
         db = self._db()
         stored = {row[0] for row in db.execute("SELECT key FROM vectors")}
         seen: set[str] = set()
@@ -186,12 +194,16 @@ class HybridKnowledgeIndex:
             if missing:
                 rows = self._vectors_of(missing)
                 with self._write() as w:
-                    self._store(w, rows)
+                    self._store(w, rows, replace=False)
                 embedded += len(missing)
-        gone = stored - seen
+        gone = [
+            (key,)
+            for key, doc_id, chunk_id in db.execute("SELECT key, doc_id, chunk_id FROM vectors").fetchall()
+            if key in stored and key not in seen and not self.inner.get_chunks(doc_id, chunk_id)
+        ]
         if gone:
             with self._write() as w:
-                w.executemany("DELETE FROM vectors WHERE key = ?", [(key,) for key in gone])
+                w.executemany("DELETE FROM vectors WHERE key = ?", gone)
         return embedded
 
     # --- KnowledgeIndex ------------------------------------------------------------------------
@@ -255,7 +267,9 @@ class HybridKnowledgeIndex:
         fields: dict[str, Any] = chunk.model_dump(exclude={"content"})
         return SearchHit(**fields, score=0.0, snippet=best_snippet(chunk.content, query))
 
-    def get_chunks(self, doc_id: str, chunk_id: int | None = None, *, scopes: Sequence[str] | None = None) -> list[Chunk]:
+    def get_chunks(
+        self, doc_id: str, chunk_id: int | None = None, *, scopes: Sequence[str] | None = None
+    ) -> list[Chunk]:
         scoped: dict[str, Any] = {} if scopes is None else {"scopes": scopes}
         return self.inner.get_chunks(doc_id, chunk_id, **scoped)
 
