@@ -9,6 +9,7 @@ Settings come from the environment, after local.settings.json's "Values" (as `fu
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
@@ -113,6 +114,11 @@ def main(argv: list[str] | None = None) -> int:
         extra={"event": "runtime_started"},
     )
     signal.signal(signal.SIGTERM, lambda *_: setattr(server, "should_exit", True))
+    # What startup loaded lives as long as the process: frozen out of the collector's reach, a full
+    # collection (which any allocation-heavy request can trigger, in any thread, GIL held) scans only
+    # what requests made since. Measured on a 20,000-document upload: loop stalls of 90 ms become 15 ms.
+    gc.collect()
+    gc.freeze()
     try:
         server.run()
     finally:
