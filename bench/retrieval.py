@@ -82,7 +82,7 @@ def evaluate(index: KnowledgeIndex, names: dict[str, str], questions: list[dict[
 
 
 def hybrid_available() -> bool:
-    return all(importlib.util.find_spec(name) for name in ("tokenizers", "safetensors", "all_minilm_l6_v2"))
+    return all(importlib.util.find_spec(name) for name in ("tokenizers", "safetensors", "all_minilm_l6_v2", "threadpoolctl"))
 
 
 def open_index(tmp: Path, label: str, mode: str) -> KnowledgeIndex:

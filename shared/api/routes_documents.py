@@ -42,8 +42,8 @@ class IndexResult(BaseModel):
     description="JSON: one document or a list of `{id, title, url?, content}`. Files: multipart `file` field(s), "
     "or a raw body with `?filename=` (its type is read from the bytes: PDF, DOCX, HTML, Markdown, text). "
     "Each document is `added`, `updated` (its chunks swapped for the new version's), `unchanged`, or `refused` "
-    "with the reason. An upload of more than INGEST_SYNC_MAX_FILES files or INGEST_SYNC_MAX_BYTES bytes becomes "
-    "an ingestion job: 202 with a Location to poll.",
+    "with the reason. An upload of more than INGEST_SYNC_MAX_FILES files (or JSON documents) or "
+    "INGEST_SYNC_MAX_BYTES bytes becomes an ingestion job: 202 with a Location to poll.",
 )
 async def add_documents(
     request: Request,

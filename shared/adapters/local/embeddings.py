@@ -174,4 +174,16 @@ def load_encoder() -> SentenceEncoder:
     with _encoder_lock:
         if _encoder is None:
             _encoder = SentenceEncoder.from_zip(model_zip())
+            _one_blas_thread()
         return _encoder
+
+
+def _one_blas_thread() -> None:
+    """BLAS on one thread, process-wide. A query's matmuls are small: split over 2 threads on a busy
+    2-core machine, each waits for the other to be scheduled (measured: a query encoded in 50-150 ms
+    instead of 11 ms). The API, the queue consumer and ingestion already keep the cores busy."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError as error:
+        raise DependencyUnavailable(f"SEARCH_MODE=hybrid needs threadpoolctl: {_INSTALL_HINT}") from error
+    threadpool_limits(limits=1, user_api="blas")
