@@ -15,7 +15,6 @@ vectors, reciprocal rank fusion), printed beside bm25.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 import tempfile
@@ -82,7 +81,9 @@ def evaluate(index: KnowledgeIndex, names: dict[str, str], questions: list[dict[
 
 
 def hybrid_available() -> bool:
-    return all(importlib.util.find_spec(name) for name in ("tokenizers", "safetensors", "all_minilm_l6_v2", "threadpoolctl"))
+    from shared.adapters.local.embeddings import missing_packages
+
+    return not missing_packages()
 
 
 def open_index(tmp: Path, label: str, mode: str) -> KnowledgeIndex:

