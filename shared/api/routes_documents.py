@@ -66,7 +66,7 @@ async def add_documents(
             # As a large multipart upload: an ingestion job. Indexing 20,000 documents takes a minute,
             # too long for one request, and its 20,000 results would be serialized on the event loop.
             job = await run_in_threadpool(
-                lambda: ingestion.submit_ingestion(b, [], documents=docs, idempotency_key=idempotency_key)
+                lambda: ingestion.submit_ingestion(b, [], documents=docs, scope=scope, idempotency_key=idempotency_key)
             )
             return JSONResponse(
                 job.model_dump(mode="json"), status_code=202, headers={"Location": f"/api/ingestions/{job.id}"}

@@ -67,12 +67,15 @@ def main(argv: list[str] | None = None) -> int:
     from shared.bootstrap import get_backends
     from shared.runtime.consumer import QueueConsumer
     from shared.runtime.functions import discover
+    from shared.runtime.ingest_process import IngestProcess
     from shared.runtime.timers import TimerScheduler
 
     found = discover("function_app")
     host = read_host_json(ROOT / "host.json")
     backends = get_backends()
     consumers = []
+    # Ingestion batches run in a child process: their CPU work then never holds the API's GIL.
+    ingest = IngestProcess()
     for fn in [] if args.no_consumers else found.queues:
         if not isinstance(backends.queue, LocalQueue):
             raise SystemExit(
@@ -90,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                 fn,
                 concurrency=host["max_concurrent_calls"],
                 max_lock_renewal_seconds=host["max_lock_renewal_seconds"],
+                ingest=ingest,
             )
         )
     timers = TimerScheduler([] if args.no_timers else found.timers)
@@ -124,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for consumer in consumers:
             consumer.stop()
+        ingest.stop()
         timers.stop()
         backends.close()
     return 0

@@ -37,7 +37,7 @@ from shared.contracts import Document, utcnow
 from shared.engine.backends import Backends
 from shared.engine.layout import ingestion_batch_key, ingestion_key
 from shared.engine.updates import update_json
-from shared.errors import Conflict, InvalidRequest, NotFound
+from shared.errors import Conflict, InvalidRequest, NotFound, ServiceError
 from shared.ports import PreconditionFailed
 from shared.services import knowledge
 
@@ -286,11 +286,22 @@ def _run_batch(b: Backends, job: IngestionJob, batch: int) -> None:
     if job.status == "queued":
         _update(b, job.id, _started)
     outcomes = knowledge.ingest(b, ((f.name, base64.b64decode(f.data)) for f in contents.files), scope=contents.scope)
-    outcomes += knowledge.index_documents(b, contents.documents)
+    outcomes += [_index_json(b, document, contents.scope) for document in contents.documents]
     counted = _update(b, job.id, _counted(batch, outcomes))
     if counted is not None:
         _enqueue(b, counted)
     b.objects.delete(ingestion_batch_key(job.id, batch))
+
+
+def _index_json(b: Backends, document: Document, scope: str | None) -> knowledge.IndexedDocument:
+    """One JSON document of a batch; one the service refuses (a client error) is reported, not retried."""
+    try:
+        (outcome,) = knowledge.index_documents(b, [document], scope=scope)
+    except ServiceError as exc:
+        if exc.status >= 500:  # the index or storage is down: the batch is redelivered
+            raise
+        return knowledge.refused(document.id, exc)
+    return outcome
 
 
 def _update(b: Backends, ingestion_id: str, change: Any) -> IngestionJob | None:

@@ -159,10 +159,10 @@ def parse_upload(filename: str, text: str | bytes) -> Document:
     return read_upload(filename, data).document
 
 
-def _source(doc: Document | SourceDocument) -> SourceDocument:
+def _source(doc: Document | SourceDocument, scope: str | None = None) -> SourceDocument:
     if isinstance(doc, SourceDocument):
         return doc
-    return SourceDocument(doc, tuple(markdown_sections(doc.content)), "json", None, None, len(doc.content))
+    return SourceDocument(doc, tuple(markdown_sections(doc.content)), "json", None, scope, len(doc.content))
 
 
 def ingest_one(b: Backends, source: SourceDocument) -> IndexedDocument:
@@ -217,9 +217,14 @@ def ingest_one(b: Backends, source: SourceDocument) -> IndexedDocument:
     return IndexedDocument(id=doc.id, chunks=len(chunks), status=status, version=version, name=source.name)
 
 
-def index_documents(b: Backends, documents: Iterable[Document | SourceDocument]) -> list[IndexedDocument]:
-    """Ingest each document: added, updated (its chunks swapped for the new version's) or unchanged."""
-    return [ingest_one(b, _source(doc)) for doc in documents]
+def index_documents(
+    b: Backends, documents: Iterable[Document | SourceDocument], *, scope: str | None = None
+) -> list[IndexedDocument]:
+    """Ingest each document: added, updated (its chunks swapped for the new version's) or unchanged.
+
+    scope is the scope of plain Documents; a SourceDocument carries its own.
+    """
+    return [ingest_one(b, _source(doc, scope)) for doc in documents]
 
 
 def refused(name: str, error: ServiceError) -> IndexedDocument:

@@ -17,19 +17,21 @@ def docs(n: int) -> list[dict[str, str]]:
 def test_a_large_json_list_becomes_an_ingestion_job(api: TestClient, backends: Backends) -> None:
     body = json.dumps(docs(45))  # over INGEST_SYNC_MAX_FILES (20)
     headers = {"Content-Type": "application/json", "Idempotency-Key": "tides-1"}
-    r = api.post("/api/documents", content=body, headers=headers)
+    r = api.post("/api/documents", params={"scope": "shared"}, content=body, headers=headers)
     assert r.status_code == 202, r.text
     job = r.json()
     assert r.headers["location"] == f"/api/ingestions/{job['id']}"
     assert (job["status"], job["files"], job["batches"]) == ("queued", 45, 1)
-    assert api.post("/api/documents", content=body, headers=headers).json()["id"] == job["id"]
+    replay = api.post("/api/documents", params={"scope": "shared"}, content=body, headers=headers)
+    assert replay.json()["id"] == job["id"]
 
     assert drain(backends, deliveries=2) == 1  # a redelivered batch duplicates nothing
     done = api.get(r.headers["location"]).json()
     assert (done["status"], done["added"], done["chunks"], done["refused"]) == ("succeeded", 45, 45, 0)
     assert backends.index.count() == 45
     assert backends.index.get_chunks("tide-7")[0].content == "High tide 7 is at dawn."
-    assert api.get("/api/documents/tide-7").json()["kind"] == "json"
+    record = api.get("/api/documents/tide-7").json()
+    assert (record["kind"], record["scope"]) == ("json", "shared")  # the upload's scope went through the queue
 
 
 def test_a_small_json_upload_is_indexed_at_once(api: TestClient) -> None:
