@@ -51,7 +51,11 @@ _SCHEMA = (
 
 
 def passage_text(chunk: Chunk) -> str:
-    """What is embedded: the title and heading give a short chunk the context a reader would have."""
+    """What is embedded: the title and heading give a chunk the context a reader would have.
+
+    Measured by bench/retrieval.py (English): content alone 0.50 / 0.75 / 0.658 (hit@1 / hit@3 /
+    MRR), with title and heading 0.58 / 0.83 / 0.720.
+    """
     return "\n".join(part for part in (chunk.title, chunk.section, chunk.content) if part)
 
 
