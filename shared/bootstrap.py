@@ -66,7 +66,16 @@ def build_index(settings: Settings) -> KnowledgeIndex:
     _require(settings, "Azure AI Search", "SEARCH_ENDPOINT")
     from shared.adapters.local.search import LocalKnowledgeIndex
 
-    return LocalKnowledgeIndex(settings.data_dir / "search.sqlite3")
+    index = LocalKnowledgeIndex(settings.data_dir / "search.sqlite3")
+    if settings.search_mode == "hybrid":
+        from shared.adapters.local.embeddings import load_encoder
+        from shared.adapters.local.hybrid import HybridKnowledgeIndex
+
+        hybrid = HybridKnowledgeIndex(index, settings.data_dir / "vectors.sqlite3", load_encoder().encode)
+        if hybrid.needs_backfill():  # an index written in bm25 mode, or a crash between the two files
+            threading.Thread(target=hybrid.backfill, name="vector-backfill", daemon=True).start()
+        return hybrid
+    return index
 
 
 def build_model(settings: Settings) -> ChatModel:

@@ -84,6 +84,12 @@ class Settings(BaseSettings):
     search_endpoint: str | None = _alias("SEARCH_ENDPOINT", "AZURE_SEARCH_ENDPOINT")
     search_api_key: str | None = _alias("SEARCH_API_KEY", "AZURE_SEARCH_API_KEY")
     search_index_name: str = Field("knowledge", validation_alias="SEARCH_INDEX_NAME")
+    search_mode: Literal["bm25", "hybrid"] = Field(
+        "bm25",
+        validation_alias="SEARCH_MODE",
+        description="Embedded index only: bm25, or hybrid (BM25 + all-MiniLM-L6-v2 vectors fused by reciprocal "
+        "rank fusion; needs requirements-hybrid.txt). Azure AI Search keeps its own hybrid mode.",
+    )
     chunk_chars: int = Field(800, validation_alias="CHUNK_CHARS")
     chunk_overlap_chars: int = Field(
         100,

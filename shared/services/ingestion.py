@@ -33,11 +33,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
-from shared.contracts import utcnow
+from shared.contracts import Document, utcnow
 from shared.engine.backends import Backends
 from shared.engine.layout import ingestion_batch_key, ingestion_key
 from shared.engine.updates import update_json
-from shared.errors import Conflict, InvalidRequest, NotFound
+from shared.errors import Conflict, InvalidRequest, NotFound, ServiceError
 from shared.ports import PreconditionFailed
 from shared.services import knowledge
 
@@ -124,6 +124,8 @@ class _BatchFile(BaseModel):
 
 class _Batch(BaseModel):
     files: list[_BatchFile]
+    # JSON documents (POST /api/documents with a large JSON list): ingested as they are, ids and all.
+    documents: list[Document] = Field(default_factory=list)
     scope: str | None = None
 
 
@@ -156,11 +158,15 @@ def submit_ingestion(
     b: Backends,
     files: Iterable[tuple[str, bytes]],
     *,
+    documents: Iterable[Document] = (),
     scope: str | None = None,
     idempotency_key: str | None = None,
     batch_files: int | None = None,
 ) -> IngestionJob:
-    """Store the files in batches and queue one message per batch; the same idempotency key returns the same job."""
+    """Store the files (then the JSON documents) in batches and queue one message per batch.
+
+    The same idempotency key returns the same job. A batch holds up to INGEST_BATCH_FILES items.
+    """
     size = max(1, batch_files or b.settings.ingest_batch_files)
     if idempotency_key is not None:
         digest = hashlib.sha256(f"{scope or ''}\x00{idempotency_key}".encode()).hexdigest()[:32]
@@ -172,17 +178,24 @@ def submit_ingestion(
             return job
     else:
         ingestion_id = f"ing-{uuid.uuid4().hex}"
-    batches: list[list[_BatchFile]] = [[]]
+    batches: list[_Batch] = [_Batch(files=[], scope=scope)]
     total = 0
+
+    def room() -> _Batch:
+        if len(batches[-1].files) + len(batches[-1].documents) >= size:
+            batches.append(_Batch(files=[], scope=scope))
+        return batches[-1]
+
     for name, data in files:
-        if len(batches[-1]) >= size:
-            batches.append([])
-        batches[-1].append(_BatchFile(name=name, data=base64.b64encode(data).decode("ascii")))
+        room().files.append(_BatchFile(name=name, data=base64.b64encode(data).decode("ascii")))
+        total += 1
+    for document in documents:
+        room().documents.append(document)
         total += 1
     if total == 0:
         raise InvalidRequest("no files to ingest")
     for n, batch in enumerate(batches):
-        b.objects.put(ingestion_batch_key(ingestion_id, n), _Batch(files=batch, scope=scope).model_dump_json().encode())
+        b.objects.put(ingestion_batch_key(ingestion_id, n), batch.model_dump_json().encode())
     job = IngestionJob(id=ingestion_id, scope=scope, files=total, batches=len(batches), idempotency_key=idempotency_key)
     try:
         b.objects.put_if_absent(ingestion_key(ingestion_id), _dump(job))
@@ -273,10 +286,22 @@ def _run_batch(b: Backends, job: IngestionJob, batch: int) -> None:
     if job.status == "queued":
         _update(b, job.id, _started)
     outcomes = knowledge.ingest(b, ((f.name, base64.b64decode(f.data)) for f in contents.files), scope=contents.scope)
+    outcomes += [_index_json(b, document, contents.scope) for document in contents.documents]
     counted = _update(b, job.id, _counted(batch, outcomes))
     if counted is not None:
         _enqueue(b, counted)
     b.objects.delete(ingestion_batch_key(job.id, batch))
+
+
+def _index_json(b: Backends, document: Document, scope: str | None) -> knowledge.IndexedDocument:
+    """One JSON document of a batch; one the service refuses (a client error) is reported, not retried."""
+    try:
+        (outcome,) = knowledge.index_documents(b, [document], scope=scope)
+    except ServiceError as exc:
+        if exc.status >= 500:  # the index or storage is down: the batch is redelivered
+            raise
+        return knowledge.refused(document.id, exc)
+    return outcome
 
 
 def _update(b: Backends, ingestion_id: str, change: Any) -> IngestionJob | None:
