@@ -1,4 +1,9 @@
-"""/api/admin: the runbook's operations over HTTP, for operator keys only (a submitter key gets 403).
+"""/api/admin: the runbook's operations over HTTP (a submitter key gets 403).
+
+A tenant's operator sees and acts on its own tenant's jobs, dead letters and usage (another tenant's
+ids do not exist for it, and `?tenant=` naming another tenant is 403); what acts on every tenant at
+once or on the platform itself (the queue, sweep, purge, backups, restore, checks, retention) needs
+an admin key. Each route's caller parameter states which (security.py).
 
 Each route is one call into the same services the timers and the CLI use (shared/services/operations.py,
 shared/maintenance/*), so every way of running an operation does the same thing.
@@ -12,7 +17,7 @@ from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, Field
 
 from shared.api.deps import BackendsDep
-from shared.api.security import OperatorDep
+from shared.api.security import AdminDep, TenantOperatorDep, may_act_for, tenant_filter
 from shared.contracts import Job, JobStatus
 from shared.maintenance import backup, checks, retention, sweep
 from shared.services import operations
@@ -25,25 +30,25 @@ router = APIRouter(prefix="/api/admin", tags=["admin"])
 
 
 @router.get("/queue", response_model=operations.QueueStatus, summary="Message counts of the step queue")
-def get_queue(caller: OperatorDep, b: BackendsDep) -> operations.QueueStatus:
+def get_queue(caller: AdminDep, b: BackendsDep) -> operations.QueueStatus:
     return operations.queue_status(b)
 
 
 @router.get("/dlq", response_model=list[operations.DeadLetter], summary="Dead-lettered steps, oldest first")
 def list_dead_letters(
-    caller: OperatorDep, b: BackendsDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+    caller: TenantOperatorDep, b: BackendsDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100
 ) -> list[operations.DeadLetter]:
-    return operations.dead_letters(b, limit)
+    return [d for d in operations.dead_letters(b, limit) if may_act_for(caller, d.tenant)]
 
 
 @router.post("/dlq/sweep", response_model=sweep.SweepResult, summary="Run the dead-letter sweep now")
-def run_sweep(caller: OperatorDep, b: BackendsDep) -> sweep.SweepResult:
+def run_sweep(caller: AdminDep, b: BackendsDep) -> sweep.SweepResult:
     return sweep.sweep_dead_letters(b)
 
 
 @router.get("/dlq/{message_id}", response_model=operations.DeadLetter, summary="One dead-lettered step")
-def get_dead_letter(message_id: str, caller: OperatorDep, b: BackendsDep) -> operations.DeadLetter:
-    return operations.dead_letter(b, message_id)
+def get_dead_letter(message_id: str, caller: TenantOperatorDep, b: BackendsDep) -> operations.DeadLetter:
+    return operations.dead_letter(b, message_id, tenant=tenant_filter(caller, None))
 
 
 @router.post(
@@ -51,8 +56,8 @@ def get_dead_letter(message_id: str, caller: OperatorDep, b: BackendsDep) -> ope
     response_model=sweep.DeadLetterAction,
     summary="Send a dead-lettered step again (new message id), whatever its cause",
 )
-def resubmit_dead_letter(message_id: str, caller: OperatorDep, b: BackendsDep) -> sweep.DeadLetterAction:
-    return operations.resubmit_dead_letter(b, message_id)
+def resubmit_dead_letter(message_id: str, caller: TenantOperatorDep, b: BackendsDep) -> sweep.DeadLetterAction:
+    return operations.resubmit_dead_letter(b, message_id, tenant=tenant_filter(caller, None))
 
 
 class Purged(BaseModel):
@@ -60,7 +65,7 @@ class Purged(BaseModel):
 
 
 @router.delete("/dlq", response_model=Purged, summary="Purge the dead-letter queue")
-def purge_dead_letters(caller: OperatorDep, b: BackendsDep) -> Purged:
+def purge_dead_letters(caller: AdminDep, b: BackendsDep) -> Purged:
     return Purged(purged=operations.purge_dead_letters(b))
 
 
@@ -68,12 +73,12 @@ def purge_dead_letters(caller: OperatorDep, b: BackendsDep) -> Purged:
 
 
 @router.post("/backups", status_code=201, response_model=backup.BackupManifest, summary="Take a backup now")
-def create_backup(caller: OperatorDep, b: BackendsDep) -> backup.BackupManifest:
+def create_backup(caller: AdminDep, b: BackendsDep) -> backup.BackupManifest:
     return backup.run_backup(b)
 
 
 @router.get("/backups", response_model=list[backup.BackupManifest], summary="Complete backups, newest first")
-def list_backups(caller: OperatorDep, b: BackendsDep) -> list[backup.BackupManifest]:
+def list_backups(caller: AdminDep, b: BackendsDep) -> list[backup.BackupManifest]:
     return backup.list_backups(b)
 
 
@@ -86,7 +91,7 @@ class RestoreRequest(BaseModel):
     response_model=backup.RestoreResult,
     summary="Rebuild the knowledge index from a backup, verified against its manifest",
 )
-def restore_backup(body: RestoreRequest, caller: OperatorDep, b: BackendsDep) -> backup.RestoreResult:
+def restore_backup(body: RestoreRequest, caller: AdminDep, b: BackendsDep) -> backup.RestoreResult:
     return backup.restore(b, body.backup_id)
 
 
@@ -94,31 +99,38 @@ def restore_backup(body: RestoreRequest, caller: OperatorDep, b: BackendsDep) ->
 
 
 @router.post("/checks", response_model=checks.OpsReport, summary="Run the weekly operations checks now")
-def run_checks(caller: OperatorDep, b: BackendsDep) -> checks.OpsReport:
+def run_checks(caller: AdminDep, b: BackendsDep) -> checks.OpsReport:
     return checks.run_weekly_checks(b)
 
 
-@router.get("/usage", response_model=operations.UsageReport, summary="Tokens by tenant against budget")
+@router.get(
+    "/usage",
+    response_model=operations.UsageReport,
+    summary="Tokens by tenant against budget (an operator's own tenant only)",
+)
 def get_usage(
-    caller: OperatorDep,
+    caller: TenantOperatorDep,
     b: BackendsDep,
     month: Annotated[str | None, Query(pattern=r"^\d{4}-(0[1-9]|1[0-2])$")] = None,
     top: Annotated[int, Query(ge=0, le=100, description="The month's N largest jobs.")] = 5,
+    tenant: Annotated[str | None, Query(max_length=100, description="One tenant (admin: any; default every)")] = None,
 ) -> operations.UsageReport:
-    return operations.usage(b, month, top=top)
+    return operations.usage(b, month, top=top, tenant=tenant_filter(caller, tenant))
 
 
 @router.post("/retention", response_model=retention.RetentionResult, summary="Apply retention now")
-def run_retention(caller: OperatorDep, b: BackendsDep) -> retention.RetentionResult:
+def run_retention(caller: AdminDep, b: BackendsDep) -> retention.RetentionResult:
     return retention.apply_retention(b)
 
 
 # --- jobs of every tenant --------------------------------------------------------------------------------
 
 
-@router.get("/jobs", response_model=JobPage, summary="Jobs of every tenant (or one), newest first")
+@router.get(
+    "/jobs", response_model=JobPage, summary="Jobs of every tenant (admin) or the operator's own, newest first"
+)
 def list_jobs(
-    caller: OperatorDep,
+    caller: TenantOperatorDep,
     b: BackendsDep,
     status: JobStatus | None = None,
     tenant: Annotated[str | None, Query(max_length=100)] = None,
@@ -133,7 +145,9 @@ def list_jobs(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> JobPage:
-    return operations.list_jobs(b, status=status, tenant=tenant, reason=reason, limit=limit, cursor=cursor)
+    return operations.list_jobs(
+        b, status=status, tenant=tenant_filter(caller, tenant), reason=reason, limit=limit, cursor=cursor
+    )
 
 
 @router.post(
@@ -142,8 +156,8 @@ def list_jobs(
     response_model=operations.ResubmitResult,
     summary="Send the job's next step again with a new message id",
 )
-def resubmit_job(job_id: str, caller: OperatorDep, b: BackendsDep) -> operations.ResubmitResult:
-    return operations.resubmit_job(b, job_id)
+def resubmit_job(job_id: str, caller: TenantOperatorDep, b: BackendsDep) -> operations.ResubmitResult:
+    return operations.resubmit_job(b, job_id, tenant=tenant_filter(caller, None))
 
 
 @router.post(
@@ -152,7 +166,7 @@ def resubmit_job(job_id: str, caller: OperatorDep, b: BackendsDep) -> operations
     response_model=Job,
     summary="Run a finished job's task again as a new job (same tenant, task, session, policy)",
 )
-def rerun_job(job_id: str, caller: OperatorDep, b: BackendsDep, response: Response) -> Job:
-    job = operations.rerun_job(b, job_id)
+def rerun_job(job_id: str, caller: TenantOperatorDep, b: BackendsDep, response: Response) -> Job:
+    job = operations.rerun_job(b, job_id, tenant=tenant_filter(caller, None))
     response.headers["Location"] = f"/api/jobs/{job.id}"
     return job
