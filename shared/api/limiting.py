@@ -77,7 +77,8 @@ class SqliteCounters(Storage):
         return int(row[0])
 
     def get(self, key: str) -> int:
-        row = self._db().execute("SELECT value FROM counters WHERE key = ? AND expires > ?", (key, time.time())).fetchone()
+        sql = "SELECT value FROM counters WHERE key = ? AND expires > ?"
+        row = self._db().execute(sql, (key, time.time())).fetchone()
         return int(row[0]) if row else 0
 
     def get_expiry(self, key: str) -> float:
@@ -111,9 +112,7 @@ class Limits:
     @classmethod
     def from_settings(cls, settings: Settings) -> Limits:
         uri = settings.rate_limit_storage
-        storage = (
-            SqliteCounters(path=settings.data_dir / "limits.db") if uri == "sqlite" else storage_from_string(uri)
-        )
+        storage = SqliteCounters(path=settings.data_dir / "limits.db") if uri == "sqlite" else storage_from_string(uri)
         return cls(
             FixedWindowRateLimiter(storage),
             RateLimitItemPerMinute(settings.rate_limit_per_minute),

@@ -126,9 +126,7 @@ def run_retention(caller: AdminDep, b: BackendsDep) -> retention.RetentionResult
 # --- jobs of every tenant --------------------------------------------------------------------------------
 
 
-@router.get(
-    "/jobs", response_model=JobPage, summary="Jobs of every tenant (admin) or the operator's own, newest first"
-)
+@router.get("/jobs", response_model=JobPage, summary="Jobs of every tenant (admin) or the operator's own, newest first")
 def list_jobs(
     caller: TenantOperatorDep,
     b: BackendsDep,

@@ -1,7 +1,7 @@
 """GET /api/metrics: the embedded runtime's meters in the Prometheus text format (admin key).
 
-Always behind an admin key (the series carry every tenant's name), loopback included: the Functions ASGI bridge does not give a
-trustworthy client address, and a Prometheus scrape job sends a bearer key as easily.
+Always behind an admin key (the series carry every tenant's name), loopback included: the Functions
+ASGI bridge does not give a trustworthy client address, and a Prometheus scrape job sends a bearer key as easily.
 """
 
 from __future__ import annotations

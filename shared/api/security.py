@@ -258,14 +258,14 @@ def declare_access(api: FastAPI, extra: dict[str, Access]) -> list[DeclaredRoute
     """
     table = []
     for context in routing.iter_route_contexts(api.routes):
-        pattern = getattr(context, "path_regex", None)
-        if pattern is None or not context.methods:
+        pattern, path = getattr(context, "path_regex", None), context.path
+        if pattern is None or path is None or not context.methods:
             continue  # mounts (the console) route by their own rules, outside /api
         is_operation = isinstance(context.original_route, APIRoute)
-        found = declared_access(context.dependant) if is_operation else extra.get(context.path)
+        found = declared_access(context.dependant) if is_operation else extra.get(path)
         table.append(
             DeclaredRoute(
-                context.path,
+                path,
                 frozenset(context.methods),
                 pattern,
                 found,

@@ -81,9 +81,7 @@ def _save(b: Backends, record: StoredKey, *, if_match: str | None = None) -> Non
     b.objects.put(f"{CONTAINER}{record.id}.json", record.model_dump_json().encode(), if_match=if_match)
 
 
-def issue(
-    b: Backends, tenant: str, role: Role, *, expires_in: timedelta | None = None, note: str = ""
-) -> IssuedKey:
+def issue(b: Backends, tenant: str, role: Role, *, expires_in: timedelta | None = None, note: str = "") -> IssuedKey:
     """A new key for this tenant and role; the returned plaintext is the only copy."""
     if not tenant.strip():
         raise InvalidRequest("a key needs a tenant")

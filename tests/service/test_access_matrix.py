@@ -42,6 +42,7 @@ CALLERS: dict[str, dict[str, str]] = {
     "admin": {"X-API-Key": "admin-acme"},
 }
 ID_PARAMS = {"job_id", "message_id", "schedule_id"}  # path ids that belong to a tenant
+SHARED_IDS = {"doc_id": "step-engine", "chunk_id": "0"}  # documents: scoped by the knowledge-scopes work
 
 
 @pytest.fixture(autouse=True)
@@ -100,7 +101,7 @@ def request_for(path: str, method: str, operation: dict[str, Any], ids: dict[str
     url = path
     for name, p in params.items():
         if p["in"] == "path":
-            url = url.replace("{" + name + "}", ids.get(name, {"doc_id": "step-engine", "chunk_id": "0"}.get(name, "x")))
+            url = url.replace("{" + name + "}", ids.get(name, SHARED_IDS.get(name, "x")))
     query = {"tenant": tenant} if "tenant" in params else {}
     query.update({"q": "checkpoint"} if "q" in params else {})
     query.update({"wait": "0"} if "wait" in params else {})
