@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import sqlite3
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -100,6 +101,17 @@ class SqliteCounters(Storage):
         return self._db().execute("DELETE FROM counters WHERE expires <= ?", (time.time(),)).rowcount
 
 
+def counters_path(settings: Settings) -> Path:
+    """DATA_DIR/limits.db on the embedded runtime; on Azure storage, the instance's temp directory.
+
+    A Function App's package directory is read-only and its instances share no disk, so there the
+    file counts per instance (the deployment-wide limit is API Management's, docs/security.md).
+    """
+    if settings.storage_connection or settings.storage_blob_uri:
+        return Path(tempfile.gettempdir()) / "agent-framework-limits.db"
+    return settings.data_dir / "limits.db"
+
+
 @dataclass(frozen=True)
 class Limits:
     """The three limits of the API, over one shared storage."""
@@ -112,7 +124,7 @@ class Limits:
     @classmethod
     def from_settings(cls, settings: Settings) -> Limits:
         uri = settings.rate_limit_storage
-        storage = SqliteCounters(path=settings.data_dir / "limits.db") if uri == "sqlite" else storage_from_string(uri)
+        storage = SqliteCounters(path=counters_path(settings)) if uri == "sqlite" else storage_from_string(uri)
         return cls(
             FixedWindowRateLimiter(storage),
             RateLimitItemPerMinute(settings.rate_limit_per_minute),

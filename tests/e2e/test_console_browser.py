@@ -24,7 +24,9 @@ from tests.fixtures.scripted_openai import ScriptedOpenAI, error
 pytestmark = pytest.mark.slow
 
 ACME_OPERATOR, GLOBEX_OPERATOR, ACME_SUBMITTER = "op-acme-key", "op-globex-key", "sub-acme-key"
+PLATFORM_ADMIN = "platform-admin-key"  # backups, restore and uploads into the shared index act on every tenant
 KEYS = {
+    PLATFORM_ADMIN: {"tenant": "acme", "role": "admin"},
     ACME_OPERATOR: {"tenant": "acme", "role": "operator"},
     GLOBEX_OPERATOR: {"tenant": "globex", "role": "operator"},
     ACME_SUBMITTER: {"tenant": "acme", "role": "submitter"},
@@ -204,7 +206,7 @@ def test_a_planted_script_in_a_document_never_runs(page: Page, rt: RuntimeProces
 
 def test_back_up_and_restore_from_the_console(page: Page, rt: RuntimeProcess, artifacts: Path) -> None:
     watched = Watched(page)
-    sign_in(page, rt, ACME_OPERATOR)
+    sign_in(page, rt, PLATFORM_ADMIN)
     page.goto(f"{rt.url}/console/maintenance")
     page.locator("#run-backup").click()
     expect(page.locator("#confirm-text")).to_contain_text("new backup")
@@ -228,7 +230,7 @@ def test_a_document_uploaded_from_the_console_is_indexed(page: Page, rt: Runtime
     watched = Watched(page)
     note = tmp_path / "upload-note.md"
     note.write_text("# Upload note\n\nThe night shift checks the backup log every morning.\n", encoding="utf-8")
-    sign_in(page, rt, ACME_OPERATOR)
+    sign_in(page, rt, PLATFORM_ADMIN)
     page.goto(f"{rt.url}/console/knowledge")
     page.set_input_files("#files", str(note))
     page.locator("#upload-form").get_by_role("button", name="Upload").click()
