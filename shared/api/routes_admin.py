@@ -11,6 +11,7 @@ shared/maintenance/*), so every way of running an operation does the same thing.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
@@ -20,7 +21,7 @@ from shared.api.deps import BackendsDep
 from shared.api.security import AdminDep, TenantOperatorDep, may_act_for, tenant_filter
 from shared.contracts import Job, JobStatus
 from shared.maintenance import backup, checks, retention, sweep
-from shared.services import operations
+from shared.services import keys, operations
 from shared.services.jobs import JobPage
 
 router = APIRouter(prefix="/api/admin", tags=["admin"])
@@ -168,3 +169,51 @@ def rerun_job(job_id: str, caller: TenantOperatorDep, b: BackendsDep, response: 
     job = operations.rerun_job(b, job_id, tenant=tenant_filter(caller, None))
     response.headers["Location"] = f"/api/jobs/{job.id}"
     return job
+
+
+# --- API keys (stored as hashes; `agentctl keys` does the same) -----------------------------------------------
+
+
+class KeyRequest(BaseModel):
+    tenant: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_\-.]+$")
+    role: keys.Role = "submitter"
+    expires_in: str | None = Field(
+        None, max_length=10, description="A lifetime such as 30d, 12h, 2w; none: until revoked."
+    )
+    note: str = Field("", max_length=200)
+
+
+class KeyView(BaseModel):
+    """A stored key without its hash."""
+
+    id: str
+    tenant: str
+    role: str
+    created_at: datetime
+    expires_at: datetime | None = None
+    revoked_at: datetime | None = None
+    last_used_at: datetime | None = None
+    note: str = ""
+
+
+class IssuedKeyView(KeyView):
+    key: str = Field(description="The key itself: returned this once, stored only as its hash.")
+
+
+@router.post("/keys", status_code=201, response_model=IssuedKeyView, summary="Issue an API key (shown once)")
+def create_key(body: KeyRequest, caller: AdminDep, b: BackendsDep) -> IssuedKeyView:
+    expires = keys.parse_duration(body.expires_in) if body.expires_in else None
+    issued = keys.issue(b, body.tenant, body.role, expires_in=expires, note=body.note)
+    return IssuedKeyView(key=issued.key, **issued.record.model_dump(exclude={"sha256"}))
+
+
+@router.get("/keys", response_model=list[KeyView], summary="Stored API keys, newest first (never a secret)")
+def list_keys(
+    caller: AdminDep, b: BackendsDep, tenant: Annotated[str | None, Query(max_length=100)] = None
+) -> list[KeyView]:
+    return [KeyView(**k.model_dump(exclude={"sha256"})) for k in keys.list_keys(b, tenant)]
+
+
+@router.delete("/keys/{key_id}", response_model=KeyView, summary="Revoke a stored API key from the next request on")
+def revoke_key(key_id: str, caller: AdminDep, b: BackendsDep) -> KeyView:
+    return KeyView(**keys.revoke(b, key_id).model_dump(exclude={"sha256"}))

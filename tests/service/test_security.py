@@ -199,3 +199,21 @@ def test_openapi_declares_the_security_schemes_and_each_operation_s_requirement(
         "role": "operator",
         "scope": "tenant",
     }
+
+
+def test_admins_issue_list_and_revoke_keys_over_http(client: TestClient, backends: Backends) -> None:
+    admin = keys.issue(backends, "platform", "admin").key
+    as_admin = {"X-API-Key": admin}
+    made = client.post(
+        "/api/admin/keys", json={"tenant": "acme", "role": "operator", "expires_in": "30d"}, headers=as_admin
+    )
+    assert made.status_code == 201 and made.json()["key"].startswith("afk_") and made.json()["expires_at"]
+    issued = made.json()
+    assert client.get("/api/admin/jobs", headers={"X-API-Key": issued["key"]}).status_code == 200
+    listed = client.get("/api/admin/keys?tenant=acme", headers=as_admin).json()
+    assert [k["id"] for k in listed] == [issued["id"]] and "key" not in listed[0] and "sha256" not in listed[0]
+    assert client.delete(f"/api/admin/keys/{issued['id']}", headers=as_admin).json()["revoked_at"]
+    assert client.get("/api/admin/jobs", headers={"X-API-Key": issued["key"]}).status_code == 401
+    assert client.get("/api/admin/keys", headers={"X-API-Key": "op-acme"}).status_code == 403  # admins only
+    bad = client.post("/api/admin/keys", json={"tenant": "acme", "expires_in": "forever"}, headers=as_admin)
+    assert bad.status_code == 422
