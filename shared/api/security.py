@@ -34,11 +34,35 @@ from shared.errors import Forbidden, PayloadTooLarge, ServiceError, Unauthorized
 from shared.services import keys
 from shared.settings import Settings
 
+__all__ = [
+    "ANONYMOUS",
+    "ROLES",
+    "Access",
+    "AdminDep",
+    "AnonymousDep",
+    "Authentication",
+    "BodySizeLimit",
+    "Caller",
+    "CallerDep",
+    "Gate",
+    "OperatorDep",
+    "SubmitterDep",
+    "TenantOperatorDep",
+    "access",
+    "authenticate",
+    "declare_access",
+    "may_act_for",
+    "require_admin",
+    "require_operator",
+    "role_at_least",
+    "tenant_filter",
+]
+
 log = logging.getLogger("agent.security")
 
 ROLES = ("submitter", "operator", "admin")
 ANONYMOUS = "anonymous"
-Scope_ = Literal["public", "own", "tenant", "platform"]
+AccessScope = Literal["public", "own", "tenant", "platform"]
 SCOPES: dict[str, str] = {
     "public": "anyone, without a key",
     "own": "the caller's own tenant, always (another tenant's ids do not exist for it)",
@@ -86,7 +110,7 @@ class Access:
     """What a route needs: a role (or anonymous) and the tenants it reaches."""
 
     role: str
-    scope: Scope_
+    scope: AccessScope
 
     def openapi(self) -> dict[str, str]:
         return {"role": self.role, "scope": self.scope, "meaning": SCOPES[self.scope]}
@@ -102,7 +126,7 @@ bearer_scheme = HTTPBearer(
 )
 
 
-def access(role: str, scope: Scope_) -> Callable[..., Caller | None]:
+def access(role: str, scope: AccessScope) -> Callable[..., Caller | None]:
     """The dependency that declares and enforces a route's access (its `__access__` is the declaration)."""
     declared = Access(role, scope)
     if role == ANONYMOUS:
