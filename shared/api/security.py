@@ -141,10 +141,12 @@ def access(role: str, scope: AccessScope) -> Callable[..., Caller | None]:
 
     def need(
         request: Request,
+        # The caller the middleware authenticated; a dependency (not a call) so that what reads the
+        # route's dependencies, such as the OpenAPI's error statuses, sees that a key is needed.
+        caller: Annotated[Caller, Depends(authenticate)],
         _key: Annotated[str | None, Depends(api_key_scheme)],  # documents the schemes in OpenAPI
         _token: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
     ) -> Caller:
-        caller = authenticate(request)
         if not caller.at_least(role):
             raise RoleRequired(f"this operation needs the {role} role; this key is {caller.role}")
         if scope == "tenant" and "tenant" in request.query_params:

@@ -146,6 +146,15 @@ def test_every_route_x_role_x_tenant_gets_its_declared_outcome(client: TestClien
     print(f"\naccess matrix: {operations_count} operations x {len(CALLERS)} callers x 2 tenants = {dict(tally)}")
 
 
+def test_every_route_under_api_declares_its_access(client: TestClient) -> None:
+    """Routes outside the OpenAPI too (the docs pages, MCP): the middleware's table has a decision for each."""
+    table = client.app.state.access  # type: ignore[attr-defined]
+    missing = [f"{sorted(r.methods)} {r.path}" for r in table if r.path.startswith("/api") and r.access is None]
+    assert not missing, f"routes without a declared access (AnonymousDep, SubmitterDep, ...): {missing}"
+    paths = {r.path for r in table}
+    assert {"/api/openapi.json", "/api/docs", "/api/health", "/api/mcp"} <= paths
+
+
 def test_a_route_without_a_declaration_is_caught_and_admin_only(backends: Backends) -> None:
     """The matrix fails on an undeclared route; until then, the middleware lets only an admin through."""
     from shared.api.app import create_api
