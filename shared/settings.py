@@ -19,12 +19,17 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from shared.contracts import Policy
 
 DEV_API_KEY = "dev-local-key"
-"""The one documented development key of the embedded defaults (tenant "dev", operator role)."""
+"""The one documented development key of the embedded defaults (tenant "dev", admin role)."""
+
+Role = Literal["submitter", "operator", "admin"]
+"""submitter < operator < admin: the first two act in their own tenant only, admin across tenants."""
 
 
 class ApiKey(BaseModel):
+    """A key configured in API_KEYS (beside the hashed keys `agentctl keys create` issues)."""
+
     tenant: str
-    role: Literal["submitter", "operator"] = "submitter"
+    role: Role = "submitter"
 
 
 class WebhookTenant(BaseModel):
@@ -133,12 +138,38 @@ class Settings(BaseSettings):
 
     # --- API -----------------------------------------------------------------------------------
     api_keys: dict[str, ApiKey] = Field(
-        default_factory=lambda: {DEV_API_KEY: ApiKey(tenant="dev", role="operator")},
+        default_factory=lambda: {DEV_API_KEY: ApiKey(tenant="dev", role="admin")},
         validation_alias="API_KEYS",
-        description='JSON: {"<key>": {"tenant": "...", "role": "submitter|operator"}}',
+        description='JSON: {"<key>": {"tenant": "...", "role": "submitter|operator|admin"}}',
     )
     max_body_bytes: int = Field(1_000_000, validation_alias="MAX_BODY_BYTES")
-    rate_limit_per_minute: int = Field(600, validation_alias="RATE_LIMIT_PER_MINUTE")
+    rate_limit_per_minute: int = Field(
+        600, ge=1, validation_alias="RATE_LIMIT_PER_MINUTE", description="Requests per minute of one key."
+    )
+    tenant_rate_limit_per_minute: int = Field(
+        1200, ge=1, validation_alias="TENANT_RATE_LIMIT_PER_MINUTE", description="Of all a tenant's keys together."
+    )
+    auth_failures_per_minute: int = Field(
+        20,
+        ge=1,
+        validation_alias="AUTH_FAILURES_PER_MINUTE",
+        description="Failed authentications from one client address; past it every attempt from there gets 429.",
+    )
+    rate_limit_storage: str = Field(
+        "sqlite",
+        validation_alias="RATE_LIMIT_STORAGE",
+        description="Where limit counters live: sqlite (DATA_DIR/limits.db, shared by the processes of one "
+        "machine) or a `limits` storage URI (redis://..., memory://) shared by every instance.",
+    )
+    # Entra ID bearer tokens (optional): set all three to accept `Authorization: Bearer <JWT>`.
+    entra_issuer: str | None = Field(None, validation_alias="ENTRA_ISSUER")
+    entra_audience: str | None = Field(None, validation_alias="ENTRA_AUDIENCE")
+    entra_jwks_url: str | None = Field(None, validation_alias="ENTRA_JWKS_URL")
+    entra_tenants: dict[str, str] = Field(
+        default_factory=dict,
+        validation_alias="ENTRA_TENANTS",
+        description='JSON: {"<Entra tid>": "<our tenant>"}; a token whose tid is not listed is refused.',
+    )
     allowed_hosts: list[str] = Field(
         default_factory=lambda: ["localhost", "127.0.0.1", "[::1]", "*.azurewebsites.net"],
         validation_alias="ALLOWED_HOSTS",
@@ -279,6 +310,7 @@ class Settings(BaseSettings):
         "webhook_tenants",
         "model_prices",
         "tenant_cost_budgets",
+        "entra_tenants",
         mode="before",
     )
     @classmethod

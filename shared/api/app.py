@@ -25,7 +25,7 @@ from shared.api.deps import BackendsSource
 from shared.api.headers import AllowedHosts, SecurityHeaders
 from shared.api.mcp_server import MCP_PATH, McpEndpoint
 from shared.api.problems import PROBLEM_JSON
-from shared.api.security import BodySizeLimit
+from shared.api.security import ANONYMOUS, Access, Authentication, BodySizeLimit, Gate
 from shared.console import KeyCheck, create_console
 from shared.contracts import Document
 from shared.engine.backends import Backends
@@ -34,8 +34,9 @@ from shared.services import health
 from shared.settings import Settings
 
 DESCRIPTION = """Submit research questions; an agent answers them step by step with a report whose
-citations are verified against the documents it read. Authenticate with `X-API-Key` or
-`Authorization: Bearer <key>`."""
+citations are verified against the documents it read. Authenticate with `X-API-Key` (or the key as
+`Authorization: Bearer <key>`), or with an Entra ID access token where one is configured. Each
+operation states the role and tenant scope it needs in `x-access` (submitter < operator < admin)."""
 
 
 def create_api(backends: BackendsSource, settings: Settings | None = None) -> FastAPI:
@@ -58,6 +59,8 @@ def create_api(backends: BackendsSource, settings: Settings | None = None) -> Fa
         redirect_slashes=False,
     )
     api.state.backends = backends
+    gate = Gate(settings, backends)
+    api.state.gate = gate
     api.state.health_cache = health.HealthCache(settings.health_cache_seconds)
     problems.install(api)
     api.include_router(routes_jobs.router)
@@ -69,12 +72,18 @@ def create_api(backends: BackendsSource, settings: Settings | None = None) -> Fa
     api.include_router(routes_metrics.router)
     api.include_router(routes_admin.router)
     api.include_router(routes_health.router)
-    api.mount("/console", create_console(backends, KeyCheck(security.authenticate, security.require_operator)))
+    api.mount(
+        "/console",
+        create_console(backends, KeyCheck(gate.authenticate, security.require_operator, security.require_admin)),
+    )
     # The console's home is /console/; a relative Location, never one built from the Host header.
     api.add_api_route("/console", lambda: RedirectResponse("/console/"), include_in_schema=False)
     docs.install(api)
 
     schema.document_problems(api, extra=_document_raw_routes)
+    public = Access(ANONYMOUS, "public")
+    security.declare_access(api, {api.openapi_url or "": public, MCP_PATH: MCP_ACCESS})
+    api.add_middleware(Authentication)  # inside the size limit: a key is checked before any body is read
     api.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     api.add_middleware(AllowedHosts, allowed=settings.allowed_hosts)
     api.add_middleware(SecurityHeaders)  # outside the two above: their 400 and 413 carry the headers too
@@ -85,6 +94,7 @@ def create_api(backends: BackendsSource, settings: Settings | None = None) -> Fa
 MCP_DOC = """Model Context Protocol, streamable HTTP transport (JSON-RPC 2.0 over POST; stateless, JSON responses).
 Tools: submit_research, get_job, get_report, search_knowledge; resources: report://{job_id}. Authenticate
 with the same API key as REST; the key's tenant scopes every call. See docs/mcp.md."""
+MCP_ACCESS = Access("submitter", "own")
 
 
 def _document_mcp(document: dict[str, Any]) -> None:
@@ -106,6 +116,8 @@ def _document_mcp(document: dict[str, Any]) -> None:
             "401": {"description": "No or invalid API key (problem details)"},
             "429": {"description": "Rate limited (problem details)"},
         },
+        "security": [{"ApiKey": []}, {"Bearer": []}],
+        "x-access": MCP_ACCESS.openapi(),
     }
     document["paths"][MCP_PATH] = {"post": {**operation, "operationId": "mcp_post"}}
 

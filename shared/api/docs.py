@@ -21,6 +21,8 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.staticfiles import StaticFiles
 from starlette.responses import HTMLResponse
 
+from shared.api.security import AnonymousDep
+
 __all__ = ["ASSETS_PATH", "DOCS_PATH", "REDOC_PATH", "install"]
 
 DOCS_PATH = "/api/docs"
@@ -73,9 +75,9 @@ def install(api: FastAPI) -> None:
     api.mount(ASSETS_PATH, StaticFiles(directory=ASSETS_DIR), name="docs-assets")
 
     @api.get(DOCS_PATH, include_in_schema=False)
-    def swagger_ui() -> HTMLResponse:
+    def swagger_ui(_: AnonymousDep) -> HTMLResponse:
         return HTMLResponse(swagger_html, headers={"Content-Security-Policy": swagger_csp})
 
     @api.get(REDOC_PATH, include_in_schema=False)
-    def redoc_page() -> HTMLResponse:
+    def redoc_page(_: AnonymousDep) -> HTMLResponse:
         return HTMLResponse(redoc_html, headers={"Content-Security-Policy": redoc_csp})

@@ -23,7 +23,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from shared.api.deps import BackendsDep
 from shared.api.problems import validation_error
 from shared.api.schema import problem_responses
-from shared.api.security import Caller, CallerDep, OperatorDep
+from shared.api.security import Caller, CallerDep, OperatorDep, may_act_for, role_at_least
 from shared.contracts import SHARED_SCOPE, Chunk, Document, SearchHit, knowledge_scopes
 from shared.engine.backends import Backends
 from shared.errors import Forbidden, InvalidRequest
@@ -45,13 +45,16 @@ class IndexResult(BaseModel):
 
 
 def may_publish_shared(caller: Caller) -> bool:
-    """Whether the caller may put documents into (or remove them from) the shared scope every tenant reads."""
-    return caller.role == "operator"
+    """Whether the caller may put documents into (or remove them from) the shared scope every tenant reads.
+
+    Only the platform admin: what is shared reaches every tenant's jobs, so no tenant's operator decides it.
+    """
+    return role_at_least(caller.role, "admin")
 
 
 def may_read_any_scope(caller: Caller) -> bool:
     """The platform admin reads every tenant's documents; everyone else their own tenant's and shared."""
-    return caller.role == "admin"
+    return role_at_least(caller.role, "admin")
 
 
 def browse_scopes(caller: Caller, scope: str | None = None) -> list[str]:
@@ -75,8 +78,8 @@ def id_scopes(caller: Caller) -> list[str] | None:
 def may_manage(caller: Caller, scope: str) -> bool:
     """Whether caller may add to, replace in or delete from scope."""
     if scope == SHARED_SCOPE:
-        return may_publish_shared(caller) or may_read_any_scope(caller)
-    return scope == caller.tenant or may_read_any_scope(caller)
+        return may_publish_shared(caller)
+    return may_act_for(caller, scope)
 
 
 def upload_scope(caller: Caller, scope: str | None) -> str:

@@ -56,7 +56,7 @@ def _operator(request: Request) -> bool:
     summary="Up or down (anonymous); each dependency's state (operator key)",
     responses={503: {"model": HealthReport, "description": "A dependency (or worker pool) is down"}},
 )
-def get_health(request: Request, b: BackendsDep) -> JSONResponse:
+def get_health(request: Request, b: BackendsDep, _: security.AnonymousDep) -> JSONResponse:
     cache: health.HealthCache = request.app.state.health_cache
     operator = _operator(request)
     result = cache.get(b, fresh=operator)

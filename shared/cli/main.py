@@ -21,6 +21,7 @@ from shared.cli.context import backends
 from shared.cli.docs import docs_app
 from shared.cli.evaluate import evaluate
 from shared.cli.jobs import dlq_app, jobs_app, queue_app
+from shared.cli.keys import keys_app
 from shared.cli.logs import kql_command, logs
 from shared.cli.maintenance import backup_app, checks_app, restore, retention_app, sweep
 from shared.cli.output import JsonOpt, emit, report_error, state, table
@@ -79,7 +80,7 @@ def main(
     ] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks instead of one-line errors.")] = False,
 ) -> None:
-    """Operate agent-framework: health, queue and dead letters, jobs, documents, usage, backups, checks, logs."""
+    """Operate agent-framework: health, queue and dead letters, jobs, documents, usage, backups, checks, keys, logs."""
     from shared.bootstrap import reset_backends
     from shared.settings import reset_settings
 
@@ -118,6 +119,7 @@ app.add_typer(dlq_app, name="dlq")
 jobs_app.command("watch")(jobs_watch)
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(webhooks_app, name="webhooks")
+app.add_typer(keys_app, name="keys")
 app.add_typer(docs_app, name="docs")
 app.command()(usage)
 app.add_typer(backup_app, name="backup")

@@ -1,8 +1,8 @@
 """What the console receives from the app that mounts it: the backends and the API's own key check.
 
-The console never checks a key itself: `create_api` hands it `security.authenticate` and
-`security.require_operator`, so whatever the API decides about keys, roles and tenants decides
-the console too, and the console stays below the API in the layers (it imports nothing of it).
+The console never checks a key itself: `create_api` hands it the API's authentication and its
+`require_operator` and `require_admin` gates, so whatever the API decides about keys, roles and tenants
+decides the console too, and the console stays below the API in the layers (it imports nothing of it).
 """
 
 from __future__ import annotations
@@ -40,13 +40,15 @@ class Operator:
 
 @dataclass(frozen=True)
 class KeyCheck:
-    """The API's authentication: the caller a request's key stands for (raises when none), and the
-    gate of operator-only work (raises Forbidden otherwise)."""
+    """The API's authentication: the caller a request's key stands for (raises when none), the
+    gate of signing in (operator or admin) and the gate of platform-wide work (admin); each gate
+    raises Forbidden when the role is not enough."""
 
     authenticate: Callable[[Request], Caller]
-    # Any: the API's gate takes its own Caller type; it is given the console's Operator, which has
+    # Any: the API's gates take its own Caller type; they are given the console's Operator, which has
     # the same fields (tenant, role, key_id), so a role check there applies here unchanged.
     require_operator: Callable[[Any], object]
+    require_admin: Callable[[Any], object]
 
 
 def backends(request: Request) -> Backends:

@@ -2,7 +2,7 @@
 
 A tenant operator sees its own tenant only; a caller whose role is `admin` sees every tenant.
 Platform-wide actions (backups, restore, sweep, purge, retention, checks) take the same gate
-as the admin API (its `require_operator`, handed over in `access.KeyCheck`), so they follow the
+as the admin API (its `require_admin`, handed over in `access.KeyCheck`), so they follow the
 API when roles change.
 """
 
@@ -56,8 +56,8 @@ def tenant_scope(caller: Operator) -> str | None:
 
 
 def require_platform(request: Request, caller: Operator) -> None:
-    """Platform-wide actions: the same gate as /api/admin."""
-    key_check(request).require_operator(caller)
+    """Platform-wide actions: the same gate as /api/admin's platform routes (admin only)."""
+    key_check(request).require_admin(caller)
 
 
 def visible_job(caller: Operator, job: Job | None, job_id: str) -> Job:

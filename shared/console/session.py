@@ -1,6 +1,6 @@
 """Console sessions: an operator key exchanged once for a signed, HttpOnly, SameSite=Strict cookie.
 
-The key itself is checked by the API's own `security.authenticate` and `require_operator` (handed
+The key itself is checked by the API's own authentication and `require_operator` (handed
 over as `access.KeyCheck`), so whatever they decide about keys and roles decides the console too; the cookie keeps
 only who signed in (tenant, role, key fingerprint), a CSRF token and the sign-in time. Every
 state-changing form carries the session's CSRF token; a request without a valid one is refused.

@@ -113,6 +113,13 @@ INGESTIONS = Container(
     retention="OPS_RETENTION_DAYS after it was last written, once finished",
     why_not="transient work: a finished ingestion's result is the index and the document records, both backed up",
 )
+KEYS = Container(
+    "keys",
+    "keys/{key_id}.json: API keys issued by `agentctl keys create`, as sha256 hashes with tenant, role, expiry",
+    backed_up=True,
+    retention="kept: one small record per key issued; revoking marks it, so the record stays as the trail of "
+    "who held access",
+)
 LOCKS = Container(
     "locks",
     "locks/{name}.json: leases of the maintenance tasks",
@@ -149,6 +156,7 @@ CONTAINERS: tuple[Container, ...] = (
     PROVENANCE,
     DOCUMENTS,
     INGESTIONS,
+    KEYS,
     LOCKS,
     OPS,
     BACKUPS,

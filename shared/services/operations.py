@@ -125,10 +125,13 @@ def dead_letters(b: Backends, max_count: int = 100) -> list[DeadLetter]:
     return [_view(m, b, known) for m in b.queue.peek_dead_letters(max_count)]
 
 
-def dead_letter(b: Backends, message_id: str) -> DeadLetter:
+def dead_letter(b: Backends, message_id: str, *, tenant: str | None = None) -> DeadLetter:
+    """One dead letter; a tenant-scoped caller (tenant given) finds only its own tenant's."""
     for m in b.queue.peek_dead_letters(PEEK_MAX):
         if m.message_id == message_id:
-            return _view(m, b, {})
+            view = _view(m, b, {})
+            if tenant is None or view.tenant == tenant:
+                return view
     raise DeadLetterNotFound(f"no dead-lettered message {message_id}")
 
 
@@ -151,8 +154,9 @@ def _receive(b: Backends, message_id: str) -> QueueMessage:
     raise DeadLetterNotFound(f"dead-lettered message {message_id} is locked by another operation; try again shortly")
 
 
-def resubmit_dead_letter(b: Backends, message_id: str) -> DeadLetterAction:
+def resubmit_dead_letter(b: Backends, message_id: str, *, tenant: str | None = None) -> DeadLetterAction:
     """Send a dead-lettered step again under a new message id, whatever its cause; then complete it."""
+    dead_letter(b, message_id, tenant=tenant)  # DeadLetterNotFound for another tenant's, before any lock
     with exclusive(b.objects, DEAD_LETTERS_LEASE):
         return handle_dead_letter(b, _receive(b, message_id), operator=True)
 
@@ -189,16 +193,17 @@ class ResubmitResult(BaseModel):
     resubmissions: int = Field(description="The job's re-submissions so far, this one included.")
 
 
-def _job(b: Backends, job_id: str) -> Job:
+def _job(b: Backends, job_id: str, tenant: str | None = None) -> Job:
+    """The job; a tenant-scoped caller (tenant given) finds only its own tenant's jobs."""
     job = b.jobs.get(job_id) if re.fullmatch(r"[A-Za-z0-9_\-]{1,100}", job_id) else None
-    if job is None:
+    if job is None or (tenant is not None and job.tenant != tenant):
         raise jobs.JobNotFound(f"no job {job_id}")
     return job
 
 
-def resubmit_job(b: Backends, job_id: str) -> ResubmitResult:
+def resubmit_job(b: Backends, job_id: str, *, tenant: str | None = None) -> ResubmitResult:
     """Send the job's next step again with a new message id (e.g. after a dead-letter, or a lost message)."""
-    job = _job(b, job_id)
+    job = _job(b, job_id, tenant)
     if job.finished:
         raise JobNotResubmittable(f"job {job.id} already {job.status}; re-run it as a new job instead")
     committed = b.checkpoints.steps(job.id)
@@ -229,9 +234,9 @@ def resubmit_job(b: Backends, job_id: str) -> ResubmitResult:
     return ResubmitResult(job_id=job.id, step=step, message_id=str(entry.message_id), resubmissions=history.resubmitted)
 
 
-def rerun_job(b: Backends, job_id: str) -> Job:
+def rerun_job(b: Backends, job_id: str, *, tenant: str | None = None) -> Job:
     """A new job with the finished job's tenant, task, session and policy."""
-    job = _job(b, job_id)
+    job = _job(b, job_id, tenant)
     if not job.finished:
         raise JobNotRerunnable(f"job {job.id} is still {job.status}; cancel it or wait for it to finish first")
     request = jobs.JobRequest(
@@ -339,22 +344,24 @@ def tenant_usage(b: Backends, tenant: str, by_job: dict[str, Usage]) -> TenantUs
     )
 
 
-def usage(b: Backends, month: str | None = None, *, top: int = 5) -> UsageReport:
-    """Each tenant's tokens in the month (this month by default) against its budget; the `top` largest jobs."""
+def usage(b: Backends, month: str | None = None, *, top: int = 5, tenant: str | None = None) -> UsageReport:
+    """Each tenant's tokens in the month (this month by default) against its budget; the `top` largest jobs.
+
+    With `tenant`, that tenant's row and jobs only (what a tenant's operator may see)."""
     month = month or month_of()
     if not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", month):
         raise InvalidRequest(f"month {month!r} is not YYYY-MM")
     rows = []
     largest: list[tuple[int, str, str, Usage]] = []  # plain tuples: a month can hold many thousands of jobs
-    for tenant in known_tenants(b, month):
-        by_job = b.ledger.by_job(tenant, month)
+    for name in [tenant] if tenant is not None else known_tenants(b, month):
+        by_job = b.ledger.by_job(name, month)
         if top:
-            largest += [(-u.total_tokens, job_id, tenant, u) for job_id, u in by_job.items()]
-        rows.append(tenant_usage(b, tenant, by_job))
+            largest += [(-u.total_tokens, job_id, name, u) for job_id, u in by_job.items()]
+        rows.append(tenant_usage(b, name, by_job))
     rows.sort(key=lambda r: (-r.total_tokens, r.tenant))
     top_jobs = [
-        JobUsage(job_id=job_id, tenant=tenant, total_tokens=-n, cost=_amount(b, u))
-        for n, job_id, tenant, u in heapq.nsmallest(top, largest, key=lambda row: row[:3])
+        JobUsage(job_id=job_id, tenant=owner, total_tokens=-n, cost=_amount(b, u))
+        for n, job_id, owner, u in heapq.nsmallest(top, largest, key=lambda row: row[:3])
     ]
     priced = price_usage(b, Usage())
     return UsageReport(

@@ -24,7 +24,9 @@ from tests.fixtures.scripted_openai import ScriptedOpenAI, error
 pytestmark = pytest.mark.slow
 
 ACME_OPERATOR, GLOBEX_OPERATOR, ACME_SUBMITTER = "op-acme-key", "op-globex-key", "sub-acme-key"
+PLATFORM_ADMIN = "platform-admin-key"  # backups, restore and uploads into the shared index act on every tenant
 KEYS = {
+    PLATFORM_ADMIN: {"tenant": "acme", "role": "admin"},
     ACME_OPERATOR: {"tenant": "acme", "role": "operator"},
     GLOBEX_OPERATOR: {"tenant": "globex", "role": "operator"},
     ACME_SUBMITTER: {"tenant": "acme", "role": "submitter"},
@@ -204,7 +206,7 @@ def test_a_planted_script_in_a_document_never_runs(page: Page, rt: RuntimeProces
 
 def test_back_up_and_restore_from_the_console(page: Page, rt: RuntimeProcess, artifacts: Path) -> None:
     watched = Watched(page)
-    sign_in(page, rt, ACME_OPERATOR)
+    sign_in(page, rt, PLATFORM_ADMIN)
     page.goto(f"{rt.url}/console/maintenance")
     page.locator("#run-backup").click()
     expect(page.locator("#confirm-text")).to_contain_text("new backup")
@@ -228,7 +230,7 @@ def test_a_document_uploaded_from_the_console_is_indexed(page: Page, rt: Runtime
     watched = Watched(page)
     note = tmp_path / "upload-note.md"
     note.write_text("# Upload note\n\nThe night shift checks the backup log every morning.\n", encoding="utf-8")
-    sign_in(page, rt, ACME_OPERATOR)
+    sign_in(page, rt, PLATFORM_ADMIN)
     page.goto(f"{rt.url}/console/knowledge")
     page.set_input_files("#files", str(note))
     page.locator("#upload-form").get_by_role("button", name="Upload").click()
@@ -336,10 +338,12 @@ def test_a_dead_lettered_step_is_resubmitted_from_the_console(page: Page, tmp_pa
     broken = {"OPENAI_BASE_URL": model.base_url, "OPENAI_API_KEY": "test", "OPENAI_MODEL": "scripted"}
     rt = RuntimeProcess(data_dir, {**SETTINGS, **retries, **broken}).start()
     try:
-        with rt.client(ACME_OPERATOR) as c:
+        with rt.client(ACME_OPERATOR) as c, rt.client(PLATFORM_ADMIN) as admin:
             ingest_over_http(c)
             job_id = c.post("/api/jobs", json={"task": "How are dead letters handled?"}).json()["id"]
-            wait_for(lambda: c.get("/api/admin/queue").json().get("dead_lettered") == 1, 30)
+            # The queue's counts cover every tenant: an admin's to read (the operator sees its own dead letters).
+            wait_for(lambda: admin.get("/api/admin/queue").json().get("dead_lettered") == 1, 30)
+            assert [d["job_id"] for d in c.get("/api/admin/dlq").json()] == [job_id]
         rt.stop()
         port = rt.port
         rt = RuntimeProcess(data_dir, {**SETTINGS, **retries})  # the fix: a working model

@@ -28,7 +28,7 @@ def total(series: list[tuple[dict[str, str], float]], **labels: str) -> float:
 
 def test_metrics_expose_requests_steps_jobs_and_tokens_after_a_job(runtime) -> None:  # type: ignore[no-untyped-def]
     keys = {
-        "dev-local-key": {"tenant": "dev", "role": "operator"},
+        "dev-local-key": {"tenant": "dev", "role": "admin"},
         SUBMITTER_KEY: {"tenant": "dev", "role": "submitter"},
     }
     rt = runtime({"API_KEYS": json.dumps(keys)})
@@ -64,16 +64,18 @@ def test_metrics_expose_requests_steps_jobs_and_tokens_after_a_job(runtime) -> N
     assert total(found["agent_budget_used_percent_count"], tenant="dev") >= token_steps - 1 > 0
 
 
-def test_metrics_need_an_operator_key(runtime) -> None:  # type: ignore[no-untyped-def]
+def test_metrics_need_an_admin_key(runtime) -> None:  # type: ignore[no-untyped-def]
     keys = {
-        "dev-local-key": {"tenant": "dev", "role": "operator"},
+        "dev-local-key": {"tenant": "dev", "role": "admin"},
         SUBMITTER_KEY: {"tenant": "dev", "role": "submitter"},
+        "operator-key": {"tenant": "dev", "role": "operator"},
     }
     rt = runtime({"API_KEYS": json.dumps(keys)})
-    with rt.client(key="") as anonymous, rt.client(SUBMITTER_KEY) as submitter:
+    with rt.client(key="") as anonymous, rt.client(SUBMITTER_KEY) as submitter, rt.client("operator-key") as op:
         anonymous.headers.pop("X-API-Key")
         assert anonymous.get("/api/metrics").status_code == 401  # loopback too
         assert submitter.get("/api/metrics").status_code == 403
+        assert op.get("/api/metrics").status_code == 403  # the series name every tenant
     with rt.client() as operator:
         assert operator.get("/api/metrics", headers={}).status_code == 200
         bearer = operator.get("/api/metrics", headers={"X-API-Key": "", "Authorization": "Bearer dev-local-key"})

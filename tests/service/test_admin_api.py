@@ -1,4 +1,5 @@
-"""/api/admin: operator keys only, one call into the maintenance services per route."""
+"""/api/admin: one call into the maintenance services per route; admin keys act on every tenant and the
+platform, a tenant's operator on its own tenant only, a submitter on none."""
 
 from __future__ import annotations
 
@@ -20,11 +21,13 @@ from shared.services import jobs
 from tests.fixtures.app import ingest_samples, wait_for
 
 KEYS = {
-    "key-op": {"tenant": "ops", "role": "operator"},
+    "key-op": {"tenant": "ops", "role": "admin"},
+    "op-globex": {"tenant": "globex", "role": "operator"},
     "key-a": {"tenant": "acme", "role": "submitter"},
     "key-b": {"tenant": "globex", "role": "submitter"},
 }
-OPERATOR = {"X-API-Key": "key-op"}
+OPERATOR = {"X-API-Key": "key-op"}  # the platform's operator: an admin key
+GLOBEX_OPERATOR = {"X-API-Key": "op-globex"}
 
 ROUTES = [
     ("GET", "/api/admin/queue"),
@@ -82,7 +85,7 @@ def dead_letter_first_steps(b: Backends, failures: dict[str, Exception]) -> list
 def test_admin_routes_need_an_operator_key(client: TestClient, method: str, path: str) -> None:
     problem(client.request(method, path), 401)
     body = problem(client.request(method, path, headers={"X-API-Key": "key-a"}), 403)
-    assert "operator" in body["detail"]
+    assert "role" in body["detail"] and body["type"].endswith("/role-required")
 
 
 def test_every_admin_route_is_in_the_openapi_document(client: TestClient) -> None:
@@ -191,3 +194,27 @@ def test_checks_retention_and_job_resubmit_rerun(client: TestClient, backends: B
     assert new["tenant"] == "acme" and new["id"] != job_id and rerun.headers["location"] == f"/api/jobs/{new['id']}"
     assert StepMessage(job_id=new["id"], step=1).message_id in {m.message_id for m in backends.queue.receive(10)}  # type: ignore[attr-defined]
     problem(client.post("/api/admin/jobs/job-nope/rerun", headers=OPERATOR), 404)
+
+
+def test_an_operator_acts_in_its_own_tenant_only(client: TestClient, backends: Backends) -> None:
+    """The issue's probe: an operator of globex listed, read, reran and purged acme's things."""
+    acme, globex = submit(backends, "acme"), submit(backends, "globex")
+    assert [j["id"] for j in client.get("/api/admin/jobs", headers=GLOBEX_OPERATOR).json()["jobs"]] == [globex]
+    refused = problem(client.get("/api/admin/jobs?tenant=acme", headers=GLOBEX_OPERATOR), 403)
+    assert refused["type"].endswith("/tenant-out-of-scope")
+    assert client.get("/api/admin/jobs?tenant=globex", headers=GLOBEX_OPERATOR).status_code == 200
+    problem(client.get("/api/admin/usage?tenant=acme", headers=GLOBEX_OPERATOR), 403)
+    usage = client.get("/api/admin/usage", headers=GLOBEX_OPERATOR).json()
+    assert [t["tenant"] for t in usage["tenants"]] == ["globex"]
+    problem(client.post(f"/api/admin/jobs/{acme}/resubmit", headers=GLOBEX_OPERATOR), 404)  # acme's: not there
+    assert client.post(f"/api/admin/jobs/{globex}/resubmit", headers=GLOBEX_OPERATOR).status_code == 202
+    problem(client.post(f"/api/admin/jobs/{acme}/rerun", headers=GLOBEX_OPERATOR), 404)
+    letters = dead_letter_first_steps(backends, {acme: PermanentModelError("bad"), globex: PermanentModelError("bad")})
+    shown = client.get("/api/admin/dlq", headers=GLOBEX_OPERATOR).json()
+    assert [d["tenant"] for d in shown] == ["globex"]
+    problem(client.get(f"/api/admin/dlq/{letters[0]}", headers=GLOBEX_OPERATOR), 404)
+    problem(client.post(f"/api/admin/dlq/{letters[0]}/resubmit", headers=GLOBEX_OPERATOR), 404)
+    for method, path in [("DELETE", "/api/admin/dlq"), ("POST", "/api/admin/dlq/sweep"), ("GET", "/api/admin/queue")]:
+        problem(client.request(method, path, headers=GLOBEX_OPERATOR), 403)
+    problem(client.post("/api/admin/restore", json={"backup_id": "x"}, headers=GLOBEX_OPERATOR), 403)
+    assert client.get("/api/admin/dlq/" + letters[0], headers=OPERATOR).json()["tenant"] == "acme"  # admin: any

@@ -203,11 +203,14 @@ def test_openapi_document_and_docs_are_served(api: TestClient) -> None:
     assert api.get("/api/docs").status_code == 200
 
 
-def test_rate_limit_answers_429_with_retry_after(backends: Backends, api: TestClient) -> None:
-    from shared.api.security import limiter
+@pytest.fixture
+def three_per_minute(app_env: dict[str, str]) -> None:
+    app_env["RATE_LIMIT_PER_MINUTE"] = "3"  # read when the app is built, so before `api`
 
-    backends.settings.rate_limit_per_minute = 3
-    limiter._buckets.clear()
+
+@pytest.mark.usefixtures("three_per_minute")
+def test_rate_limit_answers_429_with_retry_after(api: TestClient) -> None:
     codes = [api.get("/api/jobs").status_code for _ in range(5)]
     assert codes[:3] == [200, 200, 200] and codes[3] == 429
-    assert_problem(api.get("/api/jobs"), 429)
+    limited = assert_problem(api.get("/api/jobs"), 429)
+    assert 1 <= int(api.get("/api/jobs").headers["Retry-After"]) <= 60, limited

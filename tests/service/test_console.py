@@ -26,6 +26,7 @@ KEYS = {
     "op-acme": {"tenant": "acme", "role": "operator"},
     "op-globex": {"tenant": "globex", "role": "operator"},
     "sub-acme": {"tenant": "acme", "role": "submitter"},
+    "platform-key": {"tenant": "platform", "role": "admin"},
 }
 
 
@@ -225,15 +226,19 @@ def test_every_page_renders_for_an_operator(client: TestClient, backends: Backen
         f"/console/jobs/{job_id}",
         f"/console/jobs/{job_id}/citations/1",
         "/console/dead-letters",
-        "/console/dead-letters/confirm?action=sweep",
         "/console/knowledge?q=dead",
         "/console/usage",
         "/console/maintenance",
-        "/console/maintenance/confirm?action=backup",
     ):
         response = client.get(path)
         assert response.status_code == 200, (path, response.text[:500])
     assert client.get(f"/console/jobs/{job_id}/citations/9").status_code == 404
+    platform_wide = ("/console/dead-letters/confirm?action=sweep", "/console/maintenance/confirm?action=backup")
+    for path in platform_wide:  # acting on every tenant at once is an admin's
+        assert client.get(path).status_code == 403, path
+    sign_in(client, "platform-key")
+    for path in platform_wide:
+        assert client.get(path).status_code == 200, path
     assert client.get("/console/static/vendor/htmx.min.js").status_code == 200
 
 
@@ -251,27 +256,10 @@ def test_sessions_are_signed_by_the_configured_secret_or_the_api_keys() -> None:
         signing_secret(Settings(APP_ENV="production"))
 
 
-def test_a_caller_whose_role_is_admin_sees_every_tenant(backends: Backends) -> None:
-    """The API has no admin role yet; a key check that says "admin" stands in for the one it will have."""
-    from fastapi import FastAPI
-
-    from shared.api.security import Caller, require_operator
-    from shared.console import KeyCheck, create_console
-    from shared.errors import Unauthorized
-
-    def authenticate(request):  # type: ignore[no-untyped-def]
-        if request.headers.get("x-api-key") != "platform-key":
-            raise Unauthorized("not valid")
-        return Caller(tenant="platform", role="admin", key_id="platform:plat…")
-
-    def admin_or_operator(caller):  # type: ignore[no-untyped-def]
-        return caller if caller.role == "admin" else require_operator(caller)
-
-    app = FastAPI()
-    app.mount("/console", create_console(backends, KeyCheck(authenticate, admin_or_operator)))
+def test_a_caller_whose_role_is_admin_sees_every_tenant(client: TestClient, backends: Backends) -> None:
     acme, _ = jobs.submit(backends, "acme", JobRequest(task="acme's question"))
     globex, _ = jobs.submit(backends, "globex", JobRequest(task="globex's question"))
-    with TestClient(app, follow_redirects=False) as client:
+    if True:  # the admin key of KEYS, checked by the API's own authentication
         sign_in(client, "platform-key")
         page = client.get("/console/jobs").text
         assert acme.id in page and globex.id in page and "all tenants" in page

@@ -247,6 +247,9 @@ def test_stuck_jobs_are_listed_read_only_and_repaired_after_a_confirmation(
     row = page[page.index('id="stuck-jobs"') :]
     assert f'href="/console/jobs/{mine.id}"' in row and theirs.id not in row
     assert _get(backends, mine.id).repairs == 0  # looking repairs nothing
+    assert client.get("/console/maintenance/confirm?action=stuck").status_code == 403  # repairs every tenant's
+    assert client.post("/console/maintenance/stuck", data={"csrf": csrf}).status_code == 403
+    csrf = sign_in(client, "platform-key")
     assert client.get("/console/maintenance/confirm?action=stuck").status_code == 200
     done = client.post("/console/maintenance/stuck", data={"csrf": csrf})
     assert done.status_code == 200 and 'id="outcome"' in done.text

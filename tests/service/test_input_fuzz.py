@@ -28,6 +28,7 @@ BASELINES: dict[str, dict[str, Any]] = {
     "ScheduleRequest": {"cron": "0 0 9 * * 1", "task": "What changed this week?"},
     "Decision": {"comment": "ok"},
     "RestoreRequest": {"backup_id": "no-such-backup"},
+    "KeyRequest": {"tenant": "acme", "role": "submitter", "expires_in": "30d", "note": "fuzz"},
     "Document": {"id": "fuzz-doc", "title": "Fuzz", "content": "Some text."},
 }
 ONE_MB = 1_000_000

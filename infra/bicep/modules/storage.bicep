@@ -28,6 +28,7 @@ var containers = [
   'provenance'
   'documents'
   'ingestions'
+  'keys'
   'ops'
   deploymentContainer
 ]
