@@ -21,9 +21,10 @@ from fastapi import APIRouter, FastAPI
 from fastapi.testclient import TestClient
 
 from shared.api.security import ROLES, role_at_least
+from shared.contracts import Document
 from shared.engine.backends import Backends
 from shared.ports import PermanentModelError
-from shared.services import schedules
+from shared.services import knowledge, schedules
 from shared.services.schedules import ScheduleRequest
 from tests.fixtures.app import ingest_samples
 from tests.service.test_admin_api import dead_letter_first_steps, submit
@@ -41,8 +42,8 @@ CALLERS: dict[str, dict[str, str]] = {
     "operator": {"X-API-Key": "op-acme"},
     "admin": {"X-API-Key": "admin-acme"},
 }
-ID_PARAMS = {"job_id", "message_id", "schedule_id"}  # path ids that belong to a tenant
-SHARED_IDS = {"doc_id": "step-engine", "chunk_id": "0"}  # documents: scoped by the knowledge-scopes work
+ID_PARAMS = {"job_id", "message_id", "schedule_id", "doc_id"}  # path ids that belong to a tenant
+SHARED_IDS = {"chunk_id": "0"}
 
 
 @pytest.fixture(autouse=True)
@@ -69,7 +70,9 @@ def world(b: Backends) -> dict[str, dict[str, str]]:
     found = {}
     for tenant, letter in zip((OWN, OTHER), letters, strict=True):
         schedule = schedules.create(b, tenant, ScheduleRequest(task="weekly digest", cron="0 0 9 * * 1"))
-        found[tenant] = {"job_id": jobs[tenant], "message_id": letter, "schedule_id": schedule.id}
+        notes = Document(id=f"{tenant}-notes", title="Notes", content=f"# Notes\n\nThe checkpoint notes of {tenant}.")
+        knowledge.index_documents(b, [notes], scope=tenant)  # the tenant's own knowledge
+        found[tenant] = {"job_id": jobs[tenant], "message_id": letter, "schedule_id": schedule.id, "doc_id": notes.id}
     return found
 
 

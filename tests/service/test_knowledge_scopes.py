@@ -35,6 +35,7 @@ KEYS = {
     "acme-op": {"tenant": "acme", "role": "operator"},
     "globex-sub": {"tenant": "globex", "role": "submitter"},
     "globex-op": {"tenant": "globex", "role": "operator"},
+    "platform-admin": {"tenant": "platform", "role": "admin"},
 }
 SECRET = "The Zephyr merger closes on 14 March at a price of 41 dollars per share."
 ACME_DOC = {
@@ -83,7 +84,9 @@ def world(tenants: None, backends: Backends, api: TestClient) -> Iterator[TestCl
     """acme's private document, a shared one (published by acme's operator), globex's own."""
     up = api.post("/api/documents", json=ACME_DOC, headers=key("acme-op"))
     assert up.status_code == 201, up.text
-    assert api.post("/api/documents", params={"scope": "shared"}, json=SHARED_DOC, headers=key("acme-op")).is_success
+    assert api.post(
+        "/api/documents", params={"scope": "shared"}, json=SHARED_DOC, headers=key("platform-admin")
+    ).is_success
     assert api.post("/api/documents", json=GLOBEX_DOC, headers=key("globex-op")).is_success
     yield api
 
@@ -229,9 +232,17 @@ def test_uploads_default_to_the_callers_tenant_and_shared_needs_a_publisher(worl
     assert api.get("/api/documents/globex-plan", headers=key("globex-op")).json()["scope"] == "globex"
     assert api.get("/api/documents/merger-handbook", headers=key("globex-op")).json()["scope"] == "shared"
     caller = Caller(tenant="globex", role="submitter", key_id="k")
-    assert not may_publish_shared(caller) and may_publish_shared(Caller("globex", "operator", "k"))
-    # Submitters cannot upload at all; operators publish shared (until the admin role takes it over).
+    assert not may_publish_shared(caller) and not may_publish_shared(Caller("globex", "operator", "k"))
+    assert may_publish_shared(Caller("platform", "admin", "k"))
+    # Submitters cannot upload at all; only the platform admin publishes shared, no tenant's operator.
     assert api.post("/api/documents", json=GLOBEX_DOC, headers=key("globex-sub")).status_code == 403
+    probe("shared publishing", "acme-op publishing into shared")
+    handbook = {**SHARED_DOC, "content": "Acme's own version of the handbook."}
+    assert (
+        api.post("/api/documents", params={"scope": "shared"}, json=handbook, headers=key("acme-op")).status_code == 403
+    )
+    probe("shared publishing", "acme-op deleting a shared document")
+    assert api.delete("/api/documents/merger-handbook", headers=key("acme-op")).status_code == 403
 
 
 def test_an_admin_looks_across_tenants_only_by_naming_the_scope() -> None:
