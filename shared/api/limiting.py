@@ -13,10 +13,12 @@ front door is API Management's `rate-limit-by-key` (docs/security.md).
 from __future__ import annotations
 
 import itertools
+import logging
 import sqlite3
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +33,9 @@ __all__ = ["Limits", "SqliteCounters"]
 
 SWEEP_EVERY = 256
 _failures = itertools.count(1)
+log = logging.getLogger("agent.api")
+_LOG_EVERY_SECONDS = 10.0
+_last_outage_log = [float("-inf")]
 
 
 class SqliteCounters(Storage):
@@ -134,22 +139,37 @@ class Limits:
 
     def admit(self, tenant: str, key_id: str) -> None:
         """Count one request of this key and tenant; TooManyRequests (with Retry-After) past either limit."""
-        if not self.limiter.hit(self.per_key, "key", key_id):
+        if not self._counted(lambda: self.limiter.hit(self.per_key, "key", key_id)):
             self._refuse(self.per_key, ("key", key_id), "this key")
-        if not self.limiter.hit(self.per_tenant, "tenant", tenant):
+        if not self._counted(lambda: self.limiter.hit(self.per_tenant, "tenant", tenant)):
             self._refuse(self.per_tenant, ("tenant", tenant), f"tenant {tenant}")
 
     def check_address(self, address: str) -> None:
         """Refuse every attempt from an address that failed authentication too often in this window."""
-        if not self.limiter.test(self.failures_per_address, "auth-failures", address):
+        if not self._counted(lambda: self.limiter.test(self.failures_per_address, "auth-failures", address)):
             self._refuse(self.failures_per_address, ("auth-failures", address), "failed authentications from here")
 
     def failed(self, address: str) -> None:
         """Count one failed authentication from this address."""
-        self.limiter.hit(self.failures_per_address, "auth-failures", address)
+        self._counted(lambda: self.limiter.hit(self.failures_per_address, "auth-failures", address))
         storage = self.limiter.storage
         if isinstance(storage, SqliteCounters) and next(_failures) % SWEEP_EVERY == 0:
-            storage.sweep()  # many addresses guessing leave many rows; drop the expired ones now and then
+            self._counted(lambda: bool(storage.sweep()))  # many guessing addresses leave rows: drop expired ones
+
+    def _counted(self, count: Callable[[], bool]) -> bool:
+        """count()'s answer, or True (admit) when the counters are unavailable: logged, at most every 10 s."""
+        try:
+            return count()
+        except Exception as exc:  # noqa: BLE001 - any storage fault: sqlite3, OSError, a remote store's own
+            now = time.monotonic()
+            if now - _last_outage_log[0] >= _LOG_EVERY_SECONDS:
+                _last_outage_log[0] = now
+                log.warning(
+                    "rate limit counters unavailable, admitting requests uncounted: %s",
+                    exc,
+                    extra={"event": "limits_unavailable"},
+                )
+            return True
 
     def _refuse(self, item: RateLimitItem, ids: tuple[str, ...], what: str) -> None:
         reset = self.limiter.get_window_stats(item, *ids).reset_time

@@ -121,6 +121,31 @@ def test_a_window_starts_again_when_it_expires(tmp_path: Path) -> None:
     assert counters.get("k") == 0
 
 
+def test_unavailable_counters_admit_requests_and_log_it(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A full disk or a locked counter file must not refuse every request (health and operators included)."""
+    from limits.strategies import FixedWindowRateLimiter
+
+    from shared.api import limiting
+    from shared.api.limiting import Limits, SqliteCounters
+    from shared.errors import TooManyRequests
+    from shared.settings import Settings
+
+    limits = Limits.from_settings(Settings(DATA_DIR=str(tmp_path), RATE_LIMIT_PER_MINUTE=1))
+    limiting._last_outage_log[0] = float("-inf")  # another test may have logged an outage within 10 s
+    limits.admit("acme", "k1")
+    with pytest.raises(TooManyRequests):
+        limits.admit("acme", "k1")  # counting works: the second hit in the window is refused
+    broken = SqliteCounters(path=tmp_path / "limits.db")
+    broken._db().execute("DROP TABLE counters")  # every count now fails as a storage fault does
+    limits = Limits(FixedWindowRateLimiter(broken), limits.per_key, limits.per_tenant, limits.failures_per_address)
+    with caplog.at_level("WARNING", logger="agent.api"):
+        for _ in range(3):
+            limits.check_address("10.0.0.1")
+            limits.admit("acme", "k1")
+            limits.failed("10.0.0.1")
+    assert [r.event for r in caplog.records if hasattr(r, "event")].count("limits_unavailable") == 1
+
+
 # --- keys at rest and in rotation ------------------------------------------------------------------------
 
 
