@@ -19,14 +19,15 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from shared.adapters.local.search import LocalKnowledgeIndex
+from shared.adapters.local.sqlite_file import SqliteFile
 from shared.contracts import Chunk, SearchHit
 from shared.errors import DependencyUnavailable
 from shared.text import best_snippet, detect_language
@@ -103,9 +104,7 @@ class HybridKnowledgeIndex:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._encode = encode
-        self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
-        self._connections_lock = threading.Lock()
+        self._file = SqliteFile(self.path, "vector index", timeout=30.0)
         self._snapshot: _VectorSnapshot | None = None
         self._snapshot_lock = threading.Lock()
         with self._write() as db:
@@ -115,33 +114,10 @@ class HybridKnowledgeIndex:
     # --- the vector file -----------------------------------------------------------------------
 
     def _db(self) -> sqlite3.Connection:
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
-        if db is None:
-            try:
-                db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
-                db.execute("PRAGMA journal_mode = WAL")
-            except sqlite3.Error as error:
-                raise DependencyUnavailable(f"vector index {self.path} cannot be opened: {error}") from error
-            self._local.db = db
-            with self._connections_lock:
-                self._connections.append(db)
-        return db
+        return self._file.connection()
 
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        db = self._db()
-        try:
-            db.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as error:
-            raise DependencyUnavailable(f"vector index {self.path} is busy: {error}") from error
-        try:
-            yield db
-            db.execute("UPDATE generation SET value = value + 1 WHERE id = 0")
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
+    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
+        return self._file.write()
 
     def _vectors_of(self, chunks: list[Chunk]) -> list[tuple[str, str, int, str, bytes]]:
         vectors = self._encode([passage_text(c) for c in chunks])
@@ -302,8 +278,4 @@ class HybridKnowledgeIndex:
 
     def close(self) -> None:
         self.inner.close()
-        with self._connections_lock:
-            connections, self._connections = self._connections, []
-        for db in connections:
-            db.close()
-        self._local = threading.local()
+        self._file.close()

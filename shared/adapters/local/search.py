@@ -19,12 +19,13 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 from shared.adapters.local.ranking import RankingMirror
+from shared.adapters.local.sqlite_file import SqliteFile
 from shared.contracts import SHARED_SCOPE, Chunk, SearchHit
 from shared.errors import DependencyUnavailable
 from shared.text import best_snippet, tokenize
@@ -115,10 +116,10 @@ class LocalKnowledgeIndex:
     def __init__(self, path: Path, *, busy_timeout_seconds: float = 30.0) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._busy_timeout = busy_timeout_seconds
-        self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
-        self._connections_lock = threading.Lock()
+        # FULL: a committed upsert survives power loss, not just a process crash.
+        self._file = SqliteFile(
+            self.path, "knowledge index", timeout=busy_timeout_seconds, pragmas=("PRAGMA synchronous = FULL",)
+        )
         self._mirror: RankingMirror | None = None
         self._mirror_lock = threading.Lock()
         with self._write() as db:
@@ -142,46 +143,14 @@ class LocalKnowledgeIndex:
     # --- connections ---------------------------------------------------------------------------
 
     def _db(self) -> sqlite3.Connection:
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
-        if db is None:
-            try:
-                db = sqlite3.connect(
-                    self.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False
-                )
-                db.execute("PRAGMA journal_mode = WAL")
-                # FULL: a committed upsert survives power loss, not just a process crash.
-                db.execute("PRAGMA synchronous = FULL")
-            except sqlite3.Error as error:
-                raise DependencyUnavailable(f"knowledge index {self.path} cannot be opened: {error}") from error
-            self._local.db = db
-            with self._connections_lock:
-                self._connections.append(db)
-        return db
+        return self._file.connection()
 
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction; IMMEDIATE takes the write lock up front so concurrent writers queue, not fail."""
-        db = self._db()
-        try:
-            db.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as error:  # still locked after the busy timeout
-            raise DependencyUnavailable(f"knowledge index {self.path} is busy: {error}") from error
-        try:
-            yield db
-            db.execute("UPDATE generation SET value = value + 1 WHERE id = 0")
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
+    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
+        return self._file.write()
 
     def close(self) -> None:
         """Close every connection this index opened (from any thread)."""
-        with self._connections_lock:
-            connections, self._connections = self._connections, []
-        for db in connections:
-            db.close()
-        self._local = threading.local()
+        self._file.close()
 
     # --- KnowledgeIndex ------------------------------------------------------------------------
 
