@@ -178,8 +178,14 @@ def _presented(request: Request) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
-def _address(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
+def _address(request: Request) -> str | None:
+    """The client's address, or None when the server does not say (the Functions ASGI adapter passes none).
+
+    Without an address there is nothing to throttle per address: one shared "unknown" counter would let
+    twenty wrong keys from anyone lock every caller out. There the gateway's per-address limit holds
+    (API Management, docs/security.md), and the per-key and per-tenant limits still apply.
+    """
+    return request.client.host if request.client and request.client.host else None
 
 
 class Gate:
@@ -201,14 +207,18 @@ class Gate:
     def authenticate(self, request: Request) -> Caller:
         """The caller this request's credentials stand for; Unauthorized or TooManyRequests otherwise."""
         address = _address(request)
-        self.limits.check_address(address)
+        if address is not None:
+            self.limits.check_address(address)
         presented = _presented(request)
         if not presented:
             raise Unauthorized("send an API key in X-API-Key, or a token in Authorization: Bearer")
         caller = self._resolve(presented)
         if caller is None:
-            self.limits.failed(address)
-            log.warning("failed authentication from %s", address, extra={"event": "auth_failed"})
+            if address is not None:
+                self.limits.failed(address)
+            log.warning(
+                "failed authentication from %s", address or "an unknown address", extra={"event": "auth_failed"}
+            )
             raise Unauthorized("the API key or token is not valid")
         self.limits.admit(caller.tenant, caller.key_id)
         return caller

@@ -74,6 +74,23 @@ def test_wrong_keys_from_one_address_are_throttled_even_before_the_right_key(bac
         assert other.get("/api/jobs", headers={"X-API-Key": "sub-acme"}).status_code == 200  # another address
 
 
+def test_without_a_client_address_wrong_keys_lock_nobody_out(backends: Backends) -> None:
+    """The Functions ASGI adapter passes no client: one shared "unknown" counter would lock every caller out."""
+    from starlette.types import Receive, Scope, Send
+
+    from shared.api.app import create_api
+
+    api = create_api(backends)
+
+    async def no_client(scope: Scope, receive: Receive, send: Send) -> None:
+        await api({**scope, "client": None}, receive, send)
+
+    with TestClient(no_client) as anyone:  # type: ignore[arg-type]
+        codes = {anyone.get("/api/jobs", headers={"X-API-Key": f"guess-{n}"}).status_code for n in range(40)}
+        assert codes == {401}
+        assert anyone.get("/api/jobs", headers={"X-API-Key": "sub-acme"}).status_code == 200
+
+
 @pytest.fixture
 def tenant_limit(app_env: dict[str, str]) -> None:
     app_env["TENANT_RATE_LIMIT_PER_MINUTE"] = "4"
