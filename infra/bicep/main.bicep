@@ -158,15 +158,16 @@ param stuckJobsSchedule string = '0 */5 * * * *'
 @description('Put an API Management gateway (modules/apim.bicep) in front of the Function App, so the request and failed-authentication limits hold across every instance (docs/security.md, "Limits").')
 param enableApiManagement bool = false
 
-@description('API Management tier; Consumption bills per call.')
+@description('API Management tier (one unit). Not Consumption: that tier has no rate-limit-by-key. Developer has no SLA.')
 @allowed([
-  'Consumption'
   'Developer'
   'Basic'
+  'BasicV2'
   'Standard'
+  'StandardV2'
   'Premium'
 ])
-param apiManagementSku string = 'Consumption'
+param apiManagementSku string = 'BasicV2'
 
 @description('Publisher contact of the API Management service; empty uses alertEmail.')
 param apiManagementPublisherEmail string = ''

@@ -533,9 +533,12 @@ def test_api_management_limits_every_instance_behind_a_flag(main: Template, modu
     apim = _module(modules, "apim")
     assert apim.args["name"] == main.value("names")["apiManagement"]
     assert apim.args["name"].startswith("agent-apim-${environment}")
-    assert apim.param("sku")["default"] == "Consumption"
-    assert main.param("apiManagementSku")["default"] == "Consumption"
-    assert apim.args["sku"] == "Consumption"
+    # rate-limit-by-key does not exist on the Consumption tier: a policy using it would fail to deploy there.
+    for template, name in ((apim, "sku"), (main, "apiManagementSku")):
+        allowed = template.param(name)["decorators"][-1]
+        assert allowed["type"] == "allowed" and "Consumption" not in allowed["argument"], name
+        assert template.param(name)["default"] == "BasicV2"
+    assert apim.args["sku"] == "BasicV2"
     backend = json.dumps(apim.args["backendHostname"])  # functionApp.outputs.defaultHostname
     assert '"operand_1": "functionApp"' in backend and '"operand_2": "defaultHostname"' in backend
 
@@ -565,7 +568,12 @@ def test_api_management_limits_every_instance_behind_a_flag(main: Template, modu
     assert by_address["calls"] == str(fields["auth_failures_per_minute"].default) == "20"
     assert by_address["renewal-period"] == "60"
     assert "context.Request.IpAddress" in by_address["counter-key"]
-    assert by_address["increment-condition"] == "@(context.Response.StatusCode == 401)"
+    condition = by_address["increment-condition"]
+    assert condition.startswith("@(context.Response.StatusCode == 401 ? ("), "only failed authentications count"
+    assert condition.endswith(") : false)")
+    assert 'ContainsKey("X-API-Key")' in condition and 'ContainsKey("Authorization")' in condition, (
+        "a request without any key guesses nothing and is not counted, as in the app"
+    )
     assert policy.count("<base />") == 4
 
     # The app answers to the gateway's host name only when the gateway exists.

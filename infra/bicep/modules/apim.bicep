@@ -8,15 +8,19 @@ param location string
 param tags object
 param name string
 
-@description('API Management tier. Consumption bills per call and needs no capacity; the others bill per unit.')
+// Not Consumption: rate-limit-by-key, the policy this gateway exists for, is not available on the
+// Consumption tier (only rate-limit per subscription is). BasicV2 is the smallest tier with an SLA that
+// has it; Developer is cheaper but has no SLA (a dev environment may choose it).
+@description('API Management tier (one unit). Consumption is not offered: it has no rate-limit-by-key.')
 @allowed([
-  'Consumption'
   'Developer'
   'Basic'
+  'BasicV2'
   'Standard'
+  'StandardV2'
   'Premium'
 ])
-param sku string = 'Consumption'
+param sku string = 'BasicV2'
 
 param publisherEmail string
 param publisherName string
@@ -34,10 +38,12 @@ param authFailuresPerMinute int
 
 // Callers authenticate in the app with their own keys (X-API-Key or Authorization: Bearer); the
 // gateway does not require an APIM subscription and forwards both headers untouched (APIM passes
-// request headers through unless a policy removes them).
+// request headers through unless a policy removes them). The policy is rawxml: expressions are written
+// as in the portal, unescaped; the conditions avoid '&' so the text reads the same either way.
 //
 // Key limit: every request that presents a key counts against that key, except the 401s (a wrong key
-// guesses; it does not spend a real key's quota). Address limit: only the 401s count, so guessing from
+// guesses; it does not spend a real key's quota). Address limit: only the 401s of requests that
+// presented a key count (a request without any key guesses nothing, as in the app), so guessing from
 // one address stops after authFailuresPerMinute, as AUTH_FAILURES_PER_MINUTE does in the app.
 var policyTemplate = '''
 <policies>
@@ -48,7 +54,7 @@ var policyTemplate = '''
         increment-condition="@(context.Response.StatusCode != 401)" />
     <rate-limit-by-key calls="{authFailures}" renewal-period="60"
         counter-key="@("address:" + context.Request.IpAddress)"
-        increment-condition="@(context.Response.StatusCode == 401)" />
+        increment-condition="@(context.Response.StatusCode == 401 ? (context.Request.Headers.ContainsKey("X-API-Key") || context.Request.Headers.ContainsKey("Authorization")) : false)" />
   </inbound>
   <backend>
     <base />
@@ -75,13 +81,13 @@ var methods = [
   'OPTIONS'
 ]
 
-resource service 'Microsoft.ApiManagement/service@2022-08-01' = {
+resource service 'Microsoft.ApiManagement/service@2024-05-01' = {
   name: name
   location: location
   tags: tags
   sku: {
     name: sku
-    capacity: sku == 'Consumption' ? 0 : 1
+    capacity: 1
   }
   properties: {
     publisherEmail: publisherEmail
@@ -89,7 +95,7 @@ resource service 'Microsoft.ApiManagement/service@2022-08-01' = {
   }
 }
 
-resource api 'Microsoft.ApiManagement/service/apis@2022-08-01' = {
+resource api 'Microsoft.ApiManagement/service/apis@2024-05-01' = {
   parent: service
   name: 'rest-api'
   properties: {
@@ -103,7 +109,7 @@ resource api 'Microsoft.ApiManagement/service/apis@2022-08-01' = {
   }
 }
 
-resource operations 'Microsoft.ApiManagement/service/apis/operations@2022-08-01' = [for method in methods: {
+resource operations 'Microsoft.ApiManagement/service/apis/operations@2024-05-01' = [for method in methods: {
   parent: api
   name: toLower('all-${method}')
   properties: {
@@ -113,7 +119,7 @@ resource operations 'Microsoft.ApiManagement/service/apis/operations@2022-08-01'
   }
 }]
 
-resource apiPolicy 'Microsoft.ApiManagement/service/apis/policies@2022-08-01' = {
+resource apiPolicy 'Microsoft.ApiManagement/service/apis/policies@2024-05-01' = {
   parent: api
   name: 'policy'
   properties: {
