@@ -575,6 +575,10 @@ def test_api_management_limits_every_instance_behind_a_flag(main: Template, modu
         "a request without any key guesses nothing and is not counted, as in the app"
     )
     assert policy.count("<base />") == 4
+    # docs/security.md shows the policy the template deploys, with the default numbers.
+    documented = " ".join((ROOT / "docs" / "security.md").read_text(encoding="utf-8").split())
+    for tag in limits:
+        assert " ".join(f"<rate-limit-by-key {tag}/>".split()) in documented, "docs/security.md shows another policy"
 
     # The app answers to the gateway's host name only when the gateway exists.
     gateway = main.value("gatewaySettings")["operator"]["operands"]
