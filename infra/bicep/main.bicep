@@ -155,6 +155,32 @@ param retentionSchedule string = '0 30 18 * * *'
 param schedulesSchedule string = '0 * * * * *'
 param stuckJobsSchedule string = '0 */5 * * * *'
 
+@description('Put an API Management gateway (modules/apim.bicep) in front of the Function App, so the request and failed-authentication limits hold across every instance (docs/security.md, "Limits").')
+param enableApiManagement bool = false
+
+@description('API Management tier (one unit). Not Consumption: that tier has no rate-limit-by-key. Developer has no SLA.')
+@allowed([
+  'Developer'
+  'Basic'
+  'BasicV2'
+  'Standard'
+  'StandardV2'
+  'Premium'
+])
+param apiManagementSku string = 'BasicV2'
+
+@description('Publisher contact of the API Management service; empty uses alertEmail.')
+param apiManagementPublisherEmail string = ''
+param apiManagementPublisherName string = 'agent-framework operators'
+
+@description('Gateway limit: requests per minute of one key. Keep it equal to RATE_LIMIT_PER_MINUTE (default 600).')
+@minValue(1)
+param apiManagementKeyCallsPerMinute int = 600
+
+@description('Gateway limit: failed authentications (401) per minute from one client address. Keep it equal to AUTH_FAILURES_PER_MINUTE (default 20).')
+@minValue(1)
+param apiManagementAuthFailuresPerMinute int = 20
+
 param tags object = {}
 
 // --- names: derived from the environment here and nowhere else ----------------------------------
@@ -171,6 +197,8 @@ var names = {
   actionGroup: 'agent-ag-${environment}'
   actionGroupShortName: 'agent-${environment}' // at most 12 characters
   alertPrefix: 'agent-alert-${environment}'
+  // Global: the gateway answers at <name>.azure-api.net.
+  apiManagement: 'agent-apim-${environment}${nameSuffix}'
   // Storage names are global, lowercase alphanumerics, 3-24 chars: 7 + 3 + 13 = 23.
   storage: take(toLower('agentst${environment}${uniqueString(resourceGroup().id)}'), 24)
 }
@@ -336,6 +364,17 @@ var concurrencySettings = (serviceBusMaxConcurrentCalls > 0) ? {
   AzureFunctionsJobHost__extensions__serviceBus__maxConcurrentCalls: string(serviceBusMaxConcurrentCalls)
 } : {}
 
+// The gateway's host name is known before it exists, so the app can trust it without waiting for
+// the gateway (which itself waits for the app's host name): no cycle. *.azurewebsites.net keeps the
+// app's own host (the app's default list, less the local names).
+var apiManagementGatewayHost = '${names.apiManagement}.azure-api.net'
+var gatewaySettings = enableApiManagement ? {
+  ALLOWED_HOSTS: string([
+    '*.azurewebsites.net'
+    apiManagementGatewayHost
+  ])
+} : {}
+
 var apiKeySettings = empty(apiKeys) ? {} : {
   API_KEYS: apiKeys
 }
@@ -356,7 +395,7 @@ module functionApp 'modules/functionapp.bicep' = {
     maximumInstanceCount: maximumInstanceCount
     instanceMemoryMB: instanceMemoryMB
     httpPerInstanceConcurrency: httpPerInstanceConcurrency
-    appSettings: union(baseAppSettings, concurrencySettings, appSettingsOverrides, apiKeySettings)
+    appSettings: union(baseAppSettings, concurrencySettings, gatewaySettings, appSettingsOverrides, apiKeySettings)
   }
 }
 
@@ -376,10 +415,27 @@ module alerts 'modules/alerts.bicep' = {
   }
 }
 
+module apim 'modules/apim.bicep' = if (enableApiManagement) {
+  name: 'apim'
+  params: {
+    location: location
+    tags: allTags
+    name: names.apiManagement
+    sku: apiManagementSku
+    publisherEmail: empty(apiManagementPublisherEmail) ? alertEmail : apiManagementPublisherEmail
+    publisherName: apiManagementPublisherName
+    backendHostname: functionApp.outputs.defaultHostname
+    keyCallsPerMinute: apiManagementKeyCallsPerMinute
+    authFailuresPerMinute: apiManagementAuthFailuresPerMinute
+  }
+}
+
 // --- outputs (no secrets) ------------------------------------------------------------------------
 
 output functionAppName string = functionApp.outputs.name
 output functionAppHostname string = functionApp.outputs.defaultHostname
+@description('Where callers send requests when API Management is enabled (https://<name>.azure-api.net; the API is under /api); empty otherwise.')
+output apiGatewayUrl string = enableApiManagement ? 'https://${apiManagementGatewayHost}' : ''
 output serviceBusNamespace string = serviceBus.outputs.name
 output serviceBusFullyQualifiedNamespace string = serviceBus.outputs.fullyQualifiedNamespace
 output agentJobsQueue string = queue.name

@@ -21,3 +21,7 @@ param storageSku = 'Standard_GRS'
 param softDeleteRetentionDays = 14
 param logRetentionDays = 90
 param searchSku = 'basic'
+
+// Deployment-wide request and failed-authentication limits through API Management (docs/deploy.md,
+// "API gateway"); off by default because the gateway bills per unit (BasicV2) whether used or not.
+// param enableApiManagement = true

@@ -77,7 +77,9 @@ class Template:
                     return str(inner).lower()
                 if isinstance(inner, int):
                     return str(inner)
-                if isinstance(inner, dict | list) and not _is_expression(inner):
+                if isinstance(inner, dict | list) and not any(
+                    isinstance(part, dict) and _is_expression(part) for part in _parts(inner)
+                ):
                     return json.dumps(inner, separators=(",", ":"))
                 return node
             if kind == "replace":
@@ -115,6 +117,13 @@ class Template:
 
     def param(self, name: str) -> dict[str, Any]:
         return self.doc["parameters"][name]
+
+
+def _parts(value: Any) -> list[Any]:
+    """An evaluated dict or list itself and its items: string() can render it only if none is an expression."""
+    if isinstance(value, list):
+        return value
+    return [value] if isinstance(value, dict) else []
 
 
 def _is_expression(node: dict[str, Any]) -> bool:
@@ -348,7 +357,8 @@ def test_app_settings_are_the_ones_the_app_reads(main: Template) -> None:
         "ServiceBusConnection__credential",
         "ServiceBusConnection__clientId",
     }
-    unknown = set(settings) - app_names - host_names
+    gateway_settings = main.value("gatewaySettings")["operator"]["operands"]["true_value"]
+    unknown = (set(settings) | set(gateway_settings)) - app_names - host_names
     assert not unknown, f"app settings nobody reads: {sorted(unknown)}"
 
     union = main.doc["modules"]["functionApp"]["config"]["params"]["appSettings"]["function"]
@@ -356,6 +366,7 @@ def test_app_settings_are_the_ones_the_app_reads(main: Template) -> None:
     assert list(union["parameters"].values()) == [
         "baseAppSettings",
         "concurrencySettings",
+        "gatewaySettings",
         "appSettingsOverrides",
         "apiKeySettings",
     ], "the template's settings first, the environment's overrides after, API_KEYS last"
@@ -504,6 +515,82 @@ def test_search_openai_and_monitoring(main: Template, modules: dict[str, Templat
     insights = monitoring.resource("Microsoft.Insights/components")["properties"]
     assert insights["WorkspaceResourceId"]["operator"]["operands"]["operand_1"] == "workspace"
     assert insights["IngestionMode"] == "LogAnalytics"
+
+
+# --- API Management (optional gateway) ------------------------------------------------------------
+
+
+def test_api_management_limits_every_instance_behind_a_flag(main: Template, modules: dict[str, Template]) -> None:
+    """The in-app limit counters are per instance on Azure; the gateway's rate-limit-by-key counters are
+    the deployment-wide ones (docs/security.md), with the app's default numbers."""
+    from shared.settings import Settings
+
+    assert main.param("enableApiManagement")["default"] is False, "API Management is opt-in (it has its own cost)"
+    module = main.doc["modules"]["apim"]
+    assert module["detail"]["path"] == "modules/apim.bicep"
+    assert module["config"]["condition"] == "enableApiManagement"
+
+    apim = _module(modules, "apim")
+    assert apim.args["name"] == main.value("names")["apiManagement"]
+    assert apim.args["name"].startswith("agent-apim-${environment}")
+    # rate-limit-by-key does not exist on the Consumption tier: a policy using it would fail to deploy there.
+    for template, name in ((apim, "sku"), (main, "apiManagementSku")):
+        allowed = template.param(name)["decorators"][-1]
+        assert allowed["type"] == "allowed" and "Consumption" not in allowed["argument"], name
+        assert template.param(name)["default"] == "BasicV2"
+    assert apim.args["sku"] == "BasicV2"
+    backend = json.dumps(apim.args["backendHostname"])  # functionApp.outputs.defaultHostname
+    assert '"operand_1": "functionApp"' in backend and '"operand_2": "defaultHostname"' in backend
+
+    service = apim.resource("Microsoft.ApiManagement/service")
+    assert service["sku"]["name"] == "sku"
+    api = apim.resource("Microsoft.ApiManagement/service/apis")["properties"]
+    assert api["path"] == "api" and api["protocols"] == ["https"]
+    assert api["serviceUrl"] == "https://${backendHostname}/api"
+    assert api["subscriptionRequired"] is False, "callers authenticate in the app with their own keys"
+    operations = apim.resource("Microsoft.ApiManagement/service/apis/operations")["properties"]
+    assert operations["urlTemplate"] == "/*"
+    assert {"GET", "POST", "PUT", "PATCH", "DELETE"} <= set(apim.value("methods"))
+
+    # The limits the gateway enforces are the app's defaults, unless an environment changes both.
+    fields = Settings.model_fields
+    assert main.param("apiManagementKeyCallsPerMinute")["default"] == fields["rate_limit_per_minute"].default == 600
+    assert main.param("apiManagementAuthFailuresPerMinute")["default"] == fields["auth_failures_per_minute"].default
+    policy = apim.value(apim.resource("Microsoft.ApiManagement/service/apis/policies")["properties"]["value"])
+    assert isinstance(policy, str), "the policy must evaluate to XML"
+    limits = re.findall(r"<rate-limit-by-key\s([^>]*)/>", policy)
+    assert len(limits) == 2, policy
+    by_key, by_address = ({k: v for k, v in re.findall(r'([\w-]+)="((?:@\(.*?\))|[^"]*)"', tag)} for tag in limits)
+    assert by_key["calls"] == "600" and by_key["renewal-period"] == "60"
+    assert 'GetValueOrDefault("X-API-Key"' in by_key["counter-key"]
+    assert 'GetValueOrDefault("Authorization"' in by_key["counter-key"]
+    assert by_key["increment-condition"] == "@(context.Response.StatusCode != 401)", "a wrong key spends no quota"
+    assert by_address["calls"] == str(fields["auth_failures_per_minute"].default) == "20"
+    assert by_address["renewal-period"] == "60"
+    assert "context.Request.IpAddress" in by_address["counter-key"]
+    condition = by_address["increment-condition"]
+    assert condition.startswith("@(context.Response.StatusCode == 401 ? ("), "only failed authentications count"
+    assert condition.endswith(") : false)")
+    assert 'ContainsKey("X-API-Key")' in condition and 'ContainsKey("Authorization")' in condition, (
+        "a request without any key guesses nothing and is not counted, as in the app"
+    )
+    assert policy.count("<base />") == 4
+    # docs/security.md shows the policy the template deploys, with the default numbers.
+    documented = " ".join((ROOT / "docs" / "security.md").read_text(encoding="utf-8").split())
+    for tag in limits:
+        assert " ".join(f"<rate-limit-by-key {tag}/>".split()) in documented, "docs/security.md shows another policy"
+
+    # The app answers to the gateway's host name only when the gateway exists.
+    gateway = main.value("gatewaySettings")["operator"]["operands"]
+    assert gateway["condition"] == "enableApiManagement" and gateway["false_value"] == {}
+    assert json.loads(main.value(gateway["true_value"])["ALLOWED_HOSTS"]) == [
+        "*.azurewebsites.net",
+        "${names.apiManagement}.azure-api.net",
+    ]
+    assert main.value("apiManagementGatewayHost") == "${names.apiManagement}.azure-api.net"
+    output = main.doc["outputs"]["apiGatewayUrl"]["value"]["operator"]["operands"]
+    assert output["condition"] == "enableApiManagement"
+    assert output["true_value"] == "https://${apiManagementGatewayHost}"
 
 
 # --- alerts ---------------------------------------------------------------------------------------
