@@ -78,7 +78,7 @@ def fts5_top(index: LocalKnowledgeIndex, query: str, top: int = 5) -> list[tuple
               FROM (SELECT rowid, bm25(chunks_terms, {TITLE_WEIGHT}, {CONTENT_WEIGHT}) AS rank
                     FROM chunks_terms WHERE chunks_terms MATCH ? ORDER BY rank LIMIT ?) AS best
               JOIN chunks c ON c.rowid = best.rowid ORDER BY best.rank"""
-    return index._db().execute(sql, (match_expression(query), top)).fetchall()
+    return index._file.connection().execute(sql, (match_expression(query), top)).fetchall()
 
 
 def latencies(call, queries: list[str], rounds: int) -> float:  # type: ignore[no-untyped-def]

@@ -470,7 +470,7 @@ def test_local_index_survives_vacuum(tmp_path: Path) -> None:
     index.upsert(library_chunks())
     index.delete_document("restore-en")  # leaves gaps in the rowids for VACUUM to close
     index.upsert(numbered_chunks("tides", 3))
-    index._db().execute("VACUUM")
+    index._file.connection().execute("VACUUM")
     assert index.search("バックアップの復元手順は？")[0].doc_id == "backup-ja"
     assert {h.doc_id for h in index.search("tidal energy")} == {"tides"}
     index.close()
@@ -485,7 +485,7 @@ def test_local_ranking_is_fts5s_bm25_and_follows_writes_from_another_connection(
     index.upsert(library_chunks() + numbered_chunks("tides", 12))
     for query in ("How do I restore the knowledge index from a backup?", "バックアップの復元手順は？", "tidal energy"):
         fts5 = (
-            index._db()
+            index._file.connection()
             .execute(
                 f"SELECT c.doc_id, c.chunk_id, bm25(chunks_terms, {TITLE_WEIGHT}, {CONTENT_WEIGHT}) AS r "
                 "FROM chunks_terms JOIN chunks c ON c.id = chunks_terms.rowid "

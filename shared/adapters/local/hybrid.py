@@ -20,7 +20,6 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -107,17 +106,11 @@ class HybridKnowledgeIndex:
         self._file = SqliteFile(self.path, "vector index", timeout=30.0)
         self._snapshot: _VectorSnapshot | None = None
         self._snapshot_lock = threading.Lock()
-        with self._write() as db:
+        with self._file.write() as db:
             for statement in _SCHEMA:
                 db.execute(statement)
 
     # --- the vector file -----------------------------------------------------------------------
-
-    def _db(self) -> sqlite3.Connection:
-        return self._file.connection()
-
-    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
-        return self._file.write()
 
     def _vectors_of(self, chunks: list[Chunk]) -> list[tuple[str, str, int, str, bytes]]:
         vectors = self._encode([passage_text(c) for c in chunks])
@@ -132,7 +125,7 @@ class HybridKnowledgeIndex:
         db.executemany(f"{verb} INTO vectors (key, doc_id, chunk_id, scope, vector) VALUES (?, ?, ?, ?, ?)", rows)
 
     def _current(self) -> _VectorSnapshot:
-        db = self._db()
+        db = self._file.connection()
         (generation,) = db.execute("SELECT value FROM generation WHERE id = 0").fetchone()
         snapshot = self._snapshot
         if snapshot is not None and snapshot.generation == generation:
@@ -151,7 +144,7 @@ class HybridKnowledgeIndex:
             return self._snapshot
 
     def vector_count(self) -> int:
-        return int(self._db().execute("SELECT count(*) FROM vectors").fetchone()[0])
+        return int(self._file.connection().execute("SELECT count(*) FROM vectors").fetchone()[0])
 
     def needs_backfill(self) -> bool:
         return self.vector_count() != self.inner.count()
@@ -162,7 +155,7 @@ class HybridKnowledgeIndex:
         Safe beside live writes: it never overwrites a vector (a live write's is newer than the text
         it exported) and re-checks a chunk is really gone before dropping its vector.
         """
-        db = self._db()
+        db = self._file.connection()
         stored = {row[0] for row in db.execute("SELECT key FROM vectors")}
         seen: set[str] = set()
         embedded = 0
@@ -173,7 +166,7 @@ class HybridKnowledgeIndex:
             missing = [c for c in batch if c.key not in stored]
             if missing:
                 rows = self._vectors_of(missing)
-                with self._write() as w:
+                with self._file.write() as w:
                     self._store(w, rows, replace=False)
                 embedded += len(missing)
         gone = [
@@ -182,7 +175,7 @@ class HybridKnowledgeIndex:
             if key in stored and key not in seen and not self.inner.get_chunks(doc_id, chunk_id)
         ]
         if gone:
-            with self._write() as w:
+            with self._file.write() as w:
                 w.executemany("DELETE FROM vectors WHERE key = ?", gone)
         return embedded
 
@@ -191,27 +184,27 @@ class HybridKnowledgeIndex:
     def upsert(self, chunks: list[Chunk]) -> int:
         rows = self._vectors_of(chunks)
         written = self.inner.upsert(chunks)
-        with self._write() as db:
+        with self._file.write() as db:
             self._store(db, rows)
         return written
 
     def replace_document(self, doc_id: str, chunks: list[Chunk]) -> int:
         rows = self._vectors_of(chunks)
         written = self.inner.replace_document(doc_id, chunks)
-        with self._write() as db:
+        with self._file.write() as db:
             db.execute("DELETE FROM vectors WHERE doc_id = ?", (doc_id,))
             self._store(db, rows)
         return written
 
     def delete_document(self, doc_id: str) -> int:
         removed = self.inner.delete_document(doc_id)
-        with self._write() as db:
+        with self._file.write() as db:
             db.execute("DELETE FROM vectors WHERE doc_id = ?", (doc_id,))
         return removed
 
     def reset(self) -> None:
         self.inner.reset()
-        with self._write() as db:
+        with self._file.write() as db:
             db.execute("DELETE FROM vectors")
 
     def search(
@@ -272,7 +265,7 @@ class HybridKnowledgeIndex:
     def ping(self) -> None:
         self.inner.ping()
         try:
-            self._db().execute("SELECT 1 FROM vectors LIMIT 1").fetchall()
+            self._file.connection().execute("SELECT 1 FROM vectors LIMIT 1").fetchall()
         except sqlite3.Error as error:
             raise DependencyUnavailable(f"vector index {self.path} is not readable: {error}") from error
 

@@ -20,7 +20,6 @@ import logging
 import sqlite3
 import threading
 from collections.abc import Sequence
-from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -122,7 +121,7 @@ class LocalKnowledgeIndex:
         )
         self._mirror: RankingMirror | None = None
         self._mirror_lock = threading.Lock()
-        with self._write() as db:
+        with self._file.write() as db:
             existing = {row[1] for row in db.execute("PRAGMA table_info(chunks)")}
             if existing:
                 for name, kind in _ADDED_COLUMNS:
@@ -142,12 +141,6 @@ class LocalKnowledgeIndex:
 
     # --- connections ---------------------------------------------------------------------------
 
-    def _db(self) -> sqlite3.Connection:
-        return self._file.connection()
-
-    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
-        return self._file.write()
-
     def close(self) -> None:
         """Close every connection this index opened (from any thread)."""
         self._file.close()
@@ -155,7 +148,7 @@ class LocalKnowledgeIndex:
     # --- KnowledgeIndex ------------------------------------------------------------------------
 
     def upsert(self, chunks: list[Chunk]) -> int:
-        with self._write() as db:
+        with self._file.write() as db:
             self._upsert(db, chunks)
         return len(chunks)
 
@@ -195,12 +188,12 @@ class LocalKnowledgeIndex:
         return int(db.execute("DELETE FROM chunks WHERE doc_id = ?", (doc_id,)).rowcount)
 
     def delete_document(self, doc_id: str) -> int:
-        with self._write() as db:
+        with self._file.write() as db:
             return self._delete(db, doc_id)
 
     def replace_document(self, doc_id: str, chunks: list[Chunk]) -> int:
         """Swap every chunk of doc_id for chunks in one transaction: readers see the old version or the new."""
-        with self._write() as db:
+        with self._file.write() as db:
             self._delete(db, doc_id)
             self._upsert(db, chunks)
         return len(chunks)
@@ -211,7 +204,7 @@ class LocalKnowledgeIndex:
         terms = list(dict.fromkeys(tokenize(query)))
         if not terms or top < 1:
             return []
-        db = self._db()
+        db = self._file.connection()
         # The mirror ranks only rows in scopes (so the top `top` are the caller's); the read below
         # checks the scope again in SQL, so a row that changed scope since the mirror was built is dropped.
         ranked = self._current_mirror(db).top(terms, top, doc_id=doc_id, scopes=scopes)
@@ -273,17 +266,19 @@ class LocalKnowledgeIndex:
         if scopes is not None:
             in_scopes, wanted = _in_scopes(scopes)
             where, params = f"{where} AND {in_scopes}", params + wanted
-        rows = self._db().execute(f"SELECT {_CHUNK_COLUMNS} FROM chunks WHERE {where} ORDER BY chunk_id", params)
+        rows = self._file.connection().execute(
+            f"SELECT {_CHUNK_COLUMNS} FROM chunks WHERE {where} ORDER BY chunk_id", params
+        )
         return [_row_to_chunk(row) for row in rows.fetchall()]
 
     def export(self, *, after_key: str | None = None, size: int = 1000) -> list[Chunk]:
-        rows = self._db().execute(
+        rows = self._file.connection().execute(
             f"SELECT {_CHUNK_COLUMNS} FROM chunks WHERE key > ? ORDER BY key LIMIT ?", (after_key or "", size)
         )
         return [_row_to_chunk(row) for row in rows.fetchall()]
 
     def count(self) -> int:
-        return int(self._db().execute("SELECT count(*) FROM chunks").fetchone()[0])
+        return int(self._file.connection().execute("SELECT count(*) FROM chunks").fetchone()[0])
 
     def definition(self) -> dict[str, Any]:
         return {
@@ -308,12 +303,12 @@ class LocalKnowledgeIndex:
         }
 
     def reset(self) -> None:
-        with self._write() as db:
+        with self._file.write() as db:
             db.execute("DELETE FROM chunks_terms")
             db.execute("DELETE FROM chunks")
 
     def ping(self) -> None:
         try:
-            self._db().execute("SELECT 1 FROM chunks LIMIT 1").fetchall()
+            self._file.connection().execute("SELECT 1 FROM chunks LIMIT 1").fetchall()
         except sqlite3.Error as error:
             raise DependencyUnavailable(f"knowledge index {self.path} is not readable: {error}") from error
