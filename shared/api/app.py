@@ -23,7 +23,7 @@ from shared.api import (
 )
 from shared.api.deps import BackendsSource
 from shared.api.headers import AllowedHosts, SecurityHeaders
-from shared.api.mcp_server import MCP_PATH, McpEndpoint
+from shared.api.mcp_endpoint import MCP_PATH, McpEndpoint
 from shared.api.problems import PROBLEM_JSON
 from shared.api.security import ANONYMOUS, Access, Authentication, BodySizeLimit, Gate
 from shared.console import KeyCheck, create_console

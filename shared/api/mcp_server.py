@@ -11,47 +11,27 @@ needs streaming (the Functions Python worker buffers responses).
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import anyio
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ResourceNotFoundError, ToolError
-from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
-from mcp.server.transport_security import TransportSecuritySettings
 from mcp_types import Resource as MCPResource
-from starlette.requests import Request
-from starlette.types import Receive, Scope, Send
 
-from shared.api.deps import backends
-from shared.api.problems import problem_response
-from shared.api.security import Caller, authenticate
+from shared.api.mcp_endpoint import McpRequest, current_request
 from shared.contracts import knowledge_scopes
-from shared.engine.backends import Backends
 from shared.errors import ServiceError
 from shared.services import jobs
 
-__all__ = ["MCP_PATH", "McpEndpoint", "build_server"]
+__all__ = ["build_server"]
 
-MCP_PATH = "/api/mcp"
 LISTED_REPORTS = 50  # resources/list shows the newest finished reports; any other is readable by its URI
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class _Request:
-    caller: Caller
-    b: Backends
-
-
-_current: contextvars.ContextVar[_Request] = contextvars.ContextVar("mcp_request")
-
-
-def _who() -> _Request:
-    return _current.get()
+def _who() -> McpRequest:
+    return current_request()
 
 
 def _markdown(job_id: str) -> str:
@@ -153,54 +133,3 @@ def build_server() -> MCPServer:
             raise ResourceNotFoundError(f"report://{job_id}: {error.detail}") from error
 
     return server
-
-
-class McpEndpoint:
-    """The ASGI endpoint at /api/mcp: authenticate like REST, then hand the request to the MCP transport.
-
-    The transport's session manager needs a task group running on the serving event loop; it is
-    started on the first request of each loop (the embedded runtime serves without ASGI lifespan).
-    """
-
-    def __init__(self) -> None:
-        self._managers: dict[int, StreamableHTTPSessionManager] = {}
-        self._lock = asyncio.Lock()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request = Request(scope, receive)
-        try:
-            caller = authenticate(request)
-            b = backends(request)
-        except ServiceError as error:
-            await problem_response(error, scope.get("path"))(scope, receive, send)
-            return
-        manager = await self._manager()
-        token = _current.set(_Request(caller, b))
-        try:
-            await manager.handle_request(scope, receive, send)
-        finally:
-            _current.reset(token)
-
-    async def _manager(self) -> StreamableHTTPSessionManager:
-        loop = asyncio.get_running_loop()
-        async with self._lock:
-            manager = self._managers.get(id(loop))
-            if manager is None:
-                manager = StreamableHTTPSessionManager(
-                    app=build_server()._lowlevel_server,  # noqa: SLF001 - the documented way to mount it ourselves
-                    stateless=True,
-                    json_response=True,
-                    # API keys, not cookies, authenticate: a rebinding page has no key to send.
-                    security_settings=TransportSecuritySettings(enable_dns_rebinding_protection=False),
-                )
-                started = asyncio.Event()
-                loop.create_task(self._serve(manager, started))
-                await started.wait()
-                self._managers[id(loop)] = manager
-            return manager
-
-    @staticmethod
-    async def _serve(manager: StreamableHTTPSessionManager, started: asyncio.Event) -> None:
-        async with manager.run():
-            started.set()
-            await asyncio.Event().wait()  # until the loop ends

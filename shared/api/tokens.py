@@ -12,8 +12,6 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-import jwt
-
 from shared.settings import Settings
 
 ROLES = ("submitter", "operator", "admin")
@@ -38,6 +36,10 @@ def looks_like_jwt(token: str) -> bool:
 class TokenVerifier:
     def __init__(self, settings: Settings) -> None:
         assert settings.entra_issuer and settings.entra_audience and settings.entra_jwks_url
+        # Imported here: PyJWT's RSA support loads cryptography (about 10 MB), which only a
+        # deployment that accepts Entra ID tokens should carry.
+        import jwt
+
         self.issuer = settings.entra_issuer
         self.audience = settings.entra_audience
         self.tenants = settings.entra_tenants
@@ -49,6 +51,8 @@ class TokenVerifier:
         return bool(settings.entra_issuer and settings.entra_audience and settings.entra_jwks_url)
 
     def verify(self, token: str) -> TokenClaims:
+        import jwt
+
         try:
             with self._lock:  # one JWKS fetch at a time; the client caches what it fetched
                 signing_key = self._jwks.get_signing_key_from_jwt(token)
