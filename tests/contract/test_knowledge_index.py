@@ -584,3 +584,81 @@ def test_an_index_from_before_scopes_puts_its_chunks_in_shared_and_says_so_once(
     assert len(index.search("tidal", top=5, scopes=["acme", "shared"])) == 3
     assert index.search("tidal", top=5, scopes=["acme"]) == []
     index.close()
+
+
+# --- bulk ingest: the same index, ranking and recovery as writing chunk by chunk ---------------------
+
+
+def _ranking(index: LocalKnowledgeIndex, query: str, scopes: list[str] | None = None) -> list[tuple[str, int, float]]:
+    return [(h.doc_id, h.chunk_id, h.score) for h in index.search(query, top=50, scopes=scopes)]
+
+
+def _scoped_library() -> list[Chunk]:
+    chunks = library_chunks() + numbered_chunks("tides", 12) + numbered_chunks("more-tides", 5, title="Tidal energy")
+    return [c.model_copy(update={"scope": ("acme", "globex", "shared")[n % 3]}) for n, c in enumerate(chunks)]
+
+
+QUERIES = ("How do I restore the knowledge index from a backup?", "バックアップの復元手順は？", "tidal energy", "alert")
+
+
+def test_bulk_ingested_chunks_rank_as_chunks_ingested_one_by_one(tmp_path: Path) -> None:
+    chunks = _scoped_library()
+    bulk, single = LocalKnowledgeIndex(tmp_path / "bulk.sqlite3"), LocalKnowledgeIndex(tmp_path / "single.sqlite3")
+    bulk.upsert(chunks)
+    for chunk in chunks:
+        single.upsert([chunk])
+    for query in QUERIES:
+        for scopes in (None, ["acme", "shared"]):
+            assert _ranking(bulk, query, scopes) == _ranking(single, query, scopes)
+            assert _ranking(bulk, query, scopes)
+    bulk.close()
+    single.close()
+
+
+def test_a_key_given_twice_in_one_batch_keeps_the_last(tmp_path: Path) -> None:
+    index = LocalKnowledgeIndex(tmp_path / "search.sqlite3")
+    first, second = numbered_chunks("d", 1)[0], numbered_chunks("d", 1, title="Second")[0]
+    second = second.model_copy(update={"content": "Seaweed farming."})
+    assert index.upsert([first, second]) == 2
+    assert [c.title for c in index.get_chunks("d")] == ["Second"]
+    assert index.search("tidal energy") == []
+    assert [h.doc_id for h in index.search("seaweed")] == ["d"]
+    index.close()
+
+
+def test_re_upserting_a_batch_replaces_its_rows_and_ranks_as_a_fresh_index(tmp_path: Path) -> None:
+    chunks = _scoped_library()
+    index, fresh = LocalKnowledgeIndex(tmp_path / "index.sqlite3"), LocalKnowledgeIndex(tmp_path / "fresh.sqlite3")
+    index.upsert([c.model_copy(update={"content": "An older version about seaweed."}) for c in chunks])
+    index.upsert(chunks)
+    fresh.upsert(chunks)
+    assert index.count() == len(chunks)
+    assert index.search("seaweed") == []
+    for query in QUERIES:
+        assert [(d, c) for d, c, _ in _ranking(index, query)] == [(d, c) for d, c, _ in _ranking(fresh, query)]
+        assert [s for _, _, s in _ranking(index, query)] == pytest.approx([s for _, _, s in _ranking(fresh, query)])
+    index.close()
+    fresh.close()
+
+
+def _crash_during_a_bulk_write(path: str) -> None:
+    index = LocalKnowledgeIndex(Path(path))
+    index.upsert(numbered_chunks("committed", 20))
+    with index._file.write() as db:
+        LocalKnowledgeIndex._upsert(db, numbered_chunks("in-flight", 20, title="Seaweed"))
+        os._exit(3)  # the process dies before the batch's COMMIT
+
+
+def test_a_crash_mid_ingest_leaves_what_was_committed_and_the_mirror_matches_it(tmp_path: Path) -> None:
+    path = tmp_path / "search.sqlite3"
+    worker = multiprocessing.get_context("spawn").Process(target=_crash_during_a_bulk_write, args=(str(path),))
+    worker.start()
+    worker.join(timeout=60)
+    assert worker.exitcode == 3
+    recovered, reference = LocalKnowledgeIndex(path), LocalKnowledgeIndex(tmp_path / "reference.sqlite3")
+    reference.upsert(numbered_chunks("committed", 20))
+    assert recovered.count() == 20
+    assert recovered.search("seaweed") == []
+    assert _ranking(recovered, "tidal energy") == _ranking(reference, "tidal energy")
+    recovered.close()
+    reference.close()

@@ -40,38 +40,51 @@ class RankingMirror:
         title_weight: float,
         content_weight: float,
     ) -> None:
-        """rows: (rowid, doc_id, scope, title terms, content terms), the terms space-joined as FTS5 holds them."""
+        """rows: (rowid, doc_id, scope, title terms, content terms), the terms space-joined as FTS5 holds them.
+
+        Built in bulk: every token becomes a term id (one dict lookup, in C), and numpy sums the
+        weights per (term, row) and cuts the postings out of one sorted array; a Python loop per
+        token made a rebuild (the first search after any write) slower than the ingest itself.
+        """
         self.generation = generation
         rowids: list[int] = []
-        lengths: list[int] = []
         slots_by_doc: dict[str, list[int]] = {}
         slots_by_scope: dict[str, list[int]] = {}
-        term_slots: dict[str, list[int]] = {}
-        term_freqs: dict[str, list[float]] = {}
+        tokens: list[str] = []
+        counts: list[int] = []  # per row: its title's token count, then its content's
         for slot, (rowid, doc_id, scope, title, content) in enumerate(sorted(rows)):
             rowids.append(rowid)
             slots_by_doc.setdefault(doc_id, []).append(slot)
             slots_by_scope.setdefault(scope, []).append(slot)
             title_terms, content_terms = title.split(), content.split()
-            lengths.append(len(title_terms) + len(content_terms))
-            weighted: dict[str, float] = {}
-            for term in title_terms:
-                weighted[term] = weighted.get(term, 0.0) + title_weight
-            for term in content_terms:
-                weighted[term] = weighted.get(term, 0.0) + content_weight
-            for term, freq in weighted.items():
-                term_slots.setdefault(term, []).append(slot)
-                term_freqs.setdefault(term, []).append(freq)
+            tokens += title_terms
+            tokens += content_terms
+            counts += (len(title_terms), len(content_terms))
         self.rowids = np.asarray(rowids, dtype=np.int64)
         rows_count = len(rowids)
-        avgdl = (sum(lengths) / rows_count) if rows_count else 1.0
+        term_ids = _TermIds()
+        ids = np.fromiter(map(term_ids.__getitem__, tokens), dtype=np.int64, count=len(tokens))
+        per_column = np.asarray(counts, dtype=np.int64)
+        slot_of = np.repeat(np.repeat(np.arange(rows_count, dtype=np.int64), 2), per_column)
+        weight_of = np.repeat(np.tile(np.asarray([title_weight, content_weight]), rows_count), per_column)
+        # Tokens grouped by term, each group in row order (a stable sort: a radix sort while the
+        # vocabulary fits 16 bits); a term repeated in a row sums its weights into one posting.
+        order = np.argsort(ids.astype(np.uint16) if len(term_ids) <= 0xFFFF else ids, kind="stable")
+        ids, slot_of, weight_of = ids[order], slot_of[order], weight_of[order]
+        new_pair = np.ones(len(ids), dtype=bool)
+        new_pair[1:] = (ids[1:] != ids[:-1]) | (slot_of[1:] != slot_of[:-1])
+        starts = np.flatnonzero(new_pair)
+        freqs = np.add.reduceat(weight_of, starts) if len(starts) else weight_of
+        slots, posting_terms = slot_of[starts], ids[starts]
+        bounds = np.searchsorted(posting_terms, np.arange(len(term_ids) + 1)).tolist()
+        lengths = per_column.reshape(-1, 2).sum(axis=1)
+        avgdl = (float(lengths.sum()) / rows_count) if rows_count else 1.0
         # The per-row part of bm25()'s denominator: k1 * (1 - b + b * |D| / avgdl).
-        self._norm = K1 * (1 - B + B * np.asarray(lengths, dtype=np.float64) / (avgdl or 1.0))
+        self._norm = K1 * (1 - B + B * lengths.astype(np.float64) / (avgdl or 1.0))
         self._postings = {
-            term: (np.asarray(slots, dtype=np.int64), np.asarray(term_freqs[term], dtype=np.float64))
-            for term, slots in term_slots.items()
+            term: (slots[bounds[i] : bounds[i + 1]], freqs[bounds[i] : bounds[i + 1]]) for term, i in term_ids.items()
         }
-        self._idf = {term: _idf(rows_count, len(slots)) for term, slots in term_slots.items()}
+        self._idf = {term: _idf(rows_count, bounds[i + 1] - bounds[i]) for term, i in term_ids.items()}
         self._slots_by_doc = {doc: np.asarray(slots, dtype=np.int64) for doc, slots in slots_by_doc.items()}
         self._slots_by_scope = {scope: np.asarray(slots, dtype=np.int64) for scope, slots in slots_by_scope.items()}
         self._masks: dict[frozenset[str], Any] = {}
@@ -128,6 +141,14 @@ class RankingMirror:
             candidates, picked = candidates[keep], picked[keep]
         order = np.lexsort((candidates, -picked))  # best score first, then the older row, as FTS5 scans
         return [(int(self.rowids[s]), float(v)) for s, v in zip(candidates[order], picked[order], strict=True) if v > 0]
+
+
+class _TermIds(dict[str, int]):
+    """Term -> a dense id, given in order of first sight."""
+
+    def __missing__(self, term: str) -> int:
+        self[term] = len(self)
+        return len(self) - 1
 
 
 def _idf(rows: int, hits: int) -> float:
