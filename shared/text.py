@@ -132,9 +132,9 @@ _analysed = _AnalysedPieces()
 
 
 def terms(text: str) -> str:
-    """ " ".join(tokenize(text)), computed for ingest: the per-token work stays in C (findall, a dict per span).
+    """ " ".join(tokenize(text)), computed for ingest: a split, then one dict lookup per piece.
 
-    Ingest analyses every chunk; per-token Python in tokenize() was most of an ingest's CPU.
+    Ingest analyses every chunk; tokenize()'s regex and per-token Python were most of an ingest's CPU.
     """
     pieces = unicodedata.normalize("NFKC", text).lower().split()
     return " ".join(filter(None, map(_analysed.__getitem__, pieces)))
