@@ -197,6 +197,14 @@ class LocalQueue:
             self._conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
             self._conn.execute("PRAGMA journal_mode = WAL")
             self._conn.execute(f"PRAGMA synchronous = {synchronous}")
+            # A second connection for the commits that need no fsync of their own (claims, renewals,
+            # completions), so they cost no PRAGMA switch each; _without_fsync selects it.
+            self._lazy_conn: sqlite3.Connection | None = None
+            if synchronous != "NORMAL":
+                self._lazy_conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+                self._lazy_conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+                self._lazy_conn.execute("PRAGMA synchronous = NORMAL")
+            self._lazy = False
             with self._held(), self._transaction() as conn:
                 # Not executescript: it commits on its own, and the schema should appear all at once.
                 columns = {row[1] for row in conn.execute("PRAGMA table_info(messages)")}
@@ -429,6 +437,9 @@ class LocalQueue:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+            if self._lazy_conn is not None:
+                self._lazy_conn.close()
+                self._lazy_conn = None
             self._wakeup.notify_all()  # a receive blocked on this object returns []
 
     def __enter__(self) -> LocalQueue:
@@ -454,6 +465,8 @@ class LocalQueue:
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
             raise RuntimeError(f"LocalQueue {self.name!r} at {self.path} is closed")
+        if self._lazy and self._lazy_conn is not None:
+            return self._lazy_conn
         return self._conn
 
     @contextmanager
@@ -467,15 +480,11 @@ class LocalQueue:
     @contextmanager
     def _without_fsync(self) -> Iterator[None]:
         """Commit the statements inside without an fsync of their own (see the module docstring)."""
-        if self._synchronous == "NORMAL":
-            yield
-            return
-        conn = self._connection()
-        conn.execute("PRAGMA synchronous = NORMAL")
+        self._lazy = True  # callers hold self._wakeup, so no other thread uses the connections meanwhile
         try:
             yield
         finally:
-            conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+            self._lazy = False
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
