@@ -14,7 +14,9 @@ so a sent message survives an OS crash; synchronous="NORMAL" survives kill -9 of
 (only an OS crash or power loss can drop the last commits). Only a send (and a dead-letter) must
 survive an OS crash; claims, lock renewals and completions commit without their own fsync: WAL
 frames reach the disk in order, so the next fsync'd commit covers them, and losing one to an OS
-crash only means a redelivery, which every handler takes (at-least-once). Like any WAL database it
+crash only means a redelivery, which every handler takes (at-least-once). The same holds for the
+sends a handler made, committed with its message's completion (collecting_sends): until that
+transaction lands, the message itself stays, and its redelivery sends again. Like any WAL database it
 needs a local disk, not a network share. Several threads and several processes on one machine
 may share a file: claims run in short BEGIN IMMEDIATE transactions, and a lock is a token plus
 an expiry time, so a consumer that dies simply lets its lock run out and the message is
