@@ -154,36 +154,24 @@ class LocalObjectStore:
 
     # --- connections ----------------------------------------------------------------------------
 
-    def _conn(self, *, durable: bool = True) -> sqlite3.Connection:
+    def _conn(self) -> sqlite3.Connection:
         # One connection per thread: WAL lets readers run in parallel with each other and a writer.
-        # A second one per thread, without fsync, writes what need not wait for its own (durable=False),
-        # so such a write costs no PRAGMA switch.
         local = self._local
         if getattr(local, "generation", None) != _fork_generation:
-            local.conn = self._connect(self._synchronous)
-            local.lazy = None
+            conn = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None)
+            conn.execute(f"PRAGMA synchronous={self._synchronous}")
+            # Large blobs grow the WAL; give the space back after each checkpoint.
+            conn.execute("PRAGMA journal_size_limit=67108864")
+            local.conn = conn
             local.generation = _fork_generation
-        if not durable and self._synchronous != "NORMAL":
-            if local.lazy is None:
-                local.lazy = self._connect("NORMAL")
-            lazy: sqlite3.Connection = local.lazy
-            return lazy
-        conn: sqlite3.Connection = local.conn
-        return conn
-
-    def _connect(self, synchronous: str) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None)
-        conn.execute(f"PRAGMA synchronous={synchronous}")
-        # Large blobs grow the WAL; give the space back after each checkpoint.
-        conn.execute("PRAGMA journal_size_limit=67108864")
-        return conn
+        conn_: sqlite3.Connection = local.conn
+        return conn_
 
     def close(self) -> None:
-        """Close this thread's connections (other threads' connections close when those threads end)."""
-        if getattr(self._local, "generation", None) == _fork_generation:
-            for conn in (self._local.conn, self._local.lazy):
-                if conn is not None:
-                    conn.close()
+        """Close this thread's connection (other threads' connections close when those threads end)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None and self._local.generation == _fork_generation:
+            conn.close()
         self._local.__dict__.clear()
 
     @contextmanager
@@ -239,8 +227,22 @@ class LocalObjectStore:
                     write.done.set()
 
     def _commit(self, batch: list[_Write]) -> None:
+        conn = self._conn()
+        if any(write.durable for write in batch) or self._synchronous == "NORMAL":
+            self._commit_on(conn, batch)
+            return
         # Not durable: WAL frames reach the disk in order, so the next fsync'd commit carries it.
-        conn = self._conn(durable=any(write.durable for write in batch))
+        # The same connection as reads, switched for this commit: a second one would have its page
+        # cache reset by every write of the first.
+        with self._unavailable_on_sqlite_errors():
+            conn.execute("PRAGMA synchronous=NORMAL")
+        try:
+            self._commit_on(conn, batch)
+        finally:
+            with self._unavailable_on_sqlite_errors():
+                conn.execute(f"PRAGMA synchronous={self._synchronous}")
+
+    def _commit_on(self, conn: sqlite3.Connection, batch: list[_Write]) -> None:
         with self._unavailable_on_sqlite_errors():
             if len(batch) == 1:
                 batch[0].rowcount = conn.execute(batch[0].sql, batch[0].params).rowcount
