@@ -152,10 +152,12 @@ def fit_to_budget_counted(
     Each message is counted once, and an elision adjusts the total by the difference, so the
     cost is linear in the conversation's length however many outputs are elided (a recount
     after every elision made long jobs quadratic). This relies on counts adding up message by
-    message, as shared.tokens.count_message_tokens does.
+    message, as shared.tokens.count_message_tokens does. costs: each message's count, when the
+    caller kept them (the state does, message by message); without them, every message is counted.
     """
     empty = count([])
-    costs = [count([m]) - empty for m in messages]
+    if costs is None or len(costs) != len(messages):
+        costs = [count([m]) - empty for m in messages]
     total = empty + sum(costs)
     if total <= budget:
         return messages, total

@@ -215,9 +215,17 @@ def bench_langgraph(jobs: int, workers: int, data_dir: Path, sync: str) -> dict[
 # --- single thread: ms/step against the fsync'd floor, and against the month's volume -------------
 
 
+def run_step(b: Any, message: Any) -> None:
+    """Handle and complete one step as the runtime's QueueConsumer does: its sends commit with the completion."""
+    from shared.engine.steps import handle_step
+
+    with b.queue.collecting_sends() as sends:
+        handle_step(b, message.body, message.delivery_count)
+    b.queue.complete(message, sends=sends)
+
+
 def serial(b: Any, jobs: int) -> dict[str, float]:
     """Submit `jobs` jobs, then run every step in this thread: receive, handle, complete."""
-    from shared.engine.steps import handle_step
     from shared.services import jobs as job_service
 
     submits, steps, sizes = [], [], []
@@ -231,8 +239,7 @@ def serial(b: Any, jobs: int) -> dict[str, float]:
         if not messages:
             break
         t = time.perf_counter()
-        handle_step(b, messages[0].body, messages[0].delivery_count)
-        b.queue.complete(messages[0])
+        run_step(b, messages[0])
         steps.append((time.perf_counter() - t) * 1000)
     for job_id in ids[:5]:
         sizes += [len(b.objects.get(k).data) for k in b.objects.list(f"checkpoints/{job_id}/")]
@@ -389,7 +396,6 @@ class LongModel:
 
 def bench_long_job(data_dir: Path, sync: str, steps: int, jobs: int) -> dict[str, float]:
     """Run `jobs` jobs of about `steps` steps each in one thread; bytes stored per job, ms at each step."""
-    from shared.engine.steps import handle_step
     from shared.services import jobs as job_service
 
     b = backends_at(data_dir, sync)
@@ -402,8 +408,7 @@ def bench_long_job(data_dir: Path, sync: str, steps: int, jobs: int) -> dict[str
         while messages := b.queue.receive(1, wait_seconds=0.0):
             step = json.loads(messages[0].body)["step"]
             t, in_model = time.perf_counter(), model.seconds
-            handle_step(b, messages[0].body, messages[0].delivery_count)
-            b.queue.complete(messages[0])
+            run_step(b, messages[0])
             engine = time.perf_counter() - t - (model.seconds - in_model)
             by_step.setdefault(step, []).append(engine * 1000)
         final = b.jobs.get(job.id)

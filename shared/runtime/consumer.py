@@ -2,7 +2,10 @@
 
 N workers (host.json maxConcurrentCalls) peek-lock a message each, invoke the function
 with a real azure.functions ServiceBusMessage, complete on return and abandon on an
-exception. Locks are renewed while a step runs, up to maxAutoLockRenewalDuration.
+exception. Messages the function sends to its own queue meanwhile are held and committed in
+the completion's transaction, like an output binding (LocalQueue.collecting_sends): one
+transaction, and no fsync, per step instead of a fsync'd send plus a completion. Locks are
+renewed while a step runs, up to maxAutoLockRenewalDuration.
 
 A worker never dies: whatever a receive, a settle or a lock renewal raises (the queue or
 storage down, a disk full), it logs, backs off and carries on, and an unsettled message is
@@ -19,7 +22,7 @@ from collections.abc import Callable
 
 from azure.functions.servicebus import ServiceBusMessage
 
-from shared.adapters.local.queue import LocalQueue, MessageLockLost
+from shared.adapters.local.queue import LocalQueue, MessageLockLost, PendingSend
 from shared.ports import QueueMessage, RejectMessage
 from shared.runtime.functions import QueueFunction
 from shared.runtime.ingest_process import IngestProcess
@@ -128,13 +131,19 @@ class QueueConsumer:
         with self._busy_lock:
             self.busy += 1
             self._in_flight[key] = (m, time.monotonic())
+        # The function's own sends to this queue are held and commit with the completion, in one
+        # transaction (an output binding); on an exception they are sent first, as they were made.
+        sends: list[PendingSend] = []
         try:
-            if self.ingest is not None and is_ingestion_message(m.body):
-                self.ingest.run(m.body, m.delivery_count or 1)
-            else:
-                self.function.run(**{self.function.arg_name: to_functions_message(m)})
+            with self.queue.collecting_sends() as sends:
+                if self.ingest is not None and is_ingestion_message(m.body):
+                    self.ingest.run(m.body, m.delivery_count or 1)
+                else:
+                    self.function.run(**{self.function.arg_name: to_functions_message(m)})
         except RejectMessage as rejected:
             self._forget(key)
+            if not self._flush(sends):
+                return False
             reason, description = rejected.reason, rejected.description
             log.warning(
                 "message %s rejected (%s): %s; dead-lettered",
@@ -154,9 +163,21 @@ class QueueConsumer:
                 type(exc).__name__,
                 exc,
             )
+            if not self._flush(sends):
+                return False
             return self._settle(self.queue.abandon, m)
         self._forget(key)
-        return self._settle(self.queue.complete, m)
+        return self._settle(lambda msg: self.queue.complete(msg, sends=sends), m)
+
+    def _flush(self, sends: list[PendingSend]) -> bool:
+        """Send what a failed function sent before it failed; False if the queue is down (then the
+        message stays locked until its lock expires and is redelivered, and its handler sends again)."""
+        try:
+            self.queue.send_all(sends)
+        except Exception as exc:  # noqa: BLE001 - the redelivery sends again
+            log.warning("could not send %s held messages (%s: %s)", len(sends), type(exc).__name__, exc)
+            return False
+        return True
 
     def _forget(self, key: int) -> None:
         with self._busy_lock:

@@ -427,3 +427,43 @@ def test_local_store_object_keeps_working_across_fork(tmp_path: Path) -> None:
         "checkpoints/j_fork/000002.json",
     ]
     store.put("jobs/j_fork.json", b"parent still writes")
+
+
+def test_local_concurrent_writers_share_commits_and_each_gets_its_own_result(tmp_path: Path) -> None:
+    """Group commit: writes arriving while a commit runs go together in the next one (one fsync)."""
+    store = LocalObjectStore(tmp_path / "objects")
+    batches: list[int] = []
+    commit = store._commit
+
+    def counted(batch: Any) -> None:
+        batches.append(len(batch))
+        commit(batch)
+
+    store._commit = counted  # type: ignore[method-assign]
+    contested = run_together(8, lambda i: [_won(store, f"jobs/race-{n}") for n in range(20)])
+    mine = run_together(8, lambda i: [store.put_if_absent(f"jobs/own-{i}-{n}", b"x") for n in range(20)])
+    assert all(not isinstance(r, BaseException) for r in [*contested, *mine]), [*contested, *mine]
+    assert [sum(won) for won in zip(*contested, strict=True)] == [1] * 20  # one winner per contested key
+    assert sum(1 for _ in store.list("jobs/own-")) == 160
+    assert sum(batches) == 320 and max(batches) > 1  # fewer commits than writes
+
+
+def test_local_a_failing_statement_in_a_group_commit_fails_only_its_writer(tmp_path: Path) -> None:
+    from shared.adapters.local.blobs import _Write
+
+    store = LocalObjectStore(tmp_path / "objects")
+    insert = "INSERT INTO objects (key, data, etag, modified) VALUES (?, ?, ?, ?)"
+    good = _Write(True, insert, ("jobs/good", b"x", "e1", 0.0))
+    bad = _Write(True, insert, ("jobs/bad", None, "e2", 0.0))
+    store._commit([good, bad])
+    assert (good.error, good.rowcount) == (None, 1)
+    assert isinstance(bad.error, Exception) and "NOT NULL" in str(bad.error)
+    assert store.exists("jobs/good") and not store.exists("jobs/bad")
+
+
+def _won(store: ObjectStore, key: str) -> bool:
+    try:
+        store.put_if_absent(key, b"x")
+    except PreconditionFailed:
+        return False
+    return True

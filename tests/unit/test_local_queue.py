@@ -462,3 +462,52 @@ def test_named_queues_in_one_file_are_separate(queue_path: Path) -> None:
         assert other.receive() == []
         assert jobs.counts() == QueueCounts(active=1, scheduled=0, dead_lettered=0)
         assert _only(jobs.receive()).body == b"a"
+
+
+# --- sends held while a message is handled, committed with its completion (the output binding) ----
+
+
+def test_held_sends_commit_with_the_completion_and_not_before(open_queue: QueueFactory) -> None:
+    queue = open_queue()
+    queue.send(b"step 1", message_id="job-1:1")
+    message = _only(queue.receive())
+    with queue.collecting_sends() as sends:
+        queue.send(b"step 2", message_id="job-1:2", continuation=True)
+        queue.send(b"retry", message_id="job-1:1:r1", scheduled_at=utcnow() + timedelta(hours=1))
+    assert [s.message_id for s in sends] == ["job-1:2", "job-1:1:r1"]
+    assert [m.message_id for m in queue.peek_live()] == ["job-1:1"]  # held, not sent
+
+    queue.complete(message, sends=sends)
+    assert [m.message_id for m in queue.peek_live()] == ["job-1:2", "job-1:1:r1"]
+    assert queue.counts() == QueueCounts(active=1, scheduled=1, dead_lettered=0)
+    with queue.collecting_sends() as sends:
+        queue.send(b"step 2 again", message_id="job-1:2")  # a redelivery's follow-up: a duplicate
+    queue.send_all(sends)
+    assert queue.counts().active == 1
+
+
+def test_held_sends_are_committed_even_when_the_completion_lost_its_lock(open_queue: QueueFactory) -> None:
+    queue = open_queue(lock_seconds=0.1)
+    queue.send(b"step 1", message_id="job-1:1")
+    message = _only(queue.receive())
+    with queue.collecting_sends() as sends:
+        queue.send(b"step 2", message_id="job-1:2")
+    time.sleep(0.15)
+    with pytest.raises(MessageLockLost):
+        queue.complete(message, sends=sends)
+    assert sorted(m.message_id for m in queue.peek_live()) == ["job-1:1", "job-1:2"]  # nothing lost
+
+
+def test_collecting_sends_holds_only_this_threads_sends(open_queue: QueueFactory, queue_path: Path) -> None:
+    queue = open_queue()
+    other = LocalQueue(queue_path)  # another object on the same file and queue collects alike
+    try:
+        with queue.collecting_sends() as sends:
+            other.send(b"held", message_id="held")
+            worker = threading.Thread(target=lambda: queue.send(b"sent", message_id="sent"))
+            worker.start()
+            worker.join()
+        assert [s.message_id for s in sends] == ["held"]
+        assert [m.message_id for m in queue.peek_live()] == ["sent"]
+    finally:
+        other.close()

@@ -418,3 +418,25 @@ def test_a_partial_report_lists_what_was_read_and_claims_nothing() -> None:
     assert "（max_steps=4）" in partial.markdown
     assert partial.markdown.endswith("- The step engine (engine#0)\n- バックアップと復元 (backup#0)\n")
     assert (partial.model, partial.offline_model) == ("scripted-fake", True)
+
+
+def test_a_model_step_counts_only_the_messages_appended_since_the_last_one(index: LocalKnowledgeIndex) -> None:
+    state = conversation_with_read_answers(3)
+    counted: list[int] = []
+
+    def counting(messages: list[dict[str, Any]], **kw: Any) -> int:
+        counted.append(len(messages))
+        return count_message_tokens(messages, **kw)
+
+    ctx = context(index, [answer("noted"), answer("noted again")], budget=10**6)
+    ctx.count_tokens = counting
+    before = len(state.messages)
+    run_step(state, ctx)
+    assert counted.count(1) == 1 + before  # the system prompt, then every message once
+    state.messages.append({"role": "user", "content": "and one more thing"})
+    new = len(state.messages) - len(state.message_tokens)  # the reply (and a nudge, if one came) and ours
+    counted.clear()
+    run_step(state, ctx)
+    # Only what was appended since the last model turn is counted, not the whole conversation again.
+    assert new < len(state.messages) // 2
+    assert counted.count(1) == 1 + new

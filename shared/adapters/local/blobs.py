@@ -56,10 +56,38 @@ CREATE TABLE IF NOT EXISTS objects (
 )
 """
 
-# One write lock per database file per process: same-process writers queue on it instead of on
-# SQLite's busy handler, which sleeps in 1-100 ms steps; other processes still meet SQLite's lock.
-_write_locks: dict[str, threading.Lock] = {}
-_write_locks_guard = threading.Lock()
+
+class _Write:
+    """One statement waiting for the group commit that runs it."""
+
+    __slots__ = ("durable", "sql", "params", "done", "rowcount", "error")
+
+    def __init__(self, durable: bool, sql: str, params: tuple[object, ...]) -> None:
+        self.durable = durable
+        self.sql = sql
+        self.params = params
+        self.done = threading.Event()
+        self.rowcount = 0
+        self.error: BaseException | None = None
+
+
+class _GroupCommit:
+    """The writers of one database file in this process: whoever finds no commit running leads one.
+
+    Same-process writers queue here instead of on SQLite's busy handler (which sleeps in 1-100 ms
+    steps); other processes still meet SQLite's lock. The leader runs every waiting statement in one
+    transaction, with one fsync if any of them must be durable, and leads again for the writes that
+    arrived meanwhile: with several workers, their checkpoints share an fsync (group commit).
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.pending: list[_Write] = []
+        self.leading = False
+
+
+_groups: dict[str, _GroupCommit] = {}
+_groups_guard = threading.Lock()
 
 # A SQLite connection must not cross fork(); bumping this in the child makes every thread reconnect.
 _fork_generation = 0
@@ -68,6 +96,9 @@ _fork_generation = 0
 def _after_fork_in_child() -> None:
     global _fork_generation
     _fork_generation += 1
+    # A leader in the parent does not exist in the child: start every file's group afresh.
+    for group in _groups.values():
+        group.__init__()  # type: ignore[misc]
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -114,9 +145,9 @@ class LocalObjectStore:
             raise ValueError(f"synchronous must be FULL or NORMAL, not {synchronous!r}")
         self._synchronous = synchronous
         self._local = threading.local()
-        with _write_locks_guard:
-            self._write_lock = _write_locks.setdefault(str(self.path.resolve()), threading.Lock())
-        with self._write_lock, self._unavailable_on_sqlite_errors():
+        with _groups_guard:
+            self._group = _groups.setdefault(str(self.path.resolve()), _GroupCommit())
+        with self._unavailable_on_sqlite_errors():
             conn = self._conn()
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(_SCHEMA)
@@ -153,24 +184,93 @@ class LocalObjectStore:
             raise DependencyUnavailable(f"embedded object store {self.path}: {exc}") from exc
 
     def _write(self, durable: bool, sql: str, params: tuple[object, ...]) -> int:
-        # Bounded: behind a stuck writer, every other writer of this process would queue without end.
-        if not self._write_lock.acquire(timeout=WRITE_QUEUE_SECONDS):
-            raise DependencyUnavailable(
-                f"embedded object store {self.path}: no write slot within {WRITE_QUEUE_SECONDS}s (storage is stalled)"
-            )
+        """Run one write statement in the next group commit; its row count."""
+        write = _Write(durable, sql, params)
+        group = self._group
+        with group.lock:
+            group.pending.append(write)
+            lead = not group.leading
+            group.leading = True
+        if lead:
+            self._lead(group)
+        elif not write.done.wait(WRITE_QUEUE_SECONDS):
+            with group.lock:
+                queued = write in group.pending
+                if queued:
+                    group.pending.remove(write)
+            if queued:
+                # Bounded: behind a stuck writer, every other writer of this process would queue without end.
+                raise DependencyUnavailable(
+                    f"embedded object store {self.path}: no write slot within {WRITE_QUEUE_SECONDS}s "
+                    "(storage is stalled)"
+                )
+            write.done.wait()  # taken by a commit under way, itself bounded by the busy timeout
+        if write.error is not None:
+            raise write.error
+        return write.rowcount
+
+    def _lead(self, group: _GroupCommit) -> None:
+        """Commit batches of waiting writes until none is left, then stop leading."""
+        while True:
+            with group.lock:
+                batch, group.pending = group.pending, []
+                if not batch:
+                    group.leading = False
+                    return
+            try:
+                self._commit(batch)
+            except BaseException as exc:  # noqa: BLE001 - told to each writer of the batch, who raises it
+                for write in batch:
+                    write.error = exc
+            finally:
+                for write in batch:
+                    write.done.set()
+
+    def _commit(self, batch: list[_Write]) -> None:
+        conn = self._conn()
+        if any(write.durable for write in batch) or self._synchronous == "NORMAL":
+            self._commit_on(conn, batch)
+            return
+        # Not durable: WAL frames reach the disk in order, so the next fsync'd commit carries it.
+        # The same connection as reads, switched for this commit: a second one would have its page
+        # cache reset by every write of the first.
+        with self._unavailable_on_sqlite_errors():
+            conn.execute("PRAGMA synchronous=NORMAL")
         try:
-            with self._unavailable_on_sqlite_errors():
-                conn = self._conn()
-                if durable or self._synchronous == "NORMAL":
-                    return conn.execute(sql, params).rowcount
-                # WAL frames reach the disk in order: the next fsync'd commit carries this one too.
-                conn.execute("PRAGMA synchronous=NORMAL")
-                try:
-                    return conn.execute(sql, params).rowcount
-                finally:
-                    conn.execute(f"PRAGMA synchronous={self._synchronous}")
+            self._commit_on(conn, batch)
         finally:
-            self._write_lock.release()
+            with self._unavailable_on_sqlite_errors():
+                conn.execute(f"PRAGMA synchronous={self._synchronous}")
+
+    def _commit_on(self, conn: sqlite3.Connection, batch: list[_Write]) -> None:
+        with self._unavailable_on_sqlite_errors():
+            if len(batch) == 1:
+                batch[0].rowcount = conn.execute(batch[0].sql, batch[0].params).rowcount
+                return
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for write in batch:
+                    write.rowcount = conn.execute(write.sql, write.params).rowcount
+            except sqlite3.OperationalError:
+                conn.execute("ROLLBACK")
+                raise  # the database is unavailable: for every write of the batch
+            except Exception:
+                conn.execute("ROLLBACK")
+                # One bad statement must not fail the others: run each on its own.
+                for write in batch:
+                    try:
+                        write.rowcount = conn.execute(write.sql, write.params).rowcount
+                    except sqlite3.OperationalError:
+                        raise
+                    except Exception as exc:  # noqa: BLE001 - that writer's own error
+                        write.error = exc
+                return
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.OperationalError:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
 
     # --- ObjectStore ----------------------------------------------------------------------------
 

@@ -14,7 +14,9 @@ so a sent message survives an OS crash; synchronous="NORMAL" survives kill -9 of
 (only an OS crash or power loss can drop the last commits). Only a send (and a dead-letter) must
 survive an OS crash; claims, lock renewals and completions commit without their own fsync: WAL
 frames reach the disk in order, so the next fsync'd commit covers them, and losing one to an OS
-crash only means a redelivery, which every handler takes (at-least-once). Like any WAL database it
+crash only means a redelivery, which every handler takes (at-least-once). The same holds for the
+sends a handler made, committed with its message's completion (collecting_sends): until that
+transaction lands, the message itself stays, and its redelivery sends again. Like any WAL database it
 needs a local disk, not a network share. Several threads and several processes on one machine
 may share a file: claims run in short BEGIN IMMEDIATE transactions, and a lock is a token plus
 an expiry time, so a consumer that dies simply lets its lock run out and the message is
@@ -34,8 +36,9 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -99,6 +102,20 @@ _PRIORITIES = (1, 0)
 
 # Service Bus words its own MaxDeliveryCountExceeded description the same way.
 _EXHAUSTED_DESCRIPTION = "'Message could not be consumed after ' || delivery_count || ' delivery attempts.'"
+
+
+@dataclass(frozen=True)
+class PendingSend:
+    """A send held by collecting_sends() until the settle of the message in hand commits it."""
+
+    body: bytes
+    message_id: str
+    scheduled_at: datetime | None = None
+    continuation: bool = False
+
+
+# Per thread: the sends held for each (file, queue) while a handler runs (collecting_sends).
+_collecting = threading.local()
 
 
 class MessageLockLost(Exception):
@@ -171,6 +188,7 @@ class LocalQueue:
         self.duplicate_window_seconds = duplicate_window_seconds
         self._synchronous = synchronous
         self._wakeup = _shared_wakeup(self.path, name)
+        self._key = (str(self.path.resolve()), name)
         self._last_prune = 0.0
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._unavailable_on_sqlite_errors():
@@ -181,6 +199,14 @@ class LocalQueue:
             self._conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
             self._conn.execute("PRAGMA journal_mode = WAL")
             self._conn.execute(f"PRAGMA synchronous = {synchronous}")
+            # A second connection for the commits that need no fsync of their own (claims, renewals,
+            # completions), so they cost no PRAGMA switch each; _without_fsync selects it.
+            self._lazy_conn: sqlite3.Connection | None = None
+            if synchronous != "NORMAL":
+                self._lazy_conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+                self._lazy_conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+                self._lazy_conn.execute("PRAGMA synchronous = NORMAL")
+            self._lazy = False
             with self._held(), self._transaction() as conn:
                 # Not executescript: it commits on its own, and the schema should appear all at once.
                 columns = {row[1] for row in conn.execute("PRAGMA table_info(messages)")}
@@ -198,42 +224,42 @@ class LocalQueue:
         """Enqueue; a message_id seen within the duplicate-detection window is dropped silently.
 
         continuation: a later step of a started job; receive() prefers it over every due first step.
+        Inside collecting_sends() on this thread, the send is held and commits with complete() instead.
         """
+        pending = PendingSend(body, message_id, scheduled_at, continuation)
+        held = getattr(_collecting, "outboxes", {}).get(self._key)
+        if held is not None:
+            held.append(pending)
+            return
+        self.send_all([pending])
+
+    def send_all(self, sends: Sequence[PendingSend]) -> None:
+        """Enqueue several messages in one fsync'd transaction (each as send() would)."""
+        if not sends:
+            return
         with self._held():
             with self._transaction() as conn:
-                # Read the clock under the write lock, so enqueue times rise with sequence numbers.
-                now = time.time()
-                due = max(now, _epoch(scheduled_at)) if scheduled_at is not None else now
-                seen = conn.execute(
-                    "SELECT sent_at FROM message_ids WHERE queue = ? AND message_id = ?", (self.name, message_id)
-                ).fetchone()
-                if seen is not None and seen[0] > now - self.duplicate_window_seconds:
-                    log.debug("duplicate message dropped", extra={"message_id": message_id, "queue": self.name})
-                    return
-                conn.execute(
-                    "INSERT INTO message_ids (queue, message_id, sent_at) VALUES (?, ?, ?) "
-                    "ON CONFLICT (queue, message_id) DO UPDATE SET sent_at = excluded.sent_at",
-                    (self.name, message_id, now),
-                )
-                conn.execute(
-                    "INSERT INTO messages (queue, message_id, body, enqueued_at, scheduled_at, visible_at, priority) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        self.name,
-                        message_id,
-                        body,
-                        due,
-                        None if scheduled_at is None else _epoch(scheduled_at),
-                        due,
-                        1 if continuation else 0,
-                    ),
-                )
-                self._prune_message_ids(conn, now)
-            if due > now:
-                # Every waiter must shorten its wait to the new due time, not just one of them.
-                self._wakeup.notify_all()
-            else:
-                self._wakeup.notify()
+                scheduled = self._insert(conn, sends)
+            self._notify(scheduled)
+
+    @contextmanager
+    def collecting_sends(self) -> Iterator[list[PendingSend]]:
+        """Hold this thread's sends to this queue, to commit them with the settle of the message in hand.
+
+        The output binding of the embedded runtime: complete(message, sends=...) commits the held
+        sends and the completion in one transaction, which needs no fsync of its own. Lost to an OS
+        crash, both are lost: the message in hand is delivered again and its handler (idempotent, as
+        every handler is) sends again. Any LocalQueue on the same file and queue collects alike.
+        """
+        outboxes: dict[tuple[str, str], list[PendingSend]] = _collecting.__dict__.setdefault("outboxes", {})
+        if self._key in outboxes:
+            raise RuntimeError(f"already collecting sends to queue {self.name!r} on this thread")
+        held: list[PendingSend] = []
+        outboxes[self._key] = held
+        try:
+            yield held
+        finally:
+            del outboxes[self._key]
 
     def counts(self) -> QueueCounts:
         now = time.time()
@@ -330,8 +356,41 @@ class LocalQueue:
                 if self._conn is None:
                     return []  # closed while waiting: the runtime is shutting down
 
-    def complete(self, message: QueueMessage) -> None:
-        self._settle(message, "DELETE FROM messages", dead_lettered=False, fsync=False)
+    def complete(self, message: QueueMessage, *, sends: Sequence[PendingSend] = ()) -> None:
+        """Delete the message; with sends, enqueue them in the same transaction (see collecting_sends).
+
+        Neither needs an fsync: until this commits, the message in hand stays in the queue, so losing
+        the transaction to an OS crash only means that message is delivered again. If the lock was
+        lost, nothing is deleted, the sends are committed durably on their own (whoever holds the
+        message now may not send them), and MessageLockLost is raised.
+        """
+        if not sends:
+            self._settle(message, "DELETE FROM messages", dead_lettered=False, fsync=False)
+            return
+        with self._held():
+            completed = False
+            scheduled = False
+            if message.lock_token is not None:
+                with self._unavailable_on_sqlite_errors(), self._without_fsync(), self._transaction() as conn:
+                    completed = (
+                        conn.execute(
+                            "DELETE FROM messages WHERE seq = ? AND queue = ? AND lock_token = ? AND locked_until > ? "
+                            "AND dead_lettered = 0 RETURNING seq",
+                            (message.sequence_number, self.name, message.lock_token, time.time()),
+                        ).fetchone()
+                        is not None
+                    )
+                    if completed:
+                        scheduled = self._insert(conn, sends)
+            if not completed:
+                with self._transaction() as conn:
+                    scheduled = self._insert(conn, sends)
+            self._notify(scheduled)
+        if not completed:
+            raise MessageLockLost(
+                f"lock on message {message.message_id!r} (sequence {message.sequence_number}) in queue "
+                f"{self.name!r} expired or another consumer holds it; it is delivered again, not settled"
+            )
 
     def abandon(self, message: QueueMessage) -> None:
         """Unlock for immediate redelivery (no backoff); past max delivery count, dead-letter instead."""
@@ -380,6 +439,9 @@ class LocalQueue:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+            if self._lazy_conn is not None:
+                self._lazy_conn.close()
+                self._lazy_conn = None
             self._wakeup.notify_all()  # a receive blocked on this object returns []
 
     def __enter__(self) -> LocalQueue:
@@ -405,6 +467,8 @@ class LocalQueue:
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
             raise RuntimeError(f"LocalQueue {self.name!r} at {self.path} is closed")
+        if self._lazy and self._lazy_conn is not None:
+            return self._lazy_conn
         return self._conn
 
     @contextmanager
@@ -418,15 +482,11 @@ class LocalQueue:
     @contextmanager
     def _without_fsync(self) -> Iterator[None]:
         """Commit the statements inside without an fsync of their own (see the module docstring)."""
-        if self._synchronous == "NORMAL":
-            yield
-            return
-        conn = self._connection()
-        conn.execute("PRAGMA synchronous = NORMAL")
+        self._lazy = True  # callers hold self._wakeup, so no other thread uses the connections meanwhile
         try:
             yield
         finally:
-            conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+            self._lazy = False
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -527,6 +587,48 @@ class LocalQueue:
                 (self.name, time.time()),
             ).fetchone()
         return float(due) if due is not None else None
+
+    def _insert(self, conn: sqlite3.Connection, sends: Sequence[PendingSend]) -> bool:
+        """Insert the sends not seen within the duplicate window; True if one is scheduled for later."""
+        # Read the clock under the write lock, so enqueue times rise with sequence numbers.
+        now = time.time()
+        scheduled = False
+        for s in sends:
+            due = max(now, _epoch(s.scheduled_at)) if s.scheduled_at is not None else now
+            # One statement records the id and says whether it is new: an id sent within the window
+            # is left alone (no row changes) and its message dropped.
+            fresh = conn.execute(
+                "INSERT INTO message_ids (queue, message_id, sent_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (queue, message_id) DO UPDATE SET sent_at = excluded.sent_at "
+                "WHERE message_ids.sent_at <= ?",
+                (self.name, s.message_id, now, now - self.duplicate_window_seconds),
+            ).rowcount
+            if not fresh:
+                log.debug("duplicate message dropped", extra={"message_id": s.message_id, "queue": self.name})
+                continue
+            conn.execute(
+                "INSERT INTO messages (queue, message_id, body, enqueued_at, scheduled_at, visible_at, priority) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    self.name,
+                    s.message_id,
+                    s.body,
+                    due,
+                    None if s.scheduled_at is None else _epoch(s.scheduled_at),
+                    due,
+                    1 if s.continuation else 0,
+                ),
+            )
+            scheduled = scheduled or due > now
+        self._prune_message_ids(conn, now)
+        return scheduled
+
+    def _notify(self, scheduled: bool) -> None:
+        if scheduled:
+            # Every waiter must shorten its wait to the new due time, not just one of them.
+            self._wakeup.notify_all()
+        else:
+            self._wakeup.notify()
 
     def _prune_message_ids(self, conn: sqlite3.Connection, now: float) -> None:
         """Forget message ids older than the duplicate window, now and then, so the table stays small."""
