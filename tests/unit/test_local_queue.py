@@ -172,13 +172,14 @@ def test_settling_after_the_lock_expired_raises_lock_lost_and_the_message_stays(
 
 
 def test_renew_lock_keeps_the_message_locked(open_queue: QueueFactory) -> None:
-    queue = open_queue(lock_seconds=0.3)
+    # Margins of 0.4 s either side: a loaded CI machine may pause this thread for a few hundred ms.
+    queue = open_queue(lock_seconds=1.0)
     queue.send(b"long step", message_id="job-1:1")
     message = _only(queue.receive())
-    time.sleep(0.2)
+    time.sleep(0.6)
     locked_until = queue.renew_lock(message)
-    assert locked_until > utcnow() + timedelta(seconds=0.2)
-    time.sleep(0.2)  # past the first lock, inside the renewed one
+    assert locked_until > utcnow() + timedelta(seconds=0.8)
+    time.sleep(0.6)  # past the first lock, inside the renewed one
     assert queue.receive() == []
     queue.complete(message)
 
