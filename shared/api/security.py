@@ -12,7 +12,6 @@ never a validation error; the route's dependency then checks the role on the Cal
 from __future__ import annotations
 
 import hashlib
-import hmac
 import logging
 import re
 from collections.abc import Callable
@@ -50,6 +49,7 @@ __all__ = [
     "TenantOperatorDep",
     "access",
     "authenticate",
+    "authenticate_now",
     "declare_access",
     "may_act_for",
     "require_admin",
@@ -129,9 +129,11 @@ bearer_scheme = HTTPBearer(
 def access(role: str, scope: AccessScope) -> Callable[..., Caller | None]:
     """The dependency that declares and enforces a route's access (its `__access__` is the declaration)."""
     declared = Access(role, scope)
+    # Every dependency here is async: they only read what the middleware left, and a sync one would
+    # cost a hop to the thread pool (and back) on every request.
     if role == ANONYMOUS:
 
-        def anonymous() -> None:
+        async def anonymous() -> None:
             return None
 
         anonymous.__access__ = declared  # type: ignore[attr-defined]
@@ -139,7 +141,7 @@ def access(role: str, scope: AccessScope) -> Callable[..., Caller | None]:
     if role not in ROLES:
         raise ValueError(f"unknown role {role}")
 
-    def need(
+    async def need(
         request: Request,
         # The caller the middleware authenticated; a dependency (not a call) so that what reads the
         # route's dependencies, such as the OpenAPI's error statuses, sees that a key is needed.
@@ -231,10 +233,11 @@ class Gate:
                 log.warning("bearer token refused: %s", exc, extra={"event": "token_refused"})
                 return None
             return Caller(tenant=claims.tenant, role=claims.role, key_id=f"entra:{claims.subject}")
-        digest = hashlib.sha256(presented.encode()).hexdigest()
-        for known, (key, entry) in self._configured.items():
-            if hmac.compare_digest(known, digest):
-                return Caller(tenant=entry.tenant, role=entry.role, key_id=f"{entry.tenant}:{key[:4]}…")
+        # A dict lookup by digest: the time it takes says nothing of the key (its sha256 is unguessable).
+        configured = self._configured.get(hashlib.sha256(presented.encode()).hexdigest())
+        if configured is not None:
+            key, entry = configured
+            return Caller(tenant=entry.tenant, role=entry.role, key_id=f"{entry.tenant}:{key[:4]}…")
         if keys.key_id_of(presented) is not None:
             record = keys.verify(self.backends(), presented)
             if record is not None:
@@ -242,8 +245,17 @@ class Gate:
         return None
 
 
-def authenticate(request: Request) -> Caller:
+async def authenticate(request: Request) -> Caller:
     """The request's caller: the one the middleware authenticated, else authenticated now."""
+    found = request.scope.get("state", {}).get("caller")
+    if isinstance(found, Caller):
+        return found
+    gate: Gate = request.app.state.gate
+    return await run_in_threadpool(gate.authenticate, request)
+
+
+def authenticate_now(request: Request) -> Caller:
+    """authenticate() for sync code (a route running in the thread pool): the middleware's caller, else checked now."""
     found = request.scope.get("state", {}).get("caller")
     if isinstance(found, Caller):
         return found
