@@ -112,7 +112,8 @@ def check(b: Backends, *, deadline_seconds: float = CHECK_DEADLINE_SECONDS) -> d
         # One key per probe: concurrent probes (threads, instances) never read each other's object.
         key = f"ops/health/{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex}.txt"
         stamp = str(time.time_ns()).encode()
-        b.objects.put(key, stamp)
+        # Without its own fsync: the probe is deleted at once, and a full disk refuses the write all the same.
+        b.objects.put(key, stamp, durable=False)
         found = b.objects.get(key)
         b.objects.delete(key)
         if found is None or found.data != stamp:
