@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -126,7 +126,7 @@ bearer_scheme = HTTPBearer(
 )
 
 
-def access(role: str, scope: AccessScope) -> Callable[..., Caller | None]:
+def access(role: str, scope: AccessScope) -> Callable[..., Awaitable[Caller | None]]:
     """The dependency that declares and enforces a route's access (its `__access__` is the declaration)."""
     declared = Access(role, scope)
     # Every dependency here is async: they only read what the middleware left, and a sync one would
