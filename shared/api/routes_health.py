@@ -4,7 +4,8 @@ Anonymous callers (load balancers, uptime monitors, anyone on the internet) lear
 {"status": "ok"|"down"}: no dependency names, versions, counts or errors to map the deployment
 with, and their answer comes from a check at most HEALTH_CACHE_SECONDS old (see
 shared/services/health.py), so probing cannot make the app write blobs or call the model at the
-caller's pace. A caller with an operator (or admin) key gets the full report from a fresh check.
+caller's pace. A caller with an operator (or admin) key gets the full report from a check still
+running when it asked (shared by the operators asking meanwhile) or started after.
 """
 
 from __future__ import annotations

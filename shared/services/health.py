@@ -195,24 +195,31 @@ def check(b: Backends, *, deadline_seconds: float = CHECK_DEADLINE_SECONDS) -> d
 
 
 class HealthCache:
-    """One check answers every caller for max_age_seconds; concurrent callers wait for the running one."""
+    """One check answers every caller for max_age_seconds; concurrent callers wait for the running one.
+
+    fresh=True (operators) wants a check that was still running when the call came: the one running
+    then (it finishes after the call, so what it reports was seen at most CHECK_DEADLINE_SECONDS before),
+    or a new one. Callers that arrive during a check share it rather than queue for one check each.
+    """
 
     def __init__(self, max_age_seconds: float) -> None:
         self.max_age_seconds = max_age_seconds
         self._lock = threading.Lock()
         self._result: dict[str, Any] | None = None
         self._started = float("-inf")
+        self._finished = float("-inf")
         self.checks = 0  # how many real checks ran (tests and benchmarks read it)
 
     def get(self, b: Backends, *, fresh: bool = False) -> dict[str, Any]:
-        """A result at most max_age_seconds old; with fresh=True, from a check started after this call."""
+        """A result at most max_age_seconds old; with fresh=True, from a check that finished after this call."""
         asked = time.monotonic()
-        oldest = asked if fresh else asked - self.max_age_seconds
-        with self._lock:
-            if self._result is not None and self._started >= oldest:
+        with self._lock:  # held while a check runs: a caller arriving meanwhile waits here for it
+            if self._result is not None and (
+                self._finished >= asked if fresh else self._started >= asked - self.max_age_seconds
+            ):
                 return self._result
             started = time.monotonic()
             self._result = check(b)
-            self._started = started
+            self._started, self._finished = started, time.monotonic()
             self.checks += 1
             return self._result

@@ -32,3 +32,25 @@ def test_probe_threads_are_kept_between_checks() -> None:
     for _ in range(20):
         assert health._run_all({"a": lambda: None}, deadline_seconds=1.0)["a"]["status"] == "up"
     assert _probe_threads() == kept  # the same threads: none started, none ended
+
+
+def test_operators_asking_while_a_check_runs_share_it_and_later_ones_get_a_new_one(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    running = threading.Event()
+
+    def slow_check(b: object) -> dict[str, object]:
+        running.set()
+        time.sleep(0.2)
+        return {"status": "ok", "n": cache.checks + 1}
+
+    monkeypatch.setattr(health, "check", slow_check)
+    cache = health.HealthCache(max_age_seconds=60)
+    answers: list[dict[str, object]] = []
+    first = threading.Thread(target=lambda: answers.append(cache.get(None, fresh=True)))  # type: ignore[arg-type]
+    first.start()
+    running.wait(1)
+    answers.append(cache.get(None, fresh=True))  # type: ignore[arg-type] # asked while the first check ran
+    first.join()
+    assert cache.checks == 1 and answers[0] is answers[1]
+    later = cache.get(None, fresh=True)  # type: ignore[arg-type] # asked after it finished: a check of its own
+    assert cache.checks == 2 and later["n"] == 2
+    assert cache.get(None) is later  # type: ignore[arg-type] # anonymous: within max_age_seconds, no new check
