@@ -2,8 +2,9 @@
 
 Two measurements, each alternated in rounds so drift hits both sides alike:
 
-- the limiter alone: `Limits.admit` (per key and per tenant: two UPSERTs) plus `check_address`
-  (one read), as every authenticated request runs them, against the same calls on a limiter whose
+- the limiter alone: `Limits.admit` (per key and per tenant, from blocks reserved by one UPSERT
+  each) plus `check_address` (a read at most every second per address), as every authenticated
+  request runs them, against the same calls on a limiter whose
   storage counts nothing (the anchor: the `limits` library's own work without a store);
 - a whole request: GET /api/jobs through the app (ASGI, in process: middleware, authentication,
   route) with the real limits, against the same app whose limits admit everything without counting.
@@ -34,10 +35,10 @@ from shared.settings import DEV_API_KEY, Settings  # noqa: E402
 class _Unlimited:
     """The anchor: the same calls, no counting and no store."""
 
-    def admit(self, tenant: str, key_id: str) -> None:
+    def admit(self, tenant: str, key_id: str, *, quick: bool = False) -> None:
         pass
 
-    def check_address(self, address: str) -> None:
+    def check_address(self, address: str, *, quick: bool = False) -> None:
         pass
 
     def failed(self, address: str) -> None:
@@ -70,6 +71,7 @@ def main() -> None:
             DATA_DIR=Path(tmp),
             RATE_LIMIT_PER_MINUTE=10**9,
             TENANT_RATE_LIMIT_PER_MINUTE=10**9,
+            ALLOWED_HOSTS=["testserver"],  # the test client's Host
         )  # type: ignore[call-arg]
         b = build_backends(settings)
         real = Limits.from_settings(settings)

@@ -155,6 +155,13 @@ class Settings(BaseSettings):
         validation_alias="AUTH_FAILURES_PER_MINUTE",
         description="Failed authentications from one client address; past it every attempt from there gets 429.",
     )
+    key_cache_seconds: float = Field(
+        5.0,
+        ge=0,
+        validation_alias="KEY_CACHE_SECONDS",
+        description="How long a process reuses a stored key's record (0: read it on every request). A key revoked "
+        "by another process (`agentctl keys revoke`) is refused here at most this long after; by this one, at once.",
+    )
     rate_limit_storage: str = Field(
         "sqlite",
         validation_alias="RATE_LIMIT_STORAGE",

@@ -57,6 +57,9 @@ def create_api(backends: BackendsSource, settings: Settings | None = None) -> Fa
         redoc_url=None,
         # No "/x/" -> "/x" redirects: their Location would be built from the Host header.
         redirect_slashes=False,
+        # RequestMetrics records requests and latency per route (agent.http.*); FastAPI's own request
+        # metrics would record the same a second time, on every request.
+        telemetry={"metrics": False},
     )
     api.state.backends = backends
     gate = Gate(settings, backends)

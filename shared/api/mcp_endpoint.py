@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
-from shared.api.deps import backends
+from shared.api.deps import backends_of
 from shared.api.problems import problem_response
 from shared.api.security import Caller, authenticate
 from shared.engine.backends import Backends
@@ -59,8 +59,8 @@ class McpEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
         try:
-            caller = authenticate(request)
-            b = backends(request)
+            caller = await authenticate(request)
+            b = backends_of(request)
         except ServiceError as error:
             await problem_response(error, scope.get("path"))(scope, receive, send)
             return

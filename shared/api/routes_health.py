@@ -4,7 +4,8 @@ Anonymous callers (load balancers, uptime monitors, anyone on the internet) lear
 {"status": "ok"|"down"}: no dependency names, versions, counts or errors to map the deployment
 with, and their answer comes from a check at most HEALTH_CACHE_SECONDS old (see
 shared/services/health.py), so probing cannot make the app write blobs or call the model at the
-caller's pace. A caller with an operator (or admin) key gets the full report from a fresh check.
+caller's pace. A caller with an operator (or admin) key gets the full report from a check still
+running when it asked (shared by the operators asking meanwhile) or started after.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def _operator(request: Request) -> bool:
     if not (request.headers.get("x-api-key") or request.headers.get("authorization")):
         return False
     try:
-        caller = security.authenticate(request)
+        caller = security.authenticate_now(request)
     except ServiceError:
         return False  # a wrong, throttled or unusable key: answered as anonymous, not refused
     return caller.role in DETAIL_ROLES

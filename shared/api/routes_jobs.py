@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 
@@ -42,20 +42,24 @@ class JobView(Job):
     )
 
 
+def json_response(model: BaseModel, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """The model as JSON, serialised once by pydantic: FastAPI would validate it against the response model
+    again and encode it through its generic path. The declared response_model still documents it."""
+    return Response(model.model_dump_json().encode(), status_code, headers, media_type="application/json")
+
+
 @router.post("", status_code=202, response_model=Job, summary="Submit a research job", responses=problem_responses(409))
 def submit_job(
     body: jobs.JobRequest,
     caller: CallerDep,
     b: BackendsDep,
-    request: Request,
-    response: Response,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
-) -> Job:
+) -> Response:
     job, created = jobs.submit(b, caller.tenant, body, idempotency_key)
-    response.headers["Location"] = str(request.url_for("get_job", job_id=job.id).path)
+    headers = {"Location": f"{router.prefix}/{job.id}"}  # get_job's path; a relative Location, never from Host
     if not created:
-        response.headers["Idempotent-Replayed"] = "true"
-    return job
+        headers["Idempotent-Replayed"] = "true"
+    return json_response(job, 202, headers)
 
 
 @router.get("", response_model=jobs.JobPage, summary="The caller's jobs, newest first")
@@ -70,9 +74,10 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobView, summary="Status, progress per step, usage and cost, error")
-def get_job(job_id: str, caller: CallerDep, b: BackendsDep) -> JobView:
+def get_job(job_id: str, caller: CallerDep, b: BackendsDep) -> Response:
     job = jobs.get(b, caller.tenant, job_id)
-    return JobView(**job.model_dump(), cost=price_usage(b, job.usage))
+    # The record was validated when read: construct the view from its fields rather than validate them again.
+    return json_response(JobView.model_construct(**dict(job), cost=price_usage(b, job.usage)))
 
 
 @router.post(

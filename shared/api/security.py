@@ -12,10 +12,9 @@ never a validation error; the route's dependency then checks the role on the Cal
 from __future__ import annotations
 
 import hashlib
-import hmac
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -26,7 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.api.deps import BackendsSource
-from shared.api.limiting import Limits
+from shared.api.limiting import Limits, NeedsStorage
 from shared.api.problems import problem_response
 from shared.api.tokens import InvalidToken, TokenVerifier, looks_like_jwt
 from shared.engine.backends import Backends
@@ -50,6 +49,7 @@ __all__ = [
     "TenantOperatorDep",
     "access",
     "authenticate",
+    "authenticate_now",
     "declare_access",
     "may_act_for",
     "require_admin",
@@ -126,12 +126,14 @@ bearer_scheme = HTTPBearer(
 )
 
 
-def access(role: str, scope: AccessScope) -> Callable[..., Caller | None]:
+def access(role: str, scope: AccessScope) -> Callable[..., Awaitable[Caller | None]]:
     """The dependency that declares and enforces a route's access (its `__access__` is the declaration)."""
     declared = Access(role, scope)
+    # Every dependency here is async: they only read what the middleware left, and a sync one would
+    # cost a hop to the thread pool (and back) on every request.
     if role == ANONYMOUS:
 
-        def anonymous() -> None:
+        async def anonymous() -> None:
             return None
 
         anonymous.__access__ = declared  # type: ignore[attr-defined]
@@ -139,7 +141,7 @@ def access(role: str, scope: AccessScope) -> Callable[..., Caller | None]:
     if role not in ROLES:
         raise ValueError(f"unknown role {role}")
 
-    def need(
+    async def need(
         request: Request,
         # The caller the middleware authenticated; a dependency (not a call) so that what reads the
         # route's dependencies, such as the OpenAPI's error statuses, sees that a key is needed.
@@ -204,46 +206,70 @@ class Gate:
     def backends(self) -> Backends:
         return self._backends if isinstance(self._backends, Backends) else self._backends()
 
-    def authenticate(self, request: Request) -> Caller:
-        """The caller this request's credentials stand for; Unauthorized or TooManyRequests otherwise."""
+    def authenticate(self, request: Request, *, quick: bool = False) -> Caller:
+        """The caller this request's credentials stand for; Unauthorized or TooManyRequests otherwise.
+
+        quick=True (the middleware, on the event loop) answers only from memory: a configured key or a
+        cached stored key, counted in this process's limit blocks. Where that is not enough (a key not
+        cached, a token, a block used up, a failure to count) it raises NeedsStorage having changed
+        nothing, and the full check runs in the thread pool.
+        """
         address = _address(request)
         if address is not None:
-            self.limits.check_address(address)
+            self.limits.check_address(address, quick=quick)
         presented = _presented(request)
         if not presented:
             raise Unauthorized("send an API key in X-API-Key, or a token in Authorization: Bearer")
-        caller = self._resolve(presented)
+        caller = self._resolve(presented, quick=quick)
         if caller is None:
+            if quick:
+                raise NeedsStorage  # a failure is counted in the shared store, by the full check
             if address is not None:
                 self.limits.failed(address)
             log.warning(
                 "failed authentication from %s", address or "an unknown address", extra={"event": "auth_failed"}
             )
             raise Unauthorized("the API key or token is not valid")
-        self.limits.admit(caller.tenant, caller.key_id)
+        self.limits.admit(caller.tenant, caller.key_id, quick=quick)
         return caller
 
-    def _resolve(self, presented: str) -> Caller | None:
+    def _resolve(self, presented: str, *, quick: bool = False) -> Caller | None:
         if self.tokens is not None and looks_like_jwt(presented):
+            if quick:
+                raise NeedsStorage  # the signing keys may have to be fetched
             try:
                 claims = self.tokens.verify(presented)
             except InvalidToken as exc:
                 log.warning("bearer token refused: %s", exc, extra={"event": "token_refused"})
                 return None
             return Caller(tenant=claims.tenant, role=claims.role, key_id=f"entra:{claims.subject}")
-        digest = hashlib.sha256(presented.encode()).hexdigest()
-        for known, (key, entry) in self._configured.items():
-            if hmac.compare_digest(known, digest):
-                return Caller(tenant=entry.tenant, role=entry.role, key_id=f"{entry.tenant}:{key[:4]}…")
+        # A dict lookup by digest: the time it takes says nothing of the key (its sha256 is unguessable).
+        configured = self._configured.get(hashlib.sha256(presented.encode()).hexdigest())
+        if configured is not None:
+            key, entry = configured
+            return Caller(tenant=entry.tenant, role=entry.role, key_id=f"{entry.tenant}:{key[:4]}…")
         if keys.key_id_of(presented) is not None:
-            record = keys.verify(self.backends(), presented)
+            record = (
+                keys.verify_cached(self.backends(), presented) if quick else keys.verify(self.backends(), presented)
+            )
+            if record is False:
+                raise NeedsStorage
             if record is not None:
                 return Caller(tenant=record.tenant, role=record.role, key_id=record.id)
         return None
 
 
-def authenticate(request: Request) -> Caller:
+async def authenticate(request: Request) -> Caller:
     """The request's caller: the one the middleware authenticated, else authenticated now."""
+    found = request.scope.get("state", {}).get("caller")
+    if isinstance(found, Caller):
+        return found
+    gate: Gate = request.app.state.gate
+    return await run_in_threadpool(gate.authenticate, request)
+
+
+def authenticate_now(request: Request) -> Caller:
+    """authenticate() for sync code (a route running in the thread pool): the middleware's caller, else checked now."""
     found = request.scope.get("state", {}).get("caller")
     if isinstance(found, Caller):
         return found
@@ -349,8 +375,12 @@ class Authentication:
         found = (route.access or UNDECLARED) if route is not None else None
         if found is not None and found.role != ANONYMOUS:
             request = Request(scope)
+            gate: Gate = api.state.gate
             try:
-                caller = await run_in_threadpool(api.state.gate.authenticate, request)
+                try:
+                    caller = gate.authenticate(request, quick=True)  # from memory, on the loop: no thread hop
+                except NeedsStorage:
+                    caller = await run_in_threadpool(gate.authenticate, request)
                 if route is not None and route.access is None:
                     require_admin(caller)
             except ServiceError as error:

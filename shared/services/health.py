@@ -1,7 +1,7 @@
 """Dependency health: each backend checked for real, with timings, in bounded time.
 
-Each check runs in its own thread and the whole answer is given within CHECK_DEADLINE_SECONDS:
-a dependency that has not answered by then is reported down ("no answer within ..."), so a
+Each check runs on its own probe thread (kept between checks) and the whole answer is given within
+CHECK_DEADLINE_SECONDS: a dependency that has not answered by then is reported down ("no answer within ..."), so a
 locked database or a hung connection makes health say so at once instead of hanging with it.
 
 Worker pools. The embedded runtime registers each queue consumer here (register_worker_pool);
@@ -18,6 +18,7 @@ other's object and report a false "down".
 from __future__ import annotations
 
 import os
+import queue
 import socket
 import threading
 import time
@@ -67,14 +68,14 @@ def unregister_worker_pool(name: str) -> None:
         _pools.pop(name, None)
 
 
-class _Timed(threading.Thread):
-    """One check in a daemon thread: a hung dependency never holds the health answer."""
+class _Timed:
+    """One check, run by a probe thread: a hung dependency never holds the health answer."""
 
     def __init__(self, check: Callable[[], Any]) -> None:
-        super().__init__(daemon=True, name="health-check")
         self.check = check
         self.started_at = time.perf_counter()
         self.state: dict[str, Any] | None = None
+        self.done = threading.Event()
 
     def run(self) -> None:
         try:
@@ -88,15 +89,55 @@ class _Timed(threading.Thread):
         self.state = state
 
 
+class _Probes:
+    """Daemon threads that run checks, kept between health checks.
+
+    Starting a thread waits for it to run, which under load (the GIL busy with requests) cost more than
+    the four checks themselves. A check that hangs keeps its thread; the next check finds no idle
+    thread and starts another, so a hung dependency never delays the others' checks.
+    """
+
+    MAX_IDLE = 8
+
+    def __init__(self) -> None:
+        self._tasks: queue.SimpleQueue[_Timed] = queue.SimpleQueue()
+        self._idle = 0
+        self._lock = threading.Lock()
+
+    def run(self, task: _Timed) -> None:
+        with self._lock:
+            start = self._idle == 0
+            if not start:
+                self._idle -= 1  # that idle thread takes this task (or an equivalent one)
+        self._tasks.put(task)
+        if start:
+            threading.Thread(target=self._work, daemon=True, name="health-check").start()
+
+    def _work(self) -> None:
+        while True:
+            task = self._tasks.get()
+            task.run()
+            with self._lock:
+                keep = self._idle < self.MAX_IDLE
+                if keep:
+                    self._idle += 1  # before the answer: the caller's next check finds this thread idle
+            task.done.set()
+            if not keep:
+                return
+
+
+_probes = _Probes()
+
+
 def _run_all(checks: dict[str, Callable[[], Any]], deadline_seconds: float) -> dict[str, dict[str, Any]]:
-    threads = {name: _Timed(fn) for name, fn in checks.items()}
-    for t in threads.values():
-        t.start()
+    tasks = {name: _Timed(fn) for name, fn in checks.items()}
+    for task in tasks.values():
+        _probes.run(task)
     deadline = time.perf_counter() + deadline_seconds
     results: dict[str, dict[str, Any]] = {}
-    for name, t in threads.items():
-        t.join(max(0.0, deadline - time.perf_counter()))
-        results[name] = t.state or {
+    for name, task in tasks.items():
+        task.done.wait(max(0.0, deadline - time.perf_counter()))
+        results[name] = task.state or {
             "status": "down",
             "error": f"no answer within {deadline_seconds}s",
             "ms": round(deadline_seconds * 1000, 2),
@@ -112,7 +153,8 @@ def check(b: Backends, *, deadline_seconds: float = CHECK_DEADLINE_SECONDS) -> d
         # One key per probe: concurrent probes (threads, instances) never read each other's object.
         key = f"ops/health/{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex}.txt"
         stamp = str(time.time_ns()).encode()
-        b.objects.put(key, stamp)
+        # Without its own fsync: the probe is deleted at once, and a full disk refuses the write all the same.
+        b.objects.put(key, stamp, durable=False)
         found = b.objects.get(key)
         b.objects.delete(key)
         if found is None or found.data != stamp:
@@ -153,24 +195,31 @@ def check(b: Backends, *, deadline_seconds: float = CHECK_DEADLINE_SECONDS) -> d
 
 
 class HealthCache:
-    """One check answers every caller for max_age_seconds; concurrent callers wait for the running one."""
+    """One check answers every caller for max_age_seconds; concurrent callers wait for the running one.
+
+    fresh=True (operators) wants a check that was still running when the call came: the one running
+    then (it finishes after the call, so what it reports was seen at most CHECK_DEADLINE_SECONDS before),
+    or a new one. Callers that arrive during a check share it rather than queue for one check each.
+    """
 
     def __init__(self, max_age_seconds: float) -> None:
         self.max_age_seconds = max_age_seconds
         self._lock = threading.Lock()
         self._result: dict[str, Any] | None = None
         self._started = float("-inf")
+        self._finished = float("-inf")
         self.checks = 0  # how many real checks ran (tests and benchmarks read it)
 
     def get(self, b: Backends, *, fresh: bool = False) -> dict[str, Any]:
-        """A result at most max_age_seconds old; with fresh=True, from a check started after this call."""
+        """A result at most max_age_seconds old; with fresh=True, from a check that finished after this call."""
         asked = time.monotonic()
-        oldest = asked if fresh else asked - self.max_age_seconds
-        with self._lock:
-            if self._result is not None and self._started >= oldest:
+        with self._lock:  # held while a check runs: a caller arriving meanwhile waits here for it
+            if self._result is not None and (
+                self._finished >= asked if fresh else self._started >= asked - self.max_age_seconds
+            ):
                 return self._result
             started = time.monotonic()
             self._result = check(b)
-            self._started = started
+            self._started, self._finished = started, time.monotonic()
             self.checks += 1
             return self._result

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import secrets
 import time
 from collections.abc import Iterable
@@ -205,8 +206,12 @@ def get(b: Backends, tenant: str, job_id: str) -> Job:
     return job
 
 
+# \w is str.isalnum() or "_": letters and digits of any script, as ids may hold, "-" besides.
+_PLAUSIBLE_ID = re.compile(r"[\w-]{1,100}")
+
+
 def _plausible(job_id: str) -> bool:
-    return 0 < len(job_id) <= 100 and all(c.isalnum() or c in "-_" for c in job_id)
+    return _PLAUSIBLE_ID.fullmatch(job_id) is not None
 
 
 class JobPage(BaseModel):

@@ -20,8 +20,11 @@ import json
 import logging
 import re
 import secrets
+import threading
+import time
+import weakref
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from pydantic import BaseModel, Field
 
@@ -77,8 +80,8 @@ def _digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def _save(b: Backends, record: StoredKey, *, if_match: str | None = None) -> None:
-    b.objects.put(f"{CONTAINER}{record.id}.json", record.model_dump_json().encode(), if_match=if_match)
+def _save(b: Backends, record: StoredKey, *, if_match: str | None = None) -> str:
+    return b.objects.put(f"{CONTAINER}{record.id}.json", record.model_dump_json().encode(), if_match=if_match)
 
 
 def issue(b: Backends, tenant: str, role: Role, *, expires_in: timedelta | None = None, note: str = "") -> IssuedKey:
@@ -108,24 +111,96 @@ def key_id_of(presented: str) -> str | None:
     return found.group(1) if found else None
 
 
+class _Cached(NamedTuple):
+    record: StoredKey
+    etag: str
+    read_at: float  # time.monotonic()
+
+
+# Stored key records read in the last KEY_CACHE_SECONDS, per object store, by key id. Only records are
+# cached, never a verdict: the presented key's digest, revocation and expiry are checked on every use.
+_cache: weakref.WeakKeyDictionary[object, dict[str, _Cached]] = weakref.WeakKeyDictionary()
+# When this process last revoked each key: a record read before that (a request that raced the revoke)
+# is never served from the cache.
+_forgotten: weakref.WeakKeyDictionary[object, dict[str, float]] = weakref.WeakKeyDictionary()
+_cache_lock = threading.Lock()
+CACHE_MAX = 10_000
+
+
+def _cached(b: Backends, key_id: str) -> _Cached | None:
+    with _cache_lock:
+        found = _cache.get(b.objects, {}).get(key_id)
+        forgotten = _forgotten.get(b.objects, {}).get(key_id, float("-inf"))
+    if found is None or found.read_at <= forgotten or time.monotonic() - found.read_at >= b.settings.key_cache_seconds:
+        return None
+    return found
+
+
+def _remember(b: Backends, found: _Cached) -> None:
+    if b.settings.key_cache_seconds <= 0:
+        return
+    with _cache_lock:
+        known = _cache.setdefault(b.objects, {})
+        if len(known) >= CACHE_MAX:
+            known.clear()  # rare (that many keys in use within seconds): start again rather than grow
+        known[found.record.id] = found
+
+
+def _forget(b: Backends, key_id: str) -> None:
+    with _cache_lock:
+        _cache.get(b.objects, {}).pop(key_id, None)
+        _forgotten.setdefault(b.objects, {})[key_id] = time.monotonic()
+
+
+def _accepted(record: StoredKey, presented: str, now: datetime) -> bool:
+    return hmac.compare_digest(record.sha256, _digest(presented)) and record.active(now)
+
+
 def verify(b: Backends, presented: str, now: datetime | None = None) -> StoredKey | None:
-    """The active record this key belongs to, or None (unknown, wrong secret, revoked or expired)."""
+    """The active record this key belongs to, or None (unknown, wrong secret, revoked or expired).
+
+    The record may come from this process's cache (KEY_CACHE_SECONDS): a key revoked by another
+    process is refused here at most that long after.
+    """
     key_id = key_id_of(presented)
     if key_id is None:
         return None
-    found = b.objects.get(f"{CONTAINER}{key_id}.json")
-    if found is None:
-        return None
-    record = StoredKey.model_validate_json(found.data)
     now = now or datetime.now(UTC)
-    if not hmac.compare_digest(record.sha256, _digest(presented)) or not record.active(now):
+    cached = _cached(b, key_id)
+    if cached is None:
+        read_at = time.monotonic()  # before the read: a revoke in this process after it voids the entry
+        found = b.objects.get(f"{CONTAINER}{key_id}.json")
+        if found is None:
+            return None
+        cached = _Cached(StoredKey.model_validate_json(found.data), found.etag, read_at)
+        _remember(b, cached)
+    record = cached.record
+    if not _accepted(record, presented, now):
         return None
     if record.last_used_at is None or now - record.last_used_at >= LAST_USED_EVERY:
+        used = record.model_copy(update={"last_used_at": now})
         try:  # best effort: a concurrent request that wrote it first is just as good
-            _save(b, record.model_copy(update={"last_used_at": now}), if_match=found.etag)
+            read_at = time.monotonic()
+            _remember(b, _Cached(used, _save(b, used, if_match=cached.etag), read_at))
         except Exception:  # noqa: BLE001 - bookkeeping must never fail a request
+            _forget(b, key_id)  # changed under us (revoked?): read it again next time
             log.debug("last_used_at of key %s not updated", key_id)
     return record
+
+
+def verify_cached(b: Backends, presented: str, now: datetime | None = None) -> StoredKey | None | Literal[False]:
+    """verify() from the cache alone: the record, None (refused), or False when it needs the store."""
+    key_id = key_id_of(presented)
+    if key_id is None:
+        return None
+    cached = _cached(b, key_id)
+    if cached is None:
+        return False
+    now = now or datetime.now(UTC)
+    if not _accepted(cached.record, presented, now):
+        return None
+    last_used = cached.record.last_used_at
+    return False if last_used is None or now - last_used >= LAST_USED_EVERY else cached.record
 
 
 def list_keys(b: Backends, tenant: str | None = None) -> list[StoredKey]:
@@ -150,4 +225,5 @@ def revoke(b: Backends, key_id: str) -> StoredKey:
         record = record.model_copy(update={"revoked_at": datetime.now(UTC)})
         _save(b, record)
         log.info("key revoked: %s of tenant %s", key_id, record.tenant, extra={"tenant": record.tenant})
+    _forget(b, key_id)  # refused by this process from now on, whatever its cache held or a racing read brings
     return record

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -127,6 +128,60 @@ def test_the_sqlite_counters_are_shared_and_exact_across_processes(tmp_path: Pat
     assert sum(admitted) == 100, admitted
 
 
+def _admit_many(path: str, hits: int, out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    from shared.api.limiting import Limits
+    from shared.errors import TooManyRequests
+    from shared.settings import Settings
+
+    limits = Limits.from_settings(Settings(DATA_DIR=path, RATE_LIMIT_PER_MINUTE=100))  # type: ignore[call-arg]
+    admitted = 0
+    for _ in range(hits):
+        try:
+            limits.admit("acme", "shared")
+            admitted += 1
+        except TooManyRequests:
+            pass
+    out.put(admitted)
+
+
+def test_limits_counted_in_blocks_never_admit_past_the_limit_across_processes(tmp_path: Path) -> None:
+    """Each process reserves hits in blocks that shrink as the window fills: never more than the limit in all,
+    and at most what the processes still held unused (at most 100 // 16 each) less."""
+    spawn = multiprocessing.get_context("spawn")
+    out = spawn.Queue()
+    workers = [spawn.Process(target=_admit_many, args=(str(tmp_path), 60, out)) for _ in range(4)]
+    for w in workers:
+        w.start()
+    admitted = [out.get(timeout=60) for _ in workers]
+    for w in workers:
+        w.join(30)
+    assert 100 - 4 * (100 // 16) <= sum(admitted) <= 100, admitted
+
+
+def test_a_process_admits_from_its_block_in_memory_and_remembers_a_full_window(tmp_path: Path) -> None:
+    from shared.api.limiting import Limits, NeedsStorage
+    from shared.errors import TooManyRequests
+    from shared.settings import Settings
+
+    limits = Limits.from_settings(Settings(DATA_DIR=str(tmp_path), RATE_LIMIT_PER_MINUTE=40))  # type: ignore[call-arg]
+    with pytest.raises(NeedsStorage):
+        limits.admit("acme", "k1", quick=True)  # nothing reserved yet: the full check must run
+    limits.admit("acme", "k1")  # reserves one hit: 39 left in the window, so the next block is 39 // 16 = 2
+    limits.admit("acme", "k1")
+    limits.admit("acme", "k1", quick=True)  # the block's second hit, from memory
+    admitted = 3
+    while True:
+        try:
+            limits.admit("acme", "k1")
+            admitted += 1
+        except TooManyRequests:
+            break
+    assert admitted == 40  # one process alone: exact
+    with pytest.raises(TooManyRequests) as refused:
+        limits.admit("acme", "k1", quick=True)  # the full window is remembered: refused without a round trip
+    assert 1 <= int(refused.value.headers["Retry-After"]) <= 60
+
+
 def test_a_window_starts_again_when_it_expires(tmp_path: Path) -> None:
     from shared.api.limiting import SqliteCounters
 
@@ -181,6 +236,36 @@ def test_issued_keys_are_stored_as_hashes_and_rotate_without_downtime(client: Te
     assert keys.list_keys(backends, "acme")[0].last_used_at is not None
 
 
+def test_a_key_revoked_in_this_process_is_refused_at_once_though_its_record_is_cached(
+    client: TestClient, backends: Backends
+) -> None:
+    admin = {"X-API-Key": keys.issue(backends, "platform", "admin").key}
+    issued = keys.issue(backends, "acme", "operator")
+    assert client.get("/api/admin/jobs", headers={"X-API-Key": issued.key}).status_code == 200
+    assert keys.verify_cached(backends, issued.key) == keys.verify(backends, issued.key)  # the record is cached
+    assert client.delete(f"/api/admin/keys/{issued.record.id}", headers=admin).status_code == 200
+    assert keys.verify_cached(backends, issued.key) is False
+    assert client.get("/api/admin/jobs", headers={"X-API-Key": issued.key}).status_code == 401
+
+
+@pytest.fixture
+def short_key_cache(app_env: dict[str, str]) -> None:
+    app_env["KEY_CACHE_SECONDS"] = "0.3"
+
+
+@pytest.mark.usefixtures("short_key_cache")
+def test_a_cached_key_record_does_not_outlive_its_time(client: TestClient, backends: Backends) -> None:
+    """A record changed behind the cache's back (another process revoked the key) is read again in time."""
+    issued = keys.issue(backends, "acme", "submitter")
+    assert client.get("/api/jobs", headers={"X-API-Key": issued.key}).status_code == 200
+    revoked = issued.record.model_copy(update={"revoked_at": datetime.now(UTC), "last_used_at": datetime.now(UTC)})
+    backends.objects.put(f"keys/{revoked.id}.json", revoked.model_dump_json().encode())  # not through keys.revoke
+    assert keys.verify(backends, issued.key) is not None  # still the cached record: within its time
+    time.sleep(0.35)
+    assert keys.verify_cached(backends, issued.key) is False  # expired: the store is asked again
+    assert client.get("/api/jobs", headers={"X-API-Key": issued.key}).status_code == 401
+
+
 def test_a_wrong_secret_an_expired_key_and_a_foreign_format_are_refused(client: TestClient, backends: Backends) -> None:
     issued = keys.issue(backends, "acme", "operator", expires_in=timedelta(days=1))
     forged = issued.key[:-4] + ("AAAA" if not issued.key.endswith("AAAA") else "BBBB")
@@ -209,11 +294,13 @@ def test_agentctl_keys_create_list_revoke(tmp_path: Path) -> None:
     listed = agentctl("keys", "list", data_dir=data)
     assert created["key"] not in json.dumps(listed)  # the plaintext was shown once, never again
     assert {(k["id"], k["state"], k["source"]) for k in listed} >= {(created["id"], "active", "stored")}
-    b = build_backends(isolated_settings({"DATA_DIR": str(data)}))
+    # Another process's revoke reaches this one's cached record within KEY_CACHE_SECONDS.
+    b = build_backends(isolated_settings({"DATA_DIR": str(data), "KEY_CACHE_SECONDS": "0.5"}))
     try:
         with TestClient(create_api(b)) as c:
             assert c.get("/api/admin/jobs", headers={"X-API-Key": created["key"]}).status_code == 200
             agentctl("keys", "revoke", created["id"], data_dir=data)
+            time.sleep(0.5)
             assert c.get("/api/admin/jobs", headers={"X-API-Key": created["key"]}).status_code == 401
     finally:
         b.close()
