@@ -73,18 +73,7 @@ class SqliteCounters(Storage):
         return sqlite3.Error
 
     def incr(self, key: str, expiry: int, amount: int = 1) -> int:
-        now = time.time()
-        row = (
-            self._db()
-            .execute(
-                "INSERT INTO counters (key, value, expires) VALUES (?1, ?2, ?3) ON CONFLICT (key) DO UPDATE SET "
-                "value = CASE WHEN expires <= ?4 THEN ?2 ELSE value + ?2 END, "
-                "expires = CASE WHEN expires <= ?4 THEN ?3 ELSE expires END RETURNING value",
-                (key, amount, now + expiry, now),
-            )
-            .fetchone()
-        )
-        return int(row[0])
+        return self.incr_with_expiry(key, expiry, amount)[0]
 
     def incr_with_expiry(self, key: str, expiry: int, amount: int) -> tuple[int, float]:
         """incr, answering the window's end too: a block reservation is then one statement."""
