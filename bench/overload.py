@@ -57,7 +57,7 @@ def _ingest(c: httpx.Client) -> None:
 
 
 def _records(c: httpx.Client, ids: list[str]) -> list[dict]:
-    return [c.get(f"/api/jobs/{job_id}").json() for job_id in ids]
+    return [c.get(f"/api/jobs/{job_id}").raise_for_status().json() for job_id in ids]
 
 
 def unloaded_rate(c: httpx.Client, jobs: int, timeout: float) -> tuple[float, float]:
@@ -133,7 +133,8 @@ def start_runtime(data_dir: str, env: dict[str, str], *flags: str) -> tuple[subp
 
 def run(split: bool, args: argparse.Namespace, seconds: float) -> dict[str, Any]:
     """One measurement: the unloaded rate, then the overload window, on a fresh data directory."""
-    env = {**os.environ, "RATE_LIMIT_PER_MINUTE": "100000000", "LOG_LEVEL": "WARNING"}
+    lifted = {"RATE_LIMIT_PER_MINUTE": "100000000", "TENANT_RATE_LIMIT_PER_MINUTE": "100000000"}
+    env = {**os.environ, **lifted, "LOG_LEVEL": "WARNING"}
     procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory() as tmp:
         try:
