@@ -32,13 +32,20 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 
 from shared.engine.layout import lease_key
-from shared.errors import OperationRunning
+from shared.errors import DependencyUnavailable, OperationRunning
 from shared.ports import ObjectStore, PreconditionFailed
 
 log = logging.getLogger("agent.maintenance")
 
 DEFAULT_TTL_SECONDS = 300.0
 _ATTEMPTS = 3
+
+# Leases this process finished with but could not delete (storage was down at release): lease key
+# -> the ETag of our record. The work under them has ended, so the next acquire here deletes them
+# (If-Match: never a record someone else wrote since) instead of waiting out their TTL. Without
+# this, one sweep that ended during a full disk kept every later sweep away for five minutes.
+_left_behind: dict[str, str] = {}
+_left_behind_lock = threading.Lock()
 
 
 class LeaseHeld(OperationRunning):
@@ -98,6 +105,15 @@ class Lease:
     def release(self) -> None:
         try:
             self.objects.delete(lease_key(self.name), if_match=self.etag)
+        except DependencyUnavailable:
+            with _left_behind_lock:
+                _left_behind[lease_key(self.name)] = self.etag
+            log.warning(
+                "lease %s could not be released (storage unavailable); this process deletes it when it next takes it",
+                self.name,
+                extra={"event": "lease_left_behind"},
+            )
+            raise
         except PreconditionFailed:
             log.warning(
                 "lease %s was taken over before release; left to its new holder",
@@ -111,6 +127,7 @@ def acquire(objects: ObjectStore, name: str, *, ttl: float = DEFAULT_TTL_SECONDS
     owner = uuid.uuid4().hex
     lease = Lease(objects, name, owner, ttl, etag="", expires=0.0)
     key = lease_key(name)
+    _clear_left_behind(objects, key)
     for _ in range(_ATTEMPTS):
         now = time.time()
         try:
@@ -141,6 +158,20 @@ def acquire(objects: ObjectStore, name: str, *, ttl: float = DEFAULT_TTL_SECONDS
     found = objects.get(key)
     holder, expires_at = _read(found.data) if found else ("another instance", None)
     raise LeaseHeld(name, holder, expires_at)
+
+
+def _clear_left_behind(objects: ObjectStore, key: str) -> None:
+    with _left_behind_lock:
+        etag = _left_behind.get(key)
+    if etag is None:
+        return
+    try:
+        objects.delete(key, if_match=etag)
+    except PreconditionFailed:
+        pass  # expired and taken over (or deleted) since: not ours any more
+    with _left_behind_lock:
+        if _left_behind.get(key) == etag:
+            del _left_behind[key]
 
 
 def _read(data: bytes) -> tuple[str, datetime | None]:

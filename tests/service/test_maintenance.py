@@ -20,6 +20,7 @@ from shared.engine.job import note_dead_letter
 from shared.engine.steps import StepOutOfOrder, failure_cause
 from shared.errors import DependencyUnavailable
 from shared.maintenance import backup, retention, run_scheduled, sweep
+from shared.maintenance import lease as lease_module
 from shared.maintenance.lease import LeaseHeld, LeaseLost, acquire, exclusive, lease_key
 from shared.maintenance.resubmissions import JobNotResubmittable
 from shared.ports import ModelTurn, PermanentModelError, QueueMessage, TransientModelError
@@ -164,6 +165,33 @@ def test_lease_is_reentrant_within_one_run(backends: Backends) -> None:
             assert inner is outer
         assert backends.objects.get(lease_key("knowledge-index")) is not None
     assert backends.objects.get(lease_key("knowledge-index")) is None
+
+
+def test_a_lease_left_behind_by_an_outage_is_cleared_by_its_own_process(
+    backends: Backends, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The sweep ended while the disk was full: its release failed, and its lease record stayed.
+    objects = backends.objects
+    real_delete = objects.delete
+
+    def failing_delete(key: str, *, if_match: str | None = None) -> bool:
+        raise DependencyUnavailable("disk full")
+
+    monkeypatch.setattr(objects, "delete", failing_delete)
+    with pytest.raises(DependencyUnavailable), exclusive(objects, "dead-letters"):
+        pass
+    monkeypatch.setattr(objects, "delete", real_delete)
+    assert objects.get(lease_key("dead-letters")) is not None
+    # Another process still sees it held until it expires...
+    stranger = dict(lease_module._left_behind)
+    lease_module._left_behind.clear()
+    with pytest.raises(LeaseHeld):
+        acquire(objects, "dead-letters", ttl=60)
+    lease_module._left_behind.update(stranger)
+    # ...but this process knows that run ended, and the next one starts at once.
+    with exclusive(objects, "dead-letters"):
+        pass
+    assert objects.get(lease_key("dead-letters")) is None
 
 
 # --- timers ---------------------------------------------------------------------------------------------
