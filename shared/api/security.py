@@ -260,12 +260,11 @@ class Gate:
 
 
 async def authenticate(request: Request) -> Caller:
-    """The request's caller: the one the middleware authenticated, else authenticated now."""
+    """The request's caller: the one the middleware authenticated, else authenticated now (in the thread pool)."""
     found = request.scope.get("state", {}).get("caller")
     if isinstance(found, Caller):
         return found
-    gate: Gate = request.app.state.gate
-    return await run_in_threadpool(gate.authenticate, request)
+    return await run_in_threadpool(authenticate_now, request)
 
 
 def authenticate_now(request: Request) -> Caller:
