@@ -4,9 +4,12 @@ The corpus is built deterministically from samples/ sentences, recombined into 1
 so the figures are repeatable on any machine. The chunks are spread over three scopes (acme,
 globex, shared); the scoped figures search as an acme job does, [acme, shared]. Anchors, measured
 in the same run on the same file:
-- latency: the same query ranked by FTS5's bm25() inside SQLite (what the index ran before its
-  in-memory mirror) and the same top-5 rows read back;
-- ingest: raw text into an FTS5 unicode61 table in one transaction (no analysis of our own);
+- latency: the same query ranked by FTS5's bm25() inside SQLite over the same terms (an FTS5 table
+  built beside the chunks after the ingest is timed: what the index ran before its in-memory
+  mirror) and the same top-5 rows read back;
+- ingest: raw text into an FTS5 unicode61 table in one transaction (no analysis of our own).
+  Ours is timed until the first search returns (the upsert, then the ranking mirror's build), so
+  "ingested" means searchable; the upsert alone is shown in the figure's note;
 - quality: hit@3 of FTS5's ranking, on each samples/ chunk's first sentence as the query.
 
 With requirements-hybrid.txt installed, SEARCH_MODE=hybrid is measured too, against bm25 on the
@@ -31,7 +34,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.figures import Figure, save, show  # noqa: E402
-from shared.adapters.local.search import CONTENT_WEIGHT, TITLE_WEIGHT, LocalKnowledgeIndex, match_expression  # noqa: E402
+from shared.adapters.local import fts5_reference  # noqa: E402
+from shared.adapters.local.search import CONTENT_WEIGHT, TITLE_WEIGHT, LocalKnowledgeIndex  # noqa: E402
 from shared.contracts import Chunk  # noqa: E402
 from shared.services.knowledge import chunk_document, parse_upload  # noqa: E402
 from shared.text import split_sentences  # noqa: E402
@@ -74,11 +78,7 @@ def pct(values: list[float], q: float) -> float:
 
 def fts5_top(index: LocalKnowledgeIndex, query: str, top: int = 5) -> list[tuple]:
     """The anchor: rank inside FTS5 and read the winners back, as the index did before its mirror."""
-    sql = f"""SELECT c.doc_id, c.chunk_id, c.content, best.rank
-              FROM (SELECT rowid, bm25(chunks_terms, {TITLE_WEIGHT}, {CONTENT_WEIGHT}) AS rank
-                    FROM chunks_terms WHERE chunks_terms MATCH ? ORDER BY rank LIMIT ?) AS best
-              JOIN chunks c ON c.rowid = best.rowid ORDER BY best.rank"""
-    return index._file.connection().execute(sql, (match_expression(query), top)).fetchall()
+    return fts5_reference.top(index._file.connection(), query, top, TITLE_WEIGHT, CONTENT_WEIGHT)
 
 
 def latencies(call, queries: list[str], rounds: int) -> float:  # type: ignore[no-untyped-def]
@@ -128,6 +128,7 @@ def hit_at_3(tmp: Path) -> tuple[float, float]:
         for c in chunk_document(parse_upload(p.name, p.read_text("utf-8")))
     ]
     index.upsert(chunks)
+    fts5_reference.build(index._file.connection())
     mine = theirs = 0
     for c in chunks:
         spans = split_sentences(c.content)
@@ -213,9 +214,12 @@ def main() -> int:
         index = LocalKnowledgeIndex(Path(tmp) / "search.sqlite3")
         t0 = time.perf_counter()
         index.upsert(chunks)
+        upserted = time.perf_counter()
+        index.search("warm up", top=5)  # the first search builds the ranking mirror: now it is searchable
         ingest = len(chunks) / (time.perf_counter() - t0)
+        upsert_only = len(chunks) / (upserted - t0)
         anchor_ingest = raw_fts5_ingest(Path(tmp) / "raw.sqlite3", chunks)
-        index.search("warm up", top=5)  # the first search builds the ranking mirror
+        fts5_reference.build(index._file.connection())
         figures = []
         for name, queries, goal in (("English", english, 1.0), ("Japanese", japanese, 1.5)):
             ours = latencies(lambda q: index.search(q, top=5), queries, args.queries)
@@ -257,6 +261,7 @@ def main() -> int:
                 ingest >= 50_000,
                 "raw text into FTS5 unicode61",
                 anchor_ingest,
+                note=f"until the first search returns; the upsert alone: {upsert_only:,.0f} chunks/s",
             )
         )
         index.close()
