@@ -742,3 +742,60 @@ def test_writers_on_one_file_share_its_vocabulary_and_a_failed_write_leaves_no_t
     assert [h.doc_id for h in first.search("kelp")] == ["kelp"]
     for index in (first, second, reader):
         index.close()
+
+
+def _full_reads(index: LocalKnowledgeIndex) -> list[str]:
+    """The statements of this thread's connection that read every row back to rebuild the mirror, from now on."""
+    reads: list[str] = []
+    index._file.connection().set_trace_callback(
+        lambda sql: reads.append(sql) if "content_terms FROM chunks" in sql else None
+    )
+    return reads
+
+
+def test_rows_this_process_appended_join_the_mirror_without_reading_the_file_back(tmp_path: Path) -> None:
+    chunks = _scoped_library()
+    index, fresh = LocalKnowledgeIndex(tmp_path / "index.sqlite3"), LocalKnowledgeIndex(tmp_path / "fresh.sqlite3")
+    fresh.upsert(chunks)
+    reads = _full_reads(index)
+    index.upsert(chunks[:5])  # into an empty file: the mirror is these rows alone
+    assert [h.doc_id for h in index.search("restore")]
+    index.upsert(chunks[5:12])
+    index.upsert(chunks[12:])  # two appends in a row, one rebuild
+    for query in QUERIES:
+        for scopes in (None, ["acme", "shared"]):
+            assert _ranking(index, query, scopes) == _ranking(fresh, query, scopes)
+    assert reads == []
+    index.upsert([chunks[0]])  # a replacement is not an append: the next rebuild reads the file
+    fresh.upsert([chunks[0]])
+    assert _ranking(index, "tidal energy") == _ranking(fresh, "tidal energy")
+    assert len(reads) == 1
+    index.close()
+    fresh.close()
+
+
+def test_a_write_by_another_process_between_appends_makes_the_mirror_read_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "index.sqlite3"
+    index, other = LocalKnowledgeIndex(path), LocalKnowledgeIndex(path)
+    index.upsert(numbered_chunks("tides", 3))
+    index.search("tidal")
+    reads = _full_reads(index)
+    other.upsert([Chunk(doc_id="kelp", chunk_id=0, title="Kelp", content="Tidal kelp forests.")])
+    index.upsert(numbered_chunks("more-tides", 2))
+    assert {h.doc_id for h in index.search("tidal", top=10)} == {"tides", "kelp", "more-tides"}
+    assert len(reads) == 1
+    index.close()
+    other.close()
+
+
+def test_appended_rows_are_held_only_up_to_a_bound(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared.adapters.local import search
+
+    monkeypatch.setattr(search, "MAX_APPENDED_ROWS", 4)
+    index = LocalKnowledgeIndex(tmp_path / "index.sqlite3")
+    index.upsert(numbered_chunks("tides", 3))
+    assert index._appended is not None
+    index.upsert(numbered_chunks("more-tides", 2))  # 5 rows held would pass the bound
+    assert index._appended is None
+    assert {h.doc_id for h in index.search("tidal", top=10)} == {"tides", "more-tides"}
+    index.close()

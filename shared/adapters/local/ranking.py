@@ -54,7 +54,8 @@ class RankingMirror:
         slots_by_doc: dict[str, list[int]] = {}
         slots_by_scope: dict[str, list[int]] = {}
         packed: list[bytes] = []  # per row: its title's ids, then its content's
-        for slot, (rowid, doc_id, scope, title, content) in enumerate(sorted(rows)):
+        self.rows = sorted(rows)  # kept, so that rows appended later can be added without reading these back
+        for slot, (rowid, doc_id, scope, title, content) in enumerate(self.rows):
             rowids.append(rowid)
             slots_by_doc.setdefault(doc_id, []).append(slot)
             slots_by_scope.setdefault(scope, []).append(slot)

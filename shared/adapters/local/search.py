@@ -26,6 +26,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +107,24 @@ def _in_scopes(scopes: Sequence[str]) -> tuple[str, list[object]]:
     return f"scope IN ({','.join('?' * len(wanted))})", wanted
 
 
+_WEIGHTS = (TITLE_WEIGHT, CONTENT_WEIGHT)
+# Appended rows held for the next rebuild at most (a few MB): a process that only writes, and so
+# never rebuilds, must not keep every row it wrote.
+MAX_APPENDED_ROWS = 20_000
+MirrorRow = tuple[int, str, str, bytes, bytes]  # rowid, doc_id, scope, title term ids, content term ids
+
+
+@dataclass(frozen=True)
+class _Appended:
+    """Rows this process appended in the writes from generation `base` (None: from an empty file) to
+    `generation`, and the vocabulary then."""
+
+    base: int | None
+    generation: int
+    rows: list[MirrorRow]
+    vocabulary: list[str]
+
+
 class LocalKnowledgeIndex:
     """KnowledgeIndex in one SQLite file: WAL, one connection per thread, safe across processes.
 
@@ -123,6 +142,7 @@ class LocalKnowledgeIndex:
         )
         self._mirror: RankingMirror | None = None
         self._mirror_lock = threading.Lock()
+        self._appended: _Appended | None = None
         self._vocabulary = Vocabulary()
         self._write_lock = threading.Lock()  # the vocabulary is the writer's: one write at a time in a process
         with self._file.write() as db:
@@ -197,18 +217,24 @@ class LocalKnowledgeIndex:
 
     def upsert(self, chunks: list[Chunk]) -> int:
         with self._write() as db:
-            self._upsert(db, chunks)
+            (before, empty) = db.execute(
+                "SELECT value, NOT EXISTS (SELECT 1 FROM chunks) FROM generation WHERE id = 0"
+            ).fetchone()
+            appended = self._upsert(db, chunks)
+            vocabulary = self._vocabulary.terms()
+        self._note_append(before, bool(empty), appended, vocabulary)
         return len(chunks)
 
-    def _upsert(self, db: sqlite3.Connection, chunks: list[Chunk]) -> None:
+    def _upsert(self, db: sqlite3.Connection, chunks: list[Chunk]) -> list[MirrorRow] | None:
         """Write chunks in bulk: one executemany of whole rows (text and term ids) per batch.
 
         A chunk whose key is already indexed is replaced: its old rows go first, and it is written
         again under a new rowid (so it ranks as the newest row on a tie, as FTS5 would scan it).
+        Returns the rows as the ranking mirror takes them if the batch only added rows, else None.
         """
         latest = {chunk.key: chunk for chunk in chunks}  # a key given twice: the last one wins
         if not latest:
-            return
+            return []
         stale = [
             (rowid,)
             for (rowid,) in db.execute(
@@ -220,29 +246,53 @@ class LocalKnowledgeIndex:
         (last,) = db.execute("SELECT coalesce(max(id), 0) FROM chunks").fetchone()
         rowids = range(last + 1, last + 1 + len(latest))
         encode = self._vocabulary.encode
+        written = [
+            (
+                rowid,
+                key,
+                c.doc_id,
+                c.chunk_id,
+                c.title,
+                c.url,
+                c.content,
+                c.section,
+                c.page,
+                c.version,
+                c.scope,
+                encode(c.title),
+                encode(c.content),
+            )
+            for rowid, (key, c) in zip(rowids, latest.items(), strict=True)
+        ]
         db.executemany(
             """INSERT INTO chunks (id, key, doc_id, chunk_id, title, url, content, section, page, version, scope,
                                    title_terms, content_terms)
                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-            [
-                (
-                    rowid,
-                    key,
-                    c.doc_id,
-                    c.chunk_id,
-                    c.title,
-                    c.url,
-                    c.content,
-                    c.section,
-                    c.page,
-                    c.version,
-                    c.scope,
-                    encode(c.title),
-                    encode(c.content),
-                )
-                for rowid, (key, c) in zip(rowids, latest.items(), strict=True)
-            ],
+            written,
         )
+        return None if stale else [(r[0], r[2], r[10], r[11], r[12]) for r in written]
+
+    def _note_append(self, before: int, empty: bool, rows: list[MirrorRow] | None, vocabulary: list[str]) -> None:
+        """Remember rows this process appended in the write after generation `before` (to a file with
+        no rows if `empty`), so the next rebuild adds them to the mirror it has (or builds it from them
+        alone) instead of reading every row back from the file.
+
+        Only a chain of appends straight after the mirror's generation (or an empty file) qualifies:
+        any other write (a delete, a replace, another process's write) leaves a gap in the chain, and
+        then the rebuild reads the file as before.
+        """
+        with self._mirror_lock:
+            pending, mirror = self._appended, self._mirror
+            if rows is None or len(rows) + (len(pending.rows) if pending else 0) > MAX_APPENDED_ROWS:
+                self._appended = None
+            elif empty:
+                self._appended = _Appended(None, before + 1, rows, vocabulary)
+            elif pending is not None and pending.generation == before:
+                self._appended = _Appended(pending.base, before + 1, pending.rows + rows, vocabulary)
+            elif mirror is not None and mirror.generation == before:
+                self._appended = _Appended(before, before + 1, rows, vocabulary)
+            else:
+                self._appended = None
 
     @staticmethod
     def _delete(db: sqlite3.Connection, doc_id: str) -> int:
@@ -306,6 +356,16 @@ class LocalKnowledgeIndex:
             mirror = self._mirror
             if mirror is not None and mirror.generation == generation:
                 return mirror
+            appended, self._appended = self._appended, None
+            if appended is not None and appended.generation == generation:
+                if appended.base is None:  # the file held nothing else
+                    self._mirror = RankingMirror(appended.rows, appended.vocabulary, generation, *_WEIGHTS)
+                    return self._mirror
+                if mirror is not None and mirror.generation == appended.base:
+                    self._mirror = RankingMirror(
+                        mirror.rows + appended.rows, appended.vocabulary, generation, *_WEIGHTS
+                    )
+                    return self._mirror
             db.execute("BEGIN")  # one snapshot: the rows and the generation they belong to
             try:
                 (generation,) = db.execute("SELECT value FROM generation WHERE id = 0").fetchone()
@@ -313,7 +373,7 @@ class LocalKnowledgeIndex:
                 vocabulary = read_vocabulary(db)
             finally:
                 db.execute("COMMIT")
-            self._mirror = RankingMirror(rows, vocabulary, generation, TITLE_WEIGHT, CONTENT_WEIGHT)
+            self._mirror = RankingMirror(rows, vocabulary, generation, *_WEIGHTS)
             return self._mirror
 
     def get_chunks(

@@ -59,6 +59,10 @@ class Vocabulary:
             db.executemany("INSERT INTO terms (id, term) VALUES (?, ?)", self._new)
             self._new.clear()
 
+    def terms(self) -> list[str]:
+        """id -> term, as this writer knows them (ids are handed out in order, so the dict is in id order)."""
+        return list(self._ids)
+
     def encode(self, text: str) -> bytes:
         """tokenize(text)'s term ids, packed."""
         return b"".join(map(self._pieces.__getitem__, unicodedata.normalize("NFKC", text).split()))
