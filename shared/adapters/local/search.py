@@ -41,6 +41,7 @@ from shared.text import best_snippet, tokenize
 log = logging.getLogger("agent.search")
 
 SCHEMA_VERSION = 4
+PAGE_SIZE = 16384
 TITLE_WEIGHT = 2.0
 CONTENT_WEIGHT = 1.0
 
@@ -136,9 +137,15 @@ class LocalKnowledgeIndex:
     def __init__(self, path: Path, *, busy_timeout_seconds: float = 30.0) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # FULL: a committed upsert survives power loss, not just a process crash.
+        # FULL: a committed upsert survives power loss, not just a process crash. 16 KB pages: a chunk
+        # row (text and term ids) is 1-2 KB, and a 10,000-chunk upsert with its commit took about 40%
+        # less time than with SQLite's default 4 KB (bench/search.py). Files made before keep theirs.
         self._file = SqliteFile(
-            self.path, "knowledge index", timeout=busy_timeout_seconds, pragmas=("PRAGMA synchronous = FULL",)
+            self.path,
+            "knowledge index",
+            timeout=busy_timeout_seconds,
+            pragmas=("PRAGMA synchronous = FULL",),
+            page_size=PAGE_SIZE,
         )
         self._mirror: RankingMirror | None = None
         self._mirror_lock = threading.Lock()
