@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
@@ -799,3 +799,31 @@ def test_appended_rows_are_held_only_up_to_a_bound(tmp_path: Path, monkeypatch: 
     assert index._appended is None
     assert {h.doc_id for h in index.search("tidal", top=10)} == {"tides", "more-tides"}
     index.close()
+
+
+def _upsert_then_wait_to_be_killed(path: str, ready: Any) -> None:
+    index = LocalKnowledgeIndex(Path(path))
+    index.upsert(numbered_chunks("durable", 30, title="Seaweed"))
+    ready.set()  # upsert returned: from here on the batch must survive anything
+    time.sleep(60)
+
+
+def test_an_upsert_that_returned_survives_the_process_being_killed(tmp_path: Path) -> None:
+    """Durable at return: the commit is fsync'd (WAL, synchronous=FULL), and a SIGKILL right after loses nothing."""
+    import signal
+
+    path = tmp_path / "search.sqlite3"
+    context = multiprocessing.get_context("spawn")
+    ready = context.Event()
+    worker = context.Process(target=_upsert_then_wait_to_be_killed, args=(str(path), ready))
+    worker.start()
+    assert ready.wait(timeout=60)
+    os.kill(worker.pid, signal.SIGKILL)  # type: ignore[arg-type]
+    worker.join(timeout=10)
+    recovered = LocalKnowledgeIndex(path)
+    assert recovered.count() == 30
+    assert {h.doc_id for h in recovered.search("seaweed", top=50)} == {"durable"}
+    db = recovered._file.connection()
+    assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    assert db.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL: the WAL is fsync'd at every commit
+    recovered.close()
