@@ -203,7 +203,7 @@ class StepQueue(Protocol):
 
 @runtime_checkable
 class KnowledgeIndex(Protocol):
-    """The searchable chunks of the knowledge base (Azure AI Search, or SQLite FTS5 when embedded)."""
+    """The searchable chunks of the knowledge base (Azure AI Search, or an SQLite file ranked by BM25 when embedded)."""
 
     def upsert(self, chunks: list[Chunk]) -> int:
         """Add or replace chunks by key ({doc_id}--c{chunk_id}); return how many were written.

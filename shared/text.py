@@ -102,44 +102,6 @@ def _cjk_tokens_cached(run: str) -> tuple[str, ...]:
     return tuple(_cjk_tokens(run))
 
 
-# Ingest analyses text by whitespace-delimited pieces ("handled?", "復元手順は？"): whitespace is in
-# neither token class, so no token spans two pieces, and analysing each piece with _TOKEN_RE yields
-# exactly tokenize()'s tokens. Short pieces (words with their punctuation) repeat across a corpus and
-# are remembered; long ones (unspaced Japanese sentences) rarely do and are analysed each time.
-_MAX_REMEMBERED_PIECE = 32
-_MAX_REMEMBERED_PIECES = 200_000  # a few tens of MB at most, then forgotten
-
-
-class _AnalysedPieces(dict[str, str]):
-    """Whitespace-delimited piece of folded text -> its tokens, space-joined ("" if none)."""
-
-    def __missing__(self, piece: str) -> str:
-        tokens: list[str] = []
-        for cjk, word in _TOKEN_RE.findall(piece):
-            if cjk:
-                tokens.extend(_cjk_tokens_cached(cjk))
-            elif word not in STOP_WORDS:
-                tokens.append(_fold_plural_cached(word))
-        value = " ".join(tokens)
-        if len(piece) <= _MAX_REMEMBERED_PIECE:
-            if len(self) >= _MAX_REMEMBERED_PIECES:
-                self.clear()
-            self[piece] = value
-        return value
-
-
-_analysed = _AnalysedPieces()
-
-
-def terms(text: str) -> str:
-    """ " ".join(tokenize(text)), computed for ingest: a split, then one dict lookup per piece.
-
-    Ingest analyses every chunk; tokenize()'s regex and per-token Python were most of an ingest's CPU.
-    """
-    pieces = unicodedata.normalize("NFKC", text).lower().split()
-    return " ".join(filter(None, map(_analysed.__getitem__, pieces)))
-
-
 # --- sentences ---------------------------------------------------------------------------------
 
 # '.', '?' or '!' (with any closing quotes/brackets) followed by whitespace ends a Latin sentence.

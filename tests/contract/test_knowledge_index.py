@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
@@ -478,25 +478,20 @@ def test_local_index_survives_vacuum(tmp_path: Path) -> None:
 
 def test_local_ranking_is_fts5s_bm25_and_follows_writes_from_another_connection(tmp_path: Path) -> None:
     """The in-memory ranking mirror returns FTS5's bm25() order and scores, and never serves a stale index."""
-    from shared.adapters.local.search import CONTENT_WEIGHT, TITLE_WEIGHT, match_expression
+    from shared.adapters.local import fts5_reference
+    from shared.adapters.local.search import CONTENT_WEIGHT, TITLE_WEIGHT
 
     path = tmp_path / "search.sqlite3"
     index, writer = LocalKnowledgeIndex(path), LocalKnowledgeIndex(path)
     index.upsert(library_chunks() + numbered_chunks("tides", 12))
+    db = index._file.connection()
+    fts5_reference.build(db)
     for query in ("How do I restore the knowledge index from a backup?", "バックアップの復元手順は？", "tidal energy"):
-        fts5 = (
-            index._file.connection()
-            .execute(
-                f"SELECT c.doc_id, c.chunk_id, bm25(chunks_terms, {TITLE_WEIGHT}, {CONTENT_WEIGHT}) AS r "
-                "FROM chunks_terms JOIN chunks c ON c.id = chunks_terms.rowid "
-                "WHERE chunks_terms MATCH ? ORDER BY r, c.id",
-                (match_expression(query),),
-            )
-            .fetchall()
-        )
+        fts5 = fts5_reference.top(db, query, 1000, TITLE_WEIGHT, CONTENT_WEIGHT)
+        assert len(fts5) > 1
         hits = index.search(query, top=len(fts5))
-        assert [(h.doc_id, h.chunk_id) for h in hits] == [(d, c) for d, c, _ in fts5]
-        assert [h.score for h in hits] == pytest.approx([-r for _, _, r in fts5])
+        assert [(h.doc_id, h.chunk_id) for h in hits] == [(d, c) for d, c, _, _ in fts5]
+        assert [h.score for h in hits] == pytest.approx([-r for _, _, _, r in fts5])
     writer.delete_document("tides")  # another object, as another process would: the mirror must notice
     assert index.search("tidal energy") == []
     writer.upsert(numbered_chunks("tides-again", 2))
@@ -644,8 +639,8 @@ def test_re_upserting_a_batch_replaces_its_rows_and_ranks_as_a_fresh_index(tmp_p
 def _crash_during_a_bulk_write(path: str) -> None:
     index = LocalKnowledgeIndex(Path(path))
     index.upsert(numbered_chunks("committed", 20))
-    with index._file.write() as db:
-        LocalKnowledgeIndex._upsert(db, numbered_chunks("in-flight", 20, title="Seaweed"))
+    with index._write() as db:
+        index._upsert(db, numbered_chunks("in-flight", 20, title="Seaweed"))
         os._exit(3)  # the process dies before the batch's COMMIT
 
 
@@ -662,3 +657,173 @@ def test_a_crash_mid_ingest_leaves_what_was_committed_and_the_mirror_matches_it(
     assert _ranking(recovered, "tidal energy") == _ranking(reference, "tidal energy")
     recovered.close()
     reference.close()
+
+
+def _write_a_schema_3_index(path: Path, chunks: list[Chunk]) -> None:
+    """An index file as schema 3 wrote it: the terms as text in an FTS5 table, joined to chunks by rowid."""
+    import sqlite3
+
+    from shared.text import tokenize
+
+    db = sqlite3.connect(path)
+    db.execute(
+        "CREATE TABLE chunks (id INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE, doc_id TEXT NOT NULL, "
+        "chunk_id INTEGER NOT NULL, title TEXT NOT NULL, url TEXT, content TEXT NOT NULL, section TEXT, "
+        "page INTEGER, version TEXT, scope TEXT NOT NULL DEFAULT 'shared')"
+    )
+    db.execute("CREATE INDEX chunks_by_doc ON chunks (doc_id, chunk_id)")
+    db.execute(
+        "CREATE VIRTUAL TABLE chunks_terms USING fts5 (title, content, tokenize = 'unicode61 remove_diacritics 0')"
+    )
+    db.execute("CREATE TABLE generation (id INTEGER PRIMARY KEY CHECK (id = 0), value INTEGER NOT NULL)")
+    db.execute("INSERT INTO generation (id, value) VALUES (0, 7)")
+    for rowid, c in enumerate(chunks, start=1):
+        db.execute(
+            "INSERT INTO chunks (id, key, doc_id, chunk_id, title, content, scope) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (rowid, c.key, c.doc_id, c.chunk_id, c.title, c.content, c.scope),
+        )
+        db.execute(
+            "INSERT INTO chunks_terms (rowid, title, content) VALUES (?, ?, ?)",
+            (rowid, " ".join(tokenize(c.title)), " ".join(tokenize(c.content))),
+        )
+    db.execute("PRAGMA user_version = 3")
+    db.commit()
+    db.close()
+
+
+def test_a_schema_3_index_moves_its_terms_to_the_rows_and_ranks_as_before(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An existing DATA_DIR's index opens, ranks exactly as a fresh index of the same chunks, and takes new ones."""
+    import sqlite3
+
+    chunks = _scoped_library()
+    _write_a_schema_3_index(tmp_path / "old.sqlite3", chunks)
+    with caplog.at_level("WARNING", logger="agent.search"):
+        old = LocalKnowledgeIndex(tmp_path / "old.sqlite3")
+        old.close()
+        old = LocalKnowledgeIndex(tmp_path / "old.sqlite3")  # a second start finds nothing left to migrate
+    migrated = [r for r in caplog.records if getattr(r, "event", None) == "index_terms_migrated"]
+    assert [getattr(r, "count", None) for r in migrated] == [len(chunks)]
+    fresh = LocalKnowledgeIndex(tmp_path / "fresh.sqlite3")
+    fresh.upsert(chunks)
+    for query in QUERIES:
+        for scopes in (None, ["acme", "shared"]):
+            assert _ranking(old, query, scopes) == _ranking(fresh, query, scopes)
+            assert _ranking(old, query, scopes)
+    more = numbered_chunks("seaweed", 3, title="Seaweed farming")
+    old.upsert(more)
+    fresh.upsert(more)
+    assert _ranking(old, "seaweed tidal") == _ranking(fresh, "seaweed tidal")
+    old.close()
+    fresh.close()
+    db = sqlite3.connect(tmp_path / "old.sqlite3")
+    assert db.execute("SELECT name FROM sqlite_master WHERE name = 'chunks_terms'").fetchall() == []
+    assert db.execute("PRAGMA user_version").fetchone() == (4,)
+    db.close()
+
+
+def test_writers_on_one_file_share_its_vocabulary_and_a_failed_write_leaves_no_trace(tmp_path: Path) -> None:
+    """Term ids are per file: two writers (as two processes) each add terms, one write fails midway,
+    and every term still means the same thing to every reader."""
+    path = tmp_path / "search.sqlite3"
+    first, second = LocalKnowledgeIndex(path), LocalKnowledgeIndex(path)
+    first.upsert(numbered_chunks("tides", 3))
+    second.upsert([Chunk(doc_id="kelp", chunk_id=0, title="Kelp", content="Kelp forests store carbon.")])
+    with pytest.raises(RuntimeError), first._write() as db:
+        first._upsert(db, [Chunk(doc_id="lost", chunk_id=0, title="Lost", content="Ephemeral zebras.")])
+        raise RuntimeError("the write fails before its commit")
+    first.upsert([Chunk(doc_id="moss", chunk_id=0, title="Moss", content="Moss on carbon-rich bogs.")])
+    second.upsert([Chunk(doc_id="reef", chunk_id=0, title="Reef", content="Zebras never visit a reef.")])
+    reader = LocalKnowledgeIndex(path)
+    assert {h.doc_id for h in reader.search("carbon")} == {"kelp", "moss"}
+    assert [h.doc_id for h in reader.search("zebras")] == ["reef"]
+    assert {h.doc_id for h in reader.search("tidal energy")} == {"tides"}
+    assert [h.doc_id for h in first.search("kelp")] == ["kelp"]
+    for index in (first, second, reader):
+        index.close()
+
+
+def _full_reads(index: LocalKnowledgeIndex) -> list[str]:
+    """The statements of this thread's connection that read every row back to rebuild the mirror, from now on."""
+    reads: list[str] = []
+    index._file.connection().set_trace_callback(
+        lambda sql: reads.append(sql) if "content_terms FROM chunks" in sql else None
+    )
+    return reads
+
+
+def test_rows_this_process_appended_join_the_mirror_without_reading_the_file_back(tmp_path: Path) -> None:
+    chunks = _scoped_library()
+    index, fresh = LocalKnowledgeIndex(tmp_path / "index.sqlite3"), LocalKnowledgeIndex(tmp_path / "fresh.sqlite3")
+    fresh.upsert(chunks)
+    reads = _full_reads(index)
+    index.upsert(chunks[:5])  # into an empty file: the mirror is these rows alone
+    assert [h.doc_id for h in index.search("restore")]
+    index.upsert(chunks[5:12])
+    index.upsert(chunks[12:])  # two appends in a row, one rebuild
+    for query in QUERIES:
+        for scopes in (None, ["acme", "shared"]):
+            assert _ranking(index, query, scopes) == _ranking(fresh, query, scopes)
+    assert reads == []
+    index.upsert([chunks[0]])  # a replacement is not an append: the next rebuild reads the file
+    fresh.upsert([chunks[0]])
+    assert _ranking(index, "tidal energy") == _ranking(fresh, "tidal energy")
+    assert len(reads) == 1
+    index.close()
+    fresh.close()
+
+
+def test_a_write_by_another_process_between_appends_makes_the_mirror_read_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "index.sqlite3"
+    index, other = LocalKnowledgeIndex(path), LocalKnowledgeIndex(path)
+    index.upsert(numbered_chunks("tides", 3))
+    index.search("tidal")
+    reads = _full_reads(index)
+    other.upsert([Chunk(doc_id="kelp", chunk_id=0, title="Kelp", content="Tidal kelp forests.")])
+    index.upsert(numbered_chunks("more-tides", 2))
+    assert {h.doc_id for h in index.search("tidal", top=10)} == {"tides", "kelp", "more-tides"}
+    assert len(reads) == 1
+    index.close()
+    other.close()
+
+
+def test_appended_rows_are_held_only_up_to_a_bound(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared.adapters.local import search
+
+    monkeypatch.setattr(search, "MAX_APPENDED_ROWS", 4)
+    index = LocalKnowledgeIndex(tmp_path / "index.sqlite3")
+    index.upsert(numbered_chunks("tides", 3))
+    assert index._appended is not None
+    index.upsert(numbered_chunks("more-tides", 2))  # 5 rows held would pass the bound
+    assert index._appended is None
+    assert {h.doc_id for h in index.search("tidal", top=10)} == {"tides", "more-tides"}
+    index.close()
+
+
+def _upsert_then_wait_to_be_killed(path: str, ready: Any) -> None:
+    index = LocalKnowledgeIndex(Path(path))
+    index.upsert(numbered_chunks("durable", 30, title="Seaweed"))
+    ready.set()  # upsert returned: from here on the batch must survive anything
+    time.sleep(60)
+
+
+def test_an_upsert_that_returned_survives_the_process_being_killed(tmp_path: Path) -> None:
+    """Durable at return: the commit is fsync'd (WAL, synchronous=FULL), and a SIGKILL right after loses nothing."""
+    import signal
+
+    path = tmp_path / "search.sqlite3"
+    context = multiprocessing.get_context("spawn")
+    ready = context.Event()
+    worker = context.Process(target=_upsert_then_wait_to_be_killed, args=(str(path), ready))
+    worker.start()
+    assert ready.wait(timeout=60)
+    os.kill(worker.pid, signal.SIGKILL)  # type: ignore[arg-type]
+    worker.join(timeout=10)
+    recovered = LocalKnowledgeIndex(path)
+    assert recovered.count() == 30
+    assert {h.doc_id for h in recovered.search("seaweed", top=50)} == {"durable"}
+    db = recovered._file.connection()
+    assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    assert db.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL: the WAL is fsync'd at every commit
+    recovered.close()

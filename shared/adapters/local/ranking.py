@@ -1,13 +1,13 @@
-"""An in-memory mirror of the embedded index's FTS5 table that ranks a query in well under a millisecond.
+"""The embedded index's ranking: FTS5's bm25() over postings held in memory, well under a millisecond.
 
 FTS5 ranks by walking every posting of every query term through SQLite's virtual-table layer,
-about 5 ms at 10,000 chunks. This mirror keeps the same postings as arrays (one per term) and
-computes FTS5's own bm25() over them with vector arithmetic, so it returns the same ranking
-FTS5 would (same k1, b, IDF floor, column weights and row length), only faster.
+about 5 ms at 10,000 chunks. This mirror keeps the postings as arrays (one per term) and computes
+FTS5's own bm25() over them with vector arithmetic, so it returns the ranking an FTS5 table of the
+same terms would (same k1, b, IDF floor, column weights and row length), only faster.
 
-It is a cache, never the record: the SQLite file stays the durable store, and the mirror is
-rebuilt from its pre-tokenized FTS5 text whenever the file's write generation (bumped by every
-write, from any thread or process) differs from the one the mirror was built at.
+It is a cache, never the record: the SQLite file stays the durable store (each chunk's term ids,
+shared.adapters.local.term_ids), and the mirror is rebuilt from it whenever the file's write
+generation (bumped by every write, from any thread or process) differs from the one it was built at.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
+
+from shared.adapters.local.term_ids import ID_BYTES, ID_TYPE
 
 # FTS5's bm25() constants (fts5_aux.c).
 K1 = 1.2
@@ -35,56 +37,56 @@ class RankingMirror:
 
     def __init__(
         self,
-        rows: Iterable[tuple[int, str, str, str, str]],
+        rows: Iterable[tuple[int, str, str, bytes, bytes]],
+        vocabulary: Sequence[str],
         generation: int,
         title_weight: float,
         content_weight: float,
     ) -> None:
-        """rows: (rowid, doc_id, scope, title terms, content terms), the terms space-joined as FTS5 holds them.
+        """rows: (rowid, doc_id, scope, title term ids, content term ids), packed as term_ids stores them;
+        vocabulary: the term of each id.
 
-        Built in bulk: every token becomes a term id (one dict lookup, in C), and numpy sums the
-        weights per (term, row) and cuts the postings out of one sorted array; a Python loop per
-        token made a rebuild (the first search after any write) slower than the ingest itself.
+        Built in bulk: the rows' packed ids are one numpy array, and numpy sums the weights per
+        (term, row) and cuts the postings out of one sorted array; no Python runs per token.
         """
         self.generation = generation
         rowids: list[int] = []
         slots_by_doc: dict[str, list[int]] = {}
         slots_by_scope: dict[str, list[int]] = {}
-        tokens: list[str] = []
-        counts: list[int] = []  # per row: its title's token count, then its content's
-        for slot, (rowid, doc_id, scope, title, content) in enumerate(sorted(rows)):
+        packed: list[bytes] = []  # per row: its title's ids, then its content's
+        self.rows = sorted(rows)  # kept, so that rows appended later can be added without reading these back
+        for slot, (rowid, doc_id, scope, title, content) in enumerate(self.rows):
             rowids.append(rowid)
             slots_by_doc.setdefault(doc_id, []).append(slot)
             slots_by_scope.setdefault(scope, []).append(slot)
-            title_terms, content_terms = title.split(), content.split()
-            tokens += title_terms
-            tokens += content_terms
-            counts += (len(title_terms), len(content_terms))
+            packed += (title, content)
         self.rowids = np.asarray(rowids, dtype=np.int64)
         rows_count = len(rowids)
-        term_ids = _TermIds()
-        ids = np.fromiter(map(term_ids.__getitem__, tokens), dtype=np.int64, count=len(tokens))
-        per_column = np.asarray(counts, dtype=np.int64)
+        ids = np.frombuffer(b"".join(packed), dtype=ID_TYPE).astype(np.int64)
+        per_column = np.fromiter(map(len, packed), dtype=np.int64, count=len(packed)) // ID_BYTES
+        terms_count = len(vocabulary)
         slot_of = np.repeat(np.repeat(np.arange(rows_count, dtype=np.int64), 2), per_column)
         weight_of = np.repeat(np.tile(np.asarray([title_weight, content_weight]), rows_count), per_column)
         # Tokens grouped by term, each group in row order (a stable sort: a radix sort while the
         # vocabulary fits 16 bits); a term repeated in a row sums its weights into one posting.
-        order = np.argsort(ids.astype(np.uint16) if len(term_ids) <= 0xFFFF else ids, kind="stable")
+        order = np.argsort(ids.astype(np.uint16) if terms_count <= 0xFFFF else ids, kind="stable")
         ids, slot_of, weight_of = ids[order], slot_of[order], weight_of[order]
         new_pair = np.ones(len(ids), dtype=bool)
         new_pair[1:] = (ids[1:] != ids[:-1]) | (slot_of[1:] != slot_of[:-1])
         starts = np.flatnonzero(new_pair)
         freqs = np.add.reduceat(weight_of, starts) if len(starts) else weight_of
         slots, posting_terms = slot_of[starts], ids[starts]
-        bounds = np.searchsorted(posting_terms, np.arange(len(term_ids) + 1)).tolist()
+        bounds = np.searchsorted(posting_terms, np.arange(terms_count + 1)).tolist()
         lengths = per_column.reshape(-1, 2).sum(axis=1)
         avgdl = (float(lengths.sum()) / rows_count) if rows_count else 1.0
         # The per-row part of bm25()'s denominator: k1 * (1 - b + b * |D| / avgdl).
         self._norm = K1 * (1 - B + B * lengths.astype(np.float64) / (avgdl or 1.0))
         self._postings = {
-            term: (slots[bounds[i] : bounds[i + 1]], freqs[bounds[i] : bounds[i + 1]]) for term, i in term_ids.items()
+            term: (slots[bounds[i] : bounds[i + 1]], freqs[bounds[i] : bounds[i + 1]])
+            for i, term in enumerate(vocabulary)
+            if bounds[i + 1] > bounds[i]
         }
-        self._idf = {term: _idf(rows_count, bounds[i + 1] - bounds[i]) for term, i in term_ids.items()}
+        self._idf = {term: _idf(rows_count, len(posting[0])) for term, posting in self._postings.items()}
         self._slots_by_doc = {doc: np.asarray(slots, dtype=np.int64) for doc, slots in slots_by_doc.items()}
         self._slots_by_scope = {scope: np.asarray(slots, dtype=np.int64) for scope, slots in slots_by_scope.items()}
         self._masks: dict[frozenset[str], Any] = {}
@@ -141,14 +143,6 @@ class RankingMirror:
             candidates, picked = candidates[keep], picked[keep]
         order = np.lexsort((candidates, -picked))  # best score first, then the older row, as FTS5 scans
         return [(int(self.rowids[s]), float(v)) for s, v in zip(candidates[order], picked[order], strict=True) if v > 0]
-
-
-class _TermIds(dict[str, int]):
-    """Term -> a dense id, given in order of first sight."""
-
-    def __missing__(self, term: str) -> int:
-        self[term] = len(self)
-        return len(self) - 1
 
 
 def _idf(rows: int, hits: int) -> float:

@@ -1,13 +1,17 @@
-"""The embedded knowledge index: SQLite with an FTS5 table over pre-tokenized text, ranked by BM25.
+"""The embedded knowledge index: one SQLite file of chunks and their analysed terms, ranked by BM25.
 
-FTS5's own tokenizers cannot split Japanese, so shared.text.tokenize() does the analysis
-(words, CJK bigrams) and FTS5's unicode61 tokenizer only splits that output on the spaces
-between tokens. The original text lives in the chunks table; citations and snippets use it.
+shared.text.tokenize() does the analysis (words, CJK bigrams: FTS5's own tokenizers cannot split
+Japanese). Each chunk row holds its text, which citations and snippets use, and its terms as
+packed term ids (shared.adapters.local.term_ids), written in the same row, the same transaction.
 
-Queries are ranked by an in-memory mirror of the FTS5 table (shared.adapters.local.ranking),
-which computes FTS5's bm25() over the same postings in a fraction of the time. The mirror is
-rebuilt whenever the file's write generation (the `generation` row, bumped in every write
-transaction by any thread or process) moves past the one it was built at.
+Queries are ranked by an in-memory ranking mirror (shared.adapters.local.ranking) built from
+those ids, which computes FTS5's bm25() in a fraction of FTS5's time. The mirror is rebuilt
+whenever the file's write generation (the `generation` row, bumped in every write transaction
+by any thread or process) moves past the one it was built at.
+
+Schema 3 and older kept the terms as text in an FTS5 table that only the mirror read. Opening
+such a file converts those terms to ids (the stored terms, not a fresh analysis, so rankings stay
+as they were) and drops the table: writing it was most of an ingest's cost.
 
 Every chunk has a scope (its tenant, or `shared`). A search or read given scopes sees only
 those: the mirror ranks only rows in them, and the SQL that reads the rows back filters on the
@@ -20,25 +24,30 @@ import json
 import logging
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from shared.adapters.local.ranking import RankingMirror
 from shared.adapters.local.sqlite_file import SqliteFile
+from shared.adapters.local.term_ids import SCHEMA as VOCABULARY_SCHEMA
+from shared.adapters.local.term_ids import Vocabulary, read_vocabulary
 from shared.contracts import SHARED_SCOPE, Chunk, SearchHit
 from shared.errors import DependencyUnavailable
-from shared.text import best_snippet, terms, tokenize
+from shared.text import best_snippet, tokenize
 
 log = logging.getLogger("agent.search")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
+PAGE_SIZE = 16384
 TITLE_WEIGHT = 2.0
 CONTENT_WEIGHT = 1.0
 
 _SCHEMA = (
-    # An explicit INTEGER PRIMARY KEY, because VACUUM may renumber implicit rowids and the FTS
-    # table is joined to chunks by rowid. key is the index key all the same (UNIQUE, upserted on).
+    # An explicit INTEGER PRIMARY KEY, because VACUUM may renumber implicit rowids, and the mirror
+    # ranks by id (the newer row first on a tie). key is the index key all the same (UNIQUE, upserted on).
     """CREATE TABLE IF NOT EXISTS chunks (
     id INTEGER PRIMARY KEY,
     key TEXT NOT NULL UNIQUE,
@@ -50,24 +59,25 @@ _SCHEMA = (
     section TEXT,
     page INTEGER,
     version TEXT,
-    scope TEXT NOT NULL DEFAULT 'shared'
+    scope TEXT NOT NULL DEFAULT 'shared',
+    title_terms BLOB,
+    content_terms BLOB
     )""",
     "CREATE INDEX IF NOT EXISTS chunks_by_doc ON chunks (doc_id, chunk_id)",
-    # rowid of chunks_terms = rowid of chunks; its columns hold tokenize() output joined by spaces.
-    """CREATE VIRTUAL TABLE IF NOT EXISTS chunks_terms USING fts5 (
-    title, content, tokenize = 'unicode61 remove_diacritics 0'
-    )""",
-    # FTS5 merges its index segments as it writes (automerge: ~15% of its insert CPU). Queries
-    # never walk that index (the ranking mirror reads the terms), so merges wait for FTS5's own bound:
-    # crisismerge (16 segments on one level) still merges, so the index stays bounded.
-    "INSERT INTO chunks_terms (chunks_terms, rank) VALUES ('automerge', 0)",
+    VOCABULARY_SCHEMA,
     # Bumped by every write transaction: the ranking mirror's "am I current?" check, across processes.
     "CREATE TABLE IF NOT EXISTS generation (id INTEGER PRIMARY KEY CHECK (id = 0), value INTEGER NOT NULL)",
     "INSERT OR IGNORE INTO generation (id, value) VALUES (0, 0)",
     f"PRAGMA user_version = {SCHEMA_VERSION}",
 )
 # Columns added after schema 1: an index file written before them gains them on open (NULL = unknown).
-_ADDED_COLUMNS = (("section", "TEXT"), ("page", "INTEGER"), ("version", "TEXT"))
+_ADDED_COLUMNS = (
+    ("section", "TEXT"),
+    ("page", "INTEGER"),
+    ("version", "TEXT"),
+    ("title_terms", "BLOB"),  # schema 4: NULL until the migration below fills them
+    ("content_terms", "BLOB"),
+)
 
 # Schema 3 gave every chunk a scope (its tenant, or shared); the chunks of an older file were
 # published before tenants owned knowledge, so they become shared (counted and logged once).
@@ -98,15 +108,22 @@ def _in_scopes(scopes: Sequence[str]) -> tuple[str, list[object]]:
     return f"scope IN ({','.join('?' * len(wanted))})", wanted
 
 
-def match_expression(query: str) -> str | None:
-    """The FTS5 query for free text: its tokens, each quoted as a literal, ORed; None if it has none.
+_WEIGHTS = (TITLE_WEIGHT, CONTENT_WEIGHT)
+# Appended rows held for the next rebuild at most (a few MB): a process that only writes, and so
+# never rebuilds, must not keep every row it wrote.
+MAX_APPENDED_ROWS = 20_000
+MirrorRow = tuple[int, str, str, bytes, bytes]  # rowid, doc_id, scope, title term ids, content term ids
 
-    Quoting makes user input inert: '"', '*', 'AND', '-x' and column filters are all just text.
-    """
-    terms = dict.fromkeys(tokenize(query))  # de-duplicated, in query order
-    if not terms:
-        return None
-    return " OR ".join('"' + term.replace('"', '""') + '"' for term in terms)
+
+@dataclass(frozen=True)
+class _Appended:
+    """Rows this process appended in the writes from generation `base` (None: from an empty file) to
+    `generation`, and the vocabulary then."""
+
+    base: int | None
+    generation: int
+    rows: list[MirrorRow]
+    vocabulary: list[str]
 
 
 class LocalKnowledgeIndex:
@@ -120,13 +137,23 @@ class LocalKnowledgeIndex:
     def __init__(self, path: Path, *, busy_timeout_seconds: float = 30.0) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # FULL: a committed upsert survives power loss, not just a process crash.
+        # FULL: a committed upsert survives power loss, not just a process crash. 16 KB pages: a chunk
+        # row (text and term ids) is 1-2 KB, and a 10,000-chunk upsert with its commit took about 40%
+        # less time than with SQLite's default 4 KB (bench/search.py). Files made before keep theirs.
         self._file = SqliteFile(
-            self.path, "knowledge index", timeout=busy_timeout_seconds, pragmas=("PRAGMA synchronous = FULL",)
+            self.path,
+            "knowledge index",
+            timeout=busy_timeout_seconds,
+            pragmas=("PRAGMA synchronous = FULL",),
+            page_size=PAGE_SIZE,
         )
         self._mirror: RankingMirror | None = None
         self._mirror_lock = threading.Lock()
+        self._appended: _Appended | None = None
+        self._vocabulary = Vocabulary()
+        self._write_lock = threading.Lock()  # the vocabulary is the writer's: one write at a time in a process
         with self._file.write() as db:
+            (version,) = db.execute("PRAGMA user_version").fetchone()
             existing = {row[1] for row in db.execute("PRAGMA table_info(chunks)")}
             if existing:
                 for name, kind in _ADDED_COLUMNS:
@@ -143,6 +170,49 @@ class LocalKnowledgeIndex:
                     )
             for statement in _SCHEMA:
                 db.execute(statement)
+            if existing and version < SCHEMA_VERSION:
+                try:
+                    self._vocabulary.begin(db)
+                    self._migrate_terms(db)
+                    self._vocabulary.flush(db)
+                finally:
+                    self._vocabulary.forget()  # the next write reads the vocabulary as committed
+
+    def _migrate_terms(self, db: sqlite3.Connection) -> None:
+        """Give every chunk without term ids its ids: from an older file's FTS5 table if there is one, else its text."""
+        if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'chunks_terms'").fetchone():
+            stored = db.execute("SELECT rowid, title, content FROM chunks_terms").fetchall()
+            encode = self._vocabulary.encode_tokens
+            db.executemany(
+                "UPDATE chunks SET title_terms = ?, content_terms = ? WHERE id = ?",
+                [(encode(title.split()), encode(content.split()), rowid) for rowid, title, content in stored],
+            )
+            db.execute("DROP TABLE chunks_terms")
+            log.warning(
+                "knowledge index %s: the terms of %d chunk(s) moved from the FTS5 table to their rows",
+                self.path,
+                len(stored),
+                extra={"event": "index_terms_migrated", "count": len(stored)},
+            )
+        unanalysed = db.execute("SELECT id, title, content FROM chunks WHERE title_terms IS NULL").fetchall()
+        analyse = self._vocabulary.encode
+        db.executemany(
+            "UPDATE chunks SET title_terms = ?, content_terms = ? WHERE id = ?",
+            [(analyse(title), analyse(content), rowid) for rowid, title, content in unanalysed],
+        )
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction whose new terms commit with it; if it fails, the vocabulary in memory is dropped."""
+        with self._write_lock:
+            try:
+                with self._file.write() as db:
+                    self._vocabulary.begin(db)
+                    yield db
+                    self._vocabulary.flush(db)
+            except BaseException:
+                self._vocabulary.forget()  # ids handed out in the failed transaction do not exist
+                raise
 
     # --- connections ---------------------------------------------------------------------------
 
@@ -153,20 +223,25 @@ class LocalKnowledgeIndex:
     # --- KnowledgeIndex ------------------------------------------------------------------------
 
     def upsert(self, chunks: list[Chunk]) -> int:
-        with self._file.write() as db:
-            self._upsert(db, chunks)
+        with self._write() as db:
+            (before, empty) = db.execute(
+                "SELECT value, NOT EXISTS (SELECT 1 FROM chunks) FROM generation WHERE id = 0"
+            ).fetchone()
+            appended = self._upsert(db, chunks)
+            vocabulary = self._vocabulary.terms()
+        self._note_append(before, bool(empty), appended, vocabulary)
         return len(chunks)
 
-    @staticmethod
-    def _upsert(db: sqlite3.Connection, chunks: list[Chunk]) -> None:
-        """Write chunks in bulk: a few executemany calls per batch, not three statements per chunk.
+    def _upsert(self, db: sqlite3.Connection, chunks: list[Chunk]) -> list[MirrorRow] | None:
+        """Write chunks in bulk: one executemany of whole rows (text and term ids) per batch.
 
         A chunk whose key is already indexed is replaced: its old rows go first, and it is written
         again under a new rowid (so it ranks as the newest row on a tie, as FTS5 would scan it).
+        Returns the rows as the ranking mirror takes them if the batch only added rows, else None.
         """
         latest = {chunk.key: chunk for chunk in chunks}  # a key given twice: the last one wins
         if not latest:
-            return
+            return []
         stale = [
             (rowid,)
             for (rowid,) in db.execute(
@@ -174,26 +249,60 @@ class LocalKnowledgeIndex:
             )
         ]
         if stale:
-            db.executemany("DELETE FROM chunks_terms WHERE rowid = ?", stale)
             db.executemany("DELETE FROM chunks WHERE id = ?", stale)
         (last,) = db.execute("SELECT coalesce(max(id), 0) FROM chunks").fetchone()
         rowids = range(last + 1, last + 1 + len(latest))
+        encode = self._vocabulary.encode
+        written = [
+            (
+                rowid,
+                key,
+                c.doc_id,
+                c.chunk_id,
+                c.title,
+                c.url,
+                c.content,
+                c.section,
+                c.page,
+                c.version,
+                c.scope,
+                encode(c.title),
+                encode(c.content),
+            )
+            for rowid, (key, c) in zip(rowids, latest.items(), strict=True)
+        ]
         db.executemany(
-            """INSERT INTO chunks (id, key, doc_id, chunk_id, title, url, content, section, page, version, scope)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-            [
-                (rowid, key, c.doc_id, c.chunk_id, c.title, c.url, c.content, c.section, c.page, c.version, c.scope)
-                for rowid, (key, c) in zip(rowids, latest.items(), strict=True)
-            ],
+            """INSERT INTO chunks (id, key, doc_id, chunk_id, title, url, content, section, page, version, scope,
+                                   title_terms, content_terms)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+            written,
         )
-        db.executemany(
-            "INSERT INTO chunks_terms (rowid, title, content) VALUES (?, ?, ?)",
-            [(rowid, terms(c.title), terms(c.content)) for rowid, c in zip(rowids, latest.values(), strict=True)],
-        )
+        return None if stale else [(r[0], r[2], r[10], r[11], r[12]) for r in written]
+
+    def _note_append(self, before: int, empty: bool, rows: list[MirrorRow] | None, vocabulary: list[str]) -> None:
+        """Remember rows this process appended in the write after generation `before` (to a file with
+        no rows if `empty`), so the next rebuild adds them to the mirror it has (or builds it from them
+        alone) instead of reading every row back from the file.
+
+        Only a chain of appends straight after the mirror's generation (or an empty file) qualifies:
+        any other write (a delete, a replace, another process's write) leaves a gap in the chain, and
+        then the rebuild reads the file as before.
+        """
+        with self._mirror_lock:
+            pending, mirror = self._appended, self._mirror
+            if rows is None or len(rows) + (len(pending.rows) if pending else 0) > MAX_APPENDED_ROWS:
+                self._appended = None
+            elif empty:
+                self._appended = _Appended(None, before + 1, rows, vocabulary)
+            elif pending is not None and pending.generation == before:
+                self._appended = _Appended(pending.base, before + 1, pending.rows + rows, vocabulary)
+            elif mirror is not None and mirror.generation == before:
+                self._appended = _Appended(before, before + 1, rows, vocabulary)
+            else:
+                self._appended = None
 
     @staticmethod
     def _delete(db: sqlite3.Connection, doc_id: str) -> int:
-        db.execute("DELETE FROM chunks_terms WHERE rowid IN (SELECT rowid FROM chunks WHERE doc_id = ?)", (doc_id,))
         return int(db.execute("DELETE FROM chunks WHERE doc_id = ?", (doc_id,)).rowcount)
 
     def delete_document(self, doc_id: str) -> int:
@@ -202,7 +311,7 @@ class LocalKnowledgeIndex:
 
     def replace_document(self, doc_id: str, chunks: list[Chunk]) -> int:
         """Swap every chunk of doc_id for chunks in one transaction: readers see the old version or the new."""
-        with self._file.write() as db:
+        with self._write() as db:
             self._delete(db, doc_id)
             self._upsert(db, chunks)
         return len(chunks)
@@ -245,7 +354,7 @@ class LocalKnowledgeIndex:
         ]
 
     def _current_mirror(self, db: sqlite3.Connection) -> RankingMirror:
-        """The ranking mirror as of the file's latest write, rebuilt from the FTS5 text if it is behind."""
+        """The ranking mirror as of the file's latest write, rebuilt from the rows' term ids if it is behind."""
         (generation,) = db.execute("SELECT value FROM generation WHERE id = 0").fetchone()
         mirror = self._mirror
         if mirror is not None and mirror.generation == generation:
@@ -254,16 +363,24 @@ class LocalKnowledgeIndex:
             mirror = self._mirror
             if mirror is not None and mirror.generation == generation:
                 return mirror
+            appended, self._appended = self._appended, None
+            if appended is not None and appended.generation == generation:
+                if appended.base is None:  # the file held nothing else
+                    self._mirror = RankingMirror(appended.rows, appended.vocabulary, generation, *_WEIGHTS)
+                    return self._mirror
+                if mirror is not None and mirror.generation == appended.base:
+                    self._mirror = RankingMirror(
+                        mirror.rows + appended.rows, appended.vocabulary, generation, *_WEIGHTS
+                    )
+                    return self._mirror
             db.execute("BEGIN")  # one snapshot: the rows and the generation they belong to
             try:
                 (generation,) = db.execute("SELECT value FROM generation WHERE id = 0").fetchone()
-                rows = db.execute(
-                    "SELECT t.rowid, c.doc_id, c.scope, t.title, t.content "
-                    "FROM chunks_terms t JOIN chunks c ON c.id = t.rowid"
-                ).fetchall()
+                rows = db.execute("SELECT id, doc_id, scope, title_terms, content_terms FROM chunks").fetchall()
+                vocabulary = read_vocabulary(db)
             finally:
                 db.execute("COMMIT")
-            self._mirror = RankingMirror(rows, generation, TITLE_WEIGHT, CONTENT_WEIGHT)
+            self._mirror = RankingMirror(rows, vocabulary, generation, *_WEIGHTS)
             return self._mirror
 
     def get_chunks(
@@ -291,7 +408,7 @@ class LocalKnowledgeIndex:
 
     def definition(self) -> dict[str, Any]:
         return {
-            "kind": "sqlite-fts5",
+            "kind": "sqlite",
             "schema_version": SCHEMA_VERSION,
             "key": "key",
             "fields": [
@@ -307,14 +424,13 @@ class LocalKnowledgeIndex:
                 {"name": "scope", "type": "text", "filterable": True},
             ],
             "analyzer": "shared.text.tokenize (NFKC lowercase words, CJK character bigrams)",
-            "tokenizer": "fts5 unicode61 remove_diacritics 0 over pre-tokenized text",
-            "ranking": f"bm25(title={TITLE_WEIGHT}, content={CONTENT_WEIGHT}), FTS5's, computed in memory",
+            "terms": "term ids per chunk row (shared.adapters.local.term_ids), ranked in memory",
+            "ranking": f"bm25(title={TITLE_WEIGHT}, content={CONTENT_WEIGHT}), FTS5's formula",
         }
 
     def reset(self) -> None:
         with self._file.write() as db:
-            db.execute("DELETE FROM chunks_terms")
-            db.execute("DELETE FROM chunks")
+            db.execute("DELETE FROM chunks")  # the vocabulary stays: ids are never reused
 
     def ping(self) -> None:
         try:

@@ -22,11 +22,15 @@ __all__ = ["SqliteFile"]
 class SqliteFile:
     """Connections to one SQLite file, one per thread; `what` names it in errors ("knowledge index")."""
 
-    def __init__(self, path: Path, what: str, *, timeout: float, pragmas: Sequence[str] = ()) -> None:
+    def __init__(
+        self, path: Path, what: str, *, timeout: float, pragmas: Sequence[str] = (), page_size: int | None = None
+    ) -> None:
+        """page_size: of a file this creates (SQLite fixes it when the file is created; later it is a no-op)."""
         self.path = path
         self.what = what
         self._timeout = timeout
-        self._pragmas = ("PRAGMA journal_mode = WAL", *pragmas)
+        first = () if page_size is None else (f"PRAGMA page_size = {int(page_size)}",)
+        self._pragmas = (*first, "PRAGMA journal_mode = WAL", *pragmas)
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
