@@ -6,16 +6,17 @@ Records (both in the ledgers container):
 
 A job's figure is *set* (not added) from its checkpoints, monotonic by step, so a redelivered
 step can neither count twice nor move the figure back. The month total changes by the job's
-delta, once per committed usage change (one write): for each unfinished job, and each job that
-finished in the last RECENT_SECONDS, the total record keeps the step and usage it applied. That
-makes applying a step idempotent (a replay finds its step applied) and gives the delta's base.
-While a job runs, that entry is its only ledger record (one write per usage change); when it
-finishes, its own record is written after the total, and once the total forgets the job, that
-record is its base (a late replay of its final step applies nothing).
+delta, once per committed usage change (one write): for each unfinished job, and each finished
+job whose own record is not yet written, the total record keeps the step and usage it applied.
+That makes applying a step idempotent (a replay finds its step applied) and gives the delta's
+base. While a job runs, that entry is its only ledger record (one write per usage change); when it
+finishes, its own record is written after the total, and once the total forgets the job (the next
+writer of the total sees that record, or RECENT_SECONDS passed), that record is its base (a late
+replay of its final step applies nothing).
 
-So the cost of a step or a submit does not grow with the month's volume: the total record holds
-the jobs in flight and those that finished within the hour, never the month's history. A job that
-never finishes stays in it (the stuck-job sweep ends such jobs, which records them as finished).
+So the cost of a step or a submit does not grow with the month's volume, nor with the hour's: the
+total record holds the jobs in flight, never the finished ones. A job that never finishes stays in
+it (the stuck-job sweep ends such jobs, which records them as finished).
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ BUDGET_WARNING_RATIO = 0.8
 # Budget checks (each step, each submit) accept a month total this old: a budget stops jobs "at
 # the next step", not mid-flight, and a second's lag is far below one step's spend.
 BUDGET_STALENESS_SECONDS = 1.0
-# How long the total remembers what it applied for a finished job: well past the broker's
-# redelivery of a final step (lock duration x max deliveries), so a replay finds its own entry.
+# How long the total remembers what it applied for a finished job whose own record never came (a
+# crash between the two writes): well past the broker's redelivery of a final step (lock
+# duration x max deliveries), so that replay finds its own entry.
 RECENT_SECONDS = 3600.0
 
 _FIELDS = ("prompt_tokens", "completion_tokens", "cached_tokens")
@@ -120,7 +122,7 @@ class UsageLedger:
             for f in _FIELDS:
                 total[f] = int(total.get(f, 0)) + getattr(usage, f) - int(base.get(f, 0))
             totals[1] = _tokens(total)
-            kept = {j: e for j, e in recent.items() if j != job_id and _kept(e, now, self.recent_seconds)}
+            kept = {j: e for j, e in recent.items() if j != job_id and self._kept(tenant, month, j, e, now)}
             kept[job_id] = _entry(usage, step, at=now, **({"final": True} if final else {}))
             return {**record, "total": total, "recent": kept}
 
@@ -132,6 +134,20 @@ class UsageLedger:
         if final:
             self._set_job(tenant, month, job_id, usage, step)
         return totals[0], totals[1]
+
+    def _kept(self, tenant: str, month: str, job_id: str, entry: dict[str, Any], now: float) -> bool:
+        """Whether the total must still remember a job: unfinished (it has no other record), or finished
+        and its own record, the base once the total forgets it, not yet written (or within the hour).
+
+        Read once per finished job, by the next writer of the total: the record then holds the jobs
+        in flight, not the hour's finished jobs, however many that is.
+        """
+        if not entry.get("final"):
+            return True
+        if now - float(entry.get("at", 0)) >= self.recent_seconds:
+            return False
+        own = self._read_job(tenant, month, job_id)
+        return own is None or int(own.get("step", 0)) < int(entry.get("step", 0))
 
     def _set_job(self, tenant: str, month: str, job_id: str, usage: Usage, step: int) -> None:
         def change(entry: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -176,11 +192,6 @@ class UsageLedger:
             key[len(prefix) : -len(".json")]: self.total(key[len(prefix) : -len(".json")], month)
             for key in self.objects.list(prefix)
         }
-
-
-def _kept(entry: dict[str, Any], now: float, recent_seconds: float) -> bool:
-    """Whether the total still remembers a job: unfinished (it has no other record), or finished lately."""
-    return not entry.get("final") or now - float(entry.get("at", 0)) < recent_seconds
 
 
 def _upgraded(record: dict[str, Any] | None) -> dict[str, Any]:

@@ -108,3 +108,22 @@ def test_an_unfinished_job_is_never_forgotten_by_the_total(
     monkeypatch.setattr("shared.engine.ledger.time.time", lambda: later)
     ledger.record("acme", MONTH, "b", u(0), step=1, final=True)  # a later write prunes what it may
     assert ledger.record("acme", MONTH, "a", u(14), step=2, final=False) == (11, 16)  # the delta, not 15 again
+
+
+def test_the_total_record_holds_the_jobs_in_flight_not_the_hours_finished_ones(objects: LocalObjectStore) -> None:
+    ledger = UsageLedger(objects)  # finished jobs may be remembered for an hour, but need not be
+    for n in range(20):
+        ledger.record("acme", MONTH, f"done-{n}", u(1), step=2, final=True)
+    ledger.record("acme", MONTH, "running", u(1), step=1, final=False)
+    recent = json.loads(objects.get(layout.ledger_key(MONTH, "acme")).data)["recent"]  # type: ignore[union-attr]
+    assert set(recent) == {"running"}  # every finished job's own record was written, so it is the base
+    assert ledger.record("acme", MONTH, "done-3", u(1), step=2, final=True) == (42, 42)  # a replay: nothing
+    assert ledger.total("acme", MONTH).total_tokens == 42
+
+
+def test_a_finished_job_whose_own_record_never_came_stays_in_the_total(objects: LocalObjectStore) -> None:
+    ledger = UsageLedger(objects)
+    ledger.record("acme", MONTH, "a", u(9), step=2, final=True)
+    objects.delete(layout.ledger_job_key(MONTH, "acme", "a"))  # the crash between the two writes
+    ledger.record("acme", MONTH, "b", u(1), step=1, final=False)
+    assert ledger.record("acme", MONTH, "a", u(9), step=2, final=True) == (12, 12)  # the replay counts nothing
