@@ -12,7 +12,7 @@ function, checkpointed by its SQLite saver after every super-step.
 Figures:
 - steps/s with --workers workers over --jobs jobs, against LangGraph + SqliteSaver;
 - hop latency = from the commit of step n to the start of step n+1 of the same job (one job at a time);
-- single-thread ms/step (receive, run, commit, settle, complete) against the fsync'd floor: one
+- single-thread ms/step (run, commit, settle, complete and claim the next message) against the fsync'd floor: one
   SQLite transaction (synchronous=FULL) that writes a checkpoint of the same size, enqueues and dequeues;
 - ms/step and submit ms with --history N prior jobs of the tenant this month, against history 0.
 
@@ -215,13 +215,14 @@ def bench_langgraph(jobs: int, workers: int, data_dir: Path, sync: str) -> dict[
 # --- single thread: ms/step against the fsync'd floor, and against the month's volume -------------
 
 
-def run_step(b: Any, message: Any) -> None:
-    """Handle and complete one step as the runtime's QueueConsumer does: its sends commit with the completion."""
+def run_step(b: Any, message: Any) -> Any:
+    """Handle and complete one step as the runtime's QueueConsumer does: its sends commit with the
+    completion, which also claims the next message (returned, or None when none is due)."""
     from shared.engine.steps import handle_step
 
     with b.queue.collecting_sends() as sends:
         handle_step(b, message.body, message.delivery_count)
-    b.queue.complete(message, sends=sends)
+    return b.queue.complete_and_receive(message, sends=sends)
 
 
 def serial(b: Any, jobs: int) -> dict[str, float]:
@@ -234,12 +235,10 @@ def serial(b: Any, jobs: int) -> dict[str, float]:
         t = time.perf_counter()
         ids.append(job_service.submit(b, TENANT, job_service.JobRequest(task=QUESTION))[0].id)
         submits.append((time.perf_counter() - t) * 1000)
-    while True:
-        messages = b.queue.receive(1, wait_seconds=0.0)
-        if not messages:
-            break
+    message = next(iter(b.queue.receive(1, wait_seconds=0.0)), None)
+    while message is not None:  # each step's time includes claiming the next one, as a worker does
         t = time.perf_counter()
-        run_step(b, messages[0])
+        message = run_step(b, message)
         steps.append((time.perf_counter() - t) * 1000)
     for job_id in ids[:5]:
         sizes += [len(b.objects.get(k).data) for k in b.objects.list(f"checkpoints/{job_id}/")]
@@ -405,10 +404,11 @@ def bench_long_job(data_dir: Path, sync: str, steps: int, jobs: int) -> dict[str
     stored = []
     for _ in range(jobs):
         job = job_service.submit(b, TENANT, job_service.JobRequest(task=QUESTION))[0]
-        while messages := b.queue.receive(1, wait_seconds=0.0):
-            step = json.loads(messages[0].body)["step"]
+        message = next(iter(b.queue.receive(1, wait_seconds=0.0)), None)
+        while message is not None:
+            step = json.loads(message.body)["step"]
             t, in_model = time.perf_counter(), model.seconds
-            run_step(b, messages[0])
+            message = run_step(b, message)
             engine = time.perf_counter() - t - (model.seconds - in_model)
             by_step.setdefault(step, []).append(engine * 1000)
         final = b.jobs.get(job.id)

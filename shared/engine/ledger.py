@@ -2,18 +2,21 @@
 
 Records (both in the ledgers container):
   ledgers/{YYYY-MM}/{tenant}.json                 the month total, plus the jobs it applied lately
-  ledgers/jobs/{YYYY-MM}/{tenant}/{job_id}.json   a job's usage as of a step: {usage..., "step": n}
+  ledgers/jobs/{YYYY-MM}/{tenant}/{job_id}.json   a finished job's usage as of a step: {usage..., "step": n}
 
 A job's figure is *set* (not added) from its checkpoints, monotonic by step, so a redelivered
 step can neither count twice nor move the figure back. The month total changes by the job's
-delta, once per committed usage change (one write): for each unfinished job, and each job that
-finished in the last RECENT_SECONDS, the total record keeps the step and usage it applied. That
-makes applying a step idempotent (a replay finds its step applied) and gives the delta's base.
-The job's own record is written after the total; once the total forgets a job, that record is
-its base (a late replay of its final step applies nothing).
+delta, once per committed usage change (one write): for each unfinished job, and each finished
+job whose own record is not yet written, the total record keeps the step and usage it applied.
+That makes applying a step idempotent (a replay finds its step applied) and gives the delta's
+base. While a job runs, that entry is its only ledger record (one write per usage change); when it
+finishes, its own record is written after the total, and once the total forgets the job (the next
+writer of the total sees that record, or RECENT_SECONDS passed), that record is its base (a late
+replay of its final step applies nothing).
 
-So the cost of a step or a submit does not grow with the month's volume: the total record holds
-the jobs in flight and those that finished within the hour, never the month's history.
+So the cost of a step or a submit does not grow with the month's volume, nor with the hour's: the
+total record holds the jobs in flight, never the finished ones. A job that never finishes stays in
+it (the stuck-job sweep ends such jobs, which records them as finished).
 """
 
 from __future__ import annotations
@@ -33,12 +36,10 @@ BUDGET_WARNING_RATIO = 0.8
 # Budget checks (each step, each submit) accept a month total this old: a budget stops jobs "at
 # the next step", not mid-flight, and a second's lag is far below one step's spend.
 BUDGET_STALENESS_SECONDS = 1.0
-# How long the total remembers what it applied for a finished job: well past the broker's
-# redelivery of a final step (lock duration x max deliveries), so a replay finds its own entry.
+# How long the total remembers what it applied for a finished job whose own record never came (a
+# crash between the two writes): well past the broker's redelivery of a final step (lock
+# duration x max deliveries), so that replay finds its own entry.
 RECENT_SECONDS = 3600.0
-# An unfinished job the total has not heard from in this long is forgotten too (a job stuck that
-# long has been ended by the sweep); its next record, if any, takes its base from its own record.
-IDLE_SECONDS = 7 * 86400.0
 
 _FIELDS = ("prompt_tokens", "completion_tokens", "cached_tokens")
 
@@ -83,16 +84,24 @@ class UsageLedger:
         return json.loads(found.data) if found is not None else None
 
     def record(
-        self, tenant: str, month: str, job_id: str, usage: Usage, step: int, *, final: bool = True
+        self,
+        tenant: str,
+        month: str,
+        job_id: str,
+        usage: Usage,
+        step: int,
+        *,
+        final: bool = True,
     ) -> tuple[int, int]:
         """Set the job's usage as of step; return the tenant's month total before and after.
 
         Monotonic by step: a redelivered older step (a stranded message, a duplicate) never
-        moves the job's entry or the month total back to an earlier figure. The job's own record
-        follows the total (a replay after a crash between the two finds the total applied and
-        writes the job's record). While the job runs (final=False) neither waits for its own
-        fsync: lost to an OS crash, the next record of the job applies its delta from the base
-        the total still holds; the final record must be durable.
+        moves the job's entry or the month total back to an earlier figure. While the job runs
+        (final=False) the total is the one write, and it need not wait for its own fsync: lost to
+        an OS crash, the next record of the job applies its delta from the base the total still
+        holds. A final record also writes the job's own record, after the total (a replay after a
+        crash between the two finds the total applied and writes the job's record); that write
+        is durable, and its fsync carries the total and whatever else the caller wrote before it.
         """
         now = time.time()
         totals: list[int] = []
@@ -113,29 +122,40 @@ class UsageLedger:
             for f in _FIELDS:
                 total[f] = int(total.get(f, 0)) + getattr(usage, f) - int(base.get(f, 0))
             totals[1] = _tokens(total)
-            kept = {j: e for j, e in recent.items() if j != job_id and _kept(e, now, self.recent_seconds)}
+            kept = {j: e for j, e in recent.items() if j != job_id and self._kept(tenant, month, j, e, now)}
             kept[job_id] = _entry(usage, step, at=now, **({"final": True} if final else {}))
             return {**record, "total": total, "recent": kept}
 
-        # A running job's change need not wait for its fsync: lost to an OS crash, the next record
-        # of the job applies its delta from the base the total still holds. The final one must.
         written = update_json(
-            self.objects, self._total_key(tenant, month), change, load=json.loads, dump=_dump, durable=final
+            self.objects, self._total_key(tenant, month), change, load=json.loads, dump=_dump, durable=False
         )
         if written is not None:
             self._remember(tenant, month, _usage(_upgraded(written)["total"]))
-        self._set_job(tenant, month, job_id, usage, step, durable=final)
+        if final:
+            self._set_job(tenant, month, job_id, usage, step)
         return totals[0], totals[1]
 
-    def _set_job(self, tenant: str, month: str, job_id: str, usage: Usage, step: int, *, durable: bool) -> None:
+    def _kept(self, tenant: str, month: str, job_id: str, entry: dict[str, Any], now: float) -> bool:
+        """Whether the total must still remember a job: unfinished (it has no other record), or finished
+        and its own record, the base once the total forgets it, not yet written (or within the hour).
+
+        Read once per finished job, by the next writer of the total: the record then holds the jobs
+        in flight, not the hour's finished jobs, however many that is.
+        """
+        if not entry.get("final"):
+            return True
+        if now - float(entry.get("at", 0)) >= self.recent_seconds:
+            return False
+        own = self._read_job(tenant, month, job_id)
+        return own is None or int(own.get("step", 0)) < int(entry.get("step", 0))
+
+    def _set_job(self, tenant: str, month: str, job_id: str, usage: Usage, step: int) -> None:
         def change(entry: dict[str, Any] | None) -> dict[str, Any] | None:
             if entry is not None and int(entry.get("step", 0)) >= step:
                 return None
             return _entry(usage, step)
 
-        update_json(
-            self.objects, self._job_key(tenant, month, job_id), change, load=json.loads, dump=_dump, durable=durable
-        )
+        update_json(self.objects, self._job_key(tenant, month, job_id), change, load=json.loads, dump=_dump)
 
     def total(self, tenant: str, month: str, *, max_age: float = 0.0) -> Usage:
         """The tenant's month total; with max_age, a figure this instance saw that recently will do."""
@@ -172,12 +192,6 @@ class UsageLedger:
             key[len(prefix) : -len(".json")]: self.total(key[len(prefix) : -len(".json")], month)
             for key in self.objects.list(prefix)
         }
-
-
-def _kept(entry: dict[str, Any], now: float, recent_seconds: float) -> bool:
-    """Whether the total still remembers a job: finished within recent_seconds, or unfinished and not idle."""
-    age = now - float(entry.get("at", 0))
-    return age < (recent_seconds if entry.get("final") else IDLE_SECONDS)
 
 
 def _upgraded(record: dict[str, Any] | None) -> dict[str, Any]:

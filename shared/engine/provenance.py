@@ -169,8 +169,9 @@ def build(
     )
 
 
-def save(objects: ObjectStore, provenance: Provenance) -> None:
-    objects.put(provenance_key(provenance.job_id), provenance.model_dump_json().encode())
+def save(objects: ObjectStore, provenance: Provenance, *, durable: bool = True) -> None:
+    """durable=False: a later durable write to the same store carries it (see ObjectStore.put)."""
+    objects.put(provenance_key(provenance.job_id), provenance.model_dump_json().encode(), durable=durable)
 
 
 def load(objects: ObjectStore, job_id: str) -> Provenance | None:

@@ -238,6 +238,11 @@ class JobStore:
         found = self.objects.get(self._key(job_id))
         return parse(Job, self._key(job_id), found.data) if found else None
 
+    def read(self, job_id: str) -> tuple[Job, str] | None:
+        """The record and its ETag, for a caller that updates it later (update(..., current=...))."""
+        found = self.objects.get(self._key(job_id))
+        return (parse(Job, self._key(job_id), found.data), found.etag) if found else None
+
     def outcome(self, job_id: str) -> tuple[str, str | None] | None:
         """(status, error reason) of a job, read without validating the whole record (counts over many jobs)."""
         found = self.objects.get(self._key(job_id))
@@ -247,11 +252,19 @@ class JobStore:
         error = record.get("error")
         return str(record["status"]), (str(error["reason"]) if isinstance(error, dict) else None)
 
-    def update(self, job_id: str, transition: Callable[[Job], bool], *, durable: bool = True) -> Job | None:
+    def update(
+        self,
+        job_id: str,
+        transition: Callable[[Job], bool],
+        *,
+        durable: bool = True,
+        current: tuple[Job, str] | None = None,
+    ) -> Job | None:
         """Apply a transition of shared.engine.job (False: nothing changed, nothing written).
 
         Returns the record as it now is, or None when there is no such job. durable=False only
-        for a projection a later write repairs (see ObjectStore.put).
+        for a projection a later write repairs (see ObjectStore.put). current: the record and ETag
+        from read(), tried first instead of reading again; the transition changes that very object.
         """
 
         def change(job: Job | None) -> Job | None:
@@ -268,7 +281,13 @@ class JobStore:
 
         key = self._key(job_id)
         result = update_json(
-            self.objects, key, tracked, load=lambda data: parse(Job, key, data), dump=_dump, durable=durable
+            self.objects,
+            key,
+            tracked,
+            load=lambda data: parse(Job, key, data),
+            dump=_dump,
+            durable=durable,
+            current=current,
         )
         if written[0]:
             watch.notify(job_id)  # the commit path wakes this process's event streams
@@ -334,9 +353,12 @@ class ReportStore:
     def __init__(self, objects: ObjectStore) -> None:
         self.objects = objects
 
-    def save(self, job_id: str, report: Report) -> None:
-        # Same report from any delivery: an unconditional write is idempotent here.
-        self.objects.put(layout.report_key(job_id), report.model_dump_json().encode())
+    def save(self, job_id: str, report: Report, *, durable: bool = True) -> None:
+        """Same report from any delivery: an unconditional write is idempotent here.
+
+        durable=False: a later durable write of the same store carries it (see ObjectStore.put).
+        """
+        self.objects.put(layout.report_key(job_id), report.model_dump_json().encode(), durable=durable)
 
     def get(self, job_id: str) -> Report | None:
         found = self.objects.get(layout.report_key(job_id))

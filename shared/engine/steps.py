@@ -98,7 +98,7 @@ def handle_step(b: Backends, body: bytes, delivery_count: int = 1) -> None:
         # Retrying cannot fix a malformed message, and there is no job to fail.
         raise RejectMessage(MALFORMED_MESSAGE, f"not a step message: {exc.errors()[0]['msg']}") from None
     try:
-        job = b.jobs.get(msg.job_id)
+        read = b.jobs.read(msg.job_id)
     except DependencyUnavailable as exc:
         _wait_out(b, msg, exc)
         return
@@ -107,13 +107,14 @@ def handle_step(b: Backends, body: bytes, delivery_count: int = 1) -> None:
         # but a step that committed just before its settle was cut short still reaches the ledger.
         _account_last_commit(b, msg.job_id)
         raise
-    if job is None:
+    if read is None:
         raise RejectMessage(UNKNOWN_JOB, f"step {msg.step} of job {msg.job_id}, which does not exist")
+    job, etag = read
     with job_context(job_id=job.id, step=msg.step, tenant=job.tenant):
         last_delivery = delivery_count >= b.settings.queue_max_delivery_count
         try:
             try:
-                _handle(b, job, msg, delivery_count if last_delivery else None)
+                _handle(b, job, etag, msg, delivery_count if last_delivery else None)
             except DependencyUnavailable as exc:
                 _wait_out(b, msg, exc)
         except RejectMessage:
@@ -183,14 +184,14 @@ def _record_dead_letter(b: Backends, job_id: str, msg: StepMessage, delivery_cou
     )
 
 
-def _handle(b: Backends, job: Job, msg: StepMessage, last_delivery: int | None = None) -> None:
+def _handle(b: Backends, job: Job, etag: str | None, msg: StepMessage, last_delivery: int | None = None) -> None:
     if msg.purpose == "approval_deadline":
         _approval_deadline(b, job, msg)
         return
     committed = b.checkpoints.get(job.id, msg.step)
     if committed is not None:
         log.info("step %s already committed; redoing follow-up only", msg.step)
-        settle(b, job, committed)
+        settle(b, job, committed, etag)
         return
     previous = b.checkpoints.get(job.id, msg.step - 1) if msg.step > 1 else None
     if msg.step > 1 and previous is None:
@@ -202,16 +203,17 @@ def _handle(b: Backends, job: Job, msg: StepMessage, last_delivery: int | None =
             )
         raise StepOutOfOrder(f"checkpoint {msg.step - 1} of job {job.id} is missing")
     if previous is not None and previous.outcome is not None:
-        settle(b, job, previous)
+        settle(b, job, previous, etag)
         return
     if previous is not None and _awaits_approval(job, previous):
-        settle(b, job, previous)  # parks the job (again); the step runs once a human decides
+        settle(b, job, previous, etag)  # parks the job (again); the step runs once a human decides
         return
     if job.finished:
         log.info("job already %s; step %s not run", job.status, msg.step)
         return
     if last_delivery is not None:
         _note_last_delivery(b, job.id, msg, last_delivery)
+        etag = None  # that write changed the record's ETag: the projection reads it afresh
     sem = _limit.get(b.settings.max_concurrent_jobs)
     if not sem.acquire(timeout=0.5):
         # The instance is full: hand the step back for a moment rather than pile up work in memory.
@@ -229,7 +231,7 @@ def _handle(b: Backends, job: Job, msg: StepMessage, last_delivery: int | None =
     else:
         metrics.record_commit(job.tenant, job.created_at, checkpoint)  # only the winning delivery counts
         _log_tokens(job, checkpoint)
-    settle(b, job, checkpoint)
+    settle(b, job, checkpoint, etag)
 
 
 def _log_tokens(job: Job, cp: Checkpoint) -> None:
@@ -355,9 +357,14 @@ def _reschedule(b: Backends, msg: StepMessage, exc: TransientModelError, *, coun
     log.warning("step %s rescheduled in %.1fs: %s", msg.step, delay, exc, extra={"event": "step_rescheduled"})
 
 
-def settle(b: Backends, job: Job, cp: Checkpoint) -> None:
-    """Everything that follows a commit. Idempotent: a redelivery runs it again harmlessly."""
+def settle(b: Backends, job: Job, cp: Checkpoint, etag: str | None = None) -> None:
+    """Everything that follows a commit. Idempotent: a redelivery runs it again harmlessly.
+
+    etag: the ETag of `job` as read for this delivery; the projection's conditional write tries it
+    first (and `job` is the record it changes), so the step reads and parses the record once.
+    """
     parks = cp.outcome is None and _awaits_approval(job, cp)
+    ends = cp.outcome is not None
     if cp.outcome is None and not parks and not fanout.parks(cp):
         nxt = StepMessage(job_id=cp.job_id, step=cp.step + 1)
         # First: it is the hot path. A continuation, served before first steps of new jobs.
@@ -365,12 +372,15 @@ def settle(b: Backends, job: Job, cp: Checkpoint) -> None:
     elif cp.outcome is not None:
         state = AgentState.model_validate(cp.state)
         if state.report is not None:
-            b.reports.save(cp.job_id, state.report)
+            b.reports.save(cp.job_id, state.report, durable=False)  # the job's last write below fsyncs it
         if job.session_id and cp.outcome.status == "succeeded" and state.report is not None:
             findings = [c.quote for c in state.report.citations]
             b.memory.remember(job.tenant, job.session_id, findings, notes=state.notes, job_id=job.id)
     # The projection of a step followed by a next message need not wait for its own fsync: that
-    # message is already durable, and its step folds in any checkpoint the record missed.
+    # message is already durable, and its step folds in any checkpoint the record missed. A job's
+    # last step writes its report, record and provenance without an fsync each, then the ledger's
+    # final record with one: WAL frames reach the disk in order, so that fsync carries them all
+    # before the message's completion (another file) can reach the disk.
     applied = False
 
     def apply(j: Job) -> bool:
@@ -378,17 +388,18 @@ def settle(b: Backends, job: Job, cp: Checkpoint) -> None:
         applied = lifecycle.apply_checkpoint(j, cp, lambda n: b.checkpoints.get(j.id, n))
         return applied
 
-    updated = b.jobs.update(job.id, apply, durable=cp.outcome is not None or parks)
+    current = (job, etag) if etag is not None else None
+    updated = b.jobs.update(job.id, apply, durable=parks, current=current)
     if parks:
         _park(b, job, cp)
-    if cp.outcome is not None and updated is not None:
+    if ends and updated is not None:
         # After the projection, so the record's timings are final; a redelivery writes the same record.
         record = provenance.build(updated, cp, b.checkpoints.all(job.id), b.model, b.settings)
-        provenance.save(b.objects, record)
+        provenance.save(b.objects, record, durable=False)
     # The ledger holds each job's running total (set, not added). A step that used no tokens leaves
     # it unchanged, unless it ends the job: the final step re-sets it, which also repairs a ledger
-    # write lost to a crash after an earlier step's commit.
-    if cp.usage.total_tokens or cp.outcome is not None:
+    # write lost to a crash after an earlier step's commit. Last: its final record is the fsync.
+    if cp.usage.total_tokens or ends:
         _record_usage(b, job, cp)
     if fanout.parks(cp):
         fanout.spawn(b, job, cp)  # after the projection: a child that ends finds the parent's plan step

@@ -4,8 +4,10 @@ N workers (host.json maxConcurrentCalls) peek-lock a message each, invoke the fu
 with a real azure.functions ServiceBusMessage, complete on return and abandon on an
 exception. Messages the function sends to its own queue meanwhile are held and committed in
 the completion's transaction, like an output binding (LocalQueue.collecting_sends): one
-transaction, and no fsync, per step instead of a fsync'd send plus a completion. Locks are
-renewed while a step runs, up to maxAutoLockRenewalDuration.
+transaction, and no fsync, per step instead of a fsync'd send plus a completion. That same
+transaction peek-locks the worker's next message (LocalQueue.complete_and_receive), so a worker
+goes from one step to the next without a receive of its own. Locks are renewed while a step
+runs, up to maxAutoLockRenewalDuration.
 
 A worker never dies: whatever a receive, a settle or a lock renewal raises (the queue or
 storage down, a disk full), it logs, backs off and carries on, and an unsettled message is
@@ -113,10 +115,14 @@ class QueueConsumer:
 
     def _work(self) -> None:
         backoff = _Backoff()
-        while not self._stopping.is_set():
+        following: QueueMessage | None = None  # claimed by the last completion
+        while not self._stopping.is_set() or following is not None:
             try:
-                messages = self.queue.receive(1, wait_seconds=0.5)
-                settled = all([self._invoke(m) for m in messages])
+                m = following or next(iter(self.queue.receive(1, wait_seconds=0.5)), None)
+                following = None
+                settled = True
+                if m is not None:
+                    settled, following = self._invoke(m)
             except Exception:  # noqa: BLE001 - a worker must outlive any failure; the queue may be down
                 log.exception("queue worker failed; backing off", extra={"event": "worker_error"})
                 settled = False
@@ -125,8 +131,9 @@ class QueueConsumer:
             else:
                 self._stopping.wait(backoff.failed())
 
-    def _invoke(self, m: QueueMessage) -> bool:
-        """Run the function on m and settle it; False when the settle failed (the lock then expires)."""
+    def _invoke(self, m: QueueMessage) -> tuple[bool, QueueMessage | None]:
+        """Run the function on m and settle it: whether the settle succeeded (else the lock expires),
+        and the next message, when the completion claimed one (not once the pool is stopping)."""
         key = id(m)
         with self._busy_lock:
             self.busy += 1
@@ -143,7 +150,7 @@ class QueueConsumer:
         except RejectMessage as rejected:
             self._forget(key)
             if not self._flush(sends):
-                return False
+                return False, None
             reason, description = rejected.reason, rejected.description
             log.warning(
                 "message %s rejected (%s): %s; dead-lettered",
@@ -152,7 +159,7 @@ class QueueConsumer:
                 description,
                 extra={"event": "message_rejected", "reason": reason},
             )
-            return self._settle(lambda msg: self.queue.dead_letter(msg, reason, description), m)
+            return self._settle(lambda msg: self.queue.dead_letter(msg, reason, description), m), None
         except Exception as exc:  # noqa: BLE001 - the host abandons on any exception
             self._forget(key)
             log.warning(
@@ -164,10 +171,17 @@ class QueueConsumer:
                 exc,
             )
             if not self._flush(sends):
-                return False
-            return self._settle(self.queue.abandon, m)
+                return False, None
+            return self._settle(self.queue.abandon, m), None
         self._forget(key)
-        return self._settle(lambda msg: self.queue.complete(msg, sends=sends), m)
+        if self._stopping.is_set():
+            return self._settle(lambda msg: self.queue.complete(msg, sends=sends), m), None
+        following: list[QueueMessage | None] = [None]
+
+        def complete(msg: QueueMessage) -> None:
+            following[0] = self.queue.complete_and_receive(msg, sends=sends)
+
+        return self._settle(complete, m), following[0]
 
     def _flush(self, sends: list[PendingSend]) -> bool:
         """Send what a failed function sent before it failed; False if the queue is down (then the

@@ -467,3 +467,20 @@ def _won(store: ObjectStore, key: str) -> bool:
     except PreconditionFailed:
         return False
     return True
+
+
+def test_local_commits_switch_fsync_mode_only_when_it_changes_and_a_durable_one_always_fsyncs(tmp_path: Path) -> None:
+    store = LocalObjectStore(tmp_path / "objects")
+    seen: list[str] = []
+    store._conn().set_trace_callback(lambda sql: seen.append(sql) if sql.startswith("PRAGMA synchronous=") else None)
+
+    def mode() -> int:
+        return int(store._conn().execute("PRAGMA synchronous").fetchone()[0])
+
+    store.put("jobs/a.json", b"1", durable=False)
+    store.put("jobs/b.json", b"1", durable=False)
+    assert seen == ["PRAGMA synchronous=NORMAL"]  # once for the two commits without an fsync
+    store.put_if_absent("checkpoints/j/000001.json", b"{}")
+    assert seen[-1] == "PRAGMA synchronous=FULL" and mode() == 2  # FULL: this commit fsyncs
+    store.put("jobs/c.json", b"1")
+    assert len(seen) == 2  # already FULL, no switch

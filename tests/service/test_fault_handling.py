@@ -321,7 +321,7 @@ def test_a_job_ended_by_the_sweep_after_its_ledger_write_was_cut_short_is_accoun
     job = submit(backends)
     [m] = backends.queue.receive(1)  # type: ignore[attr-defined]
 
-    def killed(*args: Any) -> None:
+    def killed(*args: Any, **kwargs: Any) -> None:
         raise _Killed()
 
     monkeypatch.setattr(steps, "_record_usage", killed)  # projected, then killed before the ledger

@@ -15,7 +15,7 @@ from shared.engine.backends import Backends
 from shared.engine.ledger import month_of
 from shared.engine.steps import handle_step
 from shared.runtime.consumer import QueueConsumer
-from shared.runtime.functions import QueueFunction
+from shared.runtime.functions import QueueFunction, discover
 from tests.fixtures.app import ingest_samples, wait_for
 from tests.service.test_step_engine import consume, submit
 
@@ -69,3 +69,28 @@ def test_a_crash_between_checkpoint_and_completion_still_finishes_the_job_once(
     assert backends.ledger.total("dev", month_of(finished.created_at)) == finished.usage
     counts = queue.counts()
     assert (counts.active, counts.scheduled, counts.dead_lettered) == (0, 0, 0)
+
+
+def test_a_worker_goes_from_step_to_step_without_a_receive_of_its_own(backends: Backends) -> None:
+    """The completion of step n claims step n+1 for the same worker, in the same transaction."""
+    ingest_samples(backends)
+    queue: Any = backends.queue
+    received: list[str] = []
+    receive = queue.receive
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        messages = receive(*args, **kwargs)
+        received.extend(m.message_id for m in messages)
+        return messages
+
+    queue.receive = counted
+    job = submit(backends)
+    fn = discover("function_app").queues[0]
+    consumer = QueueConsumer(backends.queue, fn, concurrency=1, max_lock_renewal_seconds=30)  # type: ignore[arg-type]
+    consumer.start()
+    try:
+        done = wait_for(lambda: (j := backends.jobs.get(job.id)) is not None and j.finished and j, timeout=30)
+    finally:
+        consumer.stop()
+    assert done.status == "succeeded" and done.step > 2
+    assert received == [f"{job.id}:1"]  # steps 2.. came with the completions

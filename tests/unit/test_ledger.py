@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -80,3 +81,49 @@ def test_the_earlier_one_record_per_month_format_is_read_and_extended(objects: L
     assert ledger.record("acme", MONTH, "a", u(19), step=3) == (10, 20)
     assert ledger.record("acme", MONTH, "b", u(4), step=1) == (20, 25)
     assert ledger.by_job("acme", MONTH) == {"a": u(19), "b": u(4)}
+
+
+def test_a_running_jobs_usage_change_is_one_write_and_lives_in_the_total(objects: LocalObjectStore) -> None:
+    ledger = UsageLedger(objects)
+    writes: list[str] = []
+    put, put_if_absent = objects.put, objects.put_if_absent
+    objects.put = lambda key, *a, **kw: writes.append(key) or put(key, *a, **kw)  # type: ignore[method-assign]
+    objects.put_if_absent = lambda key, *a: writes.append(key) or put_if_absent(key, *a)  # type: ignore[method-assign]
+    ledger.record("acme", MONTH, "a", u(9), step=1, final=False)
+    ledger.record("acme", MONTH, "a", u(19), step=2, final=False)
+    assert writes == [layout.ledger_key(MONTH, "acme")] * 2  # the total only, once per change
+    assert ledger.by_job("acme", MONTH) == {"a": u(19)}  # the running job is read from the total
+    ledger.record("acme", MONTH, "a", u(29), step=3, final=True)
+    assert writes[2:] == [layout.ledger_key(MONTH, "acme"), layout.ledger_job_key(MONTH, "acme", "a")]
+    assert ledger.total("acme", MONTH).total_tokens == 30
+
+
+def test_an_unfinished_job_is_never_forgotten_by_the_total(
+    objects: LocalObjectStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its entry is its only record: were it dropped, the job's next step would count its usage again."""
+    ledger = UsageLedger(objects, recent_seconds=0.0)
+    ledger.record("acme", MONTH, "a", u(9), step=1, final=False)
+    later = time.time() + 30 * 86400.0  # a month idle (a job parked for approval, say)
+    monkeypatch.setattr("shared.engine.ledger.time.time", lambda: later)
+    ledger.record("acme", MONTH, "b", u(0), step=1, final=True)  # a later write prunes what it may
+    assert ledger.record("acme", MONTH, "a", u(14), step=2, final=False) == (11, 16)  # the delta, not 15 again
+
+
+def test_the_total_record_holds_the_jobs_in_flight_not_the_hours_finished_ones(objects: LocalObjectStore) -> None:
+    ledger = UsageLedger(objects)  # finished jobs may be remembered for an hour, but need not be
+    for n in range(20):
+        ledger.record("acme", MONTH, f"done-{n}", u(1), step=2, final=True)
+    ledger.record("acme", MONTH, "running", u(1), step=1, final=False)
+    recent = json.loads(objects.get(layout.ledger_key(MONTH, "acme")).data)["recent"]  # type: ignore[union-attr]
+    assert set(recent) == {"running"}  # every finished job's own record was written, so it is the base
+    assert ledger.record("acme", MONTH, "done-3", u(1), step=2, final=True) == (42, 42)  # a replay: nothing
+    assert ledger.total("acme", MONTH).total_tokens == 42
+
+
+def test_a_finished_job_whose_own_record_never_came_stays_in_the_total(objects: LocalObjectStore) -> None:
+    ledger = UsageLedger(objects)
+    ledger.record("acme", MONTH, "a", u(9), step=2, final=True)
+    objects.delete(layout.ledger_job_key(MONTH, "acme", "a"))  # the crash between the two writes
+    ledger.record("acme", MONTH, "b", u(1), step=1, final=False)
+    assert ledger.record("acme", MONTH, "a", u(9), step=2, final=True) == (12, 12)  # the replay counts nothing

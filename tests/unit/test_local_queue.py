@@ -512,3 +512,42 @@ def test_collecting_sends_holds_only_this_threads_sends(open_queue: QueueFactory
         assert [m.message_id for m in queue.peek_live()] == ["sent"]
     finally:
         other.close()
+
+
+# --- a worker's completion claims its next message ---------------------------------------------------
+
+
+def test_complete_and_receive_settles_sends_and_claims_the_next_message_in_one_go(open_queue: QueueFactory) -> None:
+    queue = open_queue(lock_seconds=30)
+    queue.send(b"new job", message_id="job-2:1")
+    queue.send(b"step 1", message_id="job-1:1", continuation=True)
+    message = _only(queue.receive())
+    assert message.message_id == "job-1:1"
+    with queue.collecting_sends() as sends:
+        queue.send(b"step 2", message_id="job-1:2", continuation=True)
+    following = queue.complete_and_receive(message, sends=sends)
+    # What receive(1) would have given: the continuation first, locked, on its first delivery.
+    assert following is not None and (following.message_id, following.delivery_count) == ("job-1:2", 1)
+    assert following.lock_token
+    assert [m.message_id for m in queue.peek_live()] == ["job-2:1", "job-1:2"]  # step 1 completed
+    assert _only(queue.receive()).message_id == "job-2:1"  # step 2 is locked: only the new job is left
+    queue.complete(following)
+    assert [m.message_id for m in queue.peek_live()] == ["job-2:1"]
+
+
+def test_complete_and_receive_on_an_empty_queue_claims_nothing(open_queue: QueueFactory) -> None:
+    queue = open_queue(lock_seconds=30)
+    queue.send(b"step 1", message_id="job-1:1")
+    assert queue.complete_and_receive(_only(queue.receive())) is None
+    assert queue.counts() == QueueCounts(0, 0, 0)
+
+
+def test_complete_and_receive_after_a_lost_lock_claims_nothing(open_queue: QueueFactory) -> None:
+    queue = open_queue(lock_seconds=0.1)
+    queue.send(b"step 1", message_id="job-1:1")
+    queue.send(b"other", message_id="job-2:1")
+    message = _only(queue.receive())
+    time.sleep(0.15)
+    with pytest.raises(MessageLockLost):
+        queue.complete_and_receive(message)
+    assert sorted(m.message_id for m in queue.receive(2)) == ["job-1:1", "job-2:1"]  # neither was taken

@@ -163,6 +163,7 @@ class LocalObjectStore:
             # Large blobs grow the WAL; give the space back after each checkpoint.
             conn.execute("PRAGMA journal_size_limit=67108864")
             local.conn = conn
+            local.synchronous = self._synchronous  # the mode its next commit has (see _commit)
             local.generation = _fork_generation
         conn_: sqlite3.Connection = local.conn
         return conn_
@@ -228,19 +229,16 @@ class LocalObjectStore:
 
     def _commit(self, batch: list[_Write]) -> None:
         conn = self._conn()
-        if any(write.durable for write in batch) or self._synchronous == "NORMAL":
-            self._commit_on(conn, batch)
-            return
         # Not durable: WAL frames reach the disk in order, so the next fsync'd commit carries it.
-        # The same connection as reads, switched for this commit: a second one would have its page
-        # cache reset by every write of the first.
-        with self._unavailable_on_sqlite_errors():
-            conn.execute("PRAGMA synchronous=NORMAL")
-        try:
-            self._commit_on(conn, batch)
-        finally:
+        # The same connection as reads, switched only when a commit needs the other mode than the
+        # last one (a second connection would have its page cache reset by every write of the first).
+        durable = any(write.durable for write in batch) or self._synchronous == "NORMAL"
+        wanted = self._synchronous if durable else "NORMAL"
+        if self._local.synchronous != wanted:
             with self._unavailable_on_sqlite_errors():
-                conn.execute(f"PRAGMA synchronous={self._synchronous}")
+                conn.execute(f"PRAGMA synchronous={wanted}")
+            self._local.synchronous = wanted
+        self._commit_on(conn, batch)
 
     def _commit_on(self, conn: sqlite3.Connection, batch: list[_Write]) -> None:
         with self._unavailable_on_sqlite_errors():

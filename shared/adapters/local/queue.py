@@ -367,30 +367,51 @@ class LocalQueue:
         if not sends:
             self._settle(message, "DELETE FROM messages", dead_lettered=False, fsync=False)
             return
+        self._complete(message, sends, claim_next=False)
+
+    def complete_and_receive(self, message: QueueMessage, *, sends: Sequence[PendingSend] = ()) -> QueueMessage | None:
+        """complete(message, sends=...), and peek-lock the next due message in the same transaction.
+
+        What a worker does between two messages, in one transaction instead of two: the message it
+        receives is the one receive(1) would have given it then (continuations first, oldest first,
+        delivery count raised), and, like any claim, losing it to a crash only lets its lock expire.
+        """
+        return self._complete(message, sends, claim_next=True)
+
+    def _complete(
+        self, message: QueueMessage, sends: Sequence[PendingSend], *, claim_next: bool
+    ) -> QueueMessage | None:
         with self._held():
             completed = False
             scheduled = False
+            following: list[QueueMessage] = []
             if message.lock_token is not None:
                 with self._unavailable_on_sqlite_errors(), self._without_fsync(), self._transaction() as conn:
+                    now = time.time()
                     completed = (
                         conn.execute(
                             "DELETE FROM messages WHERE seq = ? AND queue = ? AND lock_token = ? AND locked_until > ? "
                             "AND dead_lettered = 0 RETURNING seq",
-                            (message.sequence_number, self.name, message.lock_token, time.time()),
+                            (message.sequence_number, self.name, message.lock_token, now),
                         ).fetchone()
                         is not None
                     )
                     if completed:
-                        scheduled = self._insert(conn, sends)
-            if not completed:
+                        scheduled = self._insert(conn, sends) if sends else False
+                        if claim_next:
+                            following = self._claim_in(conn, time.time(), 1, False, self.lock_seconds)
+            if not completed and sends:
                 with self._transaction() as conn:
                     scheduled = self._insert(conn, sends)
-            self._notify(scheduled)
+            # Wake a waiting worker for a send this worker did not take itself.
+            if sends and (scheduled or [s.message_id for s in sends] != [m.message_id for m in following]):
+                self._notify(scheduled)
         if not completed:
             raise MessageLockLost(
                 f"lock on message {message.message_id!r} (sequence {message.sequence_number}) in queue "
                 f"{self.name!r} expired or another consumer holds it; it is delivered again, not settled"
             )
+        return following[0] if following else None
 
     def abandon(self, message: QueueMessage) -> None:
         """Unlock for immediate redelivery (no backoff); past max delivery count, dead-letter instead."""
@@ -503,48 +524,54 @@ class LocalQueue:
 
     def _claim(self, now: float, max_count: int, *, dead_lettered: bool, lock_seconds: float) -> list[QueueMessage]:
         """Lock up to max_count visible messages of one sub-queue in one transaction."""
+        with self._unavailable_on_sqlite_errors(), self._without_fsync(), self._transaction() as conn:
+            return self._claim_in(conn, now, max_count, dead_lettered, lock_seconds)
+
+    def _claim_in(
+        self, conn: sqlite3.Connection, now: float, max_count: int, dead_lettered: bool, lock_seconds: float
+    ) -> list[QueueMessage]:
+        """The claim, inside the caller's transaction."""
         claimed: list[QueueMessage] = []
         locked_until = now + lock_seconds
-        with self._unavailable_on_sqlite_errors(), self._without_fsync(), self._transaction() as conn:
-            # Dead letters have no priority order; live messages are taken one priority at a time.
-            priorities: tuple[int | None, ...] = (None,) if dead_lettered else _PRIORITIES
-            while len(claimed) < max_count and priorities:
-                priority = priorities[0]
-                if priority is None:
-                    rows = conn.execute(
-                        "SELECT seq, delivery_count FROM messages INDEXED BY messages_ready "
-                        "WHERE queue = ? AND dead_lettered = ? AND enqueued_at <= ? AND visible_at <= ? "
-                        "ORDER BY enqueued_at, seq LIMIT ?",
-                        (self.name, dead_lettered, now, now, max_count - len(claimed)),
-                    ).fetchall()
-                else:
-                    rows = conn.execute(
-                        "SELECT seq, delivery_count FROM messages INDEXED BY messages_ready_by_priority "
-                        "WHERE queue = ? AND dead_lettered = ? AND priority = ? AND enqueued_at <= ? "
-                        "AND visible_at <= ? ORDER BY enqueued_at, seq LIMIT ?",
-                        (self.name, dead_lettered, priority, now, now, max_count - len(claimed)),
-                    ).fetchall()
-                if not rows:
-                    priorities = priorities[1:]
+        # Dead letters have no priority order; live messages are taken one priority at a time.
+        priorities: tuple[int | None, ...] = (None,) if dead_lettered else _PRIORITIES
+        while len(claimed) < max_count and priorities:
+            priority = priorities[0]
+            if priority is None:
+                rows = conn.execute(
+                    "SELECT seq, delivery_count FROM messages INDEXED BY messages_ready "
+                    "WHERE queue = ? AND dead_lettered = ? AND enqueued_at <= ? AND visible_at <= ? "
+                    "ORDER BY enqueued_at, seq LIMIT ?",
+                    (self.name, dead_lettered, now, now, max_count - len(claimed)),
+                ).fetchall()
+            else:
+                rows = conn.execute(
+                    "SELECT seq, delivery_count FROM messages INDEXED BY messages_ready_by_priority "
+                    "WHERE queue = ? AND dead_lettered = ? AND priority = ? AND enqueued_at <= ? "
+                    "AND visible_at <= ? ORDER BY enqueued_at, seq LIMIT ?",
+                    (self.name, dead_lettered, priority, now, now, max_count - len(claimed)),
+                ).fetchall()
+            if not rows:
+                priorities = priorities[1:]
+                continue
+            for seq, delivery_count in rows:
+                if not dead_lettered and delivery_count >= self.max_delivery_count:
+                    # A lock expired on the last allowed delivery: dead-letter, never deliver once more.
+                    where = {"queue": self.name, "sequence_number": seq}
+                    log.warning("message dead-lettered: %s", MAX_DELIVERY_COUNT_EXCEEDED, extra=where)
+                    conn.execute(
+                        "UPDATE messages SET lock_token = NULL, locked_until = NULL, visible_at = ?, "
+                        f"dead_lettered = 1, dead_letter_reason = '{MAX_DELIVERY_COUNT_EXCEEDED}', "
+                        f"dead_letter_description = {_EXHAUSTED_DESCRIPTION}, dead_lettered_at = ? WHERE seq = ?",
+                        (now, now, seq),
+                    )
                     continue
-                for seq, delivery_count in rows:
-                    if not dead_lettered and delivery_count >= self.max_delivery_count:
-                        # A lock expired on the last allowed delivery: dead-letter, never deliver once more.
-                        where = {"queue": self.name, "sequence_number": seq}
-                        log.warning("message dead-lettered: %s", MAX_DELIVERY_COUNT_EXCEEDED, extra=where)
-                        conn.execute(
-                            "UPDATE messages SET lock_token = NULL, locked_until = NULL, visible_at = ?, "
-                            f"dead_lettered = 1, dead_letter_reason = '{MAX_DELIVERY_COUNT_EXCEEDED}', "
-                            f"dead_letter_description = {_EXHAUSTED_DESCRIPTION}, dead_lettered_at = ? WHERE seq = ?",
-                            (now, now, seq),
-                        )
-                        continue
-                    row = conn.execute(
-                        "UPDATE messages SET delivery_count = delivery_count + ?, lock_token = ?, "
-                        f"locked_until = ?, visible_at = ? WHERE seq = ? RETURNING {_COLUMNS}",
-                        (0 if dead_lettered else 1, uuid.uuid4().hex, locked_until, locked_until, seq),
-                    ).fetchone()
-                    claimed.append(_message(row))
+                row = conn.execute(
+                    "UPDATE messages SET delivery_count = delivery_count + ?, lock_token = ?, "
+                    f"locked_until = ?, visible_at = ? WHERE seq = ? RETURNING {_COLUMNS}",
+                    (0 if dead_lettered else 1, uuid.uuid4().hex, locked_until, locked_until, seq),
+                ).fetchone()
+                claimed.append(_message(row))
         return claimed
 
     def _settle(
