@@ -31,10 +31,14 @@ __all__ = [
 ]
 
 
-def apply_checkpoint(job: Job, cp: Checkpoint, load: Callable[[int], Checkpoint | None]) -> bool:
+def apply_checkpoint(
+    job: Job, cp: Checkpoint, load: Callable[[int], Checkpoint | None], paged_through: int = 0
+) -> bool:
     """Fold checkpoint cp (and any missed before it, read through load) into the record.
 
     False when the record already shows cp: projections only move forward by step.
+    paged_through: the last step of the progress pages already written in their own objects
+    (JobStore.seal_pages); the record drops its lines up to there, so it stays small.
     """
     if cp.step <= job.step:
         return False
@@ -43,6 +47,8 @@ def apply_checkpoint(job: Job, cp: Checkpoint, load: Callable[[int], Checkpoint 
         if missed is not None:
             job.progress.append(summary(missed))
     job.progress.append(summary(cp))
+    if paged_through and job.progress[0].step <= paged_through:
+        job.progress = [p for p in job.progress if p.step > paged_through]
     if job.dead_letter is not None and job.dead_letter.handled is None and job.dead_letter.step <= cp.step:
         # The step committed after all (its last delivery was noted in advance): nothing was dead-lettered.
         job.dead_letter = None

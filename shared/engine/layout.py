@@ -44,6 +44,12 @@ TENANTS = Container(
     backed_up=True,
     retention="JOB_RETENTION_DAYS: a marker goes with its job",
 )
+PROGRESS = Container(
+    "progress",
+    "progress/{job_id}/{page:04d}.json: a long job's earlier progress, 32 steps a page",
+    backed_up=True,
+    retention="JOB_RETENTION_DAYS: a job's pages go with its job",
+)
 REPORTS = Container(
     "reports",
     "reports/{job_id}.json: the delivered (or kept-for-inspection) report",
@@ -81,12 +87,6 @@ WEBHOOKS = Container(
     "webhooks/{tenant}/{job_id}.{event}.json: webhook deliveries and their attempts",
     backed_up=True,
     retention="JOB_RETENTION_DAYS: a job's deliveries go with its job",
-)
-SCHEDULES = Container(
-    "schedules",
-    "schedules/{tenant}/{schedule_id}.json: recurring research jobs",
-    backed_up=True,
-    retention="kept while the tenant keeps them: one record per schedule, deleted through the API",
 )
 SCHEDULES = Container(
     "schedules",
@@ -146,6 +146,7 @@ CONTAINERS: tuple[Container, ...] = (
     CHECKPOINTS,
     JOBS,
     TENANTS,
+    PROGRESS,
     REPORTS,
     LEDGERS,
     RESUBMISSIONS,
@@ -183,6 +184,10 @@ def job_key(job_id: str) -> str:
 
 def tenant_jobs_prefix(tenant: str) -> str:
     return f"{TENANTS.name}/{tenant}/jobs/"
+
+
+def progress_key(job_id: str, page: int) -> str:
+    return f"{PROGRESS.name}/{job_id}/{page:04d}.json"
 
 
 def report_key(job_id: str) -> str:

@@ -5,6 +5,7 @@ Layout (one container per kind, as in Blob Storage):
                                       in full (a snapshot) or as the change from step n-1 (a delta)
   jobs/{job_id}.json                  the job record, a projection, updated with If-Match
   tenants/{tenant}/jobs/{newest-first key}   empty markers: a tenant's jobs, newest first
+  progress/{job_id}/{page:04d}.json   a long job's earlier progress, PROGRESS_PAGE_STEPS steps a page
   reports/{job_id}.json               the accepted (or kept-for-inspection) report
 """
 
@@ -18,9 +19,9 @@ from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from shared.contracts import Checkpoint, Job, Report
+from shared.contracts import Checkpoint, Job, Report, StepSummary
 from shared.engine import layout, watch
 from shared.engine.job import stamped
 from shared.engine.layout import checkpoint_key
@@ -36,12 +37,31 @@ def _dump(job: Job) -> bytes:
     return job.model_dump_json().encode()
 
 
+# A job's record keeps the progress of its open page only: steps of a page the record has moved past
+# live in their own object, written once, so a step rewrites at most this many lines of progress.
+PROGRESS_PAGE_STEPS = 32
+_PAGE = TypeAdapter(list[StepSummary])
+
 # A full snapshot at least every this many steps bounds how many deltas a read applies.
 SNAPSHOT_EVERY = 25
 # States of recent checkpoints kept in memory: the base of the next step's delta (jobs in flight).
 _STATES_KEPT = 64
 
 M = TypeVar("M", bound=BaseModel)
+
+
+def _sealed_pages(job: Job) -> int:
+    """How many pages of job's progress live in their own objects: those before its first own line."""
+    if not job.progress:
+        return 0
+    return (job.progress[0].step - 1) // PROGRESS_PAGE_STEPS
+
+
+def parse_page(key: str, data: bytes) -> list[StepSummary]:
+    try:
+        return _PAGE.validate_json(data)
+    except ValidationError as exc:
+        raise CorruptRecord(f"{key} is unreadable ({exc.error_count()} error(s))", key=key) from None
 
 
 def parse(model: type[M], key: str, data: bytes) -> M:
@@ -235,11 +255,48 @@ class JobStore:
         self.objects.delete(self._tenant_marker(job))
 
     def get(self, job_id: str) -> Job | None:
+        """The record with its whole progress (the pages it has moved past read back in)."""
         found = self.objects.get(self._key(job_id))
-        return parse(Job, self._key(job_id), found.data) if found else None
+        return self.whole(parse(Job, self._key(job_id), found.data)) if found else None
+
+    def whole(self, job: Job) -> Job:
+        """job with the progress of its sealed pages in front of its own (no read for a short job)."""
+        pages = _sealed_pages(job)
+        if not pages:
+            return job
+        earlier: list[StepSummary] = []
+        for page in range(pages):
+            key = layout.progress_key(job.id, page)
+            found = self.objects.get(key)
+            if found is not None:  # a page whose every step was missed by the record was never written
+                earlier.extend(parse_page(key, found.data))
+        return job.model_copy(update={"progress": earlier + job.progress})
+
+    def seal_pages(self, job: Job) -> int:
+        """Write each full page of job's progress the record still holds; the last step they cover (0: none).
+
+        A page is written from the stored record's own lines, which never change once appended, so
+        a redelivery or a racing writer writes the same bytes; the projection drops the lines after
+        (lifecycle.apply_checkpoint's paged_through), so a crash in between only repeats the write.
+        Without an fsync: the record's later write (or the next step's) carries it to disk first.
+        """
+        through = job.step // PROGRESS_PAGE_STEPS * PROGRESS_PAGE_STEPS
+        for page in range(_sealed_pages(job), through // PROGRESS_PAGE_STEPS):
+            lo, hi = page * PROGRESS_PAGE_STEPS, (page + 1) * PROGRESS_PAGE_STEPS
+            lines = [p for p in job.progress if lo < p.step <= hi]
+            if lines:
+                self.objects.put(layout.progress_key(job.id, page), _PAGE.dump_json(lines), durable=False)
+        return through
+
+    def delete_pages(self, job_id: str) -> None:
+        """Retention only, before the record."""
+        for key in list(self.objects.list(f"{layout.PROGRESS.name}/{job_id}/")):
+            self.objects.delete(key)
 
     def read(self, job_id: str) -> tuple[Job, str] | None:
-        """The record and its ETag, for a caller that updates it later (update(..., current=...))."""
+        """The record as stored (only its open page of progress) and its ETag, for the step engine,
+        which updates it later (update(..., current=...)) and never needs the earlier pages.
+        """
         found = self.objects.get(self._key(job_id))
         return (parse(Job, self._key(job_id), found.data), found.etag) if found else None
 

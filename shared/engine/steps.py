@@ -382,10 +382,11 @@ def settle(b: Backends, job: Job, cp: Checkpoint, etag: str | None = None) -> No
     # final record with one: WAL frames reach the disk in order, so that fsync carries them all
     # before the message's completion (another file) can reach the disk.
     applied = False
+    paged_through = b.jobs.seal_pages(job)  # before the record drops those lines
 
     def apply(j: Job) -> bool:
         nonlocal applied
-        applied = lifecycle.apply_checkpoint(j, cp, lambda n: b.checkpoints.get(j.id, n))
+        applied = lifecycle.apply_checkpoint(j, cp, lambda n: b.checkpoints.get(j.id, n), paged_through)
         return applied
 
     current = (job, etag) if etag is not None else None

@@ -130,6 +130,7 @@ def _delete_job(b: Backends, job: Job, result: RetentionResult) -> None:
     b.objects.delete(layout.provenance_key(job.id))
     for key in list(b.objects.list(f"{layout.webhook_prefix(job.tenant)}{job.id}.")):
         b.objects.delete(key)
+    b.jobs.delete_pages(job.id)
     b.objects.delete(b.jobs.marker_key(job))
     if b.jobs.delete(job.id):
         result.jobs_deleted += 1

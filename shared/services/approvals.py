@@ -72,7 +72,7 @@ def decide(
     if updated.step == asked.after_step and not updated.finished:  # the next step has not committed: (re-)send it
         nxt = StepMessage(job_id=job_id, step=asked.after_step + 1)
         b.queue.send(nxt.model_dump_json().encode(), message_id=nxt.message_id, continuation=nxt.step > 1)
-    return updated
+    return b.jobs.whole(updated)
 
 
 def _earlier(job: Job, decision: str, after_step: int | None) -> ApprovalRequest:

@@ -248,7 +248,7 @@ def cancel(b: Backends, tenant: str, job_id: str) -> Job:
     # A deep job's tree stops together; children not yet created start cancelled (engine/fanout.spawn).
     for child in updated.children:
         b.jobs.update(child, lifecycle.request_cancel)
-    return updated
+    return b.jobs.whole(updated)
 
 
 def report(b: Backends, tenant: str, job_id: str) -> tuple[Job, Report]:

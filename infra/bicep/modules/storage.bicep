@@ -22,6 +22,7 @@ var containers = [
   'locks'
   'idempotency'
   'tenants'
+  'progress'
   'resubmissions'
   'webhooks'
   'schedules'
