@@ -48,6 +48,15 @@ class StoredObject:
     last_modified: datetime | None = None
 
 
+@dataclass(frozen=True)
+class ObjectWrite:
+    """One write of ObjectStore.put_many: unconditional, or create-only with if_absent=True."""
+
+    key: str
+    data: bytes
+    if_absent: bool = False
+
+
 @runtime_checkable
 class ObjectStore(Protocol):
     """Blob semantics over keys "container/path". The first segment is the container."""
@@ -78,6 +87,20 @@ class ObjectStore(Protocol):
 
         Raises PreconditionFailed if the key exists: the first writer wins, which is how a step
         commits its checkpoint exactly once. DependencyUnavailable when unreachable.
+        """
+        ...
+
+    def put_many(self, writes: Sequence[ObjectWrite]) -> list[str]:
+        """Durable writes in order, in one commit where the store has them; their new ETags, in order.
+
+        Each write is what put() (or, with if_absent, put_if_absent()) would do. The first write that
+        fails stops the rest: its error is raised (PreconditionFailed for an if_absent key that
+        exists), and the writes before it stand, since Blob Storage has no transaction over several
+        blobs and writes them one by one. The embedded store commits them together, with one fsync.
+
+            listing = ObjectWrite("listing/acme/job-1", b"")
+            record = ObjectWrite("jobs/job-1.json", data, if_absent=True)
+            objects.put_many([listing, record])  # PreconditionFailed: job-1 exists (its listing entry was written)
         """
         ...
 

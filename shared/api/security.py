@@ -260,11 +260,22 @@ class Gate:
 
 
 async def authenticate(request: Request) -> Caller:
-    """The request's caller: the one the middleware authenticated, else authenticated now (in the thread pool)."""
+    """The request's caller: the one the middleware authenticated, else authenticated now.
+
+    Now means from memory on the event loop where that is enough, else in the thread pool (as the
+    middleware does).
+    """
     found = request.scope.get("state", {}).get("caller")
     if isinstance(found, Caller):
         return found
-    return await run_in_threadpool(authenticate_now, request)
+    return await _authenticate_on_loop(request.app.state.gate, request)
+
+
+async def _authenticate_on_loop(gate: Gate, request: Request) -> Caller:
+    try:
+        return gate.authenticate(request, quick=True)  # from memory, on the loop: no thread hop
+    except NeedsStorage:
+        return await run_in_threadpool(gate.authenticate, request)
 
 
 def authenticate_now(request: Request) -> Caller:
@@ -376,10 +387,7 @@ class Authentication:
             request = Request(scope)
             gate: Gate = api.state.gate
             try:
-                try:
-                    caller = gate.authenticate(request, quick=True)  # from memory, on the loop: no thread hop
-                except NeedsStorage:
-                    caller = await run_in_threadpool(gate.authenticate, request)
+                caller = await _authenticate_on_loop(gate, request)
                 if route is not None and route.access is None:
                     require_admin(caller)
             except ServiceError as error:

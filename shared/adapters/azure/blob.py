@@ -7,7 +7,7 @@ works as an ETag from the embedded store and from Azure; they are quoted again o
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -22,7 +22,7 @@ from azure.core.exceptions import (
 from azure.storage.blob import BlobServiceClient, ExponentialRetry, StorageErrorCode
 
 from shared.errors import DependencyUnavailable
-from shared.ports import PreconditionFailed, StoredObject
+from shared.ports import ObjectWrite, PreconditionFailed, StoredObject
 from shared.settings import Settings
 
 T = TypeVar("T")
@@ -160,6 +160,10 @@ class AzureObjectStore:
         blob = self._service.get_blob_client(container, name)
         # overwrite=False sends If-None-Match: *, which the service checks atomically with the write.
         return self._upload(key, lambda: blob.upload_blob(bytes(data), overwrite=False))
+
+    def put_many(self, writes: Sequence[ObjectWrite]) -> list[str]:
+        # No transaction over several blobs: one upload after another, stopping at the first failure.
+        return [self.put_if_absent(w.key, w.data) if w.if_absent else self.put(w.key, w.data) for w in writes]
 
     def delete(self, key: str, *, if_match: str | None = None) -> bool:
         container, name = split_key(key)
