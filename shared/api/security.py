@@ -371,8 +371,8 @@ def declare_access(api: FastAPI, extra: dict[str, Access]) -> list[DeclaredRoute
 
 SECURITY_SCHEMES = (api_key_scheme, bearer_scheme)
 _METADATA = ("tags", "summary", "description", "operationId", "deprecated")
-_MODEL_ORDER = ("tags", "summary", "description", "externalDocs", "operationId", "parameters", "requestBody")
-_MODEL_ORDER += ("responses", "callbacks", "deprecated")
+_MODEL_ORDER: tuple[str, ...] = ("tags", "summary", "description", "externalDocs", "operationId")
+_MODEL_ORDER += ("parameters", "requestBody", "responses", "callbacks", "deprecated")
 
 
 def _with_security(operation: dict[str, Any], as_built: bool) -> dict[str, Any]:
