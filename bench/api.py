@@ -96,8 +96,25 @@ def wait_up(base: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> 
     raise SystemExit(f"{base} did not answer within {timeout} s")
 
 
-def load(base: str, request: Callable[[httpx.Client], httpx.Response], connections: int, seconds: float) -> dict:
-    """Requests/s, p99 ms and non-2xx count with `connections` client threads for `seconds`."""
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def load(
+    base: str,
+    request: Callable[[httpx.Client], httpx.Response],
+    connections: int,
+    seconds: float,
+    server_pid: int | None = None,
+) -> dict:
+    """Requests/s, p99 ms and non-2xx count with `connections` client threads for `seconds`.
+
+    With server_pid, also the server's CPU seconds meanwhile: CPU per request is a figure a busy,
+    shared machine disturbs far less than requests per second.
+    """
+    cpu_before = cpu_seconds(server_pid) if server_pid else 0.0
     latencies: list[float] = []
     failures = [0]
     lock = threading.Lock()
@@ -129,6 +146,7 @@ def load(base: str, request: Callable[[httpx.Client], httpx.Response], connectio
         "failed": failures[0],
         "latencies": ordered,
         "elapsed": elapsed,
+        "cpu": cpu_seconds(server_pid) - cpu_before if server_pid else 0.0,
     }
 
 
@@ -147,7 +165,9 @@ def routes(job_id: str) -> dict[str, Callable[[httpx.Client], httpx.Response]]:
     }
 
 
-def measure_in_turn(bases: dict[str, str], connections: int, seconds: float) -> dict[str, dict[str, dict]]:
+def measure_in_turn(
+    bases: dict[str, str], pids: dict[str, int], connections: int, seconds: float
+) -> dict[str, dict[str, dict]]:
     """{server: {route: figures}}: each route timed on each server in turn, ABBA, `seconds` per server in all."""
     calls: dict[str, dict[str, Callable[[httpx.Client], httpx.Response]]] = {}
     for server, base in bases.items():
@@ -158,7 +178,7 @@ def measure_in_turn(bases: dict[str, str], connections: int, seconds: float) -> 
     for name in routes(""):
         parts: dict[str, list[dict]] = {first: [], second: []}
         for server in (first, second, second, first):
-            parts[server].append(load(bases[server], calls[server][name], connections, seconds / 2))
+            parts[server].append(load(bases[server], calls[server][name], connections, seconds / 2, pids[server]))
         for server, halves in parts.items():
             results[server][name] = combined(halves)
     return results
@@ -171,6 +191,7 @@ def combined(parts: list[dict]) -> dict:
         "rps": len(ordered) / sum(part["elapsed"] for part in parts),
         "p99": ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))],
         "failed": sum(part["failed"] for part in parts),
+        "cpu_ms": 1000 * sum(part["cpu"] for part in parts) / max(1, len(ordered)),
     }
 
 
@@ -215,7 +236,8 @@ def main() -> int:
             bases = {"ours": f"http://127.0.0.1:{port}", "anchor": f"http://127.0.0.1:{anchor_port}"}
             wait_up(bases["ours"], ours_proc)
             wait_up(bases["anchor"], anchor_proc)
-            measured = measure_in_turn(bases, args.connections, args.seconds)
+            pids = {"ours": ours_proc.pid, "anchor": anchor_proc.pid}
+            measured = measure_in_turn(bases, pids, args.connections, args.seconds)
             ours, anchor = measured["ours"], measured["anchor"]
         finally:
             for proc in (ours_proc, anchor_proc):
@@ -252,12 +274,13 @@ def main() -> int:
         figures.append(
             Figure(
                 f"{name} req/s, {args.connections} connections (p99 {ours[name]['p99']:.0f} ms, "
-                f"{ours[name]['failed']} non-2xx)",
+                f"{ours[name]['failed']} non-2xx, {ours[name]['cpu_ms']:.2f} ms CPU a request)",
                 ours[name]["rps"],
                 "req/s",
                 f">= {goal}x anchor" + (", p99 <= 50 ms" if name == "POST /api/jobs" else "") + ", 0 errors",
                 ratio_met and p99_met and ours[name]["failed"] == 0,
-                f"minimal FastAPI + fsync'd SQLite (p99 {anchor[name]['p99']:.0f} ms)",
+                f"minimal FastAPI + fsync'd SQLite (p99 {anchor[name]['p99']:.0f} ms, "
+                f"{anchor[name]['cpu_ms']:.2f} ms CPU a request)",
                 anchor[name]["rps"],
             )
         )
