@@ -61,6 +61,11 @@ class ObjectWrite:
 class ObjectStore(Protocol):
     """Blob semantics over keys "container/path". The first segment is the container."""
 
+    local_reads: bool
+    """True when get() reads a local file in microseconds (the embedded store): an event loop may call
+    it directly rather than hand it to a thread. False for a network store (Blob Storage), where a read
+    on the loop would hold every other request for a round trip."""
+
     def get(self, key: str) -> StoredObject | None:
         """The object with its ETag, or None when the key does not exist.
 

@@ -91,6 +91,8 @@ def _precondition_error(exc: HttpResponseError) -> bool:
 class AzureObjectStore:
     """ObjectStore over Blob Storage; thread-safe (the SDK client is)."""
 
+    local_reads = False  # every read is a round trip to the service
+
     def __init__(self, service: BlobServiceClient) -> None:
         self._service = service
 

@@ -159,6 +159,8 @@ def _prefix_upper_bound(prefix: str) -> str | None:
 class LocalObjectStore:
     """ObjectStore over one SQLite database under root; safe to share across threads and processes."""
 
+    local_reads = True  # a read is an indexed lookup in a local file; WAL readers never wait for writers
+
     def __init__(
         self, root: Path, *, busy_timeout_seconds: float = BUSY_TIMEOUT_SECONDS, synchronous: str = "FULL"
     ) -> None:
