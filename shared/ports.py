@@ -109,8 +109,11 @@ class ObjectStore(Protocol):
         """
         ...
 
-    def delete(self, key: str, *, if_match: str | None = None) -> bool:
+    def delete(self, key: str, *, if_match: str | None = None, durable: bool = True) -> bool:
         """Delete the object; return False if it did not exist.
+
+        durable=False, as for put(): an OS crash may undo the delete, so only for objects whose
+        leftover is harmless (a health probe, which the ops/ retention removes in any case).
 
         Raises PreconditionFailed when if_match is given and the stored ETag differs,
         DependencyUnavailable when the store cannot be reached.

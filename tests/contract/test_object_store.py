@@ -115,6 +115,11 @@ def test_a_write_without_its_own_fsync_keeps_every_other_guarantee(store: Object
         store.put("jobs/lazy.json", b"v3", if_match=etag, durable=False)
     store.put("jobs/other.json", b"durable")  # a durable write after it, on the same store, still works
     assert store.get("jobs/lazy.json").etag == newer  # type: ignore[union-attr]
+    with pytest.raises(PreconditionFailed):
+        store.delete("jobs/lazy.json", if_match=etag, durable=False)
+    assert store.delete("jobs/lazy.json", if_match=newer, durable=False) is True
+    assert store.get("jobs/lazy.json") is None
+    assert store.delete("jobs/lazy.json", durable=False) is False
 
 
 def test_put_many_writes_in_order_and_returns_each_etag(store: ObjectStore) -> None:

@@ -167,7 +167,8 @@ class AzureObjectStore:
         # No transaction over several blobs: one upload after another, stopping at the first failure.
         return [self.put_if_absent(w.key, w.data) if w.if_absent else self.put(w.key, w.data) for w in writes]
 
-    def delete(self, key: str, *, if_match: str | None = None) -> bool:
+    def delete(self, key: str, *, if_match: str | None = None, durable: bool = True) -> bool:
+        # Durable once acknowledged, as every Blob Storage write: durable=False changes nothing here.
         container, name = split_key(key)
         blob = self._service.get_blob_client(container, name)
         conditions: dict[str, Any] = {}

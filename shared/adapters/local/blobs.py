@@ -366,10 +366,10 @@ class LocalObjectStore:
             raise PreconditionFailed(f"{writes[len(done) - 1].key} already exists")
         return etags
 
-    def delete(self, key: str, *, if_match: str | None = None) -> bool:
+    def delete(self, key: str, *, if_match: str | None = None, durable: bool = True) -> bool:
         if if_match is None:
-            return self._write(True, "DELETE FROM objects WHERE key = ?", (key,)) > 0
-        if self._write(True, "DELETE FROM objects WHERE key = ? AND etag = ?", (key, if_match)) > 0:
+            return self._write(durable, "DELETE FROM objects WHERE key = ?", (key,)) > 0
+        if self._write(durable, "DELETE FROM objects WHERE key = ? AND etag = ?", (key, if_match)) > 0:
             return True
         # Nothing deleted: either the key is gone (False, as without if_match) or it has another ETag.
         if self.exists(key):
