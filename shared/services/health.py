@@ -201,7 +201,6 @@ class _Run:
 
     def __init__(self) -> None:
         self.started = time.monotonic()
-        self.finished: float | None = None
         self.result: dict[str, Any] | None = None
         self.error: BaseException | None = None
         self.done = threading.Event()
@@ -213,14 +212,16 @@ class _Run:
             self.result = check(b)
         except BaseException as exc:  # noqa: BLE001 - every caller sharing this run raises it
             self.error = exc
-        self.finished = time.monotonic()
         with cache._lock:
             cache.checks += 1  # before anyone sharing it is told: they may read the count
         with self._lock:
             self.done.set()
             waiters, self._waiters = self._waiters, []
         for loop, future in waiters:
-            loop.call_soon_threadsafe(_resolve, future)
+            try:
+                loop.call_soon_threadsafe(_resolve, future)
+            except RuntimeError:  # that loop has closed (shutdown): nobody waits there any more
+                pass
 
     def answer(self) -> dict[str, Any]:
         if self.error is not None:
