@@ -4,10 +4,13 @@ Ours: `python -m shared.runtime --no-consumers --no-timers` (the API process alo
 is measured by bench/steps.py), and once more with its consumer running the submitted jobs. Anchor, same run,
 same client: a minimal FastAPI app served by the same uvicorn whose submit inserts one row into
 SQLite with an fsync'd commit (WAL, synchronous=FULL), and whose GET reads it back. The client
-runs --connections threads, each with its own keep-alive connection, for --seconds per route.
+runs --connections threads, each with its own keep-alive connection, for --seconds per route and
+server. Both servers run at once and are timed in turn, route by route (ours, anchor, anchor, ours,
+half the time each), so that a machine whose load drifts during the run (other processes on a shared
+host) weighs on both sides of each ratio alike.
 RSS: the runtime's resident memory with 16 jobs in flight (the offline model given think time).
 
-    python bench/api.py [--connections 16] [--seconds 5]
+    python bench/api.py [--connections 50] [--seconds 5]
 """
 
 from __future__ import annotations
@@ -93,8 +96,25 @@ def wait_up(base: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> 
     raise SystemExit(f"{base} did not answer within {timeout} s")
 
 
-def load(base: str, request: Callable[[httpx.Client], httpx.Response], connections: int, seconds: float) -> dict:
-    """Requests/s, p99 ms and non-2xx count with `connections` client threads for `seconds`."""
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def load(
+    base: str,
+    request: Callable[[httpx.Client], httpx.Response],
+    connections: int,
+    seconds: float,
+    server_pid: int | None = None,
+) -> dict:
+    """Requests/s, p99 ms and non-2xx count with `connections` client threads for `seconds`.
+
+    With server_pid, also the server's CPU seconds meanwhile: CPU per request is a figure a busy,
+    shared machine disturbs far less than requests per second.
+    """
+    cpu_before = cpu_seconds(server_pid) if server_pid else 0.0
     latencies: list[float] = []
     failures = [0]
     lock = threading.Lock()
@@ -124,6 +144,9 @@ def load(base: str, request: Callable[[httpx.Client], httpx.Response], connectio
         "rps": len(ordered) / elapsed,
         "p99": ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))],
         "failed": failures[0],
+        "latencies": ordered,
+        "elapsed": elapsed,
+        "cpu": cpu_seconds(server_pid) - cpu_before if server_pid else 0.0,
     }
 
 
@@ -142,15 +165,39 @@ def routes(job_id: str) -> dict[str, Callable[[httpx.Client], httpx.Response]]:
     }
 
 
-def measure(base: str, connections: int, seconds: float) -> dict[str, dict]:
-    with httpx.Client(base_url=base, headers=HEADERS) as c:
-        job_id = c.post("/api/jobs", json={"task": "How are dead letters handled?"}).json()["id"]
-    return {name: load(base, call, connections, seconds) for name, call in routes(job_id).items()}
+def measure_in_turn(
+    bases: dict[str, str], pids: dict[str, int], connections: int, seconds: float
+) -> dict[str, dict[str, dict]]:
+    """{server: {route: figures}}: each route timed on each server in turn, ABBA, `seconds` per server in all."""
+    calls: dict[str, dict[str, Callable[[httpx.Client], httpx.Response]]] = {}
+    for server, base in bases.items():
+        with httpx.Client(base_url=base, headers=HEADERS) as c:
+            calls[server] = routes(c.post("/api/jobs", json={"task": "How are dead letters handled?"}).json()["id"])
+    first, second = list(bases)
+    results: dict[str, dict[str, dict]] = {server: {} for server in bases}
+    for name in routes(""):
+        parts: dict[str, list[dict]] = {first: [], second: []}
+        for server in (first, second, second, first):
+            parts[server].append(load(bases[server], calls[server][name], connections, seconds / 2, pids[server]))
+        for server, halves in parts.items():
+            results[server][name] = combined(halves)
+    return results
+
+
+def combined(parts: list[dict]) -> dict:
+    """One figure from several timed parts: requests over time, p99 over all latencies, failures summed."""
+    ordered = sorted(latency for part in parts for latency in part["latencies"])
+    return {
+        "rps": len(ordered) / sum(part["elapsed"] for part in parts),
+        "p99": ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))],
+        "failed": sum(part["failed"] for part in parts),
+        "cpu_ms": 1000 * sum(part["cpu"] for part in parts) / max(1, len(ordered)),
+    }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=5.0)
     args = parser.parse_args()
     # Limits stay on (their cost is ours) but out of reach: the clients send far past 600 a minute.
@@ -175,13 +222,27 @@ def main() -> int:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+        anchor_port = free_port()
+        app_path = Path(tmp) / "anchor_app.py"
+        app_path.write_text(ANCHOR_APP, encoding="utf-8")
+        anchor_proc = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "anchor_app:app", "--port", str(anchor_port), "--log-level", "warning"],
+            cwd=tmp,
+            env={**env, "ANCHOR_DB": str(Path(tmp) / "anchor.sqlite3")},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
-            base = f"http://127.0.0.1:{port}"
-            wait_up(base, ours_proc)
-            ours = measure(base, args.connections, args.seconds)
+            bases = {"ours": f"http://127.0.0.1:{port}", "anchor": f"http://127.0.0.1:{anchor_port}"}
+            wait_up(bases["ours"], ours_proc)
+            wait_up(bases["anchor"], anchor_proc)
+            pids = {"ours": ours_proc.pid, "anchor": anchor_proc.pid}
+            measured = measure_in_turn(bases, pids, args.connections, args.seconds)
+            ours, anchor = measured["ours"], measured["anchor"]
         finally:
-            ours_proc.send_signal(signal.SIGTERM)
-            ours_proc.wait(30)
+            for proc in (ours_proc, anchor_proc):
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(30)
         port = free_port()
         busy = str(Path(tmp) / "with-consumer")
         with_consumer = subprocess.Popen(
@@ -205,23 +266,6 @@ def main() -> int:
         finally:
             with_consumer.send_signal(signal.SIGTERM)
             with_consumer.wait(30)
-        anchor_port = free_port()
-        app_path = Path(tmp) / "anchor_app.py"
-        app_path.write_text(ANCHOR_APP, encoding="utf-8")
-        anchor_proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "anchor_app:app", "--port", str(anchor_port), "--log-level", "warning"],
-            cwd=tmp,
-            env={**env, "ANCHOR_DB": str(Path(tmp) / "anchor.sqlite3")},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            anchor_base = f"http://127.0.0.1:{anchor_port}"
-            wait_up(anchor_base, anchor_proc)
-            anchor = measure(anchor_base, args.connections, args.seconds)
-        finally:
-            anchor_proc.send_signal(signal.SIGTERM)
-            anchor_proc.wait(30)
         rss = rss_with_jobs_in_flight(Path(tmp) / "rss", env, 16)
     figures = []
     for name, goal in (("POST /api/jobs", 0.7), ("GET /api/jobs/{id}", 0.7), ("GET /api/health", 0.7)):
@@ -230,19 +274,21 @@ def main() -> int:
         figures.append(
             Figure(
                 f"{name} req/s, {args.connections} connections (p99 {ours[name]['p99']:.0f} ms, "
-                f"{ours[name]['failed']} non-2xx)",
+                f"{ours[name]['failed']} non-2xx, {ours[name]['cpu_ms']:.2f} ms CPU a request)",
                 ours[name]["rps"],
                 "req/s",
                 f">= {goal}x anchor" + (", p99 <= 50 ms" if name == "POST /api/jobs" else "") + ", 0 errors",
                 ratio_met and p99_met and ours[name]["failed"] == 0,
-                f"minimal FastAPI + fsync'd SQLite (p99 {anchor[name]['p99']:.0f} ms)",
+                f"minimal FastAPI + fsync'd SQLite (p99 {anchor[name]['p99']:.0f} ms, "
+                f"{anchor[name]['cpu_ms']:.2f} ms CPU a request)",
                 anchor[name]["rps"],
             )
         )
     figures.append(Figure("runtime RSS, 16 jobs in flight", rss, "MB", "<= 150 MB", rss <= 150))
     context = (
         f"API process alone (timers and consumer off) unless said, {args.connections} client threads x "
-        f"{args.seconds:.0f} s per route, the client on the same machine; POST /api/jobs with the consumer running: "
+        f"{args.seconds:.0f} s per route and server, ours and the anchor timed in turn (ABBA halves), the client on "
+        "the same machine; POST /api/jobs with the consumer running: "
         f"{submitted['rps']:.0f} req/s, p99 {submitted['p99']:.0f} ms"
     )
     print(context)

@@ -48,9 +48,23 @@ class StoredObject:
     last_modified: datetime | None = None
 
 
+@dataclass(frozen=True)
+class ObjectWrite:
+    """One write of ObjectStore.put_many: unconditional, or create-only with if_absent=True."""
+
+    key: str
+    data: bytes
+    if_absent: bool = False
+
+
 @runtime_checkable
 class ObjectStore(Protocol):
     """Blob semantics over keys "container/path". The first segment is the container."""
+
+    local_reads: bool
+    """True when get() reads a local file in microseconds (the embedded store): an event loop may call
+    it directly rather than hand it to a thread. False for a network store (Blob Storage), where a read
+    on the loop would hold every other request for a round trip."""
 
     def get(self, key: str) -> StoredObject | None:
         """The object with its ETag, or None when the key does not exist.
@@ -81,8 +95,25 @@ class ObjectStore(Protocol):
         """
         ...
 
-    def delete(self, key: str, *, if_match: str | None = None) -> bool:
+    def put_many(self, writes: Sequence[ObjectWrite]) -> list[str]:
+        """Durable writes in order, in one commit where the store has them; their new ETags, in order.
+
+        Each write is what put() (or, with if_absent, put_if_absent()) would do. The first write that
+        fails stops the rest: its error is raised (PreconditionFailed for an if_absent key that
+        exists), and the writes before it stand, since Blob Storage has no transaction over several
+        blobs and writes them one by one. The embedded store commits them together, with one fsync.
+
+            listing = ObjectWrite("listing/acme/job-1", b"")
+            record = ObjectWrite("jobs/job-1.json", data, if_absent=True)
+            objects.put_many([listing, record])  # PreconditionFailed: job-1 exists (its listing entry was written)
+        """
+        ...
+
+    def delete(self, key: str, *, if_match: str | None = None, durable: bool = True) -> bool:
         """Delete the object; return False if it did not exist.
+
+        durable=False, as for put(): an OS crash may undo the delete, so only for objects whose
+        leftover is harmless (a health probe, which the ops/ retention removes in any case).
 
         Raises PreconditionFailed when if_match is given and the stored ETag differs,
         DependencyUnavailable when the store cannot be reached.

@@ -187,7 +187,8 @@ class Settings(BaseSettings):
         5.0,
         ge=0,
         validation_alias="HEALTH_CACHE_SECONDS",
-        description="Anonymous GET /api/health answers from a check at most this old (0: check every time).",
+        description="Anonymous GET /api/health answers from a check at most this old (0: from a check that "
+        "was running when asked, or a new one).",
     )
 
     # --- policy, budget, memory ----------------------------------------------------------------

@@ -40,12 +40,12 @@ class HealthReport(BaseModel):
     workers: dict[str, dict[str, Any]] | None = Field(None, description="Operators only: the embedded worker pools.")
 
 
-def _operator(request: Request) -> bool:
+async def _operator(request: Request) -> bool:
     """Whether the request carries a valid operator or admin key; anything else is an anonymous probe."""
     if not (request.headers.get("x-api-key") or request.headers.get("authorization")):
         return False
     try:
-        caller = security.authenticate_now(request)
+        caller = await security.authenticate(request)
     except ServiceError:
         return False  # a wrong, throttled or unusable key: answered as anonymous, not refused
     return caller.role in DETAIL_ROLES
@@ -57,10 +57,12 @@ def _operator(request: Request) -> bool:
     summary="Up or down (anonymous); each dependency's state (operator key)",
     responses={503: {"model": HealthReport, "description": "A dependency (or worker pool) is down"}},
 )
-def get_health(request: Request, b: BackendsDep, _: security.AnonymousDep) -> JSONResponse:
+async def get_health(request: Request, b: BackendsDep, _: security.AnonymousDep) -> JSONResponse:
+    # Async: a cached or shared answer costs no thread; only the caller that starts a check hands it
+    # to a worker thread, and everyone who shares it waits on the event loop.
     cache: health.HealthCache = request.app.state.health_cache
-    operator = _operator(request)
-    result = cache.get(b, fresh=operator)
+    operator = await _operator(request)
+    result = await cache.get_async(b, fresh=operator)
     ok = result["status"] == "ok"
     body = result if operator else {"status": "ok" if ok else "down"}
     return JSONResponse(body, status_code=200 if ok else 503)

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 
 from agents.markdown_text import safe_autolink
 from agents.report_markdown import inline_text
@@ -14,6 +15,7 @@ from shared.api.deps import BackendsDep
 from shared.api.schema import problem_responses
 from shared.api.security import CallerDep
 from shared.contracts import Citation, Job, JobError, JobStatus
+from shared.engine.backends import Backends
 from shared.engine.pricing import Cost, price_usage
 from shared.engine.provenance import Provenance
 from shared.services import approvals, jobs
@@ -74,8 +76,16 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobView, summary="Status, progress per step, usage and cost, error")
-def get_job(job_id: str, caller: CallerDep, b: BackendsDep) -> Response:
-    job = jobs.get(b, caller.tenant, job_id)
+async def get_job(job_id: str, caller: CallerDep, b: BackendsDep) -> Response:
+    # On the embedded store the read costs less than the hop to the thread pool and back; a network
+    # store's read would hold the event loop, so it goes to the thread pool as a sync route would.
+    if b.objects.local_reads:
+        return job_view(b, caller.tenant, job_id)
+    return await run_in_threadpool(job_view, b, caller.tenant, job_id)
+
+
+def job_view(b: Backends, tenant: str, job_id: str) -> Response:
+    job = jobs.get(b, tenant, job_id)
     # The record was validated when read: construct the view from its fields rather than validate them again.
     return json_response(JobView.model_construct(**dict(job), cost=price_usage(b, job.usage)))
 

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Request, routing
+from fastapi.encoders import jsonable_encoder
 from fastapi.routing import APIRoute
-from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import APIKeyHeader, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -146,9 +147,9 @@ def access(role: str, scope: AccessScope) -> Callable[..., Awaitable[Caller | No
         # The caller the middleware authenticated; a dependency (not a call) so that what reads the
         # route's dependencies, such as the OpenAPI's error statuses, sees that a key is needed.
         caller: Annotated[Caller, Depends(authenticate)],
-        _key: Annotated[str | None, Depends(api_key_scheme)],  # documents the schemes in OpenAPI
-        _token: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
     ) -> Caller:
+        # The security schemes are not parameters here: as dependencies they would be resolved on every
+        # request only to be ignored. declare_access puts them into the OpenAPI document instead.
         if not caller.at_least(role):
             raise RoleRequired(f"this operation needs the {role} role; this key is {caller.role}")
         if scope == "tenant" and "tenant" in request.query_params:
@@ -260,11 +261,22 @@ class Gate:
 
 
 async def authenticate(request: Request) -> Caller:
-    """The request's caller: the one the middleware authenticated, else authenticated now (in the thread pool)."""
+    """The request's caller: the one the middleware authenticated, else authenticated now.
+
+    Now means from memory on the event loop where that is enough, else in the thread pool (as the
+    middleware does).
+    """
     found = request.scope.get("state", {}).get("caller")
     if isinstance(found, Caller):
         return found
-    return await run_in_threadpool(authenticate_now, request)
+    return await _authenticate_on_loop(request.app.state.gate, request)
+
+
+async def _authenticate_on_loop(gate: Gate, request: Request) -> Caller:
+    try:
+        return gate.authenticate(request, quick=True)  # from memory, on the loop: no thread hop
+    except NeedsStorage:
+        return await run_in_threadpool(gate.authenticate, request)
 
 
 def authenticate_now(request: Request) -> Caller:
@@ -341,14 +353,47 @@ def declare_access(api: FastAPI, extra: dict[str, Access]) -> list[DeclaredRoute
             schema = build()
             for route in table:
                 for method in route.methods:
-                    operation = schema["paths"].get(route.path, {}).get(method.lower())
-                    if operation is not None and route.access is not None:
-                        operation["x-access"] = route.access.openapi()
+                    operations = schema["paths"].get(route.path, {})
+                    operation = operations.get(method.lower())
+                    if operation is None or route.access is None:
+                        continue
+                    if route.access.role != ANONYMOUS and "security" not in operation:
+                        as_built = any("parameters" in other for other in operations.values())
+                        operation = operations[method.lower()] = _with_security(operation, as_built)
+                        _document_schemes(schema)
+                    operation["x-access"] = route.access.openapi()
             api.openapi_schema = schema
         return api.openapi_schema
 
     api.openapi = openapi  # type: ignore[method-assign]
     return table
+
+
+SECURITY_SCHEMES = (api_key_scheme, bearer_scheme)
+_METADATA = ("tags", "summary", "description", "operationId", "deprecated")
+_MODEL_ORDER: tuple[str, ...] = ("tags", "summary", "description", "externalDocs", "operationId")
+_MODEL_ORDER += ("parameters", "requestBody", "responses", "callbacks", "deprecated")
+
+
+def _with_security(operation: dict[str, Any], as_built: bool) -> dict[str, Any]:
+    """The operation with the key schemes as its security, where FastAPI would have put them.
+
+    Only the order of keys depends on it, so that the document stays byte for byte what it was when the
+    schemes were dependencies: FastAPI adds `security` right after the metadata, and its path items come
+    out in that order (as_built) or re-ordered by its OpenAPI model, which puts `security` after the
+    responses. Which one a path gets follows from whether any of its operations has parameters.
+    """
+    before = _METADATA if as_built else _MODEL_ORDER
+    documented = {key: operation[key] for key in before if key in operation}
+    documented["security"] = [{scheme.scheme_name: []} for scheme in SECURITY_SCHEMES]
+    documented.update((key, value) for key, value in operation.items() if key not in documented)
+    return documented
+
+
+def _document_schemes(schema: dict[str, Any]) -> None:
+    schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
+    for scheme in SECURITY_SCHEMES:
+        schemes[scheme.scheme_name] = jsonable_encoder(scheme.model, by_alias=True, exclude_none=True)
 
 
 def route_access(table: list[DeclaredRoute], method: str, path: str) -> DeclaredRoute | None:
@@ -376,10 +421,7 @@ class Authentication:
             request = Request(scope)
             gate: Gate = api.state.gate
             try:
-                try:
-                    caller = gate.authenticate(request, quick=True)  # from memory, on the loop: no thread hop
-                except NeedsStorage:
-                    caller = await run_in_threadpool(gate.authenticate, request)
+                caller = await _authenticate_on_loop(gate, request)
                 if route is not None and route.access is None:
                     require_admin(caller)
             except ServiceError as error:

@@ -27,7 +27,7 @@ from shared.engine.job import stamped
 from shared.engine.layout import checkpoint_key
 from shared.engine.updates import update_json
 from shared.errors import CorruptRecord
-from shared.ports import ObjectStore, PreconditionFailed
+from shared.ports import ObjectStore, ObjectWrite, PreconditionFailed
 
 log = logging.getLogger("agent.storage")
 _MAX_TS = 10**13  # milliseconds; inverted so lexicographic listing is newest first
@@ -236,12 +236,12 @@ class JobStore:
         return self.objects.delete(self._key(job_id))
 
     def create(self, job: Job) -> None:
-        # The listing marker first, without its own fsync: the record's fsync'd create right after
-        # carries it to disk (WAL order), and a marker whose record never came is skipped by listings.
+        # The listing marker first, then the record, in one commit where the store has one (a submit
+        # waits for one fsync, not two rounds); a marker whose record never came is skipped by listings.
         marker = self._tenant_marker(job)
-        self.objects.put(marker, b"", durable=False)
         try:
-            self.objects.put_if_absent(self._key(job.id), job.model_dump_json().encode())
+            record = ObjectWrite(self._key(job.id), job.model_dump_json().encode(), if_absent=True)
+            self.objects.put_many([ObjectWrite(marker, b""), record])
         except PreconditionFailed:
             # A concurrent create of the same id (two submitters of one Idempotency-Key) won. Its
             # record was made a millisecond apart, so its marker may be another key: ours goes.

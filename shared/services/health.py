@@ -17,6 +17,7 @@ other's object and report a false "down".
 
 from __future__ import annotations
 
+import asyncio
 import os
 import queue
 import socket
@@ -153,10 +154,11 @@ def check(b: Backends, *, deadline_seconds: float = CHECK_DEADLINE_SECONDS) -> d
         # One key per probe: concurrent probes (threads, instances) never read each other's object.
         key = f"ops/health/{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex}.txt"
         stamp = str(time.time_ns()).encode()
-        # Without its own fsync: the probe is deleted at once, and a full disk refuses the write all the same.
+        # Without fsyncs: a full disk refuses the write all the same, and a delete an OS crash undoes leaves
+        # a small object that the ops/ retention removes.
         b.objects.put(key, stamp, durable=False)
         found = b.objects.get(key)
-        b.objects.delete(key)
+        b.objects.delete(key, durable=False)
         if found is None or found.data != stamp:
             raise RuntimeError("read back a different object than written")
         return "write/read round trip"
@@ -194,32 +196,98 @@ def check(b: Backends, *, deadline_seconds: float = CHECK_DEADLINE_SECONDS) -> d
     return result
 
 
+class _Run:
+    """One check: started by one caller, shared by every caller whose freshness it meets."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.result: dict[str, Any] | None = None
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self._lock = threading.Lock()
+
+    def execute(self, b: Backends, cache: HealthCache) -> None:
+        try:
+            self.result = check(b)
+        except BaseException as exc:  # noqa: BLE001 - every caller sharing this run raises it
+            self.error = exc
+        with cache._lock:
+            cache.checks += 1  # before anyone sharing it is told: they may read the count
+        with self._lock:
+            self.done.set()
+            waiters, self._waiters = self._waiters, []
+        for loop, future in waiters:
+            try:
+                loop.call_soon_threadsafe(_resolve, future)
+            except RuntimeError:  # that loop has closed (shutdown): nobody waits there any more
+                pass
+
+    def answer(self) -> dict[str, Any]:
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result
+
+    async def wait(self) -> dict[str, Any]:
+        """Wait on the event loop (no thread held) for this run to finish."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        with self._lock:
+            if not self.done.is_set():
+                self._waiters.append((loop, future))
+            else:
+                future.set_result(None)
+        await future
+        return self.answer()
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 class HealthCache:
-    """One check answers every caller for max_age_seconds; concurrent callers wait for the running one.
+    """One check answers every caller for max_age_seconds; concurrent callers share the running one.
 
     fresh=True (operators) wants a check that was still running when the call came: the one running
     then (it finishes after the call, so what it reports was seen at most CHECK_DEADLINE_SECONDS before),
-    or a new one. Callers that arrive during a check share it rather than queue for one check each.
+    or a new one. Callers that arrive during a check share it rather than queue for one check each, and
+    get_async's callers wait for it on the event loop without holding a thread each.
     """
 
     def __init__(self, max_age_seconds: float) -> None:
         self.max_age_seconds = max_age_seconds
         self._lock = threading.Lock()
-        self._result: dict[str, Any] | None = None
-        self._started = float("-inf")
-        self._finished = float("-inf")
+        self._last: _Run | None = None  # the latest run started: running, or the one that answers now
         self.checks = 0  # how many real checks ran (tests and benchmarks read it)
+
+    def _pick(self, fresh: bool) -> tuple[_Run, bool]:
+        """The run that answers a call made now, and whether this caller must execute it (a new one)."""
+        asked = time.monotonic()
+        with self._lock:
+            last = self._last
+            if last is not None and last.error is None:
+                if not last.done.is_set():
+                    return last, False  # running: it finishes after this call, so it is fresh for anyone
+                if not fresh and last.started >= asked - self.max_age_seconds:
+                    return last, False
+            run = self._last = _Run()
+            return run, True
 
     def get(self, b: Backends, *, fresh: bool = False) -> dict[str, Any]:
         """A result at most max_age_seconds old; with fresh=True, from a check that finished after this call."""
-        asked = time.monotonic()
-        with self._lock:  # held while a check runs: a caller arriving meanwhile waits here for it
-            if self._result is not None and (
-                self._finished >= asked if fresh else self._started >= asked - self.max_age_seconds
-            ):
-                return self._result
-            started = time.monotonic()
-            self._result = check(b)
-            self._started, self._finished = started, time.monotonic()
-            self.checks += 1
-            return self._result
+        run, mine = self._pick(fresh)
+        if mine:
+            run.execute(b, self)
+        else:
+            run.done.wait()  # check() answers within its deadline: a hung dependency is reported down
+        return run.answer()
+
+    async def get_async(self, b: Backends, *, fresh: bool = False) -> dict[str, Any]:
+        """get() for the event loop: a new check runs on a worker thread, and waiting for one holds no thread."""
+        run, mine = self._pick(fresh)
+        if mine:
+            await asyncio.to_thread(run.execute, b, self)
+            return run.answer()
+        return await run.wait()

@@ -22,7 +22,7 @@ import pytest
 from shared.adapters.azure.blob import AzureObjectStore
 from shared.adapters.local.blobs import LocalObjectStore
 from shared.errors import DependencyUnavailable
-from shared.ports import ObjectStore, PreconditionFailed
+from shared.ports import ObjectStore, ObjectWrite, PreconditionFailed
 from shared.settings import Settings
 from tests.fixtures.concurrency import run_together
 
@@ -115,6 +115,54 @@ def test_a_write_without_its_own_fsync_keeps_every_other_guarantee(store: Object
         store.put("jobs/lazy.json", b"v3", if_match=etag, durable=False)
     store.put("jobs/other.json", b"durable")  # a durable write after it, on the same store, still works
     assert store.get("jobs/lazy.json").etag == newer  # type: ignore[union-attr]
+    with pytest.raises(PreconditionFailed):
+        store.delete("jobs/lazy.json", if_match=etag, durable=False)
+    assert store.delete("jobs/lazy.json", if_match=newer, durable=False) is True
+    assert store.get("jobs/lazy.json") is None
+    assert store.delete("jobs/lazy.json", durable=False) is False
+
+
+def test_put_many_writes_in_order_and_returns_each_etag(store: ObjectStore) -> None:
+    writes = [
+        ObjectWrite("jobs-by-tenant/acme/0001_job-1", b""),
+        ObjectWrite("jobs/job-1.json", b'{"id": "job-1"}', if_absent=True),
+        ObjectWrite("jobs/job-1.json.note", "メモ".encode()),
+    ]
+    etags = store.put_many(writes)
+    assert len(etags) == 3 and len(set(etags)) == 3
+    for write, etag in zip(writes, etags, strict=True):
+        found = store.get(write.key)
+        assert found is not None and (found.data, found.etag) == (write.data, etag)
+    assert store.put_many([]) == []
+
+
+def test_put_many_stops_at_a_create_only_key_that_exists(store: ObjectStore) -> None:
+    first = store.put_if_absent("jobs/job-2.json", b"first")
+    with pytest.raises(PreconditionFailed):
+        store.put_many(
+            [
+                ObjectWrite("jobs-by-tenant/acme/0002_job-2", b""),
+                ObjectWrite("jobs/job-2.json", b"second", if_absent=True),
+                ObjectWrite("jobs/job-2.after", b"never"),
+            ]
+        )
+    found = store.get("jobs/job-2.json")
+    assert found is not None and (found.data, found.etag) == (b"first", first)  # the winner is untouched
+    assert store.get("jobs/job-2.after") is None  # nothing after the failed write
+    # What came before it may stand (Blob Storage writes one by one): the listing skips such an entry.
+
+
+def test_concurrent_put_many_of_one_key_has_exactly_one_winner(store: ObjectStore) -> None:
+    def attempt(i: int) -> bool:
+        try:
+            store.put_many(
+                [ObjectWrite(f"jobs-by-tenant/acme/{i}", b""), ObjectWrite("jobs/j.json", b"x", if_absent=True)]
+            )
+        except PreconditionFailed:
+            return False
+        return True
+
+    assert sum(r is True for r in run_together(6, attempt)) == 1
 
 
 def test_if_match_on_a_missing_object_fails(store: ObjectStore) -> None:
@@ -459,6 +507,31 @@ def test_local_a_failing_statement_in_a_group_commit_fails_only_its_writer(tmp_p
     assert (good.error, good.rowcount) == (None, 1)
     assert isinstance(bad.error, Exception) and "NOT NULL" in str(bad.error)
     assert store.exists("jobs/good") and not store.exists("jobs/bad")
+
+
+def test_local_put_many_is_one_commit_and_a_failing_one_in_a_group_fails_alone(tmp_path: Path) -> None:
+    from shared.adapters.local.blobs import _Write
+
+    store = LocalObjectStore(tmp_path / "objects")
+    batches: list[int] = []
+    commit = store._commit
+
+    def counted(batch: Any) -> None:
+        batches.append(len(batch))
+        commit(batch)
+
+    store._commit = counted  # type: ignore[method-assign]
+    store.put_many([ObjectWrite(f"jobs/many-{n}", b"x") for n in range(5)])
+    assert batches == [1]  # five writes, one commit
+
+    insert = "INSERT INTO objects (key, data, etag, modified) VALUES (?, ?, ?, ?)"
+    good = _Write(True, insert, ("jobs/good", b"x", "e1", 0.0))
+    bad = _Write(True, insert, ("jobs/bad-1", b"x", "e2", 0.0), (insert, ("jobs/bad-2", None, "e3", 0.0)))
+    store._commit([good, bad])
+    assert (good.error, good.rowcount) == (None, 1)
+    assert isinstance(bad.error, Exception) and "NOT NULL" in str(bad.error)
+    # The failing writer's statements are undone together; the other writer's commit stands.
+    assert store.exists("jobs/good") and not store.exists("jobs/bad-1") and not store.exists("jobs/bad-2")
 
 
 def _won(store: ObjectStore, key: str) -> bool:

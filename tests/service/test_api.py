@@ -51,6 +51,29 @@ def test_submit_answers_202_with_location_and_job(api: TestClient, backends: Bac
     assert backends.queue.counts().active == 1
 
 
+@pytest.mark.parametrize("local_reads", [True, False])
+def test_get_job_reads_on_the_event_loop_only_from_a_local_store(
+    api: TestClient, backends: Backends, monkeypatch: pytest.MonkeyPatch, local_reads: bool
+) -> None:
+    import threading
+
+    job = api.post("/api/jobs", json={"task": "Where is it read?"}).json()
+    readers: list[str] = []
+    read = backends.objects.get
+
+    def watched(key: str):  # type: ignore[no-untyped-def]
+        readers.append(threading.current_thread().name)
+        return read(key)
+
+    monkeypatch.setattr(backends.objects, "get", watched)
+    monkeypatch.setattr(backends.objects, "local_reads", local_reads)
+    r = api.get(f"/api/jobs/{job['id']}")
+    assert r.status_code == 200 and r.json()["id"] == job["id"] and "cost" in r.json()
+    pooled = [name.startswith("AnyIO worker thread") for name in readers]
+    assert pooled and all(p is not local_reads for p in pooled), readers  # a network store: never on the loop
+    assert api.get("/api/jobs/job-nope").status_code == 404
+
+
 def test_idempotency_key_replays_and_conflicts(api: TestClient, backends: Backends) -> None:
     first = api.post("/api/jobs", json={"task": "same"}, headers={"Idempotency-Key": "k1"})
     again = api.post("/api/jobs", json={"task": "same"}, headers={"Idempotency-Key": "k1"})

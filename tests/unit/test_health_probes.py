@@ -54,3 +54,31 @@ def test_operators_asking_while_a_check_runs_share_it_and_later_ones_get_a_new_o
     later = cache.get(None, fresh=True)  # type: ignore[arg-type] # asked after it finished: a check of its own
     assert cache.checks == 2 and later["n"] == 2
     assert cache.get(None) is later  # type: ignore[arg-type] # anonymous: within max_age_seconds, no new check
+
+
+def test_async_callers_share_one_check_and_wait_without_a_thread_each(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+
+    threads_during_check: list[int] = []
+
+    def slow_check(b: object) -> dict[str, object]:
+        time.sleep(0.2)
+        threads_during_check.append(threading.active_count())
+        return {"status": "ok", "n": cache.checks + 1}
+
+    monkeypatch.setattr(health, "check", slow_check)
+    cache = health.HealthCache(max_age_seconds=60)
+    before = threading.active_count()
+
+    async def fifty_operators_and_a_sync_caller() -> list[dict[str, object]]:
+        asked = [asyncio.create_task(cache.get_async(None, fresh=True)) for _ in range(50)]  # type: ignore[arg-type]
+        await asyncio.sleep(0.05)  # the check is running: a thread's caller shares it as well
+        sync = asyncio.create_task(asyncio.to_thread(cache.get, None, fresh=True))  # type: ignore[arg-type]
+        return [*(await asyncio.gather(*asked)), await sync]
+
+    answers = asyncio.run(fifty_operators_and_a_sync_caller())
+    assert cache.checks == 1 and all(a is answers[0] for a in answers)
+    assert threads_during_check[0] <= before + 2  # the check's worker and the sync caller, not fifty
+    later = asyncio.run(cache.get_async(None, fresh=True))  # type: ignore[arg-type] # asked after: a new check
+    assert cache.checks == 2 and later["n"] == 2
+    assert asyncio.run(cache.get_async(None)) is later  # type: ignore[arg-type] # anonymous: cached, no check

@@ -551,3 +551,54 @@ def test_complete_and_receive_after_a_lost_lock_claims_nothing(open_queue: Queue
     with pytest.raises(MessageLockLost):
         queue.complete_and_receive(message)
     assert sorted(m.message_id for m in queue.receive(2)) == ["job-1:1", "job-2:1"]  # neither was taken
+
+
+# --- group commit of fsync'd sends ------------------------------------------------------------------
+
+
+def test_concurrent_sends_share_transactions_and_each_is_sent_once(open_queue: QueueFactory) -> None:
+    from tests.fixtures.concurrency import raised, run_together
+
+    queue = open_queue()
+    transactions = [0]
+    transaction = queue._transaction
+
+    def counted():  # type: ignore[no-untyped-def]
+        transactions[0] += 1
+        return transaction()
+
+    queue._transaction = counted  # type: ignore[method-assign]
+
+    def sender(i: int) -> None:
+        for n in range(20):
+            queue.send(f"{i}:{n}".encode(), message_id=f"job-{i}-{n}:1")
+            queue.send(b"contested", message_id=f"shared-{n}:1")  # every thread sends it: kept once
+
+    assert raised(run_together(8, sender)) == []
+    live = queue.peek_live()
+    assert sorted(m.message_id for m in live) == sorted(
+        [f"job-{i}-{n}:1" for i in range(8) for n in range(20)] + [f"shared-{n}:1" for n in range(20)]
+    )
+    assert transactions[0] < 8 * 20 * 2  # fewer fsync'd commits than sends
+
+
+def test_a_failed_group_commit_fails_every_sender_in_it_and_sends_nothing(
+    open_queue: QueueFactory, queue_path: Path
+) -> None:
+    import sqlite3
+
+    from shared.errors import DependencyUnavailable
+    from tests.fixtures.concurrency import run_together
+
+    queue = open_queue()
+    blocker = sqlite3.connect(queue_path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # another process holds the write lock past the busy timeout
+    try:
+        results = run_together(6, lambda i: queue.send(b"x", message_id=f"job-{i}:1"))
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert all(isinstance(r, DependencyUnavailable) for r in results), results
+    assert queue.peek_live() == []
+    queue.send(b"x", message_id="job-0:1")  # nothing was recorded: the retry is not a duplicate
+    assert [m.message_id for m in queue.peek_live()] == ["job-0:1"]

@@ -7,7 +7,7 @@ works as an ETag from the embedded store and from Azure; they are quoted again o
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -22,7 +22,7 @@ from azure.core.exceptions import (
 from azure.storage.blob import BlobServiceClient, ExponentialRetry, StorageErrorCode
 
 from shared.errors import DependencyUnavailable
-from shared.ports import PreconditionFailed, StoredObject
+from shared.ports import ObjectWrite, PreconditionFailed, StoredObject
 from shared.settings import Settings
 
 T = TypeVar("T")
@@ -90,6 +90,8 @@ def _precondition_error(exc: HttpResponseError) -> bool:
 
 class AzureObjectStore:
     """ObjectStore over Blob Storage; thread-safe (the SDK client is)."""
+
+    local_reads = False  # every read is a round trip to the service
 
     def __init__(self, service: BlobServiceClient) -> None:
         self._service = service
@@ -161,7 +163,12 @@ class AzureObjectStore:
         # overwrite=False sends If-None-Match: *, which the service checks atomically with the write.
         return self._upload(key, lambda: blob.upload_blob(bytes(data), overwrite=False))
 
-    def delete(self, key: str, *, if_match: str | None = None) -> bool:
+    def put_many(self, writes: Sequence[ObjectWrite]) -> list[str]:
+        # No transaction over several blobs: one upload after another, stopping at the first failure.
+        return [self.put_if_absent(w.key, w.data) if w.if_absent else self.put(w.key, w.data) for w in writes]
+
+    def delete(self, key: str, *, if_match: str | None = None, durable: bool = True) -> bool:
+        # Durable once acknowledged, as every Blob Storage write: durable=False changes nothing here.
         container, name = split_key(key)
         blob = self._service.get_blob_client(container, name)
         conditions: dict[str, Any] = {}

@@ -25,13 +25,13 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
 from shared.errors import DependencyUnavailable
-from shared.ports import PreconditionFailed, StoredObject
+from shared.ports import ObjectWrite, PreconditionFailed, StoredObject
 
 DB_FILE = "objects.sqlite3"
 
@@ -47,6 +47,12 @@ _CONTAINER_RE = re.compile(r"^(?!.*--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
 _MAX_BLOB_NAME = 1024
 _LIST_PAGE = 1000
 
+_UPSERT = (
+    "INSERT INTO objects (key, data, etag, modified) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (key) DO UPDATE SET data = excluded.data, etag = excluded.etag, modified = excluded.modified"
+)
+_INSERT_IF_ABSENT = "INSERT INTO objects (key, data, etag, modified) VALUES (?, ?, ?, ?) ON CONFLICT (key) DO NOTHING"
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
     key      TEXT PRIMARY KEY,
@@ -57,18 +63,37 @@ CREATE TABLE IF NOT EXISTS objects (
 """
 
 
+Statement = tuple[str, tuple[object, ...]]
+
+
 class _Write:
-    """One statement waiting for the group commit that runs it."""
+    """One writer's statements waiting for the group commit that runs them.
 
-    __slots__ = ("durable", "sql", "params", "done", "rowcount", "error")
+    They run in order and stop at the first that changes no row (a create-only key that exists, an
+    ETag that moved): `rowcounts` has one entry per statement run, so a short or zero-ending list
+    says which write did not happen. The statements before it stand, as on Blob Storage.
+    """
 
-    def __init__(self, durable: bool, sql: str, params: tuple[object, ...]) -> None:
+    __slots__ = ("durable", "statements", "done", "rowcounts", "error")
+
+    def __init__(self, durable: bool, sql: str, params: tuple[object, ...], *more: Statement) -> None:
         self.durable = durable
-        self.sql = sql
-        self.params = params
+        self.statements: tuple[Statement, ...] = ((sql, params), *more)
         self.done = threading.Event()
-        self.rowcount = 0
+        self.rowcounts: list[int] = []
         self.error: BaseException | None = None
+
+    @property
+    def rowcount(self) -> int:
+        """The last statement's row count (0 when it stopped the write, or none ran)."""
+        return self.rowcounts[-1] if self.rowcounts else 0
+
+    def run(self, conn: sqlite3.Connection) -> None:
+        self.rowcounts = []
+        for sql, params in self.statements:
+            self.rowcounts.append(conn.execute(sql, params).rowcount)
+            if self.rowcounts[-1] == 0:
+                return
 
 
 class _GroupCommit:
@@ -134,6 +159,8 @@ def _prefix_upper_bound(prefix: str) -> str | None:
 class LocalObjectStore:
     """ObjectStore over one SQLite database under root; safe to share across threads and processes."""
 
+    local_reads = True  # a read is an indexed lookup in a local file; WAL readers never wait for writers
+
     def __init__(
         self, root: Path, *, busy_timeout_seconds: float = BUSY_TIMEOUT_SECONDS, synchronous: str = "FULL"
     ) -> None:
@@ -184,9 +211,12 @@ class LocalObjectStore:
             # "database or disk is full", an unreadable file: nothing was written, the caller may retry.
             raise DependencyUnavailable(f"embedded object store {self.path}: {exc}") from exc
 
-    def _write(self, durable: bool, sql: str, params: tuple[object, ...]) -> int:
-        """Run one write statement in the next group commit; its row count."""
-        write = _Write(durable, sql, params)
+    def _write(self, durable: bool, sql: str, params: tuple[object, ...], *more: Statement) -> int:
+        """Run one write statement (or several, see _Write) in the next group commit; the last row count."""
+        return self._run(_Write(durable, sql, params, *more)).rowcount
+
+    def _run(self, write: _Write) -> _Write:
+        """Queue the write for the next group commit (leading it if none runs) and wait for it."""
         group = self._group
         with group.lock:
             group.pending.append(write)
@@ -208,7 +238,7 @@ class LocalObjectStore:
             write.done.wait()  # taken by a commit under way, itself bounded by the busy timeout
         if write.error is not None:
             raise write.error
-        return write.rowcount
+        return write
 
     def _lead(self, group: _GroupCommit) -> None:
         """Commit batches of waiting writes until none is left, then stop leading."""
@@ -242,26 +272,21 @@ class LocalObjectStore:
 
     def _commit_on(self, conn: sqlite3.Connection, batch: list[_Write]) -> None:
         with self._unavailable_on_sqlite_errors():
-            if len(batch) == 1:
-                batch[0].rowcount = conn.execute(batch[0].sql, batch[0].params).rowcount
+            if len(batch) == 1 and len(batch[0].statements) == 1:
+                batch[0].run(conn)  # one statement: its own transaction
                 return
             conn.execute("BEGIN IMMEDIATE")
             try:
                 for write in batch:
-                    write.rowcount = conn.execute(write.sql, write.params).rowcount
+                    write.run(conn)
             except sqlite3.OperationalError:
                 conn.execute("ROLLBACK")
                 raise  # the database is unavailable: for every write of the batch
             except Exception:
                 conn.execute("ROLLBACK")
-                # One bad statement must not fail the others: run each on its own.
+                # One bad statement must not fail the others: run each write on its own.
                 for write in batch:
-                    try:
-                        write.rowcount = conn.execute(write.sql, write.params).rowcount
-                    except sqlite3.OperationalError:
-                        raise
-                    except Exception as exc:  # noqa: BLE001 - that writer's own error
-                        write.error = exc
+                    self._commit_alone(conn, write)
                 return
             try:
                 conn.execute("COMMIT")
@@ -269,6 +294,21 @@ class LocalObjectStore:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
+
+    @staticmethod
+    def _commit_alone(conn: sqlite3.Connection, write: _Write) -> None:
+        """Commit one write's statements in a transaction of their own; its error is its own."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            write.run(conn)
+        except sqlite3.OperationalError:
+            conn.execute("ROLLBACK")
+            raise
+        except Exception as exc:  # noqa: BLE001 - that writer's own error
+            conn.execute("ROLLBACK")
+            write.error = exc
+            return
+        conn.execute("COMMIT")
 
     # --- ObjectStore ----------------------------------------------------------------------------
 
@@ -288,13 +328,7 @@ class LocalObjectStore:
         validate_key(key)
         etag = _new_etag()
         if if_match is None:
-            self._write(
-                durable,
-                "INSERT INTO objects (key, data, etag, modified) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (key) DO UPDATE SET data = excluded.data, etag = excluded.etag, "
-                "modified = excluded.modified",
-                (key, bytes(data), etag, time.time()),
-            )
+            self._write(durable, _UPSERT, (key, bytes(data), etag, time.time()))
             return etag
         changed = self._write(
             durable,
@@ -308,19 +342,32 @@ class LocalObjectStore:
     def put_if_absent(self, key: str, data: bytes) -> str:
         validate_key(key)
         etag = _new_etag()
-        created = self._write(
-            True,
-            "INSERT INTO objects (key, data, etag, modified) VALUES (?, ?, ?, ?) ON CONFLICT (key) DO NOTHING",
-            (key, bytes(data), etag, time.time()),
-        )
+        created = self._write(True, _INSERT_IF_ABSENT, (key, bytes(data), etag, time.time()))
         if created == 0:
             raise PreconditionFailed(f"{key} already exists")
         return etag
 
-    def delete(self, key: str, *, if_match: str | None = None) -> bool:
+    def put_many(self, writes: Sequence[ObjectWrite]) -> list[str]:
+        """One fsync'd commit for all the writes (see the port); stops at a create-only key that exists."""
+        if not writes:
+            return []
+        for w in writes:
+            validate_key(w.key)
+        etags = [_new_etag() for _ in writes]
+        now = time.time()
+        statements = [
+            (_INSERT_IF_ABSENT if w.if_absent else _UPSERT, (w.key, bytes(w.data), etag, now))
+            for w, etag in zip(writes, etags, strict=True)
+        ]
+        done = self._run(_Write(True, *statements[0], *statements[1:])).rowcounts
+        if len(done) < len(writes) or done[-1] == 0:
+            raise PreconditionFailed(f"{writes[len(done) - 1].key} already exists")
+        return etags
+
+    def delete(self, key: str, *, if_match: str | None = None, durable: bool = True) -> bool:
         if if_match is None:
-            return self._write(True, "DELETE FROM objects WHERE key = ?", (key,)) > 0
-        if self._write(True, "DELETE FROM objects WHERE key = ? AND etag = ?", (key, if_match)) > 0:
+            return self._write(durable, "DELETE FROM objects WHERE key = ?", (key,)) > 0
+        if self._write(durable, "DELETE FROM objects WHERE key = ? AND etag = ?", (key, if_match)) > 0:
             return True
         # Nothing deleted: either the key is gone (False, as without if_match) or it has another ETag.
         if self.exists(key):

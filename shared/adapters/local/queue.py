@@ -16,7 +16,9 @@ survive an OS crash; claims, lock renewals and completions commit without their 
 frames reach the disk in order, so the next fsync'd commit covers them, and losing one to an OS
 crash only means a redelivery, which every handler takes (at-least-once). The same holds for the
 sends a handler made, committed with its message's completion (collecting_sends): until that
-transaction lands, the message itself stays, and its redelivery sends again. Like any WAL database it
+transaction lands, the message itself stays, and its redelivery sends again. Sends that must be
+fsync'd share it: the sends of several threads that arrive while one commits go together in the
+next transaction (group commit), so concurrent submits pay one fsync between them. Like any WAL database it
 needs a local disk, not a network share. Several threads and several processes on one machine
 may share a file: claims run in short BEGIN IMMEDIATE transactions, and a lock is a token plus
 an expiry time, so a consumer that dies simply lets its lock run out and the message is
@@ -31,6 +33,7 @@ also wakes by itself when the next scheduled message or lock expiry is due, and 
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -128,6 +131,49 @@ _wakeups: weakref.WeakValueDictionary[tuple[str, str], threading.Condition] = we
 _wakeups_guard = threading.Lock()
 
 
+class _WaitingSends:
+    """One caller's sends waiting for the group commit that writes them."""
+
+    __slots__ = ("queue", "sends", "done", "error")
+
+    def __init__(self, queue: LocalQueue, sends: tuple[PendingSend, ...]) -> None:
+        self.queue = queue
+        self.sends = sends
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+
+
+class _SendGroup:
+    """The fsync'd senders of one file and queue in this process: whoever finds no commit running leads one.
+
+    Without it, concurrent submits each wait for the file and then for their own fsync, one after
+    another; with it, the sends that arrive during one commit share the next one (as the object
+    store's writes do, see shared/adapters/local/blobs.py).
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.pending: list[_WaitingSends] = []
+        self.leading = False
+
+
+_send_groups: dict[tuple[str, str], _SendGroup] = {}
+
+
+def _send_group(key: tuple[str, str]) -> _SendGroup:
+    with _wakeups_guard:
+        return _send_groups.setdefault(key, _SendGroup())
+
+
+def _reset_send_groups_in_child() -> None:
+    # A leader in the parent does not exist in a forked child: start every group afresh.
+    for group in _send_groups.values():
+        group.__init__()  # type: ignore[misc]
+
+
+os.register_at_fork(after_in_child=_reset_send_groups_in_child)
+
+
 def _shared_wakeup(path: Path, name: str) -> threading.Condition:
     key = (str(path.resolve()), name)
     with _wakeups_guard:
@@ -189,6 +235,7 @@ class LocalQueue:
         self._synchronous = synchronous
         self._wakeup = _shared_wakeup(self.path, name)
         self._key = (str(self.path.resolve()), name)
+        self._sends = _send_group(self._key)
         self._last_prune = 0.0
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._unavailable_on_sqlite_errors():
@@ -234,13 +281,57 @@ class LocalQueue:
         self.send_all([pending])
 
     def send_all(self, sends: Sequence[PendingSend]) -> None:
-        """Enqueue several messages in one fsync'd transaction (each as send() would)."""
+        """Enqueue several messages in one fsync'd transaction (each as send() would).
+
+        Group commit: sends that arrive while another thread of this process commits go together in
+        the next transaction, with one fsync for all of them. Each caller returns once its own sends
+        are on disk, and a failed transaction fails every caller in it (none of their sends happened).
+        """
         if not sends:
             return
-        with self._held():
-            with self._transaction() as conn:
-                scheduled = self._insert(conn, sends)
-            self._notify(scheduled)
+        waiting = _WaitingSends(self, tuple(sends))
+        group = self._sends
+        with group.lock:
+            group.pending.append(waiting)
+            lead = not group.leading
+            group.leading = True
+        if lead:
+            self._lead_sends(group)
+        elif not waiting.done.wait(_ACCESS_WAIT_SECONDS):
+            with group.lock:
+                queued = waiting in group.pending
+                if queued:
+                    group.pending.remove(waiting)
+            if queued:  # behind a stalled commit: told at once, as a caller of _held() would be
+                raise DependencyUnavailable(
+                    f"embedded queue {self.path} ({self.name}): no send slot within {_ACCESS_WAIT_SECONDS}s (stalled)"
+                )
+            waiting.done.wait()  # in a commit under way, itself bounded by the busy timeout
+        if waiting.error is not None:
+            raise waiting.error
+
+    def _lead_sends(self, group: _SendGroup) -> None:
+        """Commit batches of waiting sends, one fsync'd transaction each, until none is left."""
+        while True:
+            with group.lock:
+                batch, group.pending = group.pending, []
+                if not batch:
+                    group.leading = False
+                    return
+            try:
+                with self._held():
+                    scheduled = False
+                    with self._transaction() as conn:
+                        for waiting in batch:
+                            # Each sender's own queue object: its duplicate window and prune clock.
+                            scheduled = waiting.queue._insert(conn, waiting.sends) or scheduled
+                    self._notify(scheduled, sum(len(waiting.sends) for waiting in batch))
+            except BaseException as exc:  # noqa: BLE001 - told to each sender of the batch, who raises it
+                for waiting in batch:
+                    waiting.error = exc
+            finally:
+                for waiting in batch:
+                    waiting.done.set()
 
     @contextmanager
     def collecting_sends(self) -> Iterator[list[PendingSend]]:
@@ -650,12 +741,12 @@ class LocalQueue:
         self._prune_message_ids(conn, now)
         return scheduled
 
-    def _notify(self, scheduled: bool) -> None:
+    def _notify(self, scheduled: bool, sent: int = 1) -> None:
         if scheduled:
             # Every waiter must shorten its wait to the new due time, not just one of them.
             self._wakeup.notify_all()
         else:
-            self._wakeup.notify()
+            self._wakeup.notify(sent)
 
     def _prune_message_ids(self, conn: sqlite3.Connection, now: float) -> None:
         """Forget message ids older than the duplicate window, now and then, so the table stays small."""
