@@ -477,8 +477,8 @@ def test_local_store_object_keeps_working_across_fork(tmp_path: Path) -> None:
     store.put("jobs/j_fork.json", b"parent still writes")
 
 
-def test_local_concurrent_writers_share_commits_and_each_gets_its_own_result(tmp_path: Path) -> None:
-    """Group commit: writes arriving while a commit runs go together in the next one (one fsync)."""
+def _counting_commits(tmp_path: Path) -> tuple[LocalObjectStore, list[int]]:
+    """A local store that records the size of each group commit it runs."""
     store = LocalObjectStore(tmp_path / "objects")
     batches: list[int] = []
     commit = store._commit
@@ -488,6 +488,12 @@ def test_local_concurrent_writers_share_commits_and_each_gets_its_own_result(tmp
         commit(batch)
 
     store._commit = counted  # type: ignore[method-assign]
+    return store, batches
+
+
+def test_local_concurrent_writers_share_commits_and_each_gets_its_own_result(tmp_path: Path) -> None:
+    """Group commit: writes arriving while a commit runs go together in the next one (one fsync)."""
+    store, batches = _counting_commits(tmp_path)
     contested = run_together(8, lambda i: [_won(store, f"jobs/race-{n}") for n in range(20)])
     mine = run_together(8, lambda i: [store.put_if_absent(f"jobs/own-{i}-{n}", b"x") for n in range(20)])
     assert all(not isinstance(r, BaseException) for r in [*contested, *mine]), [*contested, *mine]
@@ -512,15 +518,7 @@ def test_local_a_failing_statement_in_a_group_commit_fails_only_its_writer(tmp_p
 def test_local_put_many_is_one_commit_and_a_failing_one_in_a_group_fails_alone(tmp_path: Path) -> None:
     from shared.adapters.local.blobs import _Write
 
-    store = LocalObjectStore(tmp_path / "objects")
-    batches: list[int] = []
-    commit = store._commit
-
-    def counted(batch: Any) -> None:
-        batches.append(len(batch))
-        commit(batch)
-
-    store._commit = counted  # type: ignore[method-assign]
+    store, batches = _counting_commits(tmp_path)
     store.put_many([ObjectWrite(f"jobs/many-{n}", b"x") for n in range(5)])
     assert batches == [1]  # five writes, one commit
 

@@ -30,6 +30,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
+from shared.adapters.local.group_commit import GroupCommit
 from shared.errors import DependencyUnavailable
 from shared.ports import ObjectWrite, PreconditionFailed, StoredObject
 
@@ -96,22 +97,7 @@ class _Write:
                 return
 
 
-class _GroupCommit:
-    """The writers of one database file in this process: whoever finds no commit running leads one.
-
-    Same-process writers queue here instead of on SQLite's busy handler (which sleeps in 1-100 ms
-    steps); other processes still meet SQLite's lock. The leader runs every waiting statement in one
-    transaction, with one fsync if any of them must be durable, and leads again for the writes that
-    arrived meanwhile: with several workers, their checkpoints share an fsync (group commit).
-    """
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.pending: list[_Write] = []
-        self.leading = False
-
-
-_groups: dict[str, _GroupCommit] = {}
+_groups: dict[str, GroupCommit[_Write]] = {}
 _groups_guard = threading.Lock()
 
 # A SQLite connection must not cross fork(); bumping this in the child makes every thread reconnect.
@@ -123,7 +109,7 @@ def _after_fork_in_child() -> None:
     _fork_generation += 1
     # A leader in the parent does not exist in the child: start every file's group afresh.
     for group in _groups.values():
-        group.__init__()  # type: ignore[misc]
+        group.reset()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -173,7 +159,7 @@ class LocalObjectStore:
         self._synchronous = synchronous
         self._local = threading.local()
         with _groups_guard:
-            self._group = _groups.setdefault(str(self.path.resolve()), _GroupCommit())
+            self._group = _groups.setdefault(str(self.path.resolve()), GroupCommit())
         with self._unavailable_on_sqlite_errors():
             conn = self._conn()
             conn.execute("PRAGMA journal_mode=WAL")
@@ -217,45 +203,15 @@ class LocalObjectStore:
 
     def _run(self, write: _Write) -> _Write:
         """Queue the write for the next group commit (leading it if none runs) and wait for it."""
-        group = self._group
-        with group.lock:
-            group.pending.append(write)
-            lead = not group.leading
-            group.leading = True
-        if lead:
-            self._lead(group)
-        elif not write.done.wait(WRITE_QUEUE_SECONDS):
-            with group.lock:
-                queued = write in group.pending
-                if queued:
-                    group.pending.remove(write)
-            if queued:
-                # Bounded: behind a stuck writer, every other writer of this process would queue without end.
-                raise DependencyUnavailable(
-                    f"embedded object store {self.path}: no write slot within {WRITE_QUEUE_SECONDS}s "
-                    "(storage is stalled)"
-                )
-            write.done.wait()  # taken by a commit under way, itself bounded by the busy timeout
-        if write.error is not None:
-            raise write.error
+        self._group.run(
+            write,
+            self._commit,
+            WRITE_QUEUE_SECONDS,
+            lambda: DependencyUnavailable(
+                f"embedded object store {self.path}: no write slot within {WRITE_QUEUE_SECONDS}s (storage is stalled)"
+            ),
+        )
         return write
-
-    def _lead(self, group: _GroupCommit) -> None:
-        """Commit batches of waiting writes until none is left, then stop leading."""
-        while True:
-            with group.lock:
-                batch, group.pending = group.pending, []
-                if not batch:
-                    group.leading = False
-                    return
-            try:
-                self._commit(batch)
-            except BaseException as exc:  # noqa: BLE001 - told to each writer of the batch, who raises it
-                for write in batch:
-                    write.error = exc
-            finally:
-                for write in batch:
-                    write.done.set()
 
     def _commit(self, batch: list[_Write]) -> None:
         conn = self._conn()

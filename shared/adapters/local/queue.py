@@ -46,6 +46,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from shared.adapters.local.group_commit import GroupCommit
 from shared.contracts import MAX_DELIVERY_COUNT_EXCEEDED
 from shared.errors import DependencyUnavailable
 from shared.ports import QueueCounts, QueueMessage
@@ -143,32 +144,18 @@ class _WaitingSends:
         self.error: BaseException | None = None
 
 
-class _SendGroup:
-    """The fsync'd senders of one file and queue in this process: whoever finds no commit running leads one.
-
-    Without it, concurrent submits each wait for the file and then for their own fsync, one after
-    another; with it, the sends that arrive during one commit share the next one (as the object
-    store's writes do, see shared/adapters/local/blobs.py).
-    """
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.pending: list[_WaitingSends] = []
-        self.leading = False
+_send_groups: dict[tuple[str, str], GroupCommit[_WaitingSends]] = {}
 
 
-_send_groups: dict[tuple[str, str], _SendGroup] = {}
-
-
-def _send_group(key: tuple[str, str]) -> _SendGroup:
+def _send_group(key: tuple[str, str]) -> GroupCommit[_WaitingSends]:
     with _wakeups_guard:
-        return _send_groups.setdefault(key, _SendGroup())
+        return _send_groups.setdefault(key, GroupCommit())
 
 
 def _reset_send_groups_in_child() -> None:
     # A leader in the parent does not exist in a forked child: start every group afresh.
     for group in _send_groups.values():
-        group.__init__()  # type: ignore[misc]
+        group.reset()
 
 
 os.register_at_fork(after_in_child=_reset_send_groups_in_child)
@@ -289,49 +276,25 @@ class LocalQueue:
         """
         if not sends:
             return
-        waiting = _WaitingSends(self, tuple(sends))
-        group = self._sends
-        with group.lock:
-            group.pending.append(waiting)
-            lead = not group.leading
-            group.leading = True
-        if lead:
-            self._lead_sends(group)
-        elif not waiting.done.wait(_ACCESS_WAIT_SECONDS):
-            with group.lock:
-                queued = waiting in group.pending
-                if queued:
-                    group.pending.remove(waiting)
-            if queued:  # behind a stalled commit: told at once, as a caller of _held() would be
-                raise DependencyUnavailable(
-                    f"embedded queue {self.path} ({self.name}): no send slot within {_ACCESS_WAIT_SECONDS}s (stalled)"
-                )
-            waiting.done.wait()  # in a commit under way, itself bounded by the busy timeout
-        if waiting.error is not None:
-            raise waiting.error
+        # The fsync'd senders of one file and queue in this process share commits (see group_commit):
+        # without it, concurrent submits each wait for the file and then for their own fsync.
+        self._sends.run(
+            _WaitingSends(self, tuple(sends)),
+            self._commit_sends,
+            _ACCESS_WAIT_SECONDS,
+            lambda: DependencyUnavailable(
+                f"embedded queue {self.path} ({self.name}): no send slot within {_ACCESS_WAIT_SECONDS}s (stalled)"
+            ),
+        )
 
-    def _lead_sends(self, group: _SendGroup) -> None:
-        """Commit batches of waiting sends, one fsync'd transaction each, until none is left."""
-        while True:
-            with group.lock:
-                batch, group.pending = group.pending, []
-                if not batch:
-                    group.leading = False
-                    return
-            try:
-                with self._held():
-                    scheduled = False
-                    with self._transaction() as conn:
-                        for waiting in batch:
-                            # Each sender's own queue object: its duplicate window and prune clock.
-                            scheduled = waiting.queue._insert(conn, waiting.sends) or scheduled
-                    self._notify(scheduled, sum(len(waiting.sends) for waiting in batch))
-            except BaseException as exc:  # noqa: BLE001 - told to each sender of the batch, who raises it
+    def _commit_sends(self, batch: list[_WaitingSends]) -> None:
+        with self._held():
+            scheduled = False
+            with self._transaction() as conn:
                 for waiting in batch:
-                    waiting.error = exc
-            finally:
-                for waiting in batch:
-                    waiting.done.set()
+                    # Each sender's own queue object: its duplicate window and prune clock.
+                    scheduled = waiting.queue._insert(conn, waiting.sends) or scheduled
+            self._notify(scheduled, sum(len(waiting.sends) for waiting in batch))
 
     @contextmanager
     def collecting_sends(self) -> Iterator[list[PendingSend]]:
