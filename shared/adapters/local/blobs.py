@@ -30,6 +30,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
+from shared.adapters.local.sqlite_busy import TRY_MS, retry
 from shared.errors import DependencyUnavailable
 from shared.ports import PreconditionFailed, StoredObject
 
@@ -149,8 +150,8 @@ class LocalObjectStore:
             self._group = _groups.setdefault(str(self.path.resolve()), _GroupCommit())
         with self._unavailable_on_sqlite_errors():
             conn = self._conn()
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(_SCHEMA)
+            retry(lambda: conn.execute("PRAGMA journal_mode=WAL"), self._busy_timeout)
+            retry(lambda: conn.execute(_SCHEMA), self._busy_timeout)
 
     # --- connections ----------------------------------------------------------------------------
 
@@ -158,7 +159,8 @@ class LocalObjectStore:
         # One connection per thread: WAL lets readers run in parallel with each other and a writer.
         local = self._local
         if getattr(local, "generation", None) != _fork_generation:
-            conn = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None)
+            # A short busy timeout: the wait for another process's lock is retry()'s (see sqlite_busy).
+            conn = sqlite3.connect(self.path, timeout=TRY_MS / 1000, isolation_level=None)
             conn.execute(f"PRAGMA synchronous={self._synchronous}")
             # Large blobs grow the WAL; give the space back after each checkpoint.
             conn.execute("PRAGMA journal_size_limit=67108864")
@@ -245,9 +247,10 @@ class LocalObjectStore:
     def _commit_on(self, conn: sqlite3.Connection, batch: list[_Write]) -> None:
         with self._unavailable_on_sqlite_errors():
             if len(batch) == 1:
-                batch[0].rowcount = conn.execute(batch[0].sql, batch[0].params).rowcount
+                only = batch[0]
+                only.rowcount = retry(lambda: conn.execute(only.sql, only.params).rowcount, self._busy_timeout)
                 return
-            conn.execute("BEGIN IMMEDIATE")
+            retry(lambda: conn.execute("BEGIN IMMEDIATE"), self._busy_timeout)
             try:
                 for write in batch:
                     write.rowcount = conn.execute(write.sql, write.params).rowcount
@@ -259,7 +262,10 @@ class LocalObjectStore:
                 # One bad statement must not fail the others: run each on its own.
                 for write in batch:
                     try:
-                        write.rowcount = conn.execute(write.sql, write.params).rowcount
+                        write.rowcount = retry(
+                            lambda w=write: conn.execute(w.sql, w.params).rowcount,  # type: ignore[misc]
+                            self._busy_timeout,
+                        )
                     except sqlite3.OperationalError:
                         raise
                     except Exception as exc:  # noqa: BLE001 - that writer's own error
@@ -276,7 +282,11 @@ class LocalObjectStore:
 
     def get(self, key: str) -> StoredObject | None:
         with self._unavailable_on_sqlite_errors():
-            row = self._conn().execute("SELECT data, etag, modified FROM objects WHERE key = ?", (key,)).fetchone()
+            conn = self._conn()
+            row = retry(
+                lambda: conn.execute("SELECT data, etag, modified FROM objects WHERE key = ?", (key,)).fetchone(),
+                self._busy_timeout,
+            )
         if row is None:
             return None
         return StoredObject(data=row[0], etag=row[1], last_modified=datetime.fromtimestamp(row[2], UTC))
@@ -284,7 +294,9 @@ class LocalObjectStore:
     def exists(self, key: str) -> bool:
         """Cheaper than get: reads the index only, not the data."""
         with self._unavailable_on_sqlite_errors():
-            return self._conn().execute("SELECT 1 FROM objects WHERE key = ?", (key,)).fetchone() is not None
+            conn = self._conn()
+            exists = "SELECT 1 FROM objects WHERE key = ?"
+            return retry(lambda: conn.execute(exists, (key,)).fetchone(), self._busy_timeout) is not None
 
     def put(self, key: str, data: bytes, *, if_match: str | None = None, durable: bool = True) -> str:
         validate_key(key)
@@ -343,7 +355,8 @@ class LocalObjectStore:
                 sql += " AND key < ?"
                 params += (upper,)
             with self._unavailable_on_sqlite_errors():
-                rows = conn.execute(f"{sql} ORDER BY key LIMIT {_LIST_PAGE}", params).fetchall()
+                page = f"{sql} ORDER BY key LIMIT {_LIST_PAGE}"
+                rows = retry(lambda q=page, p=params: conn.execute(q, p).fetchall(), self._busy_timeout)  # type: ignore[misc]
             for (key,) in rows:
                 yield key
             if len(rows) < _LIST_PAGE:
@@ -352,6 +365,7 @@ class LocalObjectStore:
 
     def ping(self) -> None:
         try:
-            self._conn().execute("SELECT 1 FROM objects LIMIT 1").fetchall()
+            conn = self._conn()
+            retry(lambda: conn.execute("SELECT 1 FROM objects LIMIT 1").fetchall(), self._busy_timeout)
         except sqlite3.Error as exc:
             raise DependencyUnavailable(f"embedded object store {self.path}: {exc}") from exc
