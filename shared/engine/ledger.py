@@ -7,14 +7,13 @@ Records (both in the ledgers container):
 A job's figure is *set* (not added) from its checkpoints, monotonic by step, so a redelivered
 step can neither count twice nor move the figure back. The month total changes by the job's
 delta, once per committed usage change (one write): for each unfinished job, and each job that
-finished in the last RECENT_SECONDS whose own record may not show its final step yet, the total
-record keeps the step and usage it applied. That makes applying a step idempotent (a replay finds
-its step applied) and gives the delta's base. The job's own record is written after the total;
-once the total forgets a job, that record is its base (a late replay of its final step applies
-nothing), so a finished job is forgotten as soon as its record is seen to have caught up.
+finished in the last RECENT_SECONDS, the total record keeps the step and usage it applied. That
+makes applying a step idempotent (a replay finds its step applied) and gives the delta's base.
+The job's own record is written after the total; once the total forgets a job, that record is
+its base (a late replay of its final step applies nothing).
 
-So the cost of a step or a submit does not grow with the month's volume, nor with the hour's: the
-total record holds the jobs in flight and those that finished a moment ago, never the history.
+So the cost of a step or a submit does not grow with the month's volume: the total record holds
+the jobs in flight and those that finished within the hour, never the month's history.
 """
 
 from __future__ import annotations
@@ -40,11 +39,6 @@ RECENT_SECONDS = 3600.0
 # An unfinished job the total has not heard from in this long is forgotten too (a job stuck that
 # long has been ended by the sweep); its next record, if any, takes its base from its own record.
 IDLE_SECONDS = 7 * 86400.0
-
-# Finished jobs the total stops remembering per write, once their own record shows the final step
-# (see UsageLedger._still_needed), and how old their entry must be before it is checked.
-CONFIRM_PER_WRITE = 2
-CONFIRM_AFTER_SECONDS = 1.0
 
 _FIELDS = ("prompt_tokens", "completion_tokens", "cached_tokens")
 
@@ -119,7 +113,7 @@ class UsageLedger:
             for f in _FIELDS:
                 total[f] = int(total.get(f, 0)) + getattr(usage, f) - int(base.get(f, 0))
             totals[1] = _tokens(total)
-            kept = self._still_needed(tenant, month, recent, job_id, now)
+            kept = {j: e for j, e in recent.items() if j != job_id and _kept(e, now, self.recent_seconds)}
             kept[job_id] = _entry(usage, step, at=now, **({"final": True} if final else {}))
             return {**record, "total": total, "recent": kept}
 
@@ -132,35 +126,6 @@ class UsageLedger:
             self._remember(tenant, month, _usage(_upgraded(written)["total"]))
         self._set_job(tenant, month, job_id, usage, step, durable=final)
         return totals[0], totals[1]
-
-    def _still_needed(
-        self, tenant: str, month: str, recent: dict[str, dict[str, Any]], job_id: str, now: float
-    ) -> dict[str, dict[str, Any]]:
-        """The entries the total must keep remembering: those of other jobs still within their time,
-        less a few finished ones whose own record has caught up.
-
-        A finished job's entry guards against a replay of its final step only until its own record
-        (written just after the total) shows that step; after that the record is the base and the
-        entry is dead weight. Without this the total carried every job finished in the last hour,
-        and each step re-read and re-wrote all of them: under a burst of jobs that was half the
-        step's CPU. Each write confirms at most CONFIRM_PER_WRITE entries (one read each), older
-        than CONFIRM_AFTER_SECONDS so their record has had time to land: more than the one entry a
-        write adds, so the total stays as small as the number of jobs in flight.
-        """
-        kept: dict[str, dict[str, Any]] = {}
-        behind: dict[str, dict[str, Any]] = {}  # checked, record not there yet: checked last next time
-        confirms = CONFIRM_PER_WRITE
-        for other, entry in recent.items():
-            if other == job_id or not _kept(entry, now, self.recent_seconds):
-                continue
-            if confirms and entry.get("final") and now - float(entry.get("at", 0)) >= CONFIRM_AFTER_SECONDS:
-                confirms -= 1
-                own = self._read_job(tenant, month, other)
-                if own is None or int(own.get("step", 0)) < int(entry.get("step", 0)):
-                    behind[other] = entry
-                continue
-            kept[other] = entry
-        return {**kept, **behind}
 
     def _set_job(self, tenant: str, month: str, job_id: str, usage: Usage, step: int, *, durable: bool) -> None:
         def change(entry: dict[str, Any] | None) -> dict[str, Any] | None:
