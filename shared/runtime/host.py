@@ -23,9 +23,16 @@ ROOT = Path(__file__).resolve().parents[2]
 log = logging.getLogger("agent.runtime")
 
 
+# The app setting Azure reads in place of host.json's value (Functions' AzureFunctionsJobHost__ override).
+_OVERRIDE = "AzureFunctionsJobHost__extensions__serviceBus__"
+
+
 def read_host_json(path: Path) -> dict[str, Any]:
     host = json.loads(path.read_text(encoding="utf-8"))
-    service_bus = host.get("extensions", {}).get("serviceBus", {})
+    service_bus = dict(host.get("extensions", {}).get("serviceBus", {}))
+    for name in ("maxConcurrentCalls", "maxAutoLockRenewalDuration"):
+        if os.environ.get(_OVERRIDE + name):
+            service_bus[name] = os.environ[_OVERRIDE + name]
     return {
         "max_concurrent_calls": int(service_bus.get("maxConcurrentCalls", 16)),
         "max_lock_renewal_seconds": _timespan(service_bus.get("maxAutoLockRenewalDuration", "00:05:00")),

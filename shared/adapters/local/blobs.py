@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from shared.adapters.local.group_commit import GroupCommit
+from shared.adapters.local.sqlite_busy import TRY_MS, retry
 from shared.errors import DependencyUnavailable
 from shared.ports import ObjectWrite, PreconditionFailed, StoredObject
 
@@ -162,8 +163,8 @@ class LocalObjectStore:
             self._group = _groups.setdefault(str(self.path.resolve()), GroupCommit())
         with self._unavailable_on_sqlite_errors():
             conn = self._conn()
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(_SCHEMA)
+            retry(lambda: conn.execute("PRAGMA journal_mode=WAL"), self._busy_timeout)
+            retry(lambda: conn.execute(_SCHEMA), self._busy_timeout)
 
     # --- connections ----------------------------------------------------------------------------
 
@@ -171,7 +172,8 @@ class LocalObjectStore:
         # One connection per thread: WAL lets readers run in parallel with each other and a writer.
         local = self._local
         if getattr(local, "generation", None) != _fork_generation:
-            conn = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None)
+            # A short busy timeout: the wait for another process's lock is retry()'s (see sqlite_busy).
+            conn = sqlite3.connect(self.path, timeout=TRY_MS / 1000, isolation_level=None)
             conn.execute(f"PRAGMA synchronous={self._synchronous}")
             # Large blobs grow the WAL; give the space back after each checkpoint.
             conn.execute("PRAGMA journal_size_limit=67108864")
@@ -229,9 +231,10 @@ class LocalObjectStore:
     def _commit_on(self, conn: sqlite3.Connection, batch: list[_Write]) -> None:
         with self._unavailable_on_sqlite_errors():
             if len(batch) == 1 and len(batch[0].statements) == 1:
-                batch[0].run(conn)  # one statement: its own transaction
+                only = batch[0]
+                retry(lambda: only.run(conn), self._busy_timeout)  # one statement: its own transaction
                 return
-            conn.execute("BEGIN IMMEDIATE")
+            retry(lambda: conn.execute("BEGIN IMMEDIATE"), self._busy_timeout)
             try:
                 for write in batch:
                     write.run(conn)
@@ -251,10 +254,9 @@ class LocalObjectStore:
                     conn.execute("ROLLBACK")
                 raise
 
-    @staticmethod
-    def _commit_alone(conn: sqlite3.Connection, write: _Write) -> None:
+    def _commit_alone(self, conn: sqlite3.Connection, write: _Write) -> None:
         """Commit one write's statements in a transaction of their own; its error is its own."""
-        conn.execute("BEGIN IMMEDIATE")
+        retry(lambda: conn.execute("BEGIN IMMEDIATE"), self._busy_timeout)
         try:
             write.run(conn)
         except sqlite3.OperationalError:
@@ -270,7 +272,11 @@ class LocalObjectStore:
 
     def get(self, key: str) -> StoredObject | None:
         with self._unavailable_on_sqlite_errors():
-            row = self._conn().execute("SELECT data, etag, modified FROM objects WHERE key = ?", (key,)).fetchone()
+            conn = self._conn()
+            row = retry(
+                lambda: conn.execute("SELECT data, etag, modified FROM objects WHERE key = ?", (key,)).fetchone(),
+                self._busy_timeout,
+            )
         if row is None:
             return None
         return StoredObject(data=row[0], etag=row[1], last_modified=datetime.fromtimestamp(row[2], UTC))
@@ -278,7 +284,9 @@ class LocalObjectStore:
     def exists(self, key: str) -> bool:
         """Cheaper than get: reads the index only, not the data."""
         with self._unavailable_on_sqlite_errors():
-            return self._conn().execute("SELECT 1 FROM objects WHERE key = ?", (key,)).fetchone() is not None
+            conn = self._conn()
+            exists = "SELECT 1 FROM objects WHERE key = ?"
+            return retry(lambda: conn.execute(exists, (key,)).fetchone(), self._busy_timeout) is not None
 
     def put(self, key: str, data: bytes, *, if_match: str | None = None, durable: bool = True) -> str:
         validate_key(key)
@@ -344,7 +352,8 @@ class LocalObjectStore:
                 sql += " AND key < ?"
                 params += (upper,)
             with self._unavailable_on_sqlite_errors():
-                rows = conn.execute(f"{sql} ORDER BY key LIMIT {_LIST_PAGE}", params).fetchall()
+                page = f"{sql} ORDER BY key LIMIT {_LIST_PAGE}"
+                rows = retry(lambda q=page, p=params: conn.execute(q, p).fetchall(), self._busy_timeout)  # type: ignore[misc]
             for (key,) in rows:
                 yield key
             if len(rows) < _LIST_PAGE:
@@ -353,6 +362,7 @@ class LocalObjectStore:
 
     def ping(self) -> None:
         try:
-            self._conn().execute("SELECT 1 FROM objects LIMIT 1").fetchall()
+            conn = self._conn()
+            retry(lambda: conn.execute("SELECT 1 FROM objects LIMIT 1").fetchall(), self._busy_timeout)
         except sqlite3.Error as exc:
             raise DependencyUnavailable(f"embedded object store {self.path}: {exc}") from exc

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.adapters.local.group_commit import GroupCommit
+from shared.adapters.local.sqlite_busy import TRY_MS, retry
 from shared.contracts import MAX_DELIVERY_COUNT_EXCEEDED
 from shared.errors import DependencyUnavailable
 from shared.ports import QueueCounts, QueueMessage
@@ -58,7 +59,8 @@ log = logging.getLogger("agent." + __name__.rsplit(".", 1)[-1])
 _CROSS_PROCESS_POLL_SECONDS = 0.2
 # A claim or settle takes milliseconds; a database locked longer than this is an outage, and the
 # caller (a worker, an API request) is told so at once (DependencyUnavailable) instead of waiting.
-_BUSY_TIMEOUT_MS = 300
+# The wait is retry()'s, a try every few ms; the connections' own busy timeout is short (sqlite_busy).
+_BUSY_TIMEOUT_SECONDS = 0.3
 # How long a caller queues behind this process's other users of the file (each bounded as above).
 _ACCESS_WAIT_SECONDS = 0.5
 _PRUNE_IDS_EVERY_SECONDS = 60.0
@@ -230,15 +232,16 @@ class LocalQueue:
             self._conn: sqlite3.Connection | None = sqlite3.connect(
                 self.path, isolation_level=None, check_same_thread=False
             )
-            self._conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
-            self._conn.execute("PRAGMA journal_mode = WAL")
+            self._conn.execute(f"PRAGMA busy_timeout = {TRY_MS}")
+            conn0 = self._conn
+            retry(lambda: conn0.execute("PRAGMA journal_mode = WAL"), _BUSY_TIMEOUT_SECONDS)
             self._conn.execute(f"PRAGMA synchronous = {synchronous}")
             # A second connection for the commits that need no fsync of their own (claims, renewals,
             # completions), so they cost no PRAGMA switch each; _without_fsync selects it.
             self._lazy_conn: sqlite3.Connection | None = None
             if synchronous != "NORMAL":
                 self._lazy_conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-                self._lazy_conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+                self._lazy_conn.execute(f"PRAGMA busy_timeout = {TRY_MS}")
                 self._lazy_conn.execute("PRAGMA synchronous = NORMAL")
             self._lazy = False
             with self._held(), self._transaction() as conn:
@@ -319,23 +322,29 @@ class LocalQueue:
         now = time.time()
         with self._held(), self._unavailable_on_sqlite_errors():
             conn = self._connection()
-            active, scheduled, dead = conn.execute(
-                "SELECT "
-                "  COALESCE(SUM(dead_lettered = 0 AND enqueued_at <= ?), 0), "
-                "  COALESCE(SUM(dead_lettered = 0 AND enqueued_at > ?), 0), "
-                "  COALESCE(SUM(dead_lettered = 1), 0) "
-                "FROM messages WHERE queue = ?",
-                (now, now, self.name),
-            ).fetchone()
+            active, scheduled, dead = retry(
+                lambda: conn.execute(
+                    "SELECT "
+                    "  COALESCE(SUM(dead_lettered = 0 AND enqueued_at <= ?), 0), "
+                    "  COALESCE(SUM(dead_lettered = 0 AND enqueued_at > ?), 0), "
+                    "  COALESCE(SUM(dead_lettered = 1), 0) "
+                    "FROM messages WHERE queue = ?",
+                    (now, now, self.name),
+                ).fetchone(),
+                _BUSY_TIMEOUT_SECONDS,
+            )
         return QueueCounts(active=active, scheduled=scheduled, dead_lettered=dead)
 
     def peek_dead_letters(self, max_count: int = 100) -> list[QueueMessage]:
         with self._held(), self._unavailable_on_sqlite_errors():
             conn = self._connection()
-            rows = conn.execute(
-                f"SELECT {_COLUMNS} FROM messages WHERE queue = ? AND dead_lettered = 1 ORDER BY seq LIMIT ?",
-                (self.name, max_count),
-            ).fetchall()
+            rows = retry(
+                lambda: conn.execute(
+                    f"SELECT {_COLUMNS} FROM messages WHERE queue = ? AND dead_lettered = 1 ORDER BY seq LIMIT ?",
+                    (self.name, max_count),
+                ).fetchall(),
+                _BUSY_TIMEOUT_SECONDS,
+            )
         peeked = [_message(row) for row in rows]
         for message in peeked:
             message.lock_token = None  # a peek locks nothing, so it settles nothing
@@ -365,13 +374,13 @@ class LocalQueue:
     def peek_live(self, max_count: int = 1000) -> list[QueueMessage]:
         """Messages not dead-lettered (active, scheduled or locked), oldest first; locks nothing."""
         with self._held(), self._unavailable_on_sqlite_errors():
-            rows = (
-                self._connection()
-                .execute(
+            conn = self._connection()
+            rows = retry(
+                lambda: conn.execute(
                     f"SELECT {_COLUMNS} FROM messages WHERE queue = ? AND dead_lettered = 0 ORDER BY seq LIMIT ?",
                     (self.name, max_count),
-                )
-                .fetchall()
+                ).fetchall(),
+                _BUSY_TIMEOUT_SECONDS,
             )
         peeked = [_message(row) for row in rows]
         for message in peeked:
@@ -568,7 +577,7 @@ class LocalQueue:
         with self._unavailable_on_sqlite_errors():
             conn = self._connection()
             # IMMEDIATE takes the write lock up front, so two processes never claim the same row.
-            conn.execute("BEGIN IMMEDIATE")
+            retry(lambda: conn.execute("BEGIN IMMEDIATE"), _BUSY_TIMEOUT_SECONDS)
             try:
                 yield conn
             except BaseException:
@@ -648,7 +657,9 @@ class LocalQueue:
                 where += (dead_lettered,)
             with self._held(), self._unavailable_on_sqlite_errors():
                 with self._without_fsync() if not fsync else nullcontext():
-                    row = self._connection().execute(f"{sql} RETURNING {returning}", params + where).fetchone()
+                    conn = self._connection()
+                    statement_ = f"{sql} RETURNING {returning}"
+                    row = retry(lambda: conn.execute(statement_, params + where).fetchone(), _BUSY_TIMEOUT_SECONDS)
         if row is None:
             raise MessageLockLost(
                 f"lock on message {message.message_id!r} (sequence {message.sequence_number}) in queue "
@@ -663,10 +674,13 @@ class LocalQueue:
         """When the next scheduled message or expiring lock becomes receivable."""
         with self._unavailable_on_sqlite_errors():
             conn = self._connection()
-            (due,) = conn.execute(
-                "SELECT MIN(visible_at) FROM messages WHERE queue = ? AND dead_lettered = 0 AND visible_at > ?",
-                (self.name, time.time()),
-            ).fetchone()
+            (due,) = retry(
+                lambda: conn.execute(
+                    "SELECT MIN(visible_at) FROM messages WHERE queue = ? AND dead_lettered = 0 AND visible_at > ?",
+                    (self.name, time.time()),
+                ).fetchone(),
+                _BUSY_TIMEOUT_SECONDS,
+            )
         return float(due) if due is not None else None
 
     def _insert(self, conn: sqlite3.Connection, sends: Sequence[PendingSend]) -> bool:
