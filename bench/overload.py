@@ -13,7 +13,7 @@ Service Bus triggers on separate instances) and single (both in one process, sha
 The goal: completed jobs/s >= 80% of the unloaded rate (started jobs finish because continuation
 steps are served before the first steps of new jobs).
 
-    python bench/overload.py [--seconds 60] [--factor 2] [--warmup 40] [--connections 8] [--modes split,single]
+    python bench/overload.py [--seconds 60] [--factor 2] [--warmup 200] [--connections 8] [--modes split,single]
 """
 
 from __future__ import annotations
@@ -188,7 +188,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=60.0, help=f"overload window (at most {MAX_SECONDS:.0f})")
     parser.add_argument("--factor", type=float, default=2.0, help="submit rate as a multiple of the service rate")
-    parser.add_argument("--warmup", type=int, default=40, help="jobs that measure the unloaded service rate")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=200,
+        help="jobs that measure the unloaded service rate: a few seconds of work, so one slow second weighs little",
+    )
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument(
         "--modes", default="split,single", help="split (API and steps in two processes), single (one), or both"
