@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import threading
 import time
+from typing import Any
 
 from shared.services import health
 
@@ -56,8 +59,14 @@ def test_operators_asking_while_a_check_runs_share_it_and_later_ones_get_a_new_o
     assert cache.get(None) is later  # type: ignore[arg-type] # anonymous: within max_age_seconds, no new check
 
 
+def _run(coroutine: Any) -> Any:
+    """asyncio.run on a thread of its own: in a whole-suite run, pytest-playwright's session-wide sync
+    API keeps an event loop running on the main thread, where asyncio.run refuses to start."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
 def test_async_callers_share_one_check_and_wait_without_a_thread_each(monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    import asyncio
 
     threads_during_check: list[int] = []
 
@@ -68,17 +77,18 @@ def test_async_callers_share_one_check_and_wait_without_a_thread_each(monkeypatc
 
     monkeypatch.setattr(health, "check", slow_check)
     cache = health.HealthCache(max_age_seconds=60)
-    before = threading.active_count()
+    before = [0]
 
     async def fifty_operators_and_a_sync_caller() -> list[dict[str, object]]:
+        before[0] = threading.active_count()
         asked = [asyncio.create_task(cache.get_async(None, fresh=True)) for _ in range(50)]  # type: ignore[arg-type]
         await asyncio.sleep(0.05)  # the check is running: a thread's caller shares it as well
         sync = asyncio.create_task(asyncio.to_thread(cache.get, None, fresh=True))  # type: ignore[arg-type]
         return [*(await asyncio.gather(*asked)), await sync]
 
-    answers = asyncio.run(fifty_operators_and_a_sync_caller())
+    answers = _run(fifty_operators_and_a_sync_caller())
     assert cache.checks == 1 and all(a is answers[0] for a in answers)
-    assert threads_during_check[0] <= before + 2  # the check's worker and the sync caller, not fifty
-    later = asyncio.run(cache.get_async(None, fresh=True))  # type: ignore[arg-type] # asked after: a new check
+    assert threads_during_check[0] <= before[0] + 2  # the check's worker and the sync caller, not fifty
+    later = _run(cache.get_async(None, fresh=True))  # type: ignore[arg-type] # asked after: a new check
     assert cache.checks == 2 and later["n"] == 2
-    assert asyncio.run(cache.get_async(None)) is later  # type: ignore[arg-type] # anonymous: cached, no check
+    assert _run(cache.get_async(None)) is later  # type: ignore[arg-type] # anonymous: cached, no check
