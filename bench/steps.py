@@ -436,6 +436,7 @@ def main() -> int:
     parser.add_argument("--serial-jobs", type=int, default=40, help="jobs run single-threaded per history size")
     parser.add_argument("--rounds", type=int, default=7, help="alternating rounds of the single-thread figures")
     parser.add_argument("--long-steps", type=int, default=100, help="steps of the long job")
+    parser.add_argument("--long-jobs", type=int, default=12, help="long jobs (steps 4-8 are few samples a job)")
     parser.add_argument("--sync", choices=("FULL", "NORMAL"), default="FULL", help="SQLite synchronous, both sides")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-steps-") as tmp:
@@ -444,7 +445,7 @@ def main() -> int:
         volume = bench_volume(args.history, args.serial_jobs, args.rounds, Path(tmp), args.sync)
         fresh, loaded = volume["0"], volume[str(args.history)]
         floor = fresh["floor_ms"]
-        long = bench_long_job(Path(tmp) / "long", args.sync, args.long_steps, 3)
+        long = bench_long_job(Path(tmp) / "long", args.sync, args.long_steps, args.long_jobs)
     durability = (
         "fsync'd commits (SQLite WAL, synchronous=FULL) on both sides"
         if args.sync == "FULL"
