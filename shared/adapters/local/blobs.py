@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from shared.adapters.local.group_commit import GroupCommit
-from shared.adapters.local.sqlite_busy import TRY_MS, retry
+from shared.adapters.local.sqlite_busy import TRY_MS, begin_immediate, fetch, retry
 from shared.errors import DependencyUnavailable
 from shared.ports import ObjectWrite, PreconditionFailed, StoredObject
 
@@ -234,7 +234,7 @@ class LocalObjectStore:
                 only = batch[0]
                 retry(lambda: only.run(conn), self._busy_timeout)  # one statement: its own transaction
                 return
-            retry(lambda: conn.execute("BEGIN IMMEDIATE"), self._busy_timeout)
+            begin_immediate(conn, self._busy_timeout)
             try:
                 for write in batch:
                     write.run(conn)
@@ -256,7 +256,7 @@ class LocalObjectStore:
 
     def _commit_alone(self, conn: sqlite3.Connection, write: _Write) -> None:
         """Commit one write's statements in a transaction of their own; its error is its own."""
-        retry(lambda: conn.execute("BEGIN IMMEDIATE"), self._busy_timeout)
+        begin_immediate(conn, self._busy_timeout)
         try:
             write.run(conn)
         except sqlite3.OperationalError:
@@ -273,10 +273,8 @@ class LocalObjectStore:
     def get(self, key: str) -> StoredObject | None:
         with self._unavailable_on_sqlite_errors():
             conn = self._conn()
-            row = retry(
-                lambda: conn.execute("SELECT data, etag, modified FROM objects WHERE key = ?", (key,)).fetchone(),
-                self._busy_timeout,
-            )
+            rows = fetch(conn, "SELECT data, etag, modified FROM objects WHERE key = ?", (key,), self._busy_timeout)
+        row = rows[0] if rows else None
         if row is None:
             return None
         return StoredObject(data=row[0], etag=row[1], last_modified=datetime.fromtimestamp(row[2], UTC))
@@ -285,8 +283,7 @@ class LocalObjectStore:
         """Cheaper than get: reads the index only, not the data."""
         with self._unavailable_on_sqlite_errors():
             conn = self._conn()
-            exists = "SELECT 1 FROM objects WHERE key = ?"
-            return retry(lambda: conn.execute(exists, (key,)).fetchone(), self._busy_timeout) is not None
+            return bool(fetch(conn, "SELECT 1 FROM objects WHERE key = ?", (key,), self._busy_timeout))
 
     def put(self, key: str, data: bytes, *, if_match: str | None = None, durable: bool = True) -> str:
         validate_key(key)
@@ -353,7 +350,7 @@ class LocalObjectStore:
                 params += (upper,)
             with self._unavailable_on_sqlite_errors():
                 page = f"{sql} ORDER BY key LIMIT {_LIST_PAGE}"
-                rows = retry(lambda q=page, p=params: conn.execute(q, p).fetchall(), self._busy_timeout)  # type: ignore[misc]
+                rows = fetch(conn, page, params, self._busy_timeout)
             for (key,) in rows:
                 yield key
             if len(rows) < _LIST_PAGE:
@@ -363,6 +360,6 @@ class LocalObjectStore:
     def ping(self) -> None:
         try:
             conn = self._conn()
-            retry(lambda: conn.execute("SELECT 1 FROM objects LIMIT 1").fetchall(), self._busy_timeout)
+            fetch(conn, "SELECT 1 FROM objects LIMIT 1", (), self._busy_timeout)
         except sqlite3.Error as exc:
             raise DependencyUnavailable(f"embedded object store {self.path}: {exc}") from exc

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.adapters.local.group_commit import GroupCommit
-from shared.adapters.local.sqlite_busy import TRY_MS, retry
+from shared.adapters.local.sqlite_busy import TRY_MS, begin_immediate, fetch, retry
 from shared.contracts import MAX_DELIVERY_COUNT_EXCEEDED
 from shared.errors import DependencyUnavailable
 from shared.ports import QueueCounts, QueueMessage
@@ -322,33 +322,20 @@ class LocalQueue:
         now = time.time()
         with self._held(), self._unavailable_on_sqlite_errors():
             conn = self._connection()
-            active, scheduled, dead = retry(
-                lambda: conn.execute(
-                    "SELECT "
-                    "  COALESCE(SUM(dead_lettered = 0 AND enqueued_at <= ?), 0), "
-                    "  COALESCE(SUM(dead_lettered = 0 AND enqueued_at > ?), 0), "
-                    "  COALESCE(SUM(dead_lettered = 1), 0) "
-                    "FROM messages WHERE queue = ?",
-                    (now, now, self.name),
-                ).fetchone(),
+            ((active, scheduled, dead),) = fetch(
+                conn,
+                "SELECT "
+                "  COALESCE(SUM(dead_lettered = 0 AND enqueued_at <= ?), 0), "
+                "  COALESCE(SUM(dead_lettered = 0 AND enqueued_at > ?), 0), "
+                "  COALESCE(SUM(dead_lettered = 1), 0) "
+                "FROM messages WHERE queue = ?",
+                (now, now, self.name),
                 _BUSY_TIMEOUT_SECONDS,
             )
         return QueueCounts(active=active, scheduled=scheduled, dead_lettered=dead)
 
     def peek_dead_letters(self, max_count: int = 100) -> list[QueueMessage]:
-        with self._held(), self._unavailable_on_sqlite_errors():
-            conn = self._connection()
-            rows = retry(
-                lambda: conn.execute(
-                    f"SELECT {_COLUMNS} FROM messages WHERE queue = ? AND dead_lettered = 1 ORDER BY seq LIMIT ?",
-                    (self.name, max_count),
-                ).fetchall(),
-                _BUSY_TIMEOUT_SECONDS,
-            )
-        peeked = [_message(row) for row in rows]
-        for message in peeked:
-            message.lock_token = None  # a peek locks nothing, so it settles nothing
-        return peeked
+        return self._peek(max_count, dead_lettered=True)
 
     def receive_dead_letters(self, max_count: int = 100, lock_seconds: float = 60.0) -> list[QueueMessage]:
         """Lock dead-lettered messages for settling; unsettled ones unlock after lock_seconds.
@@ -373,18 +360,19 @@ class LocalQueue:
 
     def peek_live(self, max_count: int = 1000) -> list[QueueMessage]:
         """Messages not dead-lettered (active, scheduled or locked), oldest first; locks nothing."""
+        return self._peek(max_count, dead_lettered=False)
+
+    def _peek(self, max_count: int, *, dead_lettered: bool) -> list[QueueMessage]:
         with self._held(), self._unavailable_on_sqlite_errors():
-            conn = self._connection()
-            rows = retry(
-                lambda: conn.execute(
-                    f"SELECT {_COLUMNS} FROM messages WHERE queue = ? AND dead_lettered = 0 ORDER BY seq LIMIT ?",
-                    (self.name, max_count),
-                ).fetchall(),
+            rows = fetch(
+                self._connection(),
+                f"SELECT {_COLUMNS} FROM messages WHERE queue = ? AND dead_lettered = ? ORDER BY seq LIMIT ?",
+                (self.name, dead_lettered, max_count),
                 _BUSY_TIMEOUT_SECONDS,
             )
         peeked = [_message(row) for row in rows]
         for message in peeked:
-            message.lock_token = None
+            message.lock_token = None  # a peek locks nothing, so it settles nothing
         return peeked
 
     def ping(self) -> None:
@@ -577,7 +565,7 @@ class LocalQueue:
         with self._unavailable_on_sqlite_errors():
             conn = self._connection()
             # IMMEDIATE takes the write lock up front, so two processes never claim the same row.
-            retry(lambda: conn.execute("BEGIN IMMEDIATE"), _BUSY_TIMEOUT_SECONDS)
+            begin_immediate(conn, _BUSY_TIMEOUT_SECONDS)
             try:
                 yield conn
             except BaseException:
@@ -674,11 +662,10 @@ class LocalQueue:
         """When the next scheduled message or expiring lock becomes receivable."""
         with self._unavailable_on_sqlite_errors():
             conn = self._connection()
-            (due,) = retry(
-                lambda: conn.execute(
-                    "SELECT MIN(visible_at) FROM messages WHERE queue = ? AND dead_lettered = 0 AND visible_at > ?",
-                    (self.name, time.time()),
-                ).fetchone(),
+            ((due,),) = fetch(
+                conn,
+                "SELECT MIN(visible_at) FROM messages WHERE queue = ? AND dead_lettered = 0 AND visible_at > ?",
+                (self.name, time.time()),
                 _BUSY_TIMEOUT_SECONDS,
             )
         return float(due) if due is not None else None

@@ -15,7 +15,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -38,3 +38,13 @@ def retry(attempt: Callable[[], T], timeout_seconds: float) -> T:
                 raise
             if time.monotonic() >= deadline:
                 raise
+
+
+def fetch(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...], timeout_seconds: float) -> list[Any]:
+    """The rows of one read, tried again while another connection holds the lock (see retry)."""
+    return retry(lambda: conn.execute(sql, params).fetchall(), timeout_seconds)
+
+
+def begin_immediate(conn: sqlite3.Connection, timeout_seconds: float) -> None:
+    """Open a write transaction, waiting for the write lock as retry() does."""
+    retry(lambda: conn.execute("BEGIN IMMEDIATE"), timeout_seconds)
