@@ -25,6 +25,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -197,54 +198,30 @@ def check(b: Backends, *, deadline_seconds: float = CHECK_DEADLINE_SECONDS) -> d
 
 
 class _Run:
-    """One check: started by one caller, shared by every caller whose freshness it meets."""
+    """One check: started by one caller, shared by every caller whose freshness it meets.
+
+    Its outcome is a concurrent.futures.Future, so threads wait with result() and the event loop
+    with asyncio.wrap_future, neither holding a thread; it is marked running from the start, so a
+    caller that gives up (a cancelled request) cannot cancel it for the others.
+    """
 
     def __init__(self) -> None:
         self.started = time.monotonic()
-        self.result: dict[str, Any] | None = None
-        self.error: BaseException | None = None
-        self.done = threading.Event()
-        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
-        self._lock = threading.Lock()
+        self.outcome: Future[dict[str, Any]] = Future()
+        self.outcome.set_running_or_notify_cancel()
 
     def execute(self, b: Backends, cache: HealthCache) -> None:
         try:
-            self.result = check(b)
+            result, error = check(b), None
         except BaseException as exc:  # noqa: BLE001 - every caller sharing this run raises it
-            self.error = exc
+            result, error = None, exc
         with cache._lock:
             cache.checks += 1  # before anyone sharing it is told: they may read the count
-        with self._lock:
-            self.done.set()
-            waiters, self._waiters = self._waiters, []
-        for loop, future in waiters:
-            try:
-                loop.call_soon_threadsafe(_resolve, future)
-            except RuntimeError:  # that loop has closed (shutdown): nobody waits there any more
-                pass
-
-    def answer(self) -> dict[str, Any]:
-        if self.error is not None:
-            raise self.error
-        assert self.result is not None
-        return self.result
-
-    async def wait(self) -> dict[str, Any]:
-        """Wait on the event loop (no thread held) for this run to finish."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-        with self._lock:
-            if not self.done.is_set():
-                self._waiters.append((loop, future))
-            else:
-                future.set_result(None)
-        await future
-        return self.answer()
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
+        if error is not None:
+            self.outcome.set_exception(error)
+        else:
+            assert result is not None
+            self.outcome.set_result(result)
 
 
 class HealthCache:
@@ -267,10 +244,10 @@ class HealthCache:
         asked = time.monotonic()
         with self._lock:
             last = self._last
-            if last is not None and last.error is None:
-                if not last.done.is_set():
+            if last is not None:
+                if not last.outcome.done():
                     return last, False  # running: it finishes after this call, so it is fresh for anyone
-                if not fresh and last.started >= asked - self.max_age_seconds:
+                if last.outcome.exception() is None and not fresh and last.started >= asked - self.max_age_seconds:
                     return last, False
             run = self._last = _Run()
             return run, True
@@ -280,14 +257,12 @@ class HealthCache:
         run, mine = self._pick(fresh)
         if mine:
             run.execute(b, self)
-        else:
-            run.done.wait()  # check() answers within its deadline: a hung dependency is reported down
-        return run.answer()
+        return run.outcome.result()  # check() answers within its deadline: a hung dependency is reported down
 
     async def get_async(self, b: Backends, *, fresh: bool = False) -> dict[str, Any]:
         """get() for the event loop: a new check runs on a worker thread, and waiting for one holds no thread."""
         run, mine = self._pick(fresh)
         if mine:
             await asyncio.to_thread(run.execute, b, self)
-            return run.answer()
-        return await run.wait()
+            return run.outcome.result()
+        return await asyncio.wrap_future(run.outcome)
