@@ -13,6 +13,13 @@ unchanged in Azure (several Function instances) and locally (several runtime pro
 Expiry compares the holder's clock with the reader's; leases last minutes and are renewed
 every third of their life, so ordinary clock skew (seconds) does not matter.
 
+A holder killed mid-run (SIGKILL, OOM, a host restart of the worker) cannot release its lease,
+and waiting out the TTL would keep the task away for minutes: after a crash, dead-lettered
+steps waited five minutes for the sweep. The holder record names host and process, so a
+holder on this host whose process has exited is treated as expired at once. A holder on
+another host is only ever judged by its expiry (we cannot see its processes), and a pid that
+was reused counts as alive: both err on the side of waiting, never of two holders.
+
 Leases are re-entrant per execution context: a timer that holds "backup" may call
 run_backup(), which takes "backup" again, without deadlocking on itself.
 """
@@ -140,7 +147,8 @@ def acquire(objects: ObjectStore, name: str, *, ttl: float = DEFAULT_TTL_SECONDS
         if found is None:
             continue  # released between our two calls: try the create again
         holder, expires_at = _read(found.data)
-        if expires_at is not None and expires_at.timestamp() > now:
+        gone = _process_gone(holder)
+        if expires_at is not None and expires_at.timestamp() > now and not gone:
             raise LeaseHeld(name, holder, expires_at)
         try:
             lease.etag = objects.put(key, lease._record(now), if_match=found.etag)
@@ -148,16 +156,39 @@ def acquire(objects: ObjectStore, name: str, *, ttl: float = DEFAULT_TTL_SECONDS
             continue  # another instance took it over first; the next round reports it as held
         lease.expires = now + ttl
         log.warning(
-            "lease %s taken over from %s, whose lease expired at %s",
+            "lease %s taken over from %s, %s",
             name,
             holder,
-            expires_at.isoformat() if expires_at else "?",
+            "whose process has exited"
+            if gone
+            else f"whose lease expired at {expires_at.isoformat() if expires_at else '?'}",
             extra={"event": "lease_taken_over"},
         )
         return lease
     found = objects.get(key)
     holder, expires_at = _read(found.data) if found else ("another instance", None)
     raise LeaseHeld(name, holder, expires_at)
+
+
+def _process_gone(holder: str) -> bool:
+    """Whether `holder` ("host:pid:thread") is a process of this host that no longer runs."""
+    host, _, rest = holder.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit() or int(pid_text) == os.getpid():
+        return False
+    pid = int(pid_text)
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # exists, owned by another user
+    # Killed but not yet reaped by its parent: a zombie runs no code and holds nothing.
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rpartition(b")")[2].split()[0] == b"Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _clear_left_behind(objects: ObjectStore, key: str) -> None:

@@ -131,7 +131,13 @@ class World:
             now = self.progress()
             return all(now[i][0] in (*TERMINAL, "unreadable") or now[i][1] > step for i, step in before.items())
 
-        wait_for(moved, timeout=timeout, interval=0.05)
+        try:
+            wait_for(moved, timeout=timeout, interval=0.05)
+        except AssertionError:
+            now = self.progress()
+            still = {i: now[i] for i, step in before.items() if now[i][0] not in TERMINAL and now[i][1] <= step}
+            dead = [(m.message_id, m.dead_letter_reason) for m in self.queue.peek_dead_letters(50)]
+            raise AssertionError(f"jobs not moved in {timeout:.0f}s: {still}; dead letters {dead}") from None
         return time.monotonic() - started
 
     def wait_all_terminal(self, timeout: float = 120.0) -> None:

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import itertools
+import json
 import logging
+import socket
+import subprocess
+import sys
 import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -157,6 +161,33 @@ def test_lease_is_exclusive_until_released_or_expired(backends: Backends) -> Non
     third.renew()
     third.release()
     assert backends.objects.get(lease_key("backup")) is None
+
+
+def test_a_lease_of_a_killed_process_on_this_host_is_taken_over_at_once(backends: Backends) -> None:
+    # A timer killed mid-run leaves a lease with minutes to go; its process is gone, so nobody waits.
+    def held_by(pid: int) -> bytes:
+        until = (datetime.now(UTC) + timedelta(minutes=4)).isoformat()
+        return json.dumps({"holder": f"{socket.gethostname()}:{pid}:timer-dlq_sweep", "expires_at": until}).encode()
+
+    key = lease_key("dead-letters")
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        backends.objects.put(key, held_by(alive.pid))
+        with pytest.raises(LeaseHeld):
+            acquire(backends.objects, "dead-letters", ttl=60)  # a live holder keeps it
+        alive.kill()
+        wait_for(lambda: lease_module._process_gone(f"{socket.gethostname()}:{alive.pid}:t"), timeout=10)
+        taken = acquire(backends.objects, "dead-letters", ttl=60)  # killed, not yet reaped: a zombie
+        taken.release()
+    finally:
+        alive.kill()
+        alive.wait()
+    backends.objects.put(key, held_by(alive.pid))  # reaped: no such process
+    acquire(backends.objects, "dead-letters", ttl=60).release()
+    # Another host's holder is judged by its expiry alone.
+    backends.objects.put(key, held_by(alive.pid).replace(socket.gethostname().encode(), b"other-host"))
+    with pytest.raises(LeaseHeld):
+        acquire(backends.objects, "dead-letters", ttl=60)
 
 
 def test_lease_is_reentrant_within_one_run(backends: Backends) -> None:
