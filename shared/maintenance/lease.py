@@ -16,9 +16,10 @@ every third of their life, so ordinary clock skew (seconds) does not matter.
 A holder killed mid-run (SIGKILL, OOM, a host restart of the worker) cannot release its lease,
 and waiting out the TTL would keep the task away for minutes: after a crash, dead-lettered
 steps waited five minutes for the sweep. The holder record names host and process, so a
-holder on this host whose process has exited is treated as expired at once. A holder on
-another host is only ever judged by its expiry (we cannot see its processes), and a pid that
-was reused counts as alive: both err on the side of waiting, never of two holders.
+holder whose process has exited is treated as expired at once. Pids are only compared within
+one pid namespace of one running kernel (boot id plus namespace inode, not the host name, which
+two containers may share); any other holder is judged by its expiry alone, and a pid that was
+reused counts as alive: both err on the side of waiting, never of two holders.
 
 Leases are re-entrant per execution context: a timer that holds "backup" may call
 run_backup(), which takes "backup" again, without deadlocking on itself.
@@ -91,6 +92,8 @@ class Lease:
                 "name": self.name,
                 "owner": self.owner,
                 "holder": _holder(),
+                "pid": os.getpid(),
+                "pid_space": _PID_SPACE,
                 "acquired_at": _stamp(now),
                 "expires_at": _stamp(now + self.ttl),
             }
@@ -147,7 +150,7 @@ def acquire(objects: ObjectStore, name: str, *, ttl: float = DEFAULT_TTL_SECONDS
         if found is None:
             continue  # released between our two calls: try the create again
         holder, expires_at = _read(found.data)
-        gone = _process_gone(holder)
+        gone = _process_gone(found.data)
         if expires_at is not None and expires_at.timestamp() > now and not gone:
             raise LeaseHeld(name, holder, expires_at)
         try:
@@ -170,13 +173,27 @@ def acquire(objects: ObjectStore, name: str, *, ttl: float = DEFAULT_TTL_SECONDS
     raise LeaseHeld(name, holder, expires_at)
 
 
-def _process_gone(holder: str) -> bool:
-    """Whether `holder` ("host:pid:thread") is a process of this host that no longer runs."""
-    host, _, rest = holder.partition(":")
-    pid_text = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid_text.isdigit() or int(pid_text) == os.getpid():
+def _pid_space() -> str | None:
+    """This process's pid namespace on this boot of this kernel; None where that cannot be told."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as boot:
+            return f"{boot.read().strip()}:{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return None
+
+
+_PID_SPACE = _pid_space()
+
+
+def _process_gone(data: bytes) -> bool:
+    """Whether a lease record's holder is a process of our pid namespace that no longer runs."""
+    try:
+        record = json.loads(data)
+        pid, space = int(record["pid"]), record["pid_space"]
+    except (ValueError, KeyError, TypeError):
         return False
-    pid = int(pid_text)
+    if _PID_SPACE is None or space != _PID_SPACE or pid == os.getpid():
+        return False
     try:
         os.kill(pid, 0)  # signal 0: only asks whether the process exists
     except ProcessLookupError:

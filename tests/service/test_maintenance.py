@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import socket
 import subprocess
 import sys
 import threading
@@ -163,11 +162,12 @@ def test_lease_is_exclusive_until_released_or_expired(backends: Backends) -> Non
     assert backends.objects.get(lease_key("backup")) is None
 
 
-def test_a_lease_of_a_killed_process_on_this_host_is_taken_over_at_once(backends: Backends) -> None:
+def test_a_lease_of_a_killed_process_is_taken_over_at_once(backends: Backends) -> None:
     # A timer killed mid-run leaves a lease with minutes to go; its process is gone, so nobody waits.
-    def held_by(pid: int) -> bytes:
+    def held_by(pid: int, space: str | None = lease_module._PID_SPACE) -> bytes:
         until = (datetime.now(UTC) + timedelta(minutes=4)).isoformat()
-        return json.dumps({"holder": f"{socket.gethostname()}:{pid}:timer-dlq_sweep", "expires_at": until}).encode()
+        record = {"holder": f"host:{pid}:timer-dlq_sweep", "pid": pid, "pid_space": space, "expires_at": until}
+        return json.dumps(record).encode()
 
     key = lease_key("dead-letters")
     alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
@@ -176,7 +176,7 @@ def test_a_lease_of_a_killed_process_on_this_host_is_taken_over_at_once(backends
         with pytest.raises(LeaseHeld):
             acquire(backends.objects, "dead-letters", ttl=60)  # a live holder keeps it
         alive.kill()
-        wait_for(lambda: lease_module._process_gone(f"{socket.gethostname()}:{alive.pid}:t"), timeout=10)
+        wait_for(lambda: lease_module._process_gone(held_by(alive.pid)), timeout=10)
         taken = acquire(backends.objects, "dead-letters", ttl=60)  # killed, not yet reaped: a zombie
         taken.release()
     finally:
@@ -184,8 +184,8 @@ def test_a_lease_of_a_killed_process_on_this_host_is_taken_over_at_once(backends
         alive.wait()
     backends.objects.put(key, held_by(alive.pid))  # reaped: no such process
     acquire(backends.objects, "dead-letters", ttl=60).release()
-    # Another host's holder is judged by its expiry alone.
-    backends.objects.put(key, held_by(alive.pid).replace(socket.gethostname().encode(), b"other-host"))
+    # A holder in another pid namespace (another container, host or boot) is judged by its expiry alone.
+    backends.objects.put(key, held_by(alive.pid, space="another-boot:4026531836"))
     with pytest.raises(LeaseHeld):
         acquire(backends.objects, "dead-letters", ttl=60)
 
