@@ -11,12 +11,13 @@ function, checkpointed by its SQLite saver after every super-step.
 
 Figures:
 - steps/s with --workers workers over --jobs jobs, against LangGraph + SqliteSaver;
-- hop latency = from the commit of step n to the start of step n+1 of the same job (one job at a time);
+- hop latency = from the commit of step n to the start of step n+1 of the same job (one job at a time,
+  ours and LangGraph's in alternating rounds so that both see the same machine);
 - single-thread ms/step (run, commit, settle, complete and claim the next message) against the fsync'd floor: one
   SQLite transaction (synchronous=FULL) that writes a checkpoint of the same size, enqueues and dequeues;
 - ms/step and submit ms with --history N prior jobs of the tenant this month, against history 0.
 
-    python bench/steps.py [--jobs 200] [--workers 4] [--history 100000] [--sync FULL]
+    python bench/steps.py [--jobs 200] [--workers 4] [--hop-rounds 4] [--history 100000] [--sync FULL]
 """
 
 from __future__ import annotations
@@ -70,73 +71,83 @@ def backends_at(data_dir: Path, sync: str) -> Any:
 # --- ours ----------------------------------------------------------------------------------------
 
 
-def bench_engine(jobs: int, workers: int, data_dir: Path, sync: str) -> dict[str, float]:
-    from shared.contracts import StepMessage
-    from shared.engine.steps import handle_step
-    from shared.runtime.consumer import QueueConsumer
-    from shared.runtime.functions import QueueFunction
-    from shared.services import jobs as job_service
+class EngineRig:
+    """Ours: the embedded queue, create-only checkpoints, job projection and ledger, driven by QueueConsumer."""
 
-    b = backends_at(data_dir, sync)
-    committed: dict[tuple[str, int], float] = {}
-    started: dict[tuple[str, int], float] = {}
-    commit = b.checkpoints.commit
+    def __init__(self, data_dir: Path, sync: str, workers: int) -> None:
+        from shared.contracts import StepMessage
+        from shared.engine.steps import handle_step
+        from shared.runtime.functions import QueueFunction
 
-    ended = threading.Semaphore(0)
+        self.b = b = backends_at(data_dir, sync)
+        self.workers = workers
+        self.committed: dict[tuple[str, int], float] = {}
+        self.started: dict[tuple[str, int], float] = {}
+        self.ended = threading.Semaphore(0)
+        commit = b.checkpoints.commit
 
-    def timed_commit(cp: Any) -> bool:
-        won = commit(cp)
-        committed[(cp.job_id, cp.step)] = time.perf_counter()
-        if won and cp.outcome is not None:
-            ended.release()  # the bench waits on this rather than polling job records (which costs the GIL)
-        return won
+        def timed_commit(cp: Any) -> bool:
+            won = commit(cp)
+            self.committed[(cp.job_id, cp.step)] = time.perf_counter()
+            if won and cp.outcome is not None:
+                self.ended.release()  # waited on rather than polling job records (which costs the GIL)
+            return won
 
-    b.checkpoints.commit = timed_commit  # type: ignore[method-assign]
+        b.checkpoints.commit = timed_commit  # type: ignore[method-assign]
 
-    def step_function(msg: Any) -> None:
-        body = msg.get_body()
-        m = StepMessage.model_validate_json(body)
-        started[(m.job_id, m.step)] = time.perf_counter()
-        handle_step(b, body, msg.delivery_count or 1)
+        def step_function(msg: Any) -> None:
+            body = msg.get_body()
+            m = StepMessage.model_validate_json(body)
+            self.started[(m.job_id, m.step)] = time.perf_counter()
+            handle_step(b, body, msg.delivery_count or 1)
 
-    fn = QueueFunction(
-        name="agent_step",
-        queue=b.queue.name,
-        connection="ServiceBusConnection",  # type: ignore[attr-defined]
-        run=step_function,
-        arg_name="msg",
-    )
-    consumer = QueueConsumer(b.queue, fn, concurrency=workers, max_lock_renewal_seconds=60)  # type: ignore[arg-type]
+        self.fn = QueueFunction(
+            name="agent_step",
+            queue=b.queue.name,
+            connection="ServiceBusConnection",  # type: ignore[attr-defined]
+            run=step_function,
+            arg_name="msg",
+        )
 
-    def run(batch: int, before_timing=lambda: None) -> tuple[list[str], float]:  # type: ignore[no-untyped-def]
-        ids = [job_service.submit(b, "dev", job_service.JobRequest(task=QUESTION))[0].id for _ in range(batch)]
+    def _consumer(self) -> Any:
+        from shared.runtime.consumer import QueueConsumer
+
+        return QueueConsumer(self.b.queue, self.fn, concurrency=self.workers, max_lock_renewal_seconds=60)  # type: ignore[arg-type]
+
+    def _run(self, batch: int, before_timing=lambda: None) -> tuple[list[str], float]:  # type: ignore[no-untyped-def]
+        from shared.services import jobs as job_service
+
+        ids = [job_service.submit(self.b, TENANT, job_service.JobRequest(task=QUESTION))[0].id for _ in range(batch)]
         before_timing()
         t0 = time.perf_counter()
         for _ in ids:
-            ended.acquire()
+            self.ended.acquire()
         return ids, time.perf_counter() - t0
 
-    consumer.start()
-    # Latency: one job at a time, so a hop is the engine's own overhead, not queueing behind other jobs.
-    for _ in range(min(jobs, 50)):
-        run(1)
-    hops = [(started[(j, n + 1)] - t) * 1000 for (j, n), t in committed.items() if (j, n + 1) in started]
-    # Throughput: every job submitted first, then the workers start and the clock with them.
-    consumer.stop()
-    consumer = QueueConsumer(b.queue, fn, concurrency=workers, max_lock_renewal_seconds=60)  # type: ignore[arg-type]
-    ids, elapsed = run(jobs, consumer.start)
-    consumer.stop()
-    failed = [i for i in ids if b.jobs.get(i).status != "succeeded"]  # type: ignore[union-attr]
-    assert not failed, f"{len(failed)} jobs did not succeed"
-    steps = sum(len(b.checkpoints.steps(i)) for i in ids)
-    b.close()
-    return {
-        "steps": steps,
-        "seconds": elapsed,
-        "steps_per_s": steps / elapsed,
-        "hop_p50_ms": pct(hops, 0.5),
-        "hop_p99_ms": pct(hops, 0.99),
-    }
+    def hops(self, jobs: int) -> list[float]:
+        """One job at a time, so a hop is the engine's own overhead, not queueing behind other jobs."""
+        self.committed.clear()
+        self.started.clear()
+        consumer = self._consumer()
+        consumer.start()
+        for _ in range(jobs):
+            self._run(1)
+        consumer.stop()
+        started = self.started
+        return [(started[(j, n + 1)] - t) * 1000 for (j, n), t in self.committed.items() if (j, n + 1) in started]
+
+    def throughput(self, jobs: int) -> dict[str, float]:
+        """Every job submitted first, then the workers start and the clock with them."""
+        consumer = self._consumer()
+        ids, elapsed = self._run(jobs, consumer.start)
+        consumer.stop()
+        failed = [i for i in ids if self.b.jobs.get(i).status != "succeeded"]  # type: ignore[union-attr]
+        assert not failed, f"{len(failed)} jobs did not succeed"
+        steps = sum(len(self.b.checkpoints.steps(i)) for i in ids)
+        return {"steps": steps, "seconds": elapsed, "steps_per_s": steps / elapsed}
+
+    def close(self) -> None:
+        self.b.close()
 
 
 # --- LangGraph -----------------------------------------------------------------------------------
@@ -147,69 +158,96 @@ class GraphState(TypedDict):
     done: bool
 
 
-def bench_langgraph(jobs: int, workers: int, data_dir: Path, sync: str) -> dict[str, float]:
-    from langchain_core.runnables import RunnableConfig
-    from langgraph.checkpoint.sqlite import SqliteSaver
-    from langgraph.graph import END, START, StateGraph
+class LangGraphRig:
+    """LangGraph: a one-node loop graph whose node is the same step function, checkpointed by SqliteSaver."""
 
-    from shared.adapters.local.offline_model import OfflineModel
-    from shared.adapters.local.search import LocalKnowledgeIndex
-    from shared.services.knowledge import chunk_document
-    from shared.tokens import count_message_tokens
+    def __init__(self, data_dir: Path, sync: str, workers: int) -> None:
+        from langchain_core.runnables import RunnableConfig
+        from langgraph.checkpoint.sqlite import SqliteSaver
+        from langgraph.graph import END, START, StateGraph
 
-    index = LocalKnowledgeIndex(data_dir / "lg-search.sqlite3")
-    for doc in corpus():
-        index.upsert(chunk_document(doc))
-    policy = Policy()
-    ctx = research.AgentContext(model=OfflineModel(), index=index, policy=policy, count_tokens=count_message_tokens)
-    lock = threading.Lock()
-    ended: dict[tuple[str, int], float] = {}
-    began: dict[tuple[str, int], float] = {}
+        from shared.adapters.local.offline_model import OfflineModel
+        from shared.adapters.local.search import LocalKnowledgeIndex
+        from shared.services.knowledge import chunk_document
+        from shared.tokens import count_message_tokens
 
-    def step(state: GraphState, config: RunnableConfig) -> GraphState:
-        thread = config["configurable"]["thread_id"]
-        n = len(state["agent"].get("messages", []))
-        with lock:
-            began[(thread, n)] = time.perf_counter()
-        result = research.run_step(AgentState.model_validate(state["agent"]), ctx)
-        with lock:
-            ended[(thread, len(result.state.messages))] = time.perf_counter()  # keyed by the next step's n
-        return {"agent": result.state.model_dump(mode="json"), "done": result.outcome is not None}
+        index = LocalKnowledgeIndex(data_dir / "lg-search.sqlite3")
+        for doc in corpus():
+            index.upsert(chunk_document(doc))
+        self.policy = policy = Policy()
+        ctx = research.AgentContext(model=OfflineModel(), index=index, policy=policy, count_tokens=count_message_tokens)
+        self.workers = workers
+        self.lock = lock = threading.Lock()
+        self.ended: dict[tuple[str, int], float] = {}
+        self.began: dict[tuple[str, int], float] = {}
+        self.threads = 0
 
-    graph = StateGraph(GraphState)
-    graph.add_node("step", step)
-    graph.add_edge(START, "step")
-    graph.add_conditional_edges("step", lambda s: END if s["done"] else "step")
-    conn = sqlite3.connect(data_dir / "langgraph.sqlite3", check_same_thread=False)
-    conn.execute(f"PRAGMA synchronous = {sync}")  # SqliteSaver itself sets journal_mode=WAL
-    saver = SqliteSaver(conn)
-    app = graph.compile(checkpointer=saver)
-    supersteps = [0]
+        def step(state: GraphState, config: RunnableConfig) -> GraphState:
+            thread = config["configurable"]["thread_id"]
+            n = len(state["agent"].get("messages", []))
+            with lock:
+                self.began[(thread, n)] = time.perf_counter()
+            result = research.run_step(AgentState.model_validate(state["agent"]), ctx)
+            with lock:
+                self.ended[(thread, len(result.state.messages))] = time.perf_counter()  # keyed by the next step's n
+            return {"agent": result.state.model_dump(mode="json"), "done": result.outcome is not None}
 
-    def run(i: int) -> None:
-        state = research.start(QUESTION, policy, [])
-        config = {"configurable": {"thread_id": f"job-{i}"}, "recursion_limit": 100}
-        out = app.invoke({"agent": state.model_dump(mode="json"), "done": False}, config)
+        graph = StateGraph(GraphState)
+        graph.add_node("step", step)
+        graph.add_edge(START, "step")
+        graph.add_conditional_edges("step", lambda s: END if s["done"] else "step")
+        conn = sqlite3.connect(data_dir / "langgraph.sqlite3", check_same_thread=False)
+        conn.execute(f"PRAGMA synchronous = {sync}")  # SqliteSaver itself sets journal_mode=WAL
+        self.app = graph.compile(checkpointer=SqliteSaver(conn))
+
+    def _run(self, thread: str) -> int:
+        """One job to its end; its super-steps."""
+        state = research.start(QUESTION, self.policy, [])
+        config = {"configurable": {"thread_id": thread}, "recursion_limit": 100}
+        out = self.app.invoke({"agent": state.model_dump(mode="json"), "done": False}, config)  # type: ignore[arg-type]
         assert out["done"]
-        with lock:
-            supersteps[0] += sum(1 for k in began if k[0] == f"job-{i}")
+        with self.lock:
+            return sum(1 for k in self.began if k[0] == thread)
 
-    for i in range(min(jobs, 50)):  # latency: one job at a time, as for ours
-        run(-1 - i)
-    # The hop includes LangGraph's checkpoint write after step n, like ours includes our commit.
-    hops = [(began[k] - ended[k]) * 1000 for k in began if k in ended]
-    supersteps[0] = 0
-    t0 = time.perf_counter()
-    with ThreadPoolExecutor(workers) as pool:
-        list(pool.map(run, range(jobs)))
-    elapsed = time.perf_counter() - t0
-    return {
-        "steps": supersteps[0],
-        "seconds": elapsed,
-        "steps_per_s": supersteps[0] / elapsed,
-        "hop_p50_ms": pct(hops, 0.5),
-        "hop_p99_ms": pct(hops, 0.99),
-    }
+    def _threads(self, n: int) -> list[str]:
+        self.threads += n
+        return [f"job-{i}" for i in range(self.threads - n, self.threads)]
+
+    def hops(self, jobs: int) -> list[float]:
+        """One job at a time, as for ours; the hop includes the saver's write after step n, as ours our commit."""
+        self.began.clear()
+        self.ended.clear()
+        for thread in self._threads(jobs):
+            self._run(thread)
+        return [(self.began[k] - self.ended[k]) * 1000 for k in self.began if k in self.ended]
+
+    def throughput(self, jobs: int) -> dict[str, float]:
+        threads = self._threads(jobs)
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(self.workers) as pool:
+            steps = sum(pool.map(self._run, threads))
+        elapsed = time.perf_counter() - t0
+        return {"steps": steps, "seconds": elapsed, "steps_per_s": steps / elapsed}
+
+    def close(self) -> None:
+        pass
+
+
+def bench_engines(args: argparse.Namespace, tmp: Path) -> tuple[dict[str, float], dict[str, float]]:
+    """Hops in alternating rounds (ours, theirs, theirs, ours, ...) so both see the same machine; then throughput."""
+    ours = EngineRig(tmp / "engine", args.sync, args.workers)
+    theirs = LangGraphRig(tmp, args.sync, args.workers)
+    hops: dict[Any, list[float]] = {ours: [], theirs: []}
+    for r in range(args.hop_rounds):
+        for rig in (ours, theirs) if r % 2 == 0 else (theirs, ours):
+            hops[rig] += rig.hops(args.hop_jobs)
+    results = []
+    for rig in (ours, theirs):
+        figures = rig.throughput(args.jobs)
+        figures.update(hop_p50_ms=pct(hops[rig], 0.5), hop_p99_ms=pct(hops[rig], 0.99), hops=len(hops[rig]))
+        rig.close()
+        results.append(figures)
+    return results[0], results[1]
 
 
 # --- single thread: ms/step against the fsync'd floor, and against the month's volume -------------
@@ -432,6 +470,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=200)
     parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--hop-jobs", type=int, default=25, help="jobs run one at a time per hop round")
+    parser.add_argument("--hop-rounds", type=int, default=4, help="alternating hop rounds, ours and LangGraph's")
     parser.add_argument("--history", type=int, default=100_000, help="prior jobs of the tenant this month")
     parser.add_argument("--serial-jobs", type=int, default=40, help="jobs run single-threaded per history size")
     parser.add_argument("--rounds", type=int, default=7, help="alternating rounds of the single-thread figures")
@@ -440,8 +480,7 @@ def main() -> int:
     parser.add_argument("--sync", choices=("FULL", "NORMAL"), default="FULL", help="SQLite synchronous, both sides")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-steps-") as tmp:
-        ours = bench_engine(args.jobs, args.workers, Path(tmp) / "engine", args.sync)
-        theirs = bench_langgraph(args.jobs, args.workers, Path(tmp), args.sync)
+        ours, theirs = bench_engines(args, Path(tmp))
         volume = bench_volume(args.history, args.serial_jobs, args.rounds, Path(tmp), args.sync)
         fresh, loaded = volume["0"], volume[str(args.history)]
         floor = fresh["floor_ms"]
@@ -453,6 +492,8 @@ def main() -> int:
     )
     context = (
         f"{args.jobs} jobs x 6 steps (offline model, samples/ corpus), {args.workers} workers; {durability}; "
+        f"hops: {args.hop_rounds} alternating rounds of {args.hop_jobs} jobs one at a time "
+        f"({ours['hops']:.0f} and {theirs['hops']:.0f} hops); "
         f"single-thread: {args.serial_jobs} jobs after 0 and {args.history:,} prior jobs of the tenant this month "
         f"(seeded in {loaded['seed_s']:.1f} s), in {args.rounds} alternating rounds, medians"
     )
