@@ -106,6 +106,7 @@ bench: $(STAMP)
 	$(PY) bench/ingest.py
 	$(PY) bench/storage.py
 	$(PY) bench/overload.py
+	$(PY) bench/processes.py
 	$(PY) bench/report.py --readme
 
 # Style, types, and the import contract (imports only go down; see docs/architecture.md).

@@ -73,6 +73,7 @@ class JsonLines(logging.Formatter):
             "tokens",
             "prompt_tokens",
             "completion_tokens",
+            "worker",  # the worker process that logged it, in the embedded runtime's worker processes
         ):
             if hasattr(record, key):
                 line[key] = getattr(record, key)

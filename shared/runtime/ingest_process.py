@@ -20,21 +20,16 @@ import logging
 import multiprocessing
 import os
 import threading
-import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+
+from shared.runtime.worker_processes import watch_parent
 
 log = logging.getLogger("agent.runtime")
 
 
-def _watch_parent(parent: int) -> None:
-    while os.getppid() == parent:
-        time.sleep(0.5)
-    os._exit(0)  # orphaned: the runtime is gone, its messages will be redelivered to the next one
-
-
 def _start_child(parent: int) -> None:
-    threading.Thread(target=_watch_parent, args=(parent,), name="parent-watch", daemon=True).start()
+    watch_parent(parent)
 
 
 def _run_batch(body: bytes, delivery_count: int) -> None:
