@@ -2,8 +2,9 @@
 
 The runtime in a subprocess with two processes: its own consumers and one `--steps-only` worker.
 Jobs are served by both (the worker's log lines carry "worker": 2). maxConcurrentCalls is shared
-by the two, and health counts the calls of both. A worker killed with SIGKILL is started again and
-the jobs after it finish; a worker whose runtime is killed exits by itself.
+by the two, and health counts the calls of both. A worker SIGKILLed in the middle of jobs is started
+again, and every job finishes with nothing lost or counted twice; a worker whose runtime is
+killed exits by itself.
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from shared.adapters.local.blobs import LocalObjectStore
+from shared.contracts import Usage
+from shared.engine.ledger import UsageLedger, month_of
+from shared.engine.repositories import CheckpointStore, JobStore
 from tests.e2e.test_e2e_runtime import ingest
 from tests.fixtures.app import ROOT, RuntimeProcess, wait_for
 
@@ -55,11 +60,15 @@ def agent_workers(rt: RuntimeProcess) -> dict[str, object]:
         return c.get("/api/health").json()["workers"]["agent_step"]  # type: ignore[no-any-return]
 
 
-def run_jobs(rt: RuntimeProcess, n: int, tag: str) -> list[str]:
+def submit(rt: RuntimeProcess, n: int, tag: str) -> list[str]:
     with rt.client() as c:
-        ids = [
+        return [
             c.post("/api/jobs", json={"task": f"How is a backup restored? ({tag} {i})"}).json()["id"] for i in range(n)
         ]
+
+
+def all_succeed(rt: RuntimeProcess, ids: list[str]) -> None:
+    with rt.client() as c:
 
         def all_done() -> bool:
             return all(c.get(f"/api/jobs/{i}").json()["status"] in ("succeeded", "failed", "cancelled") for i in ids)
@@ -67,7 +76,24 @@ def run_jobs(rt: RuntimeProcess, n: int, tag: str) -> list[str]:
         wait_for(all_done, timeout=120, interval=0.2)
         statuses = {c.get(f"/api/jobs/{i}").json()["status"] for i in ids}
     assert statuses == {"succeeded"}, statuses
-    return ids
+
+
+def check_accounts(data_dir: Path, ids: list[str]) -> None:
+    """Nothing lost, nothing counted twice: contiguous checkpoints, each projected once, usage and ledger equal."""
+    objects = LocalObjectStore(data_dir / "blobs")
+    jobs, checkpoints, ledger = JobStore(objects), CheckpointStore(objects), UsageLedger(objects)
+    entries = ledger.by_job("dev", month_of())
+    for job_id in ids:
+        steps = checkpoints.steps(job_id)
+        assert steps == list(range(1, len(steps) + 1)), f"{job_id}: checkpoints {steps}"
+        job = jobs.get(job_id)
+        assert job is not None and [p.step for p in job.progress] == steps, f"{job_id}: progress vs {steps}"
+        summed = Usage()
+        for cp in checkpoints.all(job_id):
+            summed = summed + cp.usage
+        assert job.usage == summed, f"{job_id}: usage {job.usage} != its checkpoints' {summed}"
+        assert entries.get(job_id) == summed, f"{job_id}: ledger {entries.get(job_id)} != {summed}"
+    objects.close()
 
 
 def steps_by_worker(data_dir: Path, ids: list[str]) -> dict[int, int]:
@@ -82,9 +108,10 @@ def steps_by_worker(data_dir: Path, ids: list[str]) -> dict[int, int]:
     return counts
 
 
-def test_two_processes_share_the_steps_and_a_killed_worker_comes_back(tmp_path: Path) -> None:
+def test_two_processes_share_the_steps_and_a_worker_killed_mid_job_loses_nothing(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
-    rt = RuntimeProcess(data_dir, {"FUNCTIONS_WORKER_PROCESS_COUNT": "2", "OFFLINE_MODEL_LATENCY_MS": "30"})
+    env = {"FUNCTIONS_WORKER_PROCESS_COUNT": "2", "OFFLINE_MODEL_LATENCY_MS": "60", "QUEUE_LOCK_SECONDS": "2"}
+    rt = RuntimeProcess(data_dir, env)
     rt.start()
     assert rt.proc is not None
     try:
@@ -93,15 +120,19 @@ def test_two_processes_share_the_steps_and_a_killed_worker_comes_back(tmp_path: 
         assert agent_workers(rt) == {"status": "up", "configured": CALLS, "alive": CALLS, "lock_renewer": "up"}
         with rt.client() as c:
             ingest(c)
-        ids = run_jobs(rt, 40, "both")
-        served = steps_by_worker(data_dir, ids)
-        assert set(served) == {1, 2}, f"steps per process: {served}"
-
+        ids = submit(rt, 60, "both")
+        # Killed while it holds steps of running jobs: their locks expire and the runtime finishes them.
+        wait_for(lambda: steps_by_worker(data_dir, ids).get(2, 0) >= 20, timeout=60)
         os.kill(worker, signal.SIGKILL)
         wait_for(lambda: agent_workers(rt)["alive"] == CALLS // 2, timeout=10)  # health tells at once
         (again,) = wait_for(lambda: [p for p in worker_pids(rt.proc.pid) if p != worker], timeout=30)  # type: ignore[union-attr]
         wait_for(lambda: agent_workers(rt)["alive"] == CALLS, timeout=30)
-        run_jobs(rt, 8, "after")
+        all_succeed(rt, ids)
+        served = steps_by_worker(data_dir, ids)
+        assert served.get(1, 0) > 0 and served.get(2, 0) > 0, f"steps per process: {served}"
+        after = submit(rt, 8, "after")
+        all_succeed(rt, after)
+        check_accounts(data_dir, ids + after)
         assert "worker process 2" in (data_dir / "logs" / "runtime.jsonl").read_text(encoding="utf-8")
     finally:
         rt.kill9()
