@@ -84,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         processes = process_count(os.environ.get("FUNCTIONS_WORKER_PROCESS_COUNT"))
     except ValueError as exc:
         raise SystemExit(str(exc)) from None
+    if args.steps_only:
+        _tag_log_records(args.worker)
 
     import uvicorn
 
@@ -104,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     found = discover("function_app")
     host = read_host_json(ROOT / "host.json")
     calls = calls_per_process(host["max_concurrent_calls"], processes)
-    if len(calls) < processes:
+    if len(calls) < processes and not args.steps_only:
         log.warning(
             "FUNCTIONS_WORKER_PROCESS_COUNT=%s is above maxConcurrentCalls (%s), which the processes share: "
             "running %s processes",
@@ -205,16 +207,20 @@ def _pool_state(consumer: QueueConsumer, workers: WorkerProcesses | None) -> Cal
     return state
 
 
-def _serve_steps(consumers: list[QueueConsumer], ingest: IngestProcess, backends: Backends, worker: int) -> int:
-    """A worker process: the queue consumers until SIGTERM (or until the runtime that started it is gone)."""
+def _tag_log_records(worker: int) -> None:
+    """Every line this worker process logs says which process wrote it (they share the runtime's log)."""
     make_record = logging.getLogRecordFactory()
 
     def tagged(*args: Any, **kwargs: Any) -> logging.LogRecord:
         record = make_record(*args, **kwargs)
-        record.worker = worker  # its lines in the shared runtime log say which process wrote them
+        record.worker = worker
         return record
 
     logging.setLogRecordFactory(tagged)
+
+
+def _serve_steps(consumers: list[QueueConsumer], ingest: IngestProcess, backends: Backends, worker: int) -> int:
+    """A worker process: the queue consumers until SIGTERM (or until the runtime that started it is gone)."""
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
