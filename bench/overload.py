@@ -34,7 +34,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.api import HEADERS, ROOT, free_port, wait_up  # noqa: E402
+from bench.api import HEADERS, LIFTED_LIMITS, ROOT, cpu_seconds, free_port, ingest_samples, wait_up  # noqa: E402
 from bench.figures import Figure, save, show  # noqa: E402
 
 TASK = "How are dead letters handled?"
@@ -44,16 +44,6 @@ MAX_SECONDS = 300.0  # bounded: a typo must not run for an hour
 
 def _stamp(text: str | None) -> float | None:
     return None if text is None else datetime.fromisoformat(text).timestamp()
-
-
-def _ingest(c: httpx.Client) -> None:
-    for path in sorted((ROOT / "samples").glob("*.md")):
-        c.post(
-            "/api/documents",
-            params={"filename": path.name},
-            content=path.read_bytes(),
-            headers={"Content-Type": "text/markdown"},
-        ).raise_for_status()
 
 
 def _records(c: httpx.Client, ids: list[str]) -> list[dict]:
@@ -111,12 +101,6 @@ def overload(base: str, rate: float, seconds: float, connections: int) -> tuple[
     return ids, start, max(time.time(), start + seconds), failed[0]
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds the process has used (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def start_runtime(data_dir: str, env: dict[str, str], *flags: str) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     proc = subprocess.Popen(
@@ -136,12 +120,7 @@ def run(split: bool, args: argparse.Namespace, seconds: float) -> dict[str, Any]
     # The bench measures the service rate, not the tenant's limits: thousands of jobs would pass the
     # request limits and the monthly token budget (5M tokens, about 2,300 offline jobs), and jobs
     # refused or failed by the budget would count as fast service.
-    lifted = {
-        "RATE_LIMIT_PER_MINUTE": "100000000",
-        "TENANT_RATE_LIMIT_PER_MINUTE": "100000000",
-        "MONTHLY_TOKEN_BUDGET": str(10**12),
-    }
-    env = {**os.environ, **lifted, "LOG_LEVEL": "WARNING"}
+    env = {**os.environ, **LIFTED_LIMITS, "MONTHLY_TOKEN_BUDGET": str(10**12), "LOG_LEVEL": "WARNING"}
     procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory() as tmp:
         try:
@@ -152,7 +131,7 @@ def run(split: bool, args: argparse.Namespace, seconds: float) -> dict[str, Any]
             if split:
                 procs.append(start_runtime(tmp, env)[0])
             with httpx.Client(base_url=base, headers=HEADERS, timeout=60) as c:
-                _ingest(c)
+                ingest_samples(c)
                 unloaded_rate(c, 8, 120)  # warm caches and the index, not counted
                 cpu0 = [cpu_seconds(p.pid) for p in procs]
                 rate, unloaded_p95 = unloaded_rate(c, args.warmup, 300)

@@ -23,20 +23,19 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.api import HEADERS  # noqa: E402
+from bench.api import HEADERS, LIFTED_LIMITS, ingest_samples  # noqa: E402
 from bench.figures import Figure, save, show  # noqa: E402
-from bench.overload import _ingest, start_runtime, unloaded_rate  # noqa: E402
+from bench.overload import start_runtime, unloaded_rate  # noqa: E402
 
 
 def service_rate(processes: int, jobs: int) -> float:
     """Jobs/s of one runtime with `processes` worker processes, on a fresh data directory."""
-    lifted = {"RATE_LIMIT_PER_MINUTE": "100000000", "TENANT_RATE_LIMIT_PER_MINUTE": "100000000"}
-    env = {**os.environ, **lifted, "LOG_LEVEL": "WARNING", "FUNCTIONS_WORKER_PROCESS_COUNT": str(processes)}
+    env = {**os.environ, **LIFTED_LIMITS, "LOG_LEVEL": "WARNING", "FUNCTIONS_WORKER_PROCESS_COUNT": str(processes)}
     with tempfile.TemporaryDirectory() as tmp:
         proc, base = start_runtime(tmp, env)
         try:
             with httpx.Client(base_url=base, headers=HEADERS, timeout=60) as c:
-                _ingest(c)
+                ingest_samples(c)
                 unloaded_rate(c, 8, 120)  # warm caches, the index and every worker process, not counted
                 rate, _ = unloaded_rate(c, jobs, 300)
         finally:
