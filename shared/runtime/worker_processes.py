@@ -76,7 +76,6 @@ class _Worker:
         self.started = 0.0
         self.pause = 0.0  # the last pause before a restart; doubles while the worker keeps dying at once
         self.restart_at: float | None = None  # set once an exit is seen, until the restart
-        self.restarts = 0
 
 
 class WorkerProcesses:
@@ -143,7 +142,6 @@ class WorkerProcesses:
         if now < worker.restart_at:
             return
         worker.restart_at = None
-        worker.restarts += 1
         self._spawn(worker)
 
     def state(self) -> tuple[int, int]:
@@ -151,10 +149,6 @@ class WorkerProcesses:
         with self._lock:
             alive = sum(w.calls for w in self._workers if w.proc is not None and w.proc.poll() is None)
         return sum(w.calls for w in self._workers), alive
-
-    def pids(self) -> list[int]:
-        with self._lock:
-            return [w.proc.pid for w in self._workers if w.proc is not None and w.proc.poll() is None]
 
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM each worker (they let their steps finish) and wait; kill what outlives the timeout."""
