@@ -149,8 +149,7 @@ def acquire(objects: ObjectStore, name: str, *, ttl: float = DEFAULT_TTL_SECONDS
         found = objects.get(key)
         if found is None:
             continue  # released between our two calls: try the create again
-        holder, expires_at = _read(found.data)
-        gone = _process_gone(found.data)
+        holder, expires_at, gone = _read(found.data)
         if expires_at is not None and expires_at.timestamp() > now and not gone:
             raise LeaseHeld(name, holder, expires_at)
         try:
@@ -169,7 +168,7 @@ def acquire(objects: ObjectStore, name: str, *, ttl: float = DEFAULT_TTL_SECONDS
         )
         return lease
     found = objects.get(key)
-    holder, expires_at = _read(found.data) if found else ("another instance", None)
+    holder, expires_at, _ = _read(found.data) if found else ("another instance", None, False)
     raise LeaseHeld(name, holder, expires_at)
 
 
@@ -185,11 +184,10 @@ def _pid_space() -> str | None:
 _PID_SPACE = _pid_space()
 
 
-def _process_gone(data: bytes) -> bool:
+def _process_gone(record: dict[str, object]) -> bool:
     """Whether a lease record's holder is a process of our pid namespace that no longer runs."""
     try:
-        record = json.loads(data)
-        pid, space = int(record["pid"]), record["pid_space"]
+        pid, space = int(record["pid"]), record["pid_space"]  # type: ignore[call-overload]
     except (ValueError, KeyError, TypeError):
         return False
     if _PID_SPACE is None or space != _PID_SPACE or pid == os.getpid():
@@ -222,13 +220,16 @@ def _clear_left_behind(objects: ObjectStore, key: str) -> None:
             del _left_behind[key]
 
 
-def _read(data: bytes) -> tuple[str, datetime | None]:
-    """(holder, expiry) of a lease record; an unreadable record counts as expired so it cannot block forever."""
+def _read(data: bytes) -> tuple[str, datetime | None, bool]:
+    """(holder, expiry, whether the holder's process is gone) of a lease record.
+
+    An unreadable record counts as expired, so it cannot block forever.
+    """
     try:
         record = json.loads(data)
-        return str(record.get("holder", "?")), datetime.fromisoformat(record["expires_at"])
-    except (ValueError, KeyError, TypeError):
-        return "an unreadable lease record", None
+        return str(record.get("holder", "?")), datetime.fromisoformat(record["expires_at"]), _process_gone(record)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return "an unreadable lease record", None, False
 
 
 _held: ContextVar[dict[tuple[int, str], Lease] | None] = ContextVar("maintenance_leases", default=None)

@@ -176,7 +176,7 @@ def test_a_lease_of_a_killed_process_is_taken_over_at_once(backends: Backends) -
         with pytest.raises(LeaseHeld):
             acquire(backends.objects, "dead-letters", ttl=60)  # a live holder keeps it
         alive.kill()
-        wait_for(lambda: lease_module._process_gone(held_by(alive.pid)), timeout=10)
+        wait_for(lambda: lease_module._read(held_by(alive.pid))[2], timeout=10)
         taken = acquire(backends.objects, "dead-letters", ttl=60)  # killed, not yet reaped: a zombie
         taken.release()
     finally:
